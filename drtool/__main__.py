@@ -1,0 +1,3 @@
+from drtool.cli import main
+
+raise SystemExit(main())

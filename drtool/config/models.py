@@ -1,0 +1,383 @@
+"""Typed models for drtool.yaml, policies/*.yaml and playbooks/*.yaml.
+
+Unknown keys are rejected everywhere (`extra="forbid"`): a typo must not
+silently turn off a backup.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+
+from drtool.config.durations import parse_duration
+from drtool.config.secrets import SecretRef
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+Argv = Annotated[list[str], Field(min_length=1)]
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ---------------------------------------------------------------- drtool.yaml
+
+class S3Settings(Model):
+    access_key_id: SecretRef | None = None
+    secret_access_key: SecretRef | None = None
+    region: str = "us-east-1"
+    # Create the bucket on `init-repo` / first backup when it does not exist.
+    create_bucket: bool = True
+
+
+class Repository(Model):
+    url: str
+    password: SecretRef
+    s3: S3Settings | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _known_backend(cls, url: str) -> str:
+        if url.startswith(("s3:", "/", "local:", "sftp:", "rest:")):
+            return url
+        raise ValueError("expected a restic repository URL such as s3:http://127.0.0.1:9000/bucket/prefix or /srv/restic-repo")
+
+    @property
+    def is_s3(self) -> bool:
+        return self.url.startswith("s3:")
+
+
+class Host(Model):
+    address: str
+    port: int = Field(22, ge=1, le=65535)
+    user: str = "root"
+    key: SecretRef | None = None          # private key text, by reference
+    key_file: str | None = None            # or a key file path
+    use_agent: bool = False
+    known_hosts: str | None = None         # default: <state_dir>/known_hosts
+    connect_timeout: Duration = 15.0
+    jump: str | None = None                # name of another host
+
+
+class Webhook(Model):
+    url: str
+    events: list[str] | None = None
+
+
+class Email(Model):
+    host: str
+    port: int = 587
+    starttls: bool = True
+    username: str | None = None
+    password: SecretRef | None = None
+    sender: str = Field(alias="from")
+    to: list[str]
+    events: list[str] | None = None
+
+
+class Healthcheck(Model):
+    url: str                               # base ping URL; /start and /fail are appended
+    policy: str | None = None
+
+
+class Notifications(Model):
+    webhooks: list[Webhook] = []
+    email: list[Email] = []
+    healthchecks: list[Healthcheck] = []
+    on_success: bool = False
+
+
+class Metrics(Model):
+    textfile: str | None = None            # node_exporter textfile collector path
+    port: int | None = Field(None, ge=1, le=65535)
+
+
+class Config(Model):
+    state_dir: str = "/var/lib/drtool"
+    hostname: str | None = None            # restic --host; default: this machine's name
+    policies_dir: str | None = None        # default: policies/ beside drtool.yaml
+    playbooks_dir: str | None = None       # default: playbooks/ beside drtool.yaml
+    timezone: str | None = None
+    max_concurrent_jobs: int = Field(1, ge=1, le=64)
+    repositories: dict[Name, Repository]
+    hosts: dict[Name, Host] = {}
+    notifications: Notifications = Notifications()
+    metrics: Metrics = Metrics()
+
+
+# ---------------------------------------------------------------- policies
+
+class Targets(Model):
+    rpo: Duration | None = None
+    rto: Duration | None = None
+
+
+class Retention(Model):
+    last: int | None = Field(None, ge=0)
+    hourly: int | None = Field(None, ge=0)
+    daily: int | None = Field(None, ge=0)
+    weekly: int | None = Field(None, ge=0)
+    monthly: int | None = Field(None, ge=0)
+    yearly: int | None = Field(None, ge=0)
+    within: Duration | None = None
+
+
+class PostgresSource(Model):
+    database: str | None = None
+    databases: list[str] | None = None
+    host: str = "127.0.0.1"
+    port: int = Field(5432, ge=1, le=65535)
+    user: str = "postgres"
+    password: SecretRef | None = None
+    globals: bool = True                   # pg_dumpall --globals-only as its own stream
+    bin_dir: str | None = None             # where pg_dump lives, if not on PATH
+
+    @model_validator(mode="after")
+    def _one_db_field(self) -> "PostgresSource":
+        if (self.database is None) == (self.databases is None):
+            raise ValueError("give exactly one of database: NAME or databases: [NAMES]")
+        return self
+
+    @property
+    def database_names(self) -> list[str]:
+        return [self.database] if self.database else list(self.databases or [])
+
+
+class MariadbSource(Model):
+    database: str | None = None
+    databases: list[str] | None = None
+    host: str | None = "127.0.0.1"
+    port: int = Field(3306, ge=1, le=65535)
+    socket: str | None = None
+    user: str = "root"
+    password: SecretRef | None = None
+
+    @model_validator(mode="after")
+    def _one_db_field(self) -> "MariadbSource":
+        if (self.database is None) == (self.databases is None):
+            raise ValueError("give exactly one of database: NAME or databases: [NAMES]")
+        return self
+
+    @property
+    def database_names(self) -> list[str]:
+        return [self.database] if self.database else list(self.databases or [])
+
+
+class SqliteSource(Model):
+    path: str
+
+
+class FilesSource(Model):
+    paths: Annotated[list[str], Field(min_length=1)]
+    exclude: list[str] = []
+    one_file_system: bool = False
+
+    @field_validator("paths")
+    @classmethod
+    def _absolute(cls, paths: list[str]) -> list[str]:
+        for p in paths:
+            if not p.startswith("/"):
+                raise ValueError(f"paths must be absolute, got {p!r}")
+        return paths
+
+
+SOURCE_KINDS = ("postgres", "mariadb", "sqlite", "files")
+
+
+class Source(Model):
+    name: Name
+    postgres: PostgresSource | None = None
+    mariadb: MariadbSource | None = None
+    sqlite: SqliteSource | None = None
+    files: FilesSource | None = None
+    retention: Retention | None = None     # overrides the policy's retention for this source
+
+    @model_validator(mode="after")
+    def _exactly_one_kind(self) -> "Source":
+        kinds = [k for k in SOURCE_KINDS if getattr(self, k) is not None]
+        if len(kinds) != 1:
+            raise ValueError(f"a source needs exactly one of {', '.join(SOURCE_KINDS)}"
+                             + (f"; got {', '.join(kinds)}" if kinds else ""))
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in SOURCE_KINDS if getattr(self, k) is not None)
+
+    @property
+    def spec(self) -> PostgresSource | MariadbSource | SqliteSource | FilesSource:
+        return getattr(self, self.kind)
+
+
+class Hooks(Model):
+    before: list[Argv] = []
+    after: list[Argv] = []
+    on_failure: list[Argv] = []
+    timeout: Duration = 300.0
+
+
+class CheckSchedule(Model):
+    schedule: str | None = None
+    read_data_subset: str | None = None    # e.g. 5% or 1/10; the daemon rotates n/N
+
+
+class Policy(Model):
+    name: Name
+    repository: Name
+    host: Name | None = None
+    schedule: str | None = None
+    targets: Targets = Targets()
+    retention: Retention = Retention()
+    sources: Annotated[list[Source], Field(min_length=1)]
+    hooks: Hooks = Hooks()
+    check: CheckSchedule = CheckSchedule()
+    forget_schedule: str | None = None
+    path: str | None = Field(None, exclude=True)   # the file it came from
+
+    @model_validator(mode="after")
+    def _unique_sources(self) -> "Policy":
+        seen: set[str] = set()
+        for src in self.sources:
+            if src.name in seen:
+                raise ValueError(f"source name {src.name!r} is used twice")
+            seen.add(src.name)
+        return self
+
+    def source(self, name: str) -> Source:
+        for src in self.sources:
+            if src.name == name:
+                return src
+        raise KeyError(name)
+
+
+# ---------------------------------------------------------------- playbooks
+
+class SnapshotBefore(Model):
+    before: datetime
+
+    @field_validator("before")
+    @classmethod
+    def _aware(cls, value: datetime) -> datetime:
+        return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+
+class SnapshotRandomWithin(Model):
+    random_within: Duration
+
+
+SnapshotSelector = Literal["latest"] | SnapshotBefore | SnapshotRandomWithin
+
+
+class RestoreStep(Model):
+    source: Name
+    into: str = "scratch"                  # scratch | a server URL | an absolute path
+    force: bool = False
+    host: Name | None = None               # restore onto this host (over SSH)
+
+
+class VerifyStep(Model):
+    source: Name
+    content: bool = True                   # files: compare content hashes too
+
+
+class Expect(Model):
+    equals: Any = None
+    min: float | None = None
+    max: float | None = None
+    regex: str | None = None
+
+    @model_validator(mode="after")
+    def _something(self) -> "Expect":
+        if self.equals is None and self.min is None and self.max is None and self.regex is None:
+            raise ValueError("expect needs at least one of equals, min, max, regex")
+        if self.regex is not None:
+            re.compile(self.regex)
+        return self
+
+
+class SqlStep(Model):
+    source: Name
+    query: str
+    database: str | None = None
+    expect: Expect
+
+
+class CommandStep(Model):
+    argv: Argv
+    env: dict[str, str] = {}
+    host: Name | None = None
+
+
+class HttpStep(Model):
+    url: str
+    status: int = 200
+    body_regex: str | None = None
+
+
+class KitStep(Model):
+    file: str | None = None                # a recovery kit; default: the configured password
+    passphrase: SecretRef | None = None
+
+
+STEP_KINDS = ("restore", "verify", "sql", "command", "http", "kit")
+
+
+class Step(Model):
+    name: str
+    timeout: Duration | None = None
+    on_failure: Literal["stop", "continue"] = "stop"
+    restore: RestoreStep | None = None
+    verify: VerifyStep | None = None
+    sql: SqlStep | None = None
+    command: CommandStep | None = None
+    http: HttpStep | None = None
+    kit: KitStep | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _short_forms(cls, data: Any) -> Any:
+        # `command: [argv...]` and `kit: {}` / `kit: true` are accepted shorthands.
+        if isinstance(data, dict):
+            if isinstance(data.get("command"), list):
+                data = {**data, "command": {"argv": data["command"]}}
+            if data.get("kit") is True or ("kit" in data and data["kit"] is None):
+                data = {**data, "kit": {}}
+        return data
+
+    @model_validator(mode="after")
+    def _exactly_one_kind(self) -> "Step":
+        kinds = [k for k in STEP_KINDS if getattr(self, k) is not None]
+        if len(kinds) != 1:
+            raise ValueError(f"a step needs exactly one of {', '.join(STEP_KINDS)}"
+                             + (f"; got {', '.join(kinds)}" if kinds else ""))
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in STEP_KINDS if getattr(self, k) is not None)
+
+    @property
+    def spec(self) -> Any:
+        return getattr(self, self.kind)
+
+
+class Playbook(Model):
+    name: Name
+    policy: Name
+    snapshot: SnapshotSelector = "latest"
+    targets: Targets | None = None
+    schedule: str | None = None
+    steps: Annotated[list[Step], Field(min_length=1)]
+    path: str | None = Field(None, exclude=True)
+
+
+def beside(config_path: Path, configured: str | None, default: str) -> Path:
+    if configured:
+        p = Path(configured)
+        return p if p.is_absolute() else (config_path.parent / p)
+    return config_path.parent / default

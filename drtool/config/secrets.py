@@ -1,0 +1,73 @@
+"""Secret references in config: {env: NAME}, {file: PATH}, {command: [argv...]}."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, model_validator
+
+from drtool.errors import ConfigError
+from drtool.secrets import Secret
+
+
+class SecretRef(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    env: str | None = None
+    file: str | None = None
+    command: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "SecretRef":
+        given = [k for k in ("env", "file", "command") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "a secret is exactly one of {env: NAME}, {file: PATH} or {command: [argv...]}"
+                + (f", got {' and '.join(given)}" if given else "")
+            )
+        if self.command is not None and not self.command:
+            raise ValueError("command: needs at least the program name")
+        return self
+
+    def describe(self) -> str:
+        if self.env is not None:
+            return f"env:{self.env}"
+        if self.file is not None:
+            return f"file:{self.file}"
+        return f"command:{(self.command or ['?'])[0]}"
+
+    def resolve(self) -> Secret:
+        if self.env is not None:
+            value = os.environ.get(self.env)
+            if value is None:
+                raise ConfigError(f"secret env:{self.env} is not set", hint=f"export {self.env}=... before running drtool")
+            return Secret(value)
+        if self.file is not None:
+            return Secret(_read_secret_file(Path(self.file)))
+        assert self.command is not None
+        try:
+            proc = subprocess.run(self.command, capture_output=True, timeout=60, stdin=subprocess.DEVNULL)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise ConfigError(f"secret command {self.command[0]} could not run: {type(exc).__name__}") from None
+        if proc.returncode != 0:
+            # stderr is not shown: a password helper may echo what it was given.
+            raise ConfigError(f"secret command {self.command[0]} exited with code {proc.returncode}")
+        return Secret(proc.stdout.decode().rstrip("\r\n"))
+
+
+def _read_secret_file(path: Path) -> str:
+    try:
+        st = path.stat()
+        value = path.read_text().rstrip("\r\n")
+    except OSError as exc:
+        raise ConfigError(f"secret file {path} cannot be read: {exc.strerror}",
+                          hint="create it with mode 0600, holding only the secret") from None
+    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ConfigError(f"secret file {path} is readable by others (mode {stat.S_IMODE(st.st_mode):04o})",
+                          hint=f"chmod 600 {path}")
+    if not value:
+        raise ConfigError(f"secret file {path} is empty")
+    return value

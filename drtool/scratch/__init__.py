@@ -1,0 +1,1 @@
+"""Throwaway instances that drills restore into (product code, also used by tests)."""
