@@ -1,0 +1,72 @@
+"""Use cases: apply retention (forget + prune) and check repository integrity."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from drtool.actions.common import open_repo, policy_tags
+from drtool.actions.select import snapshot_sets
+from drtool.catalog import Catalog, RunRecord, new_run_id, utcnow
+from drtool.config.loader import Settings
+from drtool.config.models import Policy
+from drtool.errors import DrtoolError
+from drtool.locking import PolicyLock
+from drtool.retention import keep_indices
+
+# Snapshots of a run that never wrote its fingerprint are debris of a crash;
+# they are only removed once clearly older than any run that could still be going.
+DEBRIS_AGE = timedelta(hours=6)
+
+
+def forget_policy(settings: Settings, policy: Policy, *, trigger: str = "manual", prune: bool = True,
+                  dry_run: bool = False, wait: bool = True) -> RunRecord:
+    run = RunRecord(new_run_id("forget"), policy.name, "forget", "running", utcnow(), trigger=trigger)
+    catalog = Catalog(settings.state_dir)
+    lock = PolicyLock(settings.state_dir, policy.name, wait=wait, timeout=6 * 3600)
+    lock.acquire(run.id)
+    try:
+        handle = open_repo(settings, policy.repository)
+        now = utcnow()
+        forget_ids: list[str] = []
+        report: dict[str, dict[str, int]] = {}
+        for source in policy.sources:
+            retention = source.retention or policy.retention
+            sets = snapshot_sets(handle.restic, policy, source)
+            kept = keep_indices([s.time for s in sets], retention, now)
+            drop = [s for i, s in enumerate(sets) if i not in kept]
+            complete_runs = {s.run_id for s in sets}
+            debris = [snap for snap in handle.restic.snapshots(tags=policy_tags(policy, source.name))
+                      if snap.tag("run") not in complete_runs and source.kind != "files"
+                      and now - snap.time > DEBRIS_AGE]
+            for s in drop:
+                forget_ids += [x.id for x in ([s.files] if s.files else s.streams.values())]
+            forget_ids += [d.id for d in debris]
+            report[source.name] = {"kept": len(kept), "forgotten": len(drop), "debris": len(debris)}
+        run.details["sources"] = report
+        run.details["forgotten_ids"] = len(forget_ids)
+        if not dry_run:
+            handle.restic.forget_ids(forget_ids)
+            if prune and forget_ids:
+                handle.restic.run(["prune"], timeout=12 * 3600)
+        run.finish("success")
+    except DrtoolError as exc:
+        run.finish("failed", str(exc))
+    finally:
+        lock.release()
+    catalog.record(run)
+    return run
+
+
+def check_repository(settings: Settings, policy: Policy, *, read_data_subset: str | None = None,
+                     trigger: str = "manual") -> RunRecord:
+    run = RunRecord(new_run_id("check"), policy.name, "check", "running", utcnow(), trigger=trigger)
+    try:
+        handle = open_repo(settings, policy.repository)
+        output = handle.restic.check(read_data_subset)
+        run.details["read_data_subset"] = read_data_subset
+        run.details["output_tail"] = output[-1500:]
+        run.finish("success")
+    except DrtoolError as exc:
+        run.finish("failed", str(exc))
+    Catalog(settings.state_dir).record(run)
+    return run

@@ -1,0 +1,88 @@
+"""Which snapshot set to restore: latest, by id, before a time, or random within a window.
+
+A database source's backup is a set of restic snapshots sharing a `run=` tag
+(one per stream, plus fingerprint.json written last). Only sets that carry a
+fingerprint are complete; others are ignored.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from drtool.actions.common import policy_tags
+from drtool.config.models import Policy, Source
+from drtool.engine.restic import Restic, Snapshot
+from drtool.errors import DrtoolError, UsageError
+
+FINGERPRINT_STREAM = "fingerprint.json"
+
+
+@dataclass
+class SnapshotSet:
+    source: str
+    run_id: str
+    time: datetime                       # when the backup of this source was taken
+    streams: dict[str, Snapshot] = field(default_factory=dict)   # database streams
+    files: Snapshot | None = None        # files sources
+
+    @property
+    def primary(self) -> Snapshot:
+        if self.files is not None:
+            return self.files
+        return self.streams.get(FINGERPRINT_STREAM) or next(iter(self.streams.values()))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"source": self.source, "run": self.run_id, "time": self.time.isoformat(),
+                "id": self.primary.id, "short_id": self.primary.short_id,
+                "snapshots": sorted(s.id for s in ([self.files] if self.files else self.streams.values()))}
+
+
+def snapshot_sets(restic: Restic, policy: Policy, source: Source) -> list[SnapshotSet]:
+    """Complete snapshot sets of one source, oldest first."""
+    snaps = restic.snapshots(tags=policy_tags(policy, source.name))
+    if source.kind == "files":
+        return [SnapshotSet(source.name, s.tag("run") or s.short_id, s.time, files=s) for s in snaps]
+    by_run: dict[str, SnapshotSet] = {}
+    for snap in snaps:
+        run, stream = snap.tag("run"), snap.tag("stream")
+        if not run or not stream:
+            continue
+        entry = by_run.setdefault(run, SnapshotSet(source.name, run, snap.time))
+        entry.streams[stream] = snap
+        entry.time = min(entry.time, snap.time)
+    complete = [s for s in by_run.values() if FINGERPRINT_STREAM in s.streams]
+    return sorted(complete, key=lambda s: s.time)
+
+
+def choose(sets: list[SnapshotSet], selector: Any, *, now: datetime | None = None,
+           rng: random.Random | None = None) -> SnapshotSet:
+    """Pure choice among complete sets (oldest first)."""
+    if not sets:
+        raise DrtoolError("no complete backup of this source exists in the repository",
+                          hint="run `drtool backup POLICY` first")
+    now = now or datetime.now(timezone.utc)
+    if selector in (None, "latest"):
+        return sets[-1]
+    if isinstance(selector, str):
+        for s in sets:
+            ids = {s.run_id} | {snap.id for snap in ([s.files] if s.files else s.streams.values())}
+            if any(i.startswith(selector) for i in ids) and len(selector) >= 6 or selector == s.run_id:
+                return s
+        raise UsageError(f"no complete snapshot set matches {selector!r}",
+                         hint="list them with `drtool snapshots POLICY`")
+    before = getattr(selector, "before", None)
+    if before is not None:
+        eligible = [s for s in sets if s.time < before]
+        if not eligible:
+            raise DrtoolError(f"no backup was taken before {before.isoformat()}")
+        return eligible[-1]
+    within = getattr(selector, "random_within", None)
+    if within is not None:
+        eligible = [s for s in sets if s.time >= now - timedelta(seconds=within)]
+        if not eligible:
+            raise DrtoolError(f"no backup within the last {within:.0f}s to choose from")
+        return (rng or random.Random()).choice(eligible)
+    raise UsageError(f"unknown snapshot selector {selector!r}")

@@ -1,0 +1,93 @@
+"""StreamReader over restic: read back the streams of one snapshot set."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from drtool.engine.restic import PasswordPipe, Restic, Snapshot
+from drtool.errors import DrtoolError
+from drtool.execute import LocalProcess
+
+CHUNK = 1 << 20
+
+
+class ResticProcess:
+    """`restic dump` as a Process; the password pipe is closed when it ends."""
+
+    def __init__(self, proc: LocalProcess, pw: PasswordPipe) -> None:
+        self._proc, self._pw = proc, pw
+        self.argv, self.stdin, self.stdout = proc.argv, proc.stdin, proc.stdout
+
+    def wait(self, timeout: float | None = None) -> int:
+        code = self._proc.wait(timeout)
+        self._pw.close()
+        return code
+
+    def poll(self) -> int | None:
+        return self._proc.poll()
+
+    def kill(self) -> None:
+        self._proc.kill()
+
+    def terminate(self) -> None:
+        self._proc.terminate()
+
+    def stderr_tail(self) -> str:
+        return self._proc.stderr_tail()
+
+
+class ResticStreamReader:
+    def __init__(self, restic: Restic, streams: dict[str, Snapshot], sizes: dict[str, int] | None = None) -> None:
+        self.restic = restic
+        self.streams = streams
+        self._sizes = sizes or {}
+
+    def names(self) -> list[str]:
+        return sorted(n for n in self.streams if n != "fingerprint.json")
+
+    def open(self, name: str) -> ResticProcess:
+        snap = self.streams[name]
+        proc, pw = self.restic.dump(snap.id, f"/{name}")
+        return ResticProcess(proc, pw)
+
+    def save(self, name: str, dest: Path) -> int:
+        proc = self.open(name)
+        total = 0
+        try:
+            with open(dest, "wb") as out:
+                for chunk in iter(lambda: proc.stdout.read(CHUNK), b""):
+                    out.write(chunk)
+                    total += len(chunk)
+            code = proc.wait(3600)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(30)
+        if code != 0:
+            raise self.restic._error(code, proc.stderr_tail(), ["dump"])
+        return total
+
+    def read_bytes(self, name: str, limit: int = 64 << 20) -> bytes:
+        proc = self.open(name)
+        data = proc.stdout.read(limit + 1)
+        code = proc.wait(600)
+        if code != 0:
+            raise self.restic._error(code, proc.stderr_tail(), ["dump"])
+        if len(data) > limit:
+            raise DrtoolError(f"stream {name} is larger than expected")
+        return data
+
+    def size(self, name: str) -> int | None:
+        if name in self._sizes:
+            return self._sizes[name]
+        try:
+            stats = self.restic.stats(self.streams[name].id)
+            self._sizes[name] = int(stats.get("total_size", 0)) or None  # type: ignore[assignment]
+        except DrtoolError:
+            return None
+        return self._sizes[name]
+
+
+def free_bytes(path: Path) -> int:
+    return shutil.disk_usage(path).free

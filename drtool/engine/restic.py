@@ -1,0 +1,336 @@
+"""The restic adapter: argv lists, --json parsing, progress events, error mapping.
+
+The repository password reaches restic through an anonymous pipe
+(RESTIC_PASSWORD_FILE=/dev/fd/N): never argv, never the environment, never a
+file on disk. restic 0.14 (Debian 12) reports most failures as exit code 1,
+so besides the documented codes (newer restic: 10 no repository, 11 locked,
+12 wrong password) the stderr text is matched as well.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from drtool.errors import CommandError, RepositoryError
+from drtool.execute import LocalProcess, LocalRunner, Result
+from drtool.secrets import Secret, redact
+
+log = logging.getLogger(__name__)
+
+RESTIC = os.environ.get("DRTOOL_RESTIC", "restic")
+# Variables that must not leak from the caller's environment into restic:
+# they would override the password we pass through the pipe.
+_SCRUB = ("RESTIC_PASSWORD", "RESTIC_PASSWORD_COMMAND", "RESTIC_PASSWORD_FILE", "RESTIC_REPOSITORY",
+          "RESTIC_REPOSITORY_FILE")
+
+ProgressFn = Callable[[dict[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class RepoAccess:
+    url: str
+    password: Secret
+    env: dict[str, str] = field(default_factory=dict)   # AWS_* credentials for S3 repositories
+
+    def __repr__(self) -> str:
+        return f"RepoAccess({self.url!r})"
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    id: str
+    short_id: str
+    time: datetime
+    hostname: str
+    tags: tuple[str, ...]
+    paths: tuple[str, ...]
+
+    def tag(self, key: str) -> str | None:
+        prefix = key + "="
+        for t in self.tags:
+            if t.startswith(prefix):
+                return t[len(prefix):]
+        return None
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> "Snapshot":
+        return cls(
+            id=obj["id"],
+            short_id=obj.get("short_id", obj["id"][:8]),
+            time=parse_restic_time(obj["time"]),
+            hostname=obj.get("hostname", ""),
+            tags=tuple(obj.get("tags") or ()),
+            paths=tuple(obj.get("paths") or ()),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "short_id": self.short_id, "time": self.time.isoformat(),
+                "hostname": self.hostname, "tags": list(self.tags), "paths": list(self.paths)}
+
+
+def parse_restic_time(text: str) -> datetime:
+    # restic prints RFC 3339 with nanoseconds; Python takes at most microseconds.
+    if "." in text:
+        head, rest = text.split(".", 1)
+        digits = "".join(ch for ch in rest if ch.isdigit())
+        zone = rest[len(digits):]
+        text = f"{head}.{digits[:6]}{zone}"
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def classify_failure(code: int | None, stderr: str, url: str) -> RepositoryError | None:
+    """Map restic's exit code and message to a clear error, or None if unknown."""
+    low = stderr.lower()
+    if code == 12 or "wrong password" in low:
+        return RepositoryError(f"restic could not open repository {url}: wrong password or no key found",
+                               hint="check the repository password reference in drtool.yaml (or the recovery kit)")
+    if code == 10 or "is there a repository at the following location" in low or "repository does not exist" in low:
+        return RepositoryError(f"no restic repository at {url}",
+                               hint="run `drtool init-repo NAME` (or a first `drtool backup`, which initialises it)")
+    if code == 11 or "repository is already locked" in low or "unable to create lock" in low:
+        return RepositoryError(f"repository {url} is locked by another restic process",
+                               hint="wait for the other run to finish; a lock of a dead process is removed with `restic unlock` (never --remove-all while others may run)")
+    for marker in ("connection refused", "no such host", "i/o timeout", "dial tcp", "connect: "):
+        if marker in low:
+            return RepositoryError(f"cannot reach the storage of repository {url} ({marker.strip(': ')})",
+                                   hint="check the endpoint address and that the S3 server is up")
+    if "access denied" in low or "invalidaccesskeyid" in low or "signaturedoesnotmatch" in low or "forbidden" in low:
+        return RepositoryError(f"storage of repository {url} rejected the credentials",
+                               hint="check access_key_id / secret_access_key in drtool.yaml")
+    return None
+
+
+class PasswordPipe:
+    """The password in an anonymous pipe whose read end is handed to restic."""
+
+    def __init__(self, password: Secret) -> None:
+        data = password.reveal().encode() + b"\n"
+        self.read_fd, write_fd = os.pipe()
+        try:
+            # A pipe holds 64 KiB; a password never comes close, so this cannot block.
+            os.write(write_fd, data)
+        finally:
+            os.close(write_fd)
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"RESTIC_PASSWORD_FILE": f"/dev/fd/{self.read_fd}"}
+
+    def close(self) -> None:
+        if self.read_fd >= 0:
+            os.close(self.read_fd)
+            self.read_fd = -1
+
+    def __enter__(self) -> "PasswordPipe":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _base_env(access: RepoAccess) -> dict[str, str]:
+    for key in _SCRUB:
+        os.environ.pop(key, None)   # never let the caller's variables override ours
+    env = {"RESTIC_REPOSITORY": access.url, "RESTIC_PROGRESS_FPS": "2"}
+    env.update(access.env)
+    return env
+
+
+class Restic:
+    def __init__(self, access: RepoAccess, *, binary: str = RESTIC, cache_dir: Path | None = None) -> None:
+        self.access = access
+        self.binary = binary
+        self.cache_dir = cache_dir
+        self._runner = LocalRunner()
+
+    # -- plumbing ---------------------------------------------------------
+
+    def argv(self, args: Sequence[str]) -> list[str]:
+        extra = ["--cache-dir", str(self.cache_dir)] if self.cache_dir else []
+        return [self.binary, *extra, *args]
+
+    def run(self, args: Sequence[str], *, timeout: float = 600.0, input: bytes | None = None) -> Result:
+        with PasswordPipe(self.access.password) as pw:
+            try:
+                result = self._runner.run(self.argv(args), env={**_base_env(self.access), **pw.env},
+                                          timeout=timeout, input=input, check=False, pass_fds=(pw.read_fd,))
+            except CommandError as exc:
+                raise self._error(exc.returncode, exc.stderr_tail, args) from None
+        if result.returncode != 0:
+            raise self._error(result.returncode, result.stderr.decode("utf-8", "replace"), args)
+        return result
+
+    def start(self, args: Sequence[str], *, stdin: bool = False) -> tuple[LocalProcess, PasswordPipe]:
+        """Start restic; the caller closes the returned pipe after restic has read it (at exit)."""
+        pw = PasswordPipe(self.access.password)
+        try:
+            proc = self._runner.start(self.argv(args), env={**_base_env(self.access), **pw.env},
+                                      stdin=stdin, pass_fds=(pw.read_fd,))
+        except BaseException:
+            pw.close()
+            raise
+        return proc, pw
+
+    def _error(self, code: int | None, stderr: str, args: Sequence[str]) -> Exception:
+        stderr = redact(stderr)
+        known = classify_failure(code, stderr, self.access.url)
+        if known is not None:
+            return known
+        return CommandError(self.argv(args), code, stderr[-4000:], what=f"restic {args[0] if args else ''}".strip())
+
+    def run_json(self, args: Sequence[str], *, timeout: float = 600.0) -> Any:
+        result = self.run([*args, "--json"], timeout=timeout)
+        text = result.stdout.decode("utf-8", "replace").strip()
+        # Some restic versions print a status line before the JSON document.
+        for line in reversed(text.splitlines()):
+            line = line.strip()
+            if line.startswith(("[", "{")):
+                try:
+                    return json.loads(line)
+                except json.JSONDecodeError:
+                    break
+        try:
+            return json.loads(text) if text else None
+        except json.JSONDecodeError:
+            raise RepositoryError(f"restic {args[0]} printed output drtool cannot parse") from None
+
+    # -- repository -------------------------------------------------------
+
+    def exists(self) -> bool:
+        try:
+            self.run(["cat", "config"], timeout=120)
+            return True
+        except RepositoryError as exc:
+            if "no restic repository" in exc.message:
+                return False
+            raise
+
+    def init(self) -> None:
+        self.run(["init"], timeout=300)
+
+    def snapshots(self, tags: Sequence[str] | None = None, host: str | None = None) -> list[Snapshot]:
+        args = ["snapshots"]
+        if tags:
+            args += ["--tag", ",".join(tags)]
+        if host:
+            args += ["--host", host]
+        data = self.run_json(args, timeout=300) or []
+        snaps = [Snapshot.from_json(obj) for obj in data]
+        snaps.sort(key=lambda s: s.time)
+        return snaps
+
+    def check(self, read_data_subset: str | None = None, *, timeout: float = 6 * 3600) -> str:
+        args = ["check"]
+        if read_data_subset:
+            args += ["--read-data-subset", read_data_subset]
+        return self.run(args, timeout=timeout).text
+
+    def forget(self, tags: Sequence[str], keep: dict[str, str], *, prune: bool = True,
+               group_by: str = "host,tags", timeout: float = 6 * 3600) -> Any:
+        args = ["forget", "--tag", ",".join(tags), "--group-by", group_by]
+        for flag, value in keep.items():
+            args += [f"--keep-{flag}", value]
+        if prune:
+            args.append("--prune")
+        return self.run(args, timeout=timeout).text
+
+    def forget_ids(self, ids: Sequence[str]) -> None:
+        if ids:
+            self.run(["forget", *ids], timeout=600)
+
+    def unlock_stale(self) -> None:
+        # Plain `restic unlock` removes only locks whose process is gone; never --remove-all.
+        self.run(["unlock"], timeout=120)
+
+    def ls(self, snapshot_id: str) -> Iterator[dict[str, Any]]:
+        """Stream the nodes of a snapshot, one dict at a time (bounded memory)."""
+        proc, pw = self.start(["ls", "--json", snapshot_id])
+        try:
+            for raw in proc.stdout:
+                line = raw.strip()
+                if not line:
+                    continue
+                obj = json.loads(line)
+                if obj.get("struct_type") == "node":
+                    yield obj
+            code = proc.wait(600)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(30)
+            pw.close()
+        if code != 0:
+            raise self._error(code, proc.stderr_tail(), ["ls"])
+
+    def dump(self, snapshot_id: str, path: str) -> tuple[LocalProcess, PasswordPipe]:
+        return self.start(["dump", snapshot_id, path])
+
+    def restore(self, snapshot_id: str, target: Path, *, include: Sequence[str] = (),
+                on_progress: ProgressFn | None = None, timeout: float = 24 * 3600) -> dict[str, Any]:
+        args = ["restore", snapshot_id, "--target", str(target)]
+        for inc in include:
+            args += ["--include", inc]
+        result = self.run(args, timeout=timeout)
+        return {"output": result.text[-2000:]}
+
+    def stats(self, snapshot_id: str, mode: str = "restore-size") -> dict[str, Any]:
+        return self.run_json(["stats", "--mode", mode, snapshot_id], timeout=600) or {}
+
+
+class JsonLineReader:
+    """Reads restic's --json stdout in a thread: progress events out, summary kept.
+
+    Only the last status line and the summary are kept, so memory stays
+    bounded whatever the number of files.
+    """
+
+    def __init__(self, proc: LocalProcess, on_progress: ProgressFn | None) -> None:
+        self.summary: dict[str, Any] | None = None
+        self.errors: list[str] = []
+        self._on_progress = on_progress
+        self._thread = threading.Thread(target=self._read, args=(proc,), daemon=True)
+        self._thread.start()
+
+    def _read(self, proc: LocalProcess) -> None:
+        for raw in proc.stdout:
+            line = raw.strip()
+            if not line.startswith(b"{"):
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            kind = obj.get("message_type")
+            if kind == "summary":
+                self.summary = obj
+            elif kind == "error" and len(self.errors) < 50:
+                self.errors.append(redact(str(obj.get("error", obj))))
+            if self._on_progress is not None:
+                try:
+                    self._on_progress(obj)
+                except Exception:  # noqa: BLE001 - a display problem must not break a backup
+                    log.debug("progress callback failed", exc_info=True)
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+
+
+def repo_access(settings: Any, repo_name: str) -> RepoAccess:
+    """Resolve a configured repository's password and S3 credentials."""
+    repo = settings.config.repositories[repo_name]
+    env: dict[str, str] = {}
+    if repo.s3 is not None:
+        if repo.s3.access_key_id is not None:
+            env["AWS_ACCESS_KEY_ID"] = repo.s3.access_key_id.resolve().reveal()
+        if repo.s3.secret_access_key is not None:
+            env["AWS_SECRET_ACCESS_KEY"] = repo.s3.secret_access_key.resolve().reveal()
+        env["AWS_DEFAULT_REGION"] = repo.s3.region
+    return RepoAccess(repo.url, repo.password.resolve(), env)
