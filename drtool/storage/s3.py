@@ -21,7 +21,6 @@ import enum
 import json
 import logging
 import os
-import posixpath
 import re
 import threading
 from collections.abc import Callable
@@ -54,7 +53,7 @@ _MISSING_BUCKET_CODES = {"NoSuchBucket"}
 _MISSING_KEY_CODES = {"NoSuchKey", "404", "NotFound"}
 # Answers meaning "this server does not do that feature", not "something is broken".
 _UNSUPPORTED_CODES = {"NotImplemented", "MethodNotAllowed", "501", "405", "InvalidRequest",
-                      "AccessDenied", "403", "XNotImplemented"}
+                      "AccessDenied", "403"}
 _NO_LOCK_CODES = {"ObjectLockConfigurationNotFoundError", "ObjectLockConfigurationNotFound"}
 
 
@@ -430,8 +429,12 @@ class S3Store:
                             hint="see the S3 provider's documentation for this error code")
 
     def _transport_error(self, what: str, exc: Exception) -> StorageError:
-        from botocore.exceptions import (ConnectTimeoutError, EndpointConnectionError,
-                                         NoCredentialsError, ReadTimeoutError)
+        from botocore.exceptions import (
+            ConnectTimeoutError,
+            EndpointConnectionError,
+            NoCredentialsError,
+            ReadTimeoutError,
+        )
 
         where = self.location.endpoint_url
         if isinstance(exc, ConnectTimeoutError):

@@ -6,7 +6,7 @@ import json
 import socket
 import time
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -14,14 +14,19 @@ from drtool.config.models import Repository
 from drtool.errors import StorageError
 from drtool.secrets import Secret
 from drtool.storage.s3 import S3Store, parse_s3_url, store_from_repository
-from tests.support.moto_server import MOTO_ACCESS_KEY, MOTO_SECRET_KEY, MotoServer, moto_s3  # noqa: F401
+from tests.support.moto_server import (  # noqa: F401
+    MOTO_ACCESS_KEY,
+    MOTO_SECRET_KEY,
+    MotoServer,
+    moto_s3,
+)
 from tests.support.services import S3Server, free_port
 
 pytestmark = pytest.mark.integration
 
 
 def _store(server: S3Server, bucket: str, prefix: str = "repo", *, secret: str | None = None,
-           access: str | None = None, **kwargs: float | int) -> S3Store:
+           access: str | None = None, **kwargs: float) -> S3Store:
     return S3Store(parse_s3_url(server.repo_url(bucket, prefix)), Secret(access or server.access_key),
                    Secret(secret or server.secret_key), "us-east-1", **kwargs)
 
@@ -122,7 +127,7 @@ def test_preflight_silent_endpoint_times_out(silent_port: int) -> None:
 
 def test_json_round_trip_lands_beside_the_repository(s3_server: S3Server, live_bucket: str) -> None:
     store = _store(s3_server, live_bucket, "hosts/db1")
-    record = {"run": "r1", "ok": True, "at": datetime(2024, 5, 1, 2, 3, tzinfo=timezone.utc), "n": [1, 2]}
+    record = {"run": "r1", "ok": True, "at": datetime(2024, 5, 1, 2, 3, tzinfo=UTC), "n": [1, 2]}
     store.put_json("runs/r1.json", record)
     assert store.get_json("runs/r1.json") == {**record, "at": "2024-05-01T02:03:00+00:00"}
     assert (s3_server.root / live_bucket / "hosts" / "db1.drtool" / "runs" / "r1.json").is_file()

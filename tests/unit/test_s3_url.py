@@ -121,4 +121,4 @@ def test_bucket_status_describe_reads_plainly(status: BucketStatus, words: list[
 def test_importing_storage_does_not_import_boto3() -> None:
     # A fresh interpreter: other tests in this process may already have imported boto3.
     code = "import sys, drtool.storage.s3; sys.exit('boto3' in sys.modules or 'botocore' in sys.modules)"
-    assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
+    assert subprocess.run([sys.executable, "-c", code], check=False, timeout=60).returncode == 0
