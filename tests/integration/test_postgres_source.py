@@ -223,9 +223,8 @@ def test_wrong_password_raises_source_error_without_the_password(
     for server in pg_server(password=Secret("right-horse-battery-7")):
         monkeypatch.setenv("PG_TEST_PASSWORD", "wrong-staple-9137")
         src = source_for(server, "postgres", password_env="PG_TEST_PASSWORD")
-        with pytest.raises(SourceError) as info:
-            with src.open_dump():
-                pass
+        with pytest.raises(SourceError) as info, src.open_dump():
+            pass
         text = str(info.value)
         assert "password authentication failed" in text and "wrong password" in text
         assert "wrong-staple-9137" not in text
