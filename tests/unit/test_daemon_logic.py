@@ -1,0 +1,347 @@
+"""Daemon scheduling logic with fake jobs and an injected clock (real threads, no real restic)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from drtool.actions.daemon import Daemon, JobInfo, JobRequest, build_jobs, conflicts, next_subset
+from drtool.config import load_settings
+from drtool.errors import LockError
+from drtool.schedule_math import Job, parse_schedule
+
+T0 = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
+
+
+def write_setup(root: Path, *, max_jobs: int = 4, extra_config: str = "", policies: dict[str, str] | None = None,
+                playbooks: dict[str, str] | None = None) -> Path:
+    (root / "policies").mkdir(parents=True, exist_ok=True)
+    (root / "playbooks").mkdir(exist_ok=True)
+    (root / "drtool.yaml").write_text(f"""
+state_dir: {root / 'state'}
+timezone: UTC
+max_concurrent_jobs: {max_jobs}
+repositories:
+  offsite: {{url: /srv/offsite, password: {{env: DRTOOL_TEST_PW}}}}
+  other: {{url: /srv/other, password: {{env: DRTOOL_TEST_PW}}}}
+{extra_config}
+""")
+    policies = policies if policies is not None else {"db": "repository: offsite\nschedule: every 10s\n"}
+    for name, body in policies.items():
+        (root / "policies" / f"{name}.yaml").write_text(
+            f"name: {name}\n{body}sources:\n  - name: etc\n    files: {{paths: [/etc/hostname]}}\n")
+    for name, body in (playbooks or {}).items():
+        (root / "playbooks" / f"{name}.yaml").write_text(
+            f"name: {name}\n{body}steps:\n  - name: restore\n    restore: {{source: etc}}\n")
+    return root / "drtool.yaml"
+
+
+@dataclass
+class FakeRecord:
+    status: str
+    error: str | None = None
+    id: str = "run-1"
+
+
+@dataclass
+class Fakes:
+    """A dispatch table whose jobs can be held open and made to fail."""
+
+    calls: list[JobRequest] = field(default_factory=list)
+    hold: dict[str, threading.Event] = field(default_factory=dict)
+    status: dict[str, str] = field(default_factory=dict)
+    raise_lock: set[str] = field(default_factory=set)
+
+    def table(self) -> dict[str, Any]:
+        return {kind: self._job for kind in ("backup", "forget", "check", "drill")}
+
+    def _job(self, req: JobRequest) -> FakeRecord:
+        self.calls.append(req)
+        job_id = req.info.job.id
+        if job_id in self.raise_lock:
+            raise LockError(f"policy {req.info.policy!r} is already running")
+        gate = self.hold.get(job_id)
+        if gate is not None:
+            while not gate.wait(0.01):
+                if req.cancel.is_set():
+                    return FakeRecord("cancelled", "stopped by shutdown")
+        status = self.status.get(job_id, "success")
+        return FakeRecord(status, None if status == "success" else "pg_dump exited with code 1")
+
+    def ids(self) -> list[str]:
+        return [c.info.job.id for c in self.calls]
+
+
+class Events:
+    def __init__(self) -> None:
+        self.sent: list = []
+
+    def send(self, event: Any) -> list:
+        self.sent.append(event)
+        return []
+
+    def kinds(self) -> list[str]:
+        return [e.kind for e in self.sent]
+
+
+class Clock:
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def make(tmp_path: Path, fakes: Fakes, **setup: Any) -> tuple[Daemon, Events, Clock]:
+    settings = load_settings(str(write_setup(tmp_path, **setup)))
+    events, clock = Events(), Clock(T0)
+    daemon = Daemon(settings, dispatch=fakes.table(), notifier=events, clock=clock,  # type: ignore[arg-type]
+                    snapshot_time=lambda s, p: None, grace=0.2, cancel_grace=2)
+    return daemon, events, clock
+
+
+def settle(daemon: Daemon, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while daemon.running():
+        assert time.monotonic() < deadline, f"jobs still running: {daemon.running()}"
+        time.sleep(0.01)
+
+
+def info(job_id: str, policy: str, repo: str) -> JobInfo:
+    return JobInfo(Job(job_id, parse_schedule("hourly")), policy, repo)
+
+
+def test_build_jobs_covers_policies_and_playbooks(tmp_path: Path) -> None:
+    path = write_setup(tmp_path, policies={"db": "repository: offsite\nschedule: daily 02:00\n"
+                                                  "forget_schedule: weekly sun 04:00\ncheck: {schedule: hourly}\n",
+                                           "quiet": "repository: other\n"},
+                       playbooks={"nightly": "policy: db\nschedule: daily 05:00\n"})
+    jobs = build_jobs(load_settings(str(path)))
+    assert sorted(j.job.id for j in jobs) == ["backup:db", "check:db", "drill:nightly", "forget:db"]
+    assert {j.repository for j in jobs} == {"offsite"}
+
+
+def test_conflict_rules() -> None:
+    backup_a, drill_a = info("backup:a", "a", "r1"), info("drill:pa", "a", "r1")
+    backup_b, forget_b, check_b = info("backup:b", "b", "r1"), info("forget:b", "b", "r1"), info("check:b", "b", "r1")
+    backup_c = info("backup:c", "c", "r2")
+    assert conflicts(backup_a, backup_a)
+    assert conflicts(drill_a, backup_a) and conflicts(backup_a, drill_a)
+    assert not conflicts(backup_a, backup_b)                 # two policies may back up to one repo at once
+    assert conflicts(forget_b, backup_a) and conflicts(check_b, backup_a) and conflicts(forget_b, check_b)
+    assert not conflicts(forget_b, backup_c) and not conflicts(drill_a, backup_b)
+
+
+def test_next_subset_rotates_through_the_cycle() -> None:
+    seen, last = [], 0
+    for _ in range(4):
+        subset, last = next_subset("1/3", last)
+        seen.append(subset)
+    assert seen == ["1/3", "2/3", "3/3", "1/3"]
+    assert next_subset("5%", 7) == ("5%", 7) and next_subset(None, 0) == (None, 0)
+
+
+def test_first_start_waits_for_slot_then_runs_once(tmp_path: Path) -> None:
+    fakes = Fakes()
+    daemon, events, clock = make(tmp_path, fakes)
+    assert daemon.tick() == []                              # never ran: first sight, wait for the slot
+    clock.now = T0 + timedelta(seconds=10)
+    assert daemon.tick() == ["backup:db"]
+    settle(daemon)
+    assert daemon.tick() == []                              # same slot: not again
+    clock.now = T0 + timedelta(seconds=20)
+    assert daemon.tick() == ["backup:db"]
+    settle(daemon)
+    assert fakes.ids() == ["backup:db", "backup:db"]
+    assert fakes.calls[0].cancel is not fakes.calls[1].cancel
+
+
+def test_missed_slots_catch_up_once_after_restart(tmp_path: Path) -> None:
+    fakes = Fakes()
+    daemon, _events, clock = make(tmp_path, fakes, policies={"db": "repository: offsite\nschedule: daily 02:00\n"})
+    daemon.state.set("attempts", "backup:db", T0 - timedelta(days=3))   # down for three nights
+    restarted = Daemon(daemon.settings, dispatch=fakes.table(), notifier=Events(), clock=clock,  # type: ignore[arg-type]
+                       snapshot_time=lambda s, p: None)
+    assert restarted.tick() == ["backup:db"]
+    settle(restarted)
+    clock.now = T0 + timedelta(hours=1)
+    assert restarted.tick() == []
+    assert fakes.ids() == ["backup:db"]
+
+
+def test_concurrency_limit_and_deferred_job_runs_later(tmp_path: Path) -> None:
+    fakes = Fakes(hold={"backup:a": threading.Event()})
+    daemon, _e, clock = make(tmp_path, fakes, max_jobs=1, policies={
+        "a": "repository: offsite\nschedule: every 10s\n", "b": "repository: other\nschedule: every 10s\n"})
+    daemon.tick()
+    clock.now = T0 + timedelta(seconds=10)
+    assert daemon.tick() == ["backup:a"]
+    assert daemon.tick() == []                              # limit 1: b waits
+    fakes.hold["backup:a"].set()
+    settle(daemon)
+    assert daemon.tick() == ["backup:b"]                    # still due for its slot
+    settle(daemon)
+
+
+def test_drill_never_overlaps_its_policys_backup(tmp_path: Path) -> None:
+    fakes = Fakes(hold={"backup:db": threading.Event()})
+    daemon, _e, clock = make(tmp_path, fakes, playbooks={"pb": "policy: db\nschedule: every 10s\n"},
+                             policies={"db": "repository: offsite\nschedule: every 10s\nforget_schedule: every 10s\n"})
+    daemon.tick()
+    clock.now = T0 + timedelta(seconds=10)
+    assert daemon.tick() == ["backup:db"]                   # backups go first in a slot
+    assert daemon.tick() == []                              # drill and forget wait for the backup
+    fakes.hold["backup:db"].set()
+    settle(daemon)
+    started = daemon.tick()
+    assert started == ["forget:db"]                         # forget excludes the drill on the same repository
+    settle(daemon)
+    assert daemon.tick() == ["drill:pb"]
+    settle(daemon)
+    spans = {job: (start, end) for job, start, end, _s in daemon.history}
+    assert len(spans) == 3
+
+
+def test_failure_gives_exactly_one_failure_event(tmp_path: Path) -> None:
+    fakes = Fakes(status={"backup:db": "failed"})
+    daemon, events, clock = make(tmp_path, fakes)
+    daemon.tick()
+    clock.now = T0 + timedelta(seconds=10)
+    daemon.tick()
+    settle(daemon)
+    for _ in range(3):
+        daemon.tick()
+    assert events.kinds() == ["backup_started", "backup_failed"]
+    assert "pg_dump exited with code 1" in events.sent[1].message
+
+
+def test_crashing_job_is_recorded_as_failure_and_scheduler_survives(tmp_path: Path) -> None:
+    fakes = Fakes()
+    daemon, events, clock = make(tmp_path, fakes)
+    daemon.dispatch = {"backup": lambda req: 1 / 0}
+    daemon.tick()
+    clock.now = T0 + timedelta(seconds=10)
+    daemon.tick()
+    settle(daemon)
+    assert events.kinds()[-1] == "backup_failed" and "ZeroDivisionError" in events.sent[-1].message
+
+
+def test_locked_policy_is_not_an_attempt_and_is_retried_later(tmp_path: Path) -> None:
+    fakes = Fakes(raise_lock={"backup:db"})
+    daemon, events, clock = make(tmp_path, fakes)
+    daemon.tick()
+    clock.now = T0 + timedelta(seconds=10)
+    assert daemon.tick() == ["backup:db"]
+    settle(daemon)
+    assert daemon.tick() == []                              # backing off
+    fakes.raise_lock.clear()
+    clock.now = T0 + timedelta(seconds=75)
+    assert daemon.tick() == ["backup:db"]
+    settle(daemon)
+    assert "backup_failed" not in events.kinds()
+
+
+def test_shutdown_waits_grace_then_cancels(tmp_path: Path) -> None:
+    fakes = Fakes(hold={"backup:db": threading.Event()})
+    daemon, events, clock = make(tmp_path, fakes)
+    daemon.tick()
+    clock.now = T0 + timedelta(seconds=10)
+    daemon.tick()
+    daemon.shutdown()                                       # grace 0.2s: the held job is cancelled
+    assert daemon.running() == [] and fakes.calls[0].cancel.is_set()
+    assert events.kinds() == ["backup_started", "backup_cancelled"]
+    clock.now = T0 + timedelta(seconds=30)
+    assert daemon.tick() == []                              # stopped: nothing new starts
+
+
+def test_shutdown_lets_quick_jobs_finish(tmp_path: Path) -> None:
+    fakes = Fakes(hold={"backup:db": threading.Event()})
+    daemon, events, clock = make(tmp_path, fakes)
+    daemon.grace = 5
+    daemon.tick()
+    clock.now = T0 + timedelta(seconds=10)
+    daemon.tick()
+    threading.Timer(0.1, fakes.hold["backup:db"].set).start()
+    daemon.shutdown()
+    assert not fakes.calls[0].cancel.is_set() and events.kinds()[-1] == "backup_succeeded"
+
+
+def test_check_rotation_is_persisted_and_advances_on_success(tmp_path: Path) -> None:
+    fakes = Fakes()
+    daemon, _e, clock = make(tmp_path, fakes, policies={
+        "db": "repository: offsite\ncheck: {schedule: every 10s, read_data_subset: 1/2}\n"})
+    subsets = []
+    daemon.tick()
+    for i in range(1, 4):
+        clock.now = T0 + timedelta(seconds=10 * i)
+        daemon.tick()
+        settle(daemon)
+        subsets.append(fakes.calls[-1].read_data_subset)
+        if i == 1:   # a restarted daemon continues the cycle
+            daemon = Daemon(daemon.settings, dispatch=fakes.table(), notifier=Events(), clock=clock,  # type: ignore[arg-type]
+                            snapshot_time=lambda s, p: None)
+    assert subsets == ["1/2", "2/2", "1/2"]
+    fakes.status["check:db"] = "failed"
+    clock.now = T0 + timedelta(seconds=40)
+    daemon.tick()
+    settle(daemon)
+    clock.now = T0 + timedelta(seconds=50)
+    daemon.tick()
+    settle(daemon)
+    assert [c.read_data_subset for c in fakes.calls[-2:]] == ["2/2", "2/2"]   # failed part is read again
+
+
+def test_watchdog_raises_rpo_breach_once_then_recovers(tmp_path: Path) -> None:
+    fakes = Fakes()
+    daemon, events, clock = make(tmp_path, fakes, extra_config="notifications: {on_success: true}",
+                                 policies={"db": "repository: offsite\ntargets: {rpo: 24h}\n",
+                                           "new": "repository: offsite\ntargets: {rpo: 1h}\n"})
+    newest = {"db": T0 - timedelta(hours=30), "new": None}
+    daemon.snapshot_time = lambda s, p: newest[p.name]
+    assert sorted(daemon.watchdog()) == ["db", "new"]       # no job is scheduled: the watchdog still sees it
+    daemon.watchdog()
+    assert events.kinds() == ["rpo_breach", "rpo_breach"]
+    newest["db"] = T0 - timedelta(hours=1)
+    assert daemon.watchdog() == ["new"]
+    assert events.kinds()[-1] == "rpo_recovered" and events.sent[-1].policy == "db"
+
+
+def test_watchdog_survives_unreachable_repository(tmp_path: Path) -> None:
+    daemon, events, _c = make(tmp_path, Fakes(), policies={"db": "repository: offsite\ntargets: {rpo: 1h}\n"})
+
+    def broken(settings: Any, policy: Any) -> None:
+        raise OSError("connection refused")
+
+    daemon.snapshot_time = broken
+    assert daemon.watchdog() == [] and events.kinds() == []
+
+
+def test_reload_keeps_old_settings_when_new_config_is_invalid(tmp_path: Path) -> None:
+    fakes = Fakes()
+    daemon, _e, _c = make(tmp_path, fakes)
+    path = tmp_path / "policies" / "db.yaml"
+    path.write_text(path.read_text().replace("every 10s", "every fortnight"))
+    daemon.loader = lambda: load_settings(str(tmp_path / "drtool.yaml"))
+    assert daemon.reload() is False and [j.job.id for j in daemon.jobs] == ["backup:db"]
+    path.write_text(path.read_text().replace("schedule: every fortnight", "forget_schedule: daily 01:00"))
+    assert daemon.reload() is True and [j.job.id for j in daemon.jobs] == ["forget:db"]
+
+
+def test_metrics_textfile_written_after_a_job(tmp_path: Path) -> None:
+    metrics = tmp_path / "textfile" / "drtool.prom"
+    fakes = Fakes()
+    daemon, _e, clock = make(tmp_path, fakes, extra_config=f"metrics: {{textfile: {metrics}}}",
+                             policies={"db": "repository: offsite\nschedule: every 10s\ntargets: {rpo: 1h}\n"})
+    daemon.tick()
+    clock.now = T0 + timedelta(seconds=10)
+    daemon.tick()
+    settle(daemon)
+    text = metrics.read_text()
+    assert 'drtool_rpo_target_seconds{policy="db",repository="offsite"} 3600' in text
+    assert not list(metrics.parent.glob(".*.tmp"))
