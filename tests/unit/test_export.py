@@ -1,0 +1,175 @@
+"""Exports: systemd units (checked by systemd-analyze when present), crontab, schedule show, Prometheus text."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import urllib.error
+import urllib.request
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from drtool.actions.daemon import build_jobs
+from drtool.actions.schedule import crontab, drtool_executable, export_systemd, show
+from drtool.cli import main
+from drtool.config import load_settings
+from drtool.errors import UsageError
+from drtool.report.prometheus import MetricsServer, PlaybookMetrics, PolicyMetrics, render, write_textfile
+from tests.support.services import free_port
+from tests.unit.test_daemon_logic import write_setup
+
+POLICY = ("repository: offsite\nschedule: daily 02:00 jitter 10m\nforget_schedule: weekly sun 04:00\n"
+          "check: {schedule: every 6h, read_data_subset: 1/4}\n")
+PLAYBOOK = "policy: db\nschedule: '30 5 * * 1-5'\n"
+
+
+@pytest.fixture()
+def settings(tmp_path: Path):  # noqa: ANN201
+    return load_settings(str(write_setup(tmp_path / "cfg dir", policies={"db": POLICY},
+                                         playbooks={"pb": PLAYBOOK})))
+
+
+def unit_value(text: str, key: str) -> str:
+    match = re.search(rf"^{key}=(.*)$", text, re.M)
+    assert match, f"{key}= missing in\n{text}"
+    return match.group(1)
+
+
+def test_export_systemd_writes_service_and_timer_per_job(settings, tmp_path: Path) -> None:  # noqa: ANN001
+    out = tmp_path / "units"
+    files = export_systemd(settings, out, program="/usr/local/bin/drtool")
+    assert sorted(p.name for p in files) == sorted(
+        f"drtool-{job}.{ext}" for job in ("backup-db", "forget-db", "check-db", "drill-pb") for ext in ("service", "timer"))
+    timer = (out / "drtool-backup-db.timer").read_text()
+    assert unit_value(timer, "OnCalendar") == "*-*-* 02:00:00 UTC"
+    assert unit_value(timer, "Persistent") == "true" and unit_value(timer, "RandomizedDelaySec") == "600"
+    service = (out / "drtool-check-db.service").read_text()
+    assert unit_value(service, "ExecStart") == (
+        f'/usr/local/bin/drtool --config "{settings.path.resolve()}" check db --read-data-subset 25%%')
+    assert unit_value((out / "drtool-drill-pb.timer").read_text(), "OnCalendar") == "Mon,Tue,Wed,Thu,Fri *-*-* 05:30:00 UTC"
+
+
+def test_export_refuses_untranslatable_schedule_and_writes_nothing(tmp_path: Path) -> None:
+    settings = load_settings(str(write_setup(tmp_path, policies={
+        "db": "repository: offsite\nschedule: every 7h\n"})))
+    with pytest.raises(UsageError, match="backup:db.*divides a day"):
+        export_systemd(settings, tmp_path / "units", program="/bin/true")
+    assert not (tmp_path / "units").exists()
+    with pytest.raises(UsageError, match="nothing to export"):
+        export_systemd(load_settings(str(write_setup(tmp_path / "none", policies={"db": "repository: offsite\n"}))),
+                       tmp_path / "units", program="/bin/true")
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
+def test_exported_units_pass_systemd_analyze_verify(settings, tmp_path: Path) -> None:  # noqa: ANN001
+    out = tmp_path / "units"
+    files = export_systemd(settings, out, program=drtool_executable())
+    proc = subprocess.run(["systemd-analyze", "verify", "--man=no", *map(str, files)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    # The check can fail: a broken calendar spec is refused.
+    bad = out / "drtool-backup-db.timer"
+    bad.write_text(bad.read_text().replace("*-*-* 02:00:00 UTC", "every full moon"))
+    proc = subprocess.run(["systemd-analyze", "verify", "--man=no", str(bad)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
+@pytest.mark.parametrize("expr", ["daily 02:00", "weekly sun 03:00", "every 6h", "every 15m", "*/20 2 1 * *"])
+def test_systemd_agrees_with_schedule_math_on_next_elapse(expr: str) -> None:
+    from zoneinfo import ZoneInfo
+
+    from drtool.schedule_math import parse_schedule, to_oncalendar
+
+    schedule = parse_schedule(expr)
+    proc = subprocess.run(["systemd-analyze", "calendar", "--iterations=3", to_oncalendar(schedule, "UTC")],
+                          capture_output=True, text=True, timeout=30, env={"TZ": "UTC", "PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 0, proc.stderr
+    theirs = [datetime.strptime(m, "%Y-%m-%d %H:%M:%S").replace(tzinfo=timezone.utc)
+              for m in re.findall(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) UTC", proc.stdout.split("Next elapse:", 1)[1])][:3]
+    now = theirs[0] - timedelta(seconds=1)
+    ours = [schedule.next_after(now, ZoneInfo("UTC"))]
+    for _ in range(2):
+        ours.append(schedule.next_after(ours[-1], ZoneInfo("UTC")))
+    assert [o.timestamp() for o in ours] == [t.timestamp() for t in theirs]
+
+
+def test_crontab_quotes_commands(settings) -> None:  # noqa: ANN001
+    text = crontab(settings, program="/opt/dr tool/bin/drtool")
+    lines = [line for line in text.splitlines() if not line.startswith(("#", "CRON_TZ"))]
+    assert len(lines) == 4
+    backup = next(line for line in lines if line.endswith("# backup:db"))
+    assert backup.startswith("0 2 * * * '/opt/dr tool/bin/drtool' --config ")
+    assert "check db --read-data-subset 25\\%" in text
+    with pytest.raises(UsageError, match="crontab"):
+        crontab(load_settings(str(write_setup(settings.path.parent.parent / "s",
+                                              policies={"db": "repository: offsite\nschedule: every 10s\n"}))),
+                program="/bin/drtool")
+
+
+def test_show_lists_next_runs_soonest_first(settings) -> None:  # noqa: ANN001
+    now = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)   # a Wednesday
+    planned = show(settings, now)
+    assert [p.job for p in planned] == ["check:db", "backup:db", "drill:pb", "forget:db"]
+    assert planned[0].next_utc == datetime(2024, 5, 1, 18, 0, tzinfo=timezone.utc)
+    assert timedelta(0) <= planned[1].next_utc - datetime(2024, 5, 2, 2, 0, tzinfo=timezone.utc) < timedelta(minutes=10)
+    assert len(build_jobs(settings)) == 4
+
+
+def test_cli_export_needs_exactly_one_target(settings, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: ANN001
+    assert main(["--config", str(settings.path), "schedule", "export"]) == 2
+    assert "exactly one of --systemd DIR or --cron" in capsys.readouterr().err
+    assert main(["--config", str(settings.path), "schedule", "show"]) == 0
+    assert "backup:db" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- Prometheus text
+
+NOW = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
+
+
+def sample_text() -> str:
+    return render([PolicyMetrics('we"ird\\name', "offsite", NOW - timedelta(hours=2), 12.5, 2048, True,
+                                 NOW - timedelta(hours=30), 86400.0),
+                   PolicyMetrics("never", "offsite", rpo_target_s=3600.0)],
+                  [PlaybookMetrics("pb", "db", NOW, 95.0, 60.0, False)], NOW)
+
+
+def test_prometheus_text_parses_and_holds_the_values() -> None:
+    parser = pytest.importorskip("prometheus_client.parser")
+    families = {f.name: f for f in parser.text_string_to_metric_families(sample_text())}
+    def value(name: str, **labels: str) -> float:
+        return next(s.value for s in families[name].samples if all(s.labels.get(k) == v for k, v in labels.items()))
+    assert value("drtool_snapshot_age_seconds", policy='we"ird\\name') == 30 * 3600
+    assert value("drtool_rpo_breached", policy='we"ird\\name') == 1
+    assert value("drtool_rpo_breached", policy="never") == 1                  # no snapshot at all
+    assert value("drtool_drill_passed", playbook="pb") == 0
+    assert value("drtool_drill_rto_achieved_seconds", playbook="pb") == 95
+    # Unknown values are left out, not written as 0.
+    assert all(s.labels["policy"] != "never" for s in families["drtool_backup_last_duration_seconds"].samples)
+
+
+def test_write_textfile_is_atomic_replace(tmp_path: Path) -> None:
+    target = tmp_path / "collector" / "drtool.prom"
+    write_textfile(target, "old\n")
+    before = target.stat().st_ino
+    write_textfile(target, sample_text())
+    assert target.read_text() == sample_text() and target.stat().st_ino != before   # renamed over, not rewritten
+    assert [p.name for p in target.parent.iterdir()] == ["drtool.prom"]
+
+
+def test_metrics_endpoint_serves_on_loopback_only() -> None:
+    with pytest.raises(ValueError, match="loopback"):
+        MetricsServer(free_port(), sample_text, host="0.0.0.0")
+    server = MetricsServer(free_port(), sample_text).start()
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics", timeout=5) as response:
+            assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+            assert b"drtool_drill_passed" in response.read()
+        with pytest.raises(urllib.error.HTTPError):
+            urllib.request.urlopen(f"http://127.0.0.1:{server.port}/other", timeout=5)
+    finally:
+        server.stop()
