@@ -334,3 +334,49 @@ def test_hosts_unknown_name_is_a_usage_error(sshd: SshServer, tmp_path: Path) ->
     config = write_setup(tmp_path, sshd)
     code, text = drtool("-c", str(config), "hosts", "trust", "nope")
     assert code == 2 and "no host named 'nope'" in text
+
+
+# ------------------------------------------------------------------ PostgreSQL through SSH
+
+def test_postgres_dump_streams_through_ssh(runner: SshRunner, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """psql session, fingerprint and pg_dump all run "remotely"; PGPASSWORD travels over stdin."""
+    from drtool.config.models import PostgresSource
+    from drtool.errors import SourceError
+    from drtool.secrets import Secret
+    from drtool.sources.postgres import PostgresDatabase
+    from tests.support.postgres import pg_server
+
+    password = "pg-" + secrets.token_hex(10)
+    servers = pg_server(password=Secret(password))
+    pg = next(servers)
+    try:
+        monkeypatch.setenv("DRTOOL_TEST_PG_PW", password)
+        spec = dict(host="127.0.0.1", port=pg.port, user="postgres", bin_dir=pg.bin_dir, globals=False,
+                    password={"env": "DRTOOL_TEST_PG_PW"})
+        admin = PostgresDatabase(PostgresSource(database="postgres", **spec), runner)
+        admin.query(pg.target(), "CREATE DATABASE siak")
+        admin.query(pg.target(), "CREATE TABLE penduduk (id int PRIMARY KEY, nama text); "
+                                 "INSERT INTO penduduk SELECT g, 'Warga ' || g FROM generate_series(1, 2000) g",
+                    database="siak")
+        source = PostgresDatabase(PostgresSource(database="siak", **spec), runner)
+        dump = tmp_path / "siak.pgdump"
+        with source.open_dump() as session:
+            assert session.fingerprint["databases"]["siak"]["public.penduduk"] == 2000
+            [stream] = session.streams
+            proc = stream.start()
+            with open(dump, "wb") as out:
+                while chunk := proc.stdout.read1(1 << 20):
+                    out.write(chunk)
+            assert proc.wait(60) == 0, proc.stderr_tail()
+        listing = subprocess.run([f"{pg.bin_dir}/pg_restore", "--list", str(dump)],
+                                 capture_output=True, text=True, timeout=30)
+        assert listing.returncode == 0 and "TABLE DATA public penduduk" in listing.stdout
+
+        monkeypatch.setenv("DRTOOL_TEST_PG_PW", "wrong-password-123")
+        with pytest.raises(SourceError) as err:
+            with PostgresDatabase(PostgresSource(database="siak", **spec), runner).open_dump():
+                pass
+        assert "wrong-password-123" not in str(err.value) and password not in str(err.value)
+    finally:
+        servers.close()   # stops and removes the cluster
