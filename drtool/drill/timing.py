@@ -1,0 +1,126 @@
+"""Run one drill step against its timeout, and stop what it started when time is up.
+
+The step runs in a worker thread while the caller waits at most `timeout`
+seconds. On expiry (or Ctrl-C) every process that became a descendant of
+drtool while the step ran is interrupted (SIGINT, so restic releases its
+repository locks), then killed after a short grace. Database servers of
+scratch instances (postgres, mariadbd) are left alone: their context
+manager owns them and tears them down like `always:`.
+
+Linux only (/proc). Limitation: a process started during the step by
+*another* thread of the same drtool process (e.g. a concurrent daemon job)
+would be stopped too; the daemon runs drills in their own process for this.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SERVER_COMMS = frozenset({"postgres", "mariadbd", "mysqld"})
+STOP_GRACE_S = 3.0
+JOIN_AFTER_STOP_S = 20.0
+
+
+@dataclass
+class Timed:
+    value: Any = None
+    error: BaseException | None = None
+    timed_out: bool = False
+    duration_s: float = 0.0
+    stopped: int = 0              # processes stopped because of the timeout
+    still_running: bool = False   # the worker did not return after its processes were stopped
+
+
+def call_with_timeout(fn: Callable[[], Any], timeout: float | None) -> Timed:
+    before = descendants(os.getpid())
+    box: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller as data
+            box["error"] = exc
+
+    worker = threading.Thread(target=work, name="drill-step", daemon=True)
+    started = time.monotonic()
+    worker.start()
+    try:
+        worker.join(timeout)
+    except KeyboardInterrupt:
+        stop_new_processes(before)
+        worker.join(JOIN_AFTER_STOP_S)
+        raise
+    if worker.is_alive():
+        elapsed = time.monotonic() - started
+        stopped = stop_new_processes(before)
+        worker.join(JOIN_AFTER_STOP_S)
+        return Timed(timed_out=True, duration_s=elapsed, stopped=stopped, still_running=worker.is_alive())
+    elapsed = time.monotonic() - started
+    error = box.get("error")
+    # A subprocess timeout inside the step that fires together with ours is the same event.
+    timed_out = error is not None and timeout is not None and elapsed >= timeout - 0.05
+    return Timed(box.get("value"), error, timed_out, elapsed)
+
+
+def descendants(root: int) -> set[int]:
+    """Pids below `root`, not descending into database servers (their scratch owner stops them)."""
+    children: dict[int, list[int]] = {}
+    comms: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            text = (entry / "stat").read_text()
+        except OSError:
+            continue
+        head, _, rest = text.rpartition(")")
+        pid = int(entry.name)
+        comms[pid] = head.partition("(")[2]
+        fields = rest.split()
+        if len(fields) > 1:
+            children.setdefault(int(fields[1]), []).append(pid)
+    found: set[int] = set()
+    todo = [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if comms.get(child) in SERVER_COMMS or child in found:
+                continue
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def stop_new_processes(before: set[int], grace: float = STOP_GRACE_S) -> int:
+    """Interrupt, then kill, every descendant that was not there before; returns how many."""
+    targets = descendants(os.getpid()) - before
+    for pid in targets:
+        _signal(pid, signal.SIGINT)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and any(_alive(p) for p in targets):
+        time.sleep(0.05)
+    for pid in targets:
+        if _alive(pid):
+            _signal(pid, signal.SIGKILL)
+    return len(targets)
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"   # a zombie has stopped; its parent reaps it
