@@ -24,6 +24,7 @@ import logging
 import os
 import re
 import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -53,6 +54,7 @@ from drtool.sources.psql import (
     conn_args,
     connection_hint,
     conninfo_dbname,
+    failure_hint,
     libpq_env,
     pg_tool,
     psql_argv,
@@ -75,11 +77,16 @@ GLOBALS_MAX_BYTES = 64 * 1024 * 1024
 COUNT_CHUNK = 200                 # tables per counting statement
 DISK_MARGIN_BYTES = 64 * 1024 * 1024
 
-# Measured on the 2-core test machine (PostgreSQL 15, scratch tuning), ~300 MB
-# database (3 tables, 4 indexes), dump read from a local file as a stand-in for
-# restic dump:  see AUTO_STRATEGY_NOTE below for the numbers.
-AUTO_STRATEGY: Literal["stream", "parallel"] = "stream"
-AUTO_STRATEGY_NOTE = "measured: see report"
+# "auto" picks "parallel" when it can: measured on the 2-core test machine
+# (PostgreSQL 15, scratch tuning, busy neighbours), a 764 MB database (2 tables,
+# 3.3 M rows, 5 indexes; 373 MB dump), dump read from a local file standing in
+# for restic dump, two rounds each:
+#   stream    21.7 s, 20.1 s    (download, load and index build overlapped, one process)
+#   parallel  17.8 s, 16.1 s    (save 0.3 s + load 4.7/4.9 s + index build 12.3/10.6 s, -j 2)
+# Building indexes two at a time is what wins; it outweighs the temp copy as long
+# as the download is not much slower than the load. "parallel" needs pg_restore on
+# this machine and free space for the dump; otherwise "auto" streams.
+AUTO_PREFERRED: Literal["stream", "parallel"] = "parallel"
 
 # User relations counted in fingerprints: ordinary and partitioned tables.
 # Views have no rows of their own; materialized views may be unpopulated.
@@ -295,7 +302,8 @@ class PostgresDatabase:
         if result.returncode != 0:
             tail = result.stderr.decode("utf-8", "replace").strip()
             raise SourceError(f"SQL failed on {ep.where(database)} (psql exit code {result.returncode}): "
-                              f"{tail[-2000:] or 'no error text'}", hint=connection_hint(tail, ep.where(database)))
+                              f"{tail[-2000:] or 'no error text'}",
+                              hint=failure_hint(result.returncode, tail, ep.where(database)))
         return parse_records(result.stdout)
 
     # ------------------------------------------------------------ restore
@@ -313,7 +321,6 @@ class PostgresDatabase:
         ep = target_endpoint(target)
         names = reader.names()
         plan = stream_databases(names, target.database)
-        chosen = self._choose_strategy(strategy)
         # Check every target before touching anything: a refusal changes nothing.
         existing = {db: self._database_state(ep, db) for db in plan.values()}
         busy = [db for db, state in existing.items() if state == "non-empty"]
@@ -327,6 +334,7 @@ class PostgresDatabase:
             result.phases.append(self._apply_globals(reader, ep, target.user))
         for stream, db in plan.items():
             self._prepare_database(ep, db, existing[db])
+            chosen = self._choose_strategy(strategy, reader.size(stream), work_dir)
             restore_one = self._restore_stream if chosen == "stream" else partial(
                 self._restore_parallel, jobs=jobs or _default_jobs(), work_dir=work_dir)
             phases = restore_one(reader, stream, ep, db, keep_owners)
@@ -334,10 +342,14 @@ class PostgresDatabase:
             result.bytes += max((p.bytes or 0) for p in phases)
         return result
 
-    def _choose_strategy(self, strategy: Strategy) -> Literal["stream", "parallel"]:
+    def _choose_strategy(self, strategy: Strategy, size: int | None,
+                         work_dir: str | None) -> Literal["stream", "parallel"]:
         if strategy == "auto":
-            # A temp file is only visible to pg_restore when it runs on this machine.
-            return AUTO_STRATEGY if self.runner.name == "local" else "stream"
+            # A temp file is only visible to pg_restore when it runs on this machine,
+            # and only worth it when it surely fits.
+            local = self.runner.name == "local"
+            fits = size is not None and _free_bytes(work_dir) >= size + DISK_MARGIN_BYTES
+            return AUTO_PREFERRED if local and fits else "stream"
         if strategy == "parallel" and self.runner.name != "local":
             raise SourceError(f"the parallel restore strategy needs pg_restore on this machine, not {self.runner.name}",
                               hint="use strategy 'stream' for restores over SSH")
@@ -391,13 +403,17 @@ class PostgresDatabase:
         except BaseException:
             stop_process(src, grace=2)
             raise
-        copied = _pipe(src, dst, RESTORE_TIMEOUT, f"{stream} -> pg_restore")
+        copied, consumer_quit = _pipe(src, dst, RESTORE_TIMEOUT, f"{stream} -> pg_restore")
         src_code = _wait(src, 60)
         dst_code = _wait(dst, RESTORE_TIMEOUT)
+        # Whoever failed first is the cause: pg_restore quitting early makes us stop the
+        # reader; a reader failing mid-stream makes pg_restore see a truncated archive.
+        if consumer_quit:
+            _check_pg_restore(dst_code, dst.stderr_tail(), dst.argv, ep.where(db))
         if src_code != 0:
             raise SourceError(f"reading {stream} from the snapshot failed (exit code {src_code}): "
-                              f"{src.stderr_tail().strip()[-2000:]}",
-                              hint=f"database {db} on {ep.where()} is partly restored; rerun with force")
+                              f"{src.stderr_tail().strip()[-2000:] or 'no error text'}",
+                              hint=f"{ep.where(db)} is partly restored; fix the cause and rerun with force")
         _check_pg_restore(dst_code, dst.stderr_tail(), dst.argv, ep.where(db))
         return [RestorePhase("download+load+index build (streamed)", time.monotonic() - started, copied)]
 
@@ -456,8 +472,11 @@ def _check_pg_restore(code: int | None, stderr: str, argv: list[str], where: str
         "the database is partly restored; fix the cause and rerun with force")
 
 
-def _pipe(src: Process, dst: Process, timeout: float, what: str) -> int:
-    """Relay src.stdout into dst.stdin; a watchdog kills both when `timeout` passes."""
+def _pipe(src: Process, dst: Process, timeout: float, what: str) -> tuple[int, bool]:
+    """Relay src.stdout into dst.stdin; a watchdog kills both when `timeout` passes.
+
+    Returns (bytes copied, whether dst stopped reading before the end).
+    """
     timed_out = threading.Event()
 
     def expire() -> None:
@@ -470,6 +489,7 @@ def _pipe(src: Process, dst: Process, timeout: float, what: str) -> int:
     watchdog.start()
     _drain_async(dst.stdout)
     copied = 0
+    consumer_quit = False
     assert dst.stdin is not None
     try:
         read = getattr(src.stdout, "read1", src.stdout.read)
@@ -478,6 +498,7 @@ def _pipe(src: Process, dst: Process, timeout: float, what: str) -> int:
                 dst.stdin.write(chunk)
             except (BrokenPipeError, OSError, ValueError):
                 # pg_restore stopped reading: it failed; its stderr says why.
+                consumer_quit = True
                 stop_process(src, grace=2)
                 break
             copied += len(chunk)
@@ -489,7 +510,7 @@ def _pipe(src: Process, dst: Process, timeout: float, what: str) -> int:
         watchdog.cancel()
     if timed_out.is_set():
         raise CommandError(dst.argv, None, dst.stderr_tail(), what=what, hint=f"it took longer than {timeout:.0f}s")
-    return copied
+    return copied, consumer_quit
 
 
 def _drain_async(pipe: IO[bytes]) -> None:
@@ -531,6 +552,10 @@ def _check_free_space(directory: Path, need: int | None, what: str) -> None:
             f"not enough free space in {directory} for {what}: need {need / 1e6:.0f} MB, "
             f"{free / 1e6:.0f} MB free",
             hint="free some space, point work_dir (TMPDIR) at a larger disk, or use the 'stream' strategy")
+
+
+def _free_bytes(work_dir: str | None) -> int:
+    return shutil.disk_usage(work_dir or tempfile.gettempdir()).free
 
 
 def _default_jobs() -> int:

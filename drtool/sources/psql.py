@@ -94,6 +94,13 @@ def connection_hint(stderr: str, where: str) -> str:
     return f"check that {where} is reachable and the credentials are right (wrong password? server down? pg_hba?)"
 
 
+def failure_hint(code: int | None, stderr: str, where: str) -> str:
+    """psql exits 3 when a statement failed (ON_ERROR_STOP), 2 when the connection did."""
+    if code == 3:
+        return f"the SQL statement failed on {where}; see the server's error above"
+    return connection_hint(stderr, where)
+
+
 def libpq_env(password: str | None) -> dict[str, str]:
     """Environment for libpq tools: the password only here (never argv), bounded connects."""
     env = {"PGCONNECT_TIMEOUT": str(CONNECT_TIMEOUT_S), "PGAPPNAME": "drtool"}
@@ -169,7 +176,7 @@ class PsqlSession:
         self._closed = True
         status = f"exit code {code}" if code is not None else "no exit code"
         raise SourceError(f"{what} with {self.where} ({status}): {tail or 'no error text'}",
-                          hint=connection_hint(tail, self.where))
+                          hint=failure_hint(code, tail, self.where))
 
     def close(self, timeout: float = CLOSE_TIMEOUT) -> None:
         """End the session: psql's EOF ends the transaction (rollback) and the connection."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -113,9 +114,23 @@ def populated(prod: ScratchPostgres) -> ScratchPostgres:
     return prod
 
 
-@pytest.fixture()
-def scratch() -> Iterator[ScratchPostgres]:
+@pytest.fixture(scope="module")
+def scratch_server() -> Iterator[ScratchPostgres]:
     yield from pg_server()
+
+
+@pytest.fixture()
+def scratch(scratch_server: ScratchPostgres) -> Iterator[ScratchPostgres]:
+    """The restore target, emptied after each test (cheaper than a new cluster each time)."""
+    yield scratch_server
+    admin = source_for(scratch_server, "postgres")
+    target = scratch_server.target()
+    for (db,) in admin.query(target, "SELECT datname FROM pg_database WHERE datname NOT IN "
+                                     "('postgres', 'template0', 'template1')", "postgres"):
+        admin.query(target, f'DROP DATABASE "{db}" WITH (FORCE)', "postgres")
+    for (role,) in admin.query(target, "SELECT rolname FROM pg_roles WHERE rolname NOT LIKE 'pg\\_%' "
+                                       "AND rolname <> 'postgres'", "postgres"):
+        admin.query(target, f'DROP ROLE "{role}"', "postgres")
 
 
 @pytest.fixture(scope="module")
@@ -157,14 +172,25 @@ def test_restore_roundtrip_matches_fingerprint_and_content(
     assert all(p.duration_s >= 0 for p in result.phases) and result.bytes > 0
 
 
-def test_restore_single_database_under_another_name(
-    populated: ScratchPostgres, tmp_path: Path, scratch: ScratchPostgres,
+class UnsizedReader(DirReader):
+    def size(self, name: str) -> int | None:
+        return None
+
+
+@pytest.mark.parametrize(("reader_cls", "phases"), [
+    (DirReader, ["download+decrypt", "load", "index build"]),
+    (UnsizedReader, ["download+load+index build (streamed)"]),
+])
+def test_auto_restore_single_database_under_another_name(
+    populated: ScratchPostgres, tmp_path: Path, scratch: ScratchPostgres, reader_cls: type, phases: list[str],
 ) -> None:
     src = source_for(populated, "kota", globals_=False)
     fingerprint = dump_to(src, tmp_path)
     target = scratch.target()
     target.database = "kota_drill"
-    src.restore(DirReader(tmp_path), target)
+    result = src.restore(reader_cls(tmp_path), target)
+    # auto: parallel when the dump's size is known to fit on disk, else streamed.
+    assert [p.name for p in result.phases] == phases
     restored = src.fingerprint_target(scratch.target(), ["kota_drill"])
     assert restored["databases"]["kota_drill"] == fingerprint["databases"]["kota"]
 
@@ -273,6 +299,23 @@ def test_restore_from_truncated_dump_raises(populated: ScratchPostgres, dumped: 
     (tmp_path / "siak.pgdump").write_bytes(data[: len(data) // 2])
     with pytest.raises(SourceError, match="pg_restore into .*failed"):
         source_for(populated, "siak").restore(DirReader(tmp_path), scratch.target(), strategy="stream")
+
+
+def test_restore_reader_failing_midway_raises(populated: ScratchPostgres, dumped: tuple[dict, Path],
+                                              scratch: ScratchPostgres) -> None:
+    _, out = dumped
+
+    class FailingReader(DirReader):
+        """Like restic dump dying halfway: half the bytes, then a non-zero exit."""
+
+        def open(self, name: str) -> LocalProcess:
+            if not name.endswith(".pgdump"):
+                return super().open(name)
+            code = "import sys; d = open(sys.argv[1], 'rb').read(); sys.stdout.buffer.write(d[: len(d) // 2]); sys.exit(5)"
+            return LocalRunner().start([sys.executable, "-c", code, str(self.root / name)])
+
+    with pytest.raises(SourceError, match=r"(?s)reading kota.pgdump from the snapshot failed \(exit code 5\).*partly restored"):
+        source_for(populated, "siak").restore(FailingReader(out), scratch.target(), strategy="stream")
 
 
 def test_parallel_restore_checks_free_space(populated: ScratchPostgres, dumped: tuple[dict, Path],
