@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 
-def _settings(ctx: click.Context):  # noqa: ANN202 - Settings, imported lazily
+def _settings(ctx: click.Context):
     from drtool.config import load_settings
     return load_settings(ctx.obj["config"])
 
@@ -63,7 +63,7 @@ def check(ctx: click.Context, name: str | None) -> None:
         raise DrtoolError(f"host check failed for {', '.join(failed)}", hint="see the report above")
 
 
-def _print_report(report) -> None:  # noqa: ANN001 - HostReport
+def _print_report(report) -> None:
     click.echo(f"{'OK' if report.ok else 'FAILED'}  {report.host}  {report.where}")
     if report.error:
         click.echo("  " + report.error.replace("\n", "\n  "))

@@ -35,10 +35,10 @@ import stat
 import subprocess
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 from drtool.config.models import Host
 from drtool.errors import CommandError, DrtoolError, RemoteError, UsageError
@@ -229,7 +229,7 @@ def record_host_key(path: Path, hostname: str, key: HostKey) -> None:
 
 # ------------------------------------------------------------------ client keys
 
-def load_private_key(text: str, where: str) -> "paramiko.PKey":
+def load_private_key(text: str, where: str) -> paramiko.PKey:
     """Parse an OpenSSH or PEM private key (ed25519, ecdsa, rsa); never echoes the text."""
     import paramiko
 
@@ -262,7 +262,7 @@ def read_key_file(path: Path) -> str:
 # ------------------------------------------------------------------ channel file objects
 
 class _ChannelStdout(io.RawIOBase):
-    def __init__(self, channel: "paramiko.Channel") -> None:
+    def __init__(self, channel: paramiko.Channel) -> None:
         self._chan = channel
 
     def readable(self) -> bool:
@@ -282,7 +282,7 @@ class _ChannelStderr(_ChannelStdout):
 
 
 class _ChannelStdin(io.RawIOBase):
-    def __init__(self, channel: "paramiko.Channel") -> None:
+    def __init__(self, channel: paramiko.Channel) -> None:
         self._chan = channel
 
     def writable(self) -> bool:
@@ -310,8 +310,8 @@ class _ChannelStdin(io.RawIOBase):
 class SshProcess:
     """A program running on a remote host; behaves like `execute.LocalProcess`."""
 
-    def __init__(self, channel: "paramiko.Channel", argv: list[str], where: str, *,
-                 payload: bytes, stdin: bool, runner: "SshRunner", start_timeout: float) -> None:
+    def __init__(self, channel: paramiko.Channel, argv: list[str], where: str, *,
+                 payload: bytes, stdin: bool, runner: SshRunner, start_timeout: float) -> None:
         self.argv = argv
         self.where = where
         self._chan = channel
@@ -341,7 +341,7 @@ class SshProcess:
                 if pid is not None:
                     return pid
                 log.debug("%s: login shell printed %r before the command", self.where, redact(line[:200].decode("utf-8", "replace")))
-        except (TimeoutError, socket.timeout):
+        except TimeoutError:
             self._chan.close()
             raise RemoteError(f"{self.argv[0]} did not start on {self.where} within {timeout:.0f}s",
                               hint="the host may be overloaded, or a login script waits for input") from None
@@ -404,12 +404,6 @@ class SshProcess:
 
 # ------------------------------------------------------------------ runner
 
-@dataclass
-class _Attempt:
-    reason: str
-    retry: bool = True
-
-
 class SshRunner:
     """Run programs on `host` over one SSH connection (opened on first use)."""
 
@@ -442,7 +436,7 @@ class SshRunner:
     def __repr__(self) -> str:
         return f"SshRunner({self.host_name!r})"
 
-    def __enter__(self) -> "SshRunner":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -475,19 +469,27 @@ class SshRunner:
         return t is not None and t.is_active()
 
     def _connect_with_retries(self) -> Any:
+        return self._retrying(self._connect_once)
+
+    def _retrying(self, attempt_once: Callable[[], Any]) -> Any:
+        """Retry what a new attempt may fix (refused, timed out, reset) with backoff.
+
+        Host key and login failures are RemoteError, not _Retryable: retrying
+        them would only hammer the host (and its fail2ban).
+        """
         delays = backoff_delays(self.retries, self.backoff)
-        last = _Attempt("no attempt made")
+        reason = "no attempt made"
         for attempt in range(self.retries):
             try:
-                return self._connect_once(verify=True)
+                return attempt_once()
             except _Retryable as exc:
-                last = _Attempt(exc.reason)
-                log.info("ssh %s: attempt %d failed: %s", self.host_name, attempt + 1, exc.reason)
+                reason = exc.reason
+                log.info("ssh %s: attempt %d failed: %s", self.host_name, attempt + 1, reason)
                 if attempt < len(delays):
                     time.sleep(delays[attempt])
-        raise RemoteError(f"cannot reach {self.where}: {last.reason} (tried {self.retries} times)",
-                          hint=f"check that the host is up, sshd listens on port {self.host.port}, "
-                               "and nothing blocks the connection; see hosts." f"{self.host_name} in drtool.yaml")
+        raise RemoteError(f"cannot reach {self.where}: {reason} (tried {self.retries} times)",
+                          hint=f"check that the host is up, sshd listens on port {self.host.port} and nothing "
+                               f"blocks the connection; the address is hosts.{self.host_name} in drtool.yaml")
 
     def _open_socket(self) -> Any:
         timeout = self.host.connect_timeout
@@ -495,7 +497,7 @@ class SshRunner:
             return self._jump_channel(timeout)
         try:
             sock = socket.create_connection((self.host.address, self.host.port), timeout=timeout)
-        except (TimeoutError, socket.timeout):
+        except TimeoutError:
             raise _Retryable(f"connection timed out after {timeout:.0f}s") from None
         except OSError as exc:
             raise _Retryable(exc.strerror or type(exc).__name__) from None
@@ -544,14 +546,13 @@ class SshRunner:
             raise _Retryable(f"SSH handshake failed: {exc}") from None
         return transport
 
-    def _connect_once(self, *, verify: bool) -> Any:
+    def _connect_once(self) -> Any:
         known = known_keys(self.known_hosts, self.hostname)
         transport = self._start_transport(self._open_socket(), known)
         try:
-            if verify:
-                self._verify_host_key(transport, known)
-                self._authenticate(transport)
-                transport.set_keepalive(self.keepalive)
+            self._verify_host_key(transport, known)
+            self._authenticate(transport)
+            transport.set_keepalive(self.keepalive)
         except BaseException:
             transport.close()
             raise
@@ -622,15 +623,7 @@ class SshRunner:
     def scan_host_key(self) -> tuple[HostKey, str, list[HostKey]]:
         """Connect without logging in: (offered key, 'trusted'|'unknown'|'changed', recorded keys)."""
         known = known_keys(self.known_hosts, self.hostname)
-        transport = None
-        for attempt, delay in enumerate([*backoff_delays(self.retries, self.backoff), None]):
-            try:
-                transport = self._start_transport(self._open_socket(), known)
-                break
-            except _Retryable as exc:
-                if delay is None:
-                    raise RemoteError(f"cannot reach {self.where}: {exc.reason}") from None
-                time.sleep(delay)
+        transport = self._retrying(lambda: self._start_transport(self._open_socket(), known))
         try:
             offered = self._offered(transport)
         finally:

@@ -306,7 +306,8 @@ sources:
     # pg_dump is not on PATH on this machine (it lives in /usr/lib/postgresql/N/bin):
     # the check names exactly what the policy lacks.
     assert "policy records:" in text
-    has_pg_dump = subprocess.run(["sh", "-c", "command -v pg_dump"], capture_output=True).returncode == 0
+    has_pg_dump = subprocess.run(["sh", "-c", "command -v pg_dump"], capture_output=True, timeout=10,
+                                 check=False).returncode == 0
     assert (code == 0) == has_pg_dump
     if not has_pg_dump:
         assert "missing pg_dump" in text
@@ -352,8 +353,8 @@ def test_postgres_dump_streams_through_ssh(runner: SshRunner, tmp_path: Path,
     pg = next(servers)
     try:
         monkeypatch.setenv("DRTOOL_TEST_PG_PW", password)
-        spec = dict(host="127.0.0.1", port=pg.port, user="postgres", bin_dir=pg.bin_dir, globals=False,
-                    password={"env": "DRTOOL_TEST_PG_PW"})
+        spec = {"host": "127.0.0.1", "port": pg.port, "user": "postgres", "bin_dir": pg.bin_dir,
+                "globals": False, "password": {"env": "DRTOOL_TEST_PG_PW"}}
         admin = PostgresDatabase(PostgresSource(database="postgres", **spec), runner)
         admin.query(pg.target(), "CREATE DATABASE siak")
         admin.query(pg.target(), "CREATE TABLE penduduk (id int PRIMARY KEY, nama text); "
@@ -370,13 +371,13 @@ def test_postgres_dump_streams_through_ssh(runner: SshRunner, tmp_path: Path,
                     out.write(chunk)
             assert proc.wait(60) == 0, proc.stderr_tail()
         listing = subprocess.run([f"{pg.bin_dir}/pg_restore", "--list", str(dump)],
-                                 capture_output=True, text=True, timeout=30)
+                                 capture_output=True, text=True, timeout=30, check=False)
         assert listing.returncode == 0 and "TABLE DATA public penduduk" in listing.stdout
 
         monkeypatch.setenv("DRTOOL_TEST_PG_PW", "wrong-password-123")
-        with pytest.raises(SourceError) as err:
-            with PostgresDatabase(PostgresSource(database="siak", **spec), runner).open_dump():
-                pass
+        wrong = PostgresDatabase(PostgresSource(database="siak", **spec), runner)
+        with pytest.raises(SourceError) as err, wrong.open_dump():
+            pass
         assert "wrong-password-123" not in str(err.value) and password not in str(err.value)
     finally:
         servers.close()   # stops and removes the cluster

@@ -33,7 +33,7 @@ ED_BLOB = base64.b64decode("AAAAC3NzaC1lZDI1NTE5AAAAIHb2Mx0Jx4V9m7ZQ2JtN0Pn6fGq0
 
 def run_as_login_shell(command: str, stdin: bytes) -> subprocess.CompletedProcess[bytes]:
     # What sshd does with the command string: `$SHELL -c COMMAND`.
-    return subprocess.run(["bash", "-c", command], input=stdin, capture_output=True, timeout=10)
+    return subprocess.run(["bash", "-c", command], input=stdin, capture_output=True, timeout=10, check=False)
 
 
 def test_remote_command_round_trips_argv_and_env_without_values_in_it() -> None:
@@ -193,3 +193,29 @@ def test_parse_probe() -> None:
     tools = parse_probe(text, ["pg_dump", "restic", "tar"])
     assert tools["pg_dump"].path == "/usr/bin/pg_dump" and tools["pg_dump"].version.endswith("15.8")
     assert tools["restic"].path is None and tools["tar"].path is None
+
+
+def test_runner_for_local_ssh_and_unknown(tmp_path: Path) -> None:
+    from drtool.config.loader import Settings
+    from drtool.config.models import Config
+    from drtool.errors import ConfigError
+    from drtool.execute import LocalRunner
+    from drtool.remote import runner_for
+    from drtool.remote.ssh import SshRunner
+
+    config = Config.model_validate({
+        "state_dir": "state",
+        "repositories": {"main": {"url": "/srv/repo", "password": {"env": "X"}}},
+        "hosts": {"db1": {"address": "127.0.0.1", "port": 2222, "key_file": "keys/id_db1"},
+                  "db2": {"address": "127.0.0.1", "known_hosts": "/etc/drtool/kh", "key_file": "~/.ssh/id"}},
+    })
+    settings = Settings(tmp_path / "drtool.yaml", config, {}, {})
+    assert isinstance(runner_for(settings, None), LocalRunner)
+    db1 = runner_for(settings, "db1")
+    assert isinstance(db1, SshRunner) and db1.name == "ssh:db1"
+    assert db1.known_hosts == tmp_path / "state" / "known_hosts"
+    assert db1.host.key_file == str(tmp_path / "keys" / "id_db1")   # relative to drtool.yaml
+    db2 = runner_for(settings, "db2")
+    assert db2.known_hosts == Path("/etc/drtool/kh") and db2.host.key_file == "~/.ssh/id"
+    with pytest.raises(ConfigError, match="no host named 'db3'"):
+        runner_for(settings, "db3")
