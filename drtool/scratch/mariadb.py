@@ -138,10 +138,11 @@ class ScratchMariadb:
     def admin_sql(self, sql: str, *, timeout: float = SETUP_TIMEOUT) -> str:
         """Run SQL as the local socket admin (setup and tests); returns the batch output."""
         argv = [_find(["mariadb", "mysql"]), "--no-defaults", f"--socket={self.socket}",
-                f"--user={self._socket_user}", "--batch", "--skip-column-names"]
+                f"--user={self._socket_user}", "--batch", "--skip-column-names",
+                "--default-character-set=utf8mb4"]
         return self._runner.run(argv, input=sql.encode(), timeout=timeout).text
 
-    def __enter__(self) -> "ScratchMariadb":
+    def __enter__(self) -> ScratchMariadb:
         try:
             self._start()
         except BaseException:
