@@ -1,0 +1,227 @@
+"""SQLite: a consistent online copy via the backup API, restored atomically.
+
+Backup: `open_dump` runs the producer (`python -m drtool.sources.sqlite_dump
+snapshot PATH`, through the runner) which copies the database with SQLite's
+backup API into a private 0700 temp directory and reports the copy's tables
+and exact row counts. The one stream, named after the file ("app.sqlite"),
+just reads that copy (`sqlite_dump cat`), so the fingerprint describes exactly
+the bytes streamed, even while writers are active. The copy is removed when
+the session closes. This temp copy is the one exception to "dumps are never
+staged on disk": the backup API needs a destination database, and SQLite
+files are usually small.
+
+Restore: into `DbTarget(kind="sqlite", path=...)`, on drtool's own host. An
+existing non-empty file is refused unless `force`; the stream is written to a
+temp file beside the target, checked with `PRAGMA integrity_check`, fsynced
+and renamed over the target, so the target is either the old file or the
+complete new one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
+from pathlib import Path
+
+from drtool.config.models import SqliteSource
+from drtool.errors import CommandError, RestoreRefused, SourceError
+from drtool.execute import Process, Runner, stop_process
+from drtool.sources.base import (
+    DbTarget,
+    DumpSession,
+    DumpStream,
+    Fingerprint,
+    RestorePhase,
+    RestoreResult,
+    StreamReader,
+)
+from drtool.sources.sqlite_dump import open_readonly, table_counts
+
+PRODUCER = "drtool.sources.sqlite_dump"
+SNAPSHOT_TIMEOUT = 1800.0
+RESTORE_TIMEOUT = 6 * 3600.0
+CHUNK = 1 << 20
+
+
+def python_for(runner: Runner) -> str:
+    # Locally the very interpreter drtool runs in; elsewhere the host's python3.
+    return sys.executable if runner.name == "local" else "python3"
+
+
+def producer_argv(python: str, action: str, path: str) -> list[str]:
+    return [python, "-m", PRODUCER, action, path]
+
+
+def fingerprint_of(name: str, tables: dict[str, int]) -> Fingerprint:
+    return {"kind": "sqlite", "databases": {name: dict(tables)}}
+
+
+class SqliteDatabase:
+    kind = "sqlite"
+
+    def __init__(self, spec: SqliteSource, runner: Runner) -> None:
+        self.spec = spec
+        self.runner = runner
+        self.name = Path(spec.path).name
+
+    # ------------------------------------------------------------ backup
+
+    @contextmanager
+    def open_dump(self) -> Iterator[DumpSession]:
+        python = python_for(self.runner)
+        info = self._snapshot(python)
+        try:
+            copy = str(info["copy"])
+            stream = DumpStream(self.name, lambda: self.runner.start(producer_argv(python, "cat", copy)),
+                                database=self.name)
+            yield DumpSession(fingerprint_of(self.name, info["tables"]), [stream])
+        finally:
+            self._remove(python, str(info["dir"]))
+
+    def _snapshot(self, python: str) -> dict:
+        try:
+            res = self.runner.run(producer_argv(python, "snapshot", self.spec.path), timeout=SNAPSHOT_TIMEOUT)
+            return json.loads(res.text)
+        except CommandError as exc:
+            raise SourceError(f"could not copy SQLite database {self.spec.path} on {self.runner.name}: "
+                              f"{exc.stderr_tail.strip() or exc.message}",
+                              hint="check the path and that drtool may read the file and its directory") from None
+        except ValueError:
+            raise SourceError(f"the SQLite producer on {self.runner.name} printed no valid snapshot report",
+                              hint="is the same drtool version installed there?") from None
+
+    def _remove(self, python: str, workdir: str) -> None:
+        try:
+            self.runner.run(producer_argv(python, "remove", workdir), timeout=120)
+        except CommandError as exc:
+            # Never mask the real outcome of the backup; say what is left behind.
+            import logging
+            logging.getLogger(__name__).warning("could not remove SQLite copy %s: %s", workdir, exc.message)
+
+    # ------------------------------------------------------------ restore
+
+    def restore(self, reader: StreamReader, target: DbTarget, *, force: bool = False) -> RestoreResult:
+        dest = _target_path(target)
+        stream = pick_stream(reader.names(), self.name)
+        if dest.exists() and dest.stat().st_size > 0 and not force:
+            raise RestoreRefused(f"{dest} exists and is not empty; nothing was changed",
+                                 hint="restore into a scratch directory, or use force to replace it")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        started = time.monotonic()
+        tmp = self._download(reader, stream, dest)
+        phases = [RestorePhase("load", time.monotonic() - started, tmp.stat().st_size)]
+        try:
+            started = time.monotonic()
+            check_integrity(tmp)
+            phases.append(RestorePhase("integrity check", time.monotonic() - started))
+            _replace(tmp, dest)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return RestoreResult(databases=[dest.name], phases=phases, bytes=phases[0].bytes or 0)
+
+    def _download(self, reader: StreamReader, stream: str, dest: Path) -> Path:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.drtool-", dir=dest.parent)
+        tmp = Path(tmp_name)
+        proc = reader.open(stream)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                _relay_with_deadline(proc, out)
+                out.flush()
+                os.fsync(out.fileno())
+            code = proc.wait(120)
+        except BaseException:
+            stop_process(proc, grace=5)
+            tmp.unlink(missing_ok=True)
+            raise
+        if code != 0:
+            tmp.unlink(missing_ok=True)
+            raise SourceError(f"reading stream {stream} for the restore of {dest} failed (exit {code}):\n    "
+                              + proc.stderr_tail().strip()[-2000:], hint="check the snapshot (restic check)")
+        return tmp
+
+    # ------------------------------------------------------------ verify
+
+    def fingerprint_target(self, target: DbTarget, databases: list[str]) -> Fingerprint:
+        path = _target_path(target)
+        name = databases[0] if databases else path.name
+        try:
+            return fingerprint_of(name, table_counts(path))
+        except (OSError, sqlite3.Error) as exc:
+            raise SourceError(f"cannot count rows in {path}: {exc}") from None
+
+    def query(self, target: DbTarget, sql: str, database: str | None = None) -> list[list[str]]:
+        path = _target_path(target)
+        try:
+            conn = open_readonly(path)
+            try:
+                rows = conn.execute(sql).fetchall()
+            finally:
+                conn.close()
+        except (OSError, sqlite3.Error) as exc:
+            raise SourceError(f"query on {path} failed: {exc}") from None
+        return [["NULL" if v is None else str(v) for v in row] for row in rows]
+
+
+# ---------------------------------------------------------------- helpers
+
+def pick_stream(names: Sequence[str], expected: str) -> str:
+    if expected in names:
+        return expected
+    if len(names) == 1:
+        return names[0]
+    raise SourceError(f"the snapshot holds {len(names)} streams ({', '.join(names) or 'none'}) "
+                      f"and none is named {expected}", hint="pick a snapshot of this sqlite source")
+
+
+def _target_path(target: DbTarget) -> Path:
+    if target.kind != "sqlite" or target.path is None:
+        raise SourceError(f"a SQLite restore needs a sqlite target with a path, got {target.describe()}")
+    return Path(target.path)
+
+
+def check_integrity(path: Path) -> None:
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            result = conn.execute("PRAGMA integrity_check").fetchall()
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        raise SourceError(f"restored file is not a usable SQLite database: {exc}",
+                          hint="the snapshot may be damaged; try an older one") from None
+    if result != [("ok",)]:
+        raise SourceError(f"restored SQLite database fails integrity_check: {result[:5]}",
+                          hint="the snapshot may be damaged; try an older one")
+
+
+def _replace(tmp: Path, dest: Path) -> None:
+    # A stale -wal/-shm of the old file would be replayed into the new one.
+    for suffix in ("-wal", "-shm", "-journal"):
+        Path(f"{dest}{suffix}").unlink(missing_ok=True)
+    os.replace(tmp, dest)
+    with suppress(OSError):
+        dir_fd = os.open(dest.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def _relay_with_deadline(proc: Process, out) -> None:
+    watchdog = threading.Timer(RESTORE_TIMEOUT, proc.kill)
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        src = proc.stdout
+        for chunk in iter(lambda: src.read1(CHUNK) if hasattr(src, "read1") else src.read(CHUNK), b""):
+            out.write(chunk)
+    finally:
+        watchdog.cancel()

@@ -1,0 +1,121 @@
+"""Producer program for SQLite backups: `python -m drtool.sources.sqlite_dump ...`.
+
+    sqlite_dump PATH             copy PATH with the backup API, write the copy to
+                                 stdout, remove it (a self-contained producer)
+    sqlite_dump snapshot PATH    make the copy in a new private 0700 directory,
+                                 print {"dir", "copy", "tables"} as JSON
+    sqlite_dump cat COPY         write COPY to stdout
+    sqlite_dump remove DIR       remove a directory made by `snapshot`
+
+It runs as its own process (through a Runner, so also on a remote host) and
+exits non-zero with a message on stderr on any error. The backup API gives a
+consistent copy while writers are active: the copy is made in one step inside
+one read transaction (WAL: writers go on; rollback journal: writers wait at
+most the busy timeout).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+import sys
+import tempfile
+from pathlib import Path
+
+DIR_PREFIX = "drtool-sqlite-copy-"
+BUSY_TIMEOUT_MS = 30_000
+CHUNK = 1 << 20
+
+
+def open_readonly(path: Path) -> sqlite3.Connection:
+    # mode=ro: a missing file is an error instead of a new empty database.
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist or is not a file")
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    return conn
+
+
+def backup_copy(src: Path, dest: Path) -> None:
+    """A consistent copy of `src` at `dest` (one backup step = one read transaction)."""
+    source = open_readonly(src)
+    target = sqlite3.connect(dest)
+    try:
+        source.backup(target, pages=-1)
+        problems = target.execute("PRAGMA quick_check").fetchall()
+        if problems != [("ok",)]:
+            raise sqlite3.DatabaseError(f"copy of {src} fails quick_check: {problems[:5]}")
+    finally:
+        target.close()
+        source.close()
+
+
+def table_counts(path: Path) -> dict[str, int]:
+    conn = open_readonly(path)
+    try:
+        names = [r[0] for r in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")]
+        return {name: conn.execute(f'SELECT COUNT(*) FROM "{name.replace(chr(34), chr(34) * 2)}"').fetchone()[0]
+                for name in names}
+    finally:
+        conn.close()
+
+
+def snapshot(src: Path) -> dict[str, object]:
+    workdir = Path(tempfile.mkdtemp(prefix=DIR_PREFIX))  # mkdtemp: 0700
+    try:
+        copy = workdir / src.name
+        backup_copy(src, copy)
+        return {"dir": str(workdir), "copy": str(copy), "tables": table_counts(copy)}
+    except BaseException:
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise
+
+
+def cat(path: Path) -> None:
+    out = sys.stdout.buffer
+    with open(path, "rb") as f:
+        shutil.copyfileobj(f, out, CHUNK)
+    out.flush()
+
+
+def remove(workdir: Path) -> None:
+    # Only ever remove what `snapshot` made.
+    if not workdir.name.startswith(DIR_PREFIX):
+        raise ValueError(f"refusing to remove {workdir}: not a {DIR_PREFIX}* directory")
+    shutil.rmtree(workdir)
+
+
+def one_shot(src: Path) -> None:
+    info = snapshot(src)
+    try:
+        cat(Path(str(info["copy"])))
+    finally:
+        shutil.rmtree(str(info["dir"]), ignore_errors=True)
+
+
+def main(argv: list[str]) -> int:
+    try:
+        if len(argv) == 1:
+            one_shot(Path(argv[0]))
+        elif len(argv) == 2 and argv[0] == "snapshot":
+            print(json.dumps(snapshot(Path(argv[1]))))
+        elif len(argv) == 2 and argv[0] == "cat":
+            cat(Path(argv[1]))
+        elif len(argv) == 2 and argv[0] == "remove":
+            remove(Path(argv[1]))
+        else:
+            print("usage: python -m drtool.sources.sqlite_dump [snapshot|cat|remove] PATH", file=sys.stderr)
+            return 2
+    except BrokenPipeError:
+        print("sqlite_dump: the reader closed the pipe", file=sys.stderr)
+        return 1
+    except (OSError, sqlite3.Error, ValueError) as exc:
+        print(f"sqlite_dump: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
