@@ -687,7 +687,8 @@ class SshRunner:
             proc.kill()
             raise CommandError(argv, None, proc.stderr_tail(), what=f"{argv[0]} on {self.where}",
                                hint=f"it took longer than {timeout:.0f}s") from None
-        result = Result(argv, code, collected.stdout, b"")
+        # The stderr tail (bounded, redacted), so callers can classify errors as they do locally.
+        result = Result(argv, code, collected.stdout, proc.stderr_tail().encode())
         if check and code != 0:
             raise CommandError(argv, code, proc.stderr_tail(), what=f"{argv[0]} on {self.where}",
                                hint=self._hint_for(argv, code))

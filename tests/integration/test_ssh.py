@@ -72,7 +72,8 @@ def test_run_returns_output_and_keeps_argv_words_intact(runner: SshRunner) -> No
 
 
 def test_run_exit_codes_and_check(runner: SshRunner) -> None:
-    assert runner.run(["sh", "-c", "exit 3"], check=False).returncode == 3
+    failed = runner.run(["sh", "-c", "echo why >&2; exit 3"], check=False)
+    assert failed.returncode == 3 and failed.stderr == b"why\n"
     with pytest.raises(CommandError) as err:
         runner.run(["sh", "-c", "echo broken >&2; exit 4"])
     assert err.value.returncode == 4
@@ -379,5 +380,6 @@ def test_postgres_dump_streams_through_ssh(runner: SshRunner, tmp_path: Path,
         with pytest.raises(SourceError) as err, wrong.open_dump():
             pass
         assert "wrong-password-123" not in str(err.value) and password not in str(err.value)
+        assert "password authentication failed" in str(err.value)   # psql's stderr came back
     finally:
         servers.close()   # stops and removes the cluster
