@@ -19,6 +19,7 @@ from drtool.scratch.postgres import ScratchPostgres
 from drtool.secrets import Secret
 from drtool.sources.base import DbTarget, compare_fingerprints
 from drtool.sources.postgres import PostgresDatabase
+from drtool.sources.psql import PsqlSession, conn_args, libpq_env, psql_argv
 from tests.support.postgres import pg_server
 
 pytestmark = pytest.mark.integration
@@ -335,3 +336,18 @@ def test_fingerprint_target_missing_database_raises(scratch: ScratchPostgres) ->
     target = DbTarget(kind="postgres", host="127.0.0.1", port=scratch.port, user="postgres", bin_dir=scratch.bin_dir)
     with pytest.raises(SourceError, match="does not exist"):
         src.fingerprint_target(target, ["no_such_db"])
+
+
+def test_psql_session_that_dies_raises_with_stderr_tail(populated: ScratchPostgres) -> None:
+    ep_target = populated.target()
+    src = source_for(populated, "siak")
+    session = PsqlSession(LocalRunner(), psql_argv(populated.bin_dir, conn_args("127.0.0.1", populated.port,
+                                                                                "postgres"), "siak"),
+                          libpq_env(None), "postgres postgres@127.0.0.1/siak")
+    try:
+        pid = session.value("SELECT pg_backend_pid()")
+        src.query(ep_target, f"SELECT pg_terminate_backend({pid})", "postgres")
+        with pytest.raises(SourceError, match="(?s)session ended.*terminat"):
+            session.query("SELECT 1")
+    finally:
+        session.close()
