@@ -20,13 +20,14 @@ complete new one.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sqlite3
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
@@ -42,7 +43,10 @@ from drtool.sources.base import (
     RestoreResult,
     StreamReader,
 )
+from drtool.sources import sqlite_dump
 from drtool.sources.sqlite_dump import open_readonly, table_counts
+
+log = logging.getLogger(__name__)
 
 PRODUCER = "drtool.sources.sqlite_dump"
 SNAPSHOT_TIMEOUT = 1800.0
@@ -50,13 +54,23 @@ RESTORE_TIMEOUT = 6 * 3600.0
 CHUNK = 1 << 20
 
 
-def python_for(runner: Runner) -> str:
-    # Locally the very interpreter drtool runs in; elsewhere the host's python3.
-    return sys.executable if runner.name == "local" else "python3"
+def producer_for(runner: Runner) -> Callable[[str, str], list[str]]:
+    # Locally the very interpreter drtool runs in; elsewhere the host's python3
+    # with drtool installed.
+    if runner.name == "local":
+        return local_producer_argv
+    return lambda action, path: producer_argv("python3", action, path)
 
 
 def producer_argv(python: str, action: str, path: str) -> list[str]:
     return [python, "-m", PRODUCER, action, path]
+
+
+def local_producer_argv(action: str, path: str) -> list[str]:
+    # Run the file as an isolated script (-I: no script dir, no user site):
+    # importing the drtool.sources package would load the whole config layer
+    # first, costing ~1 s on each of the three producer calls.
+    return [sys.executable, "-I", sqlite_dump.__file__, action, path]
 
 
 def fingerprint_of(name: str, tables: dict[str, int]) -> Fingerprint:
@@ -75,19 +89,19 @@ class SqliteDatabase:
 
     @contextmanager
     def open_dump(self) -> Iterator[DumpSession]:
-        python = python_for(self.runner)
-        info = self._snapshot(python)
+        producer = producer_for(self.runner)
+        info = self._snapshot(producer)
         try:
             copy = str(info["copy"])
-            stream = DumpStream(self.name, lambda: self.runner.start(producer_argv(python, "cat", copy)),
+            stream = DumpStream(self.name, lambda: self.runner.start(producer("cat", copy)),
                                 database=self.name)
             yield DumpSession(fingerprint_of(self.name, info["tables"]), [stream])
         finally:
-            self._remove(python, str(info["dir"]))
+            self._remove(producer, str(info["dir"]))
 
-    def _snapshot(self, python: str) -> dict:
+    def _snapshot(self, producer: Callable[[str, str], list[str]]) -> dict:
         try:
-            res = self.runner.run(producer_argv(python, "snapshot", self.spec.path), timeout=SNAPSHOT_TIMEOUT)
+            res = self.runner.run(producer("snapshot", self.spec.path), timeout=SNAPSHOT_TIMEOUT)
             return json.loads(res.text)
         except CommandError as exc:
             raise SourceError(f"could not copy SQLite database {self.spec.path} on {self.runner.name}: "
@@ -97,13 +111,12 @@ class SqliteDatabase:
             raise SourceError(f"the SQLite producer on {self.runner.name} printed no valid snapshot report",
                               hint="is the same drtool version installed there?") from None
 
-    def _remove(self, python: str, workdir: str) -> None:
+    def _remove(self, producer: Callable[[str, str], list[str]], workdir: str) -> None:
         try:
-            self.runner.run(producer_argv(python, "remove", workdir), timeout=120)
+            self.runner.run(producer("remove", workdir), timeout=120)
         except CommandError as exc:
             # Never mask the real outcome of the backup; say what is left behind.
-            import logging
-            logging.getLogger(__name__).warning("could not remove SQLite copy %s: %s", workdir, exc.message)
+            log.warning("could not remove SQLite copy %s: %s", workdir, exc.message)
 
     # ------------------------------------------------------------ restore
 
@@ -188,12 +201,16 @@ def _target_path(target: DbTarget) -> Path:
 
 
 def check_integrity(path: Path) -> None:
+    # Read-write on purpose: a WAL-mode file opened read-only leaves -wal/-shm
+    # behind; the last read-write connection to close removes them.
     try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        conn = sqlite3.connect(path)
         try:
             result = conn.execute("PRAGMA integrity_check").fetchall()
         finally:
             conn.close()
+            for suffix in ("-wal", "-shm"):
+                Path(f"{path}{suffix}").unlink(missing_ok=True)
     except sqlite3.Error as exc:
         raise SourceError(f"restored file is not a usable SQLite database: {exc}",
                           hint="the snapshot may be damaged; try an older one") from None
