@@ -34,6 +34,7 @@ from pathlib import Path
 from drtool.config.models import SqliteSource
 from drtool.errors import CommandError, RestoreRefused, SourceError
 from drtool.execute import Process, Runner, stop_process
+from drtool.sources import sqlite_dump
 from drtool.sources.base import (
     DbTarget,
     DumpSession,
@@ -43,7 +44,6 @@ from drtool.sources.base import (
     RestoreResult,
     StreamReader,
 )
-from drtool.sources import sqlite_dump
 from drtool.sources.sqlite_dump import open_readonly, table_counts
 
 log = logging.getLogger(__name__)

@@ -141,7 +141,7 @@ def test_damaged_or_cut_stream_leaves_target_untouched(tmp_path: Path) -> None:
 
         class CutReader(FileStreamReader):
             # A producer that dies by SIGKILL half-way through its output.
-            def open(self, name: str):  # noqa: ANN202
+            def open(self, name: str):
                 code = ("import os, sys; sys.stdout.buffer.write(b'x' * 100000); sys.stdout.flush(); "
                         "os.kill(os.getpid(), 9)")
                 return LocalRunner().start([sys.executable, "-c", code])
