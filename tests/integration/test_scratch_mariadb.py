@@ -39,7 +39,8 @@ def port_free(port: int) -> bool:
 def tcp_query(port: int, password: str, sql: str) -> subprocess.CompletedProcess:
     return subprocess.run(["mariadb", "--no-defaults", "--host=127.0.0.1", f"--port={port}", "--protocol=TCP",
                            "-uroot", "--batch", "--skip-column-names", "-e", sql],
-                          env={**os.environ, "MYSQL_PWD": password}, capture_output=True, text=True, timeout=30)
+                          env={**os.environ, "MYSQL_PWD": password}, capture_output=True, text=True, timeout=30,
+                          check=False)
 
 
 @pytest.fixture()
