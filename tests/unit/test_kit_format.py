@@ -42,6 +42,7 @@ def sample_kit() -> Kit:
         config_bundle=BundleLocation(repository="offsite"),
         signing_public_key="MCowBQYDK2VwAyEA",
         notes="Kota Palembang, rack 2",
+        created_at="2024-01-01T00:00:00+00:00",   # fixed: two kits made a second apart must compare equal
     )
 
 
