@@ -77,7 +77,11 @@ def add_key(access: Access, new_password: Secret, timeout: float = 120.0) -> str
     # Opened with the new password, `current` marks exactly the key just made.
     # It also proves the new password really opens the repository.
     remaining = max(10.0, timeout - (time.monotonic() - started))
-    keys = list_keys(_with_password(access, new_password), timeout=remaining)
+    try:
+        keys = list_keys(_with_password(access, new_password), timeout=remaining)
+    except RepositoryError as exc:
+        raise RepositoryError(f"restic added a key to {_where(access)}, but opening the repository with it failed: {exc.message}",
+                              hint="run `restic key list` and remove the newest unknown key, then retry") from None
     current = [k["id"] for k in keys if k.get("current")]
     if len(current) != 1:
         raise RepositoryError(f"restic added a key to {_where(access)} but drtool cannot tell which one",
