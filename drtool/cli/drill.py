@@ -50,6 +50,7 @@ def drill(ctx: click.Context, playbook: str, as_json: bool, junit_file: Path | N
           keep: bool) -> None:
     """Run the restore drill PLAYBOOK (a name or a YAML file); exit 0 when it passed."""
     from drtool.actions.drill import run_drill, signed
+    from drtool.errors import DrillFailed
     from drtool.report.drill import print_report, write_json, write_junit
 
     settings = _settings(ctx)
@@ -67,7 +68,9 @@ def drill(ctx: click.Context, playbook: str, as_json: bool, junit_file: Path | N
         emit_json(data)
     else:
         print_report(data)
-    ctx.exit(0 if report.passed else 1)
+    if not report.passed:
+        # An error, not ctx.exit(1): exit code 1 and one line on stderr naming what failed.
+        raise DrillFailed(f"drill {book.name} failed: " + "; ".join(report.failures)[:1500])
 
 
 @click.command()
