@@ -26,7 +26,15 @@ import re
 import shlex
 from collections.abc import Callable
 
-from drtool.config.models import FilesSource, MariadbSource, Policy, PostgresSource, Repository, Source, SqliteSource
+from drtool.config.models import (
+    FilesSource,
+    MariadbSource,
+    Policy,
+    PostgresSource,
+    Repository,
+    Source,
+    SqliteSource,
+)
 
 PG_JOBS = 4
 _Q = shlex.quote
@@ -68,12 +76,12 @@ def _title(policy: Policy, repository: Repository, hint: str | None) -> str:
     return "\n".join([
         f"# Recovery runbook: policy `{policy.name}`",
         "",
-        f"Recovers {kinds} from {which}, with restic and the databases' own tools only; "
-        "drtool is not needed.",
+        (f"Recovers {kinds} from {which}, with restic and the databases' own tools only; "
+        "drtool is not needed."),
         "",
-        "Run the `sh` blocks in order in one `bash` session on the new machine (as root). "
+        ("Run the `sh` blocks in order in one `bash` session on the new machine (as root). "
         "Nothing secret is written in this document: passwords come from the recovery kit "
-        "or the places named below, and the commands prompt for what is not set already.",
+        "or the places named below, and the commands prompt for what is not set already."),
     ])
 
 
@@ -86,16 +94,16 @@ def _tools(policy: Policy) -> str:
             packages["mariadb"] = "mariadb-client"
     lines = [f"command -v {tool} >/dev/null || apt-get install -y {package}" for tool, package in packages.items()]
     return _section("1. Install the tools", [
-        "Debian/Ubuntu package names. restic must be 0.14 or newer; pg_restore must be of the "
-        "same or a newer major version than the server that was dumped.",
+        ("Debian/Ubuntu package names. restic must be 0.14 or newer; pg_restore must be of the "
+        "same or a newer major version than the server that was dumped."),
     ], [*lines, "restic version"])
 
 
 def _repository(repository: Repository) -> str:
     prose = [
-        f"The repository password: the escrow password from the recovery kit, or the repository "
+        (f"The repository password: the escrow password from the recovery kit, or the repository "
         f"password (configured as `{repository.password.describe()}` on the old server). "
-        "It goes into a file only you can read; the command below asks for it if the file is empty.",
+        "It goes into a file only you can read; the command below asks for it if the file is empty."),
     ]
     cmds = [
         "set -o pipefail",
@@ -103,8 +111,8 @@ def _repository(repository: Repository) -> str:
         'install -d -m 700 "$RECOVERY_DIR"',
         f"export RESTIC_REPOSITORY={_Q(repository.url)}",
         'export RESTIC_PASSWORD_FILE="${RESTIC_PASSWORD_FILE:-$RECOVERY_DIR/restic-password}"',
-        "[ -s \"$RESTIC_PASSWORD_FILE\" ] || (umask 077; read -rsp 'restic repository password: ' pw; echo; "
-        "printf '%s\\n' \"$pw\" > \"$RESTIC_PASSWORD_FILE\")",
+        ("[ -s \"$RESTIC_PASSWORD_FILE\" ] || (umask 077; read -rsp 'restic repository password: ' pw; echo; "
+        "printf '%s\\n' \"$pw\" > \"$RESTIC_PASSWORD_FILE\")"),
     ]
     if repository.is_s3:
         s3 = repository.s3
@@ -124,9 +132,9 @@ def _repository(repository: Repository) -> str:
 def _snapshots(policy: Policy, hint: str | None) -> str:
     tags = _tags(f"policy={policy.name}", f"run={hint}" if hint else None)
     return _section("3. See what there is", [
-        "Each database stream and each files source is its own snapshot; the `run=` tag says which "
+        ("Each database stream and each files source is its own snapshot; the `run=` tag says which "
         "backup run made it. To recover an older run, add `,run=<id>` to every `--tag` below "
-        "(or generate the runbook with that run id).",
+        "(or generate the runbook with that run id)."),
     ], [f"restic snapshots --tag {tags}"])
 
 
@@ -135,11 +143,11 @@ def _postgres(number: int, policy: Policy, source: Source, hint: str | None) -> 
     assert isinstance(spec, PostgresSource)
     prose = [
         "Into the PostgreSQL server named by `PGHOST`/`PGPORT`/`PGUSER` (defaults: the original server). "
-        f"Its password: `PGPASSWORD` or `~/.pgpass`"
+        "Its password: `PGPASSWORD` or `~/.pgpass`"
         + (f" (the original was `{spec.password.describe()}`)." if spec.password else "."),
     ]
-    cmds = [f'export PGHOST="${{PGHOST:-{spec.host}}}" PGPORT="${{PGPORT:-{spec.port}}}" '
-            f'PGUSER="${{PGUSER:-{spec.user}}}"']
+    cmds = [(f'export PGHOST="${{PGHOST:-{spec.host}}}" PGPORT="${{PGPORT:-{spec.port}}}" '
+            f'PGUSER="${{PGUSER:-{spec.user}}}"')]
     if spec.globals:
         prose.append("Roles first, so owners and grants can be restored. The lines that would recreate or "
                      "re-password the role you connect as are left out, so your login keeps working.")
@@ -168,8 +176,8 @@ def _mariadb(number: int, policy: Policy, source: Source, hint: str | None) -> s
         "The dumps hold no CREATE DATABASE, so each database is created first.",
     ]
     client = 'mariadb --host="$MARIADB_HOST" --port="$MARIADB_PORT" --user="$MARIADB_USER"'
-    cmds = [f'export MARIADB_HOST="${{MARIADB_HOST:-{spec.host or "127.0.0.1"}}}" '
-            f'MARIADB_PORT="${{MARIADB_PORT:-{spec.port}}}" MARIADB_USER="${{MARIADB_USER:-{spec.user}}}"']
+    cmds = [(f'export MARIADB_HOST="${{MARIADB_HOST:-{spec.host or "127.0.0.1"}}}" '
+            f'MARIADB_PORT="${{MARIADB_PORT:-{spec.port}}}" MARIADB_USER="${{MARIADB_USER:-{spec.user}}}"')]
     for db in spec.database_names:
         ident = "`" + db.replace("`", "``") + "`"
         cmds += [
@@ -185,8 +193,8 @@ def _sqlite(number: int, policy: Policy, source: Source, hint: str | None) -> st
     stream = posixpath.basename(spec.path)
     dest = _under_root(spec.path)
     return _section(f"{number}. SQLite source `{source.name}`", [
-        f"The database file `{spec.path}`, written below `RESTORE_ROOT` "
-        "(`RESTORE_ROOT=/` puts it back in place). `sqlite3 FILE 'PRAGMA integrity_check'` checks it.",
+        (f"The database file `{spec.path}`, written below `RESTORE_ROOT` "
+        "(`RESTORE_ROOT=/` puts it back in place). `sqlite3 FILE 'PRAGMA integrity_check'` checks it."),
     ], [
         'export RESTORE_ROOT="${RESTORE_ROOT:-/restore-root}"',
         f"mkdir -p {_under_root(posixpath.dirname(spec.path) or '/')}",
@@ -201,8 +209,8 @@ def _files(number: int, policy: Policy, source: Source, hint: str | None) -> str
     tags = _tags(f"policy={policy.name}", f"source={source.name}", f"run={hint}" if hint else None)
     paths = ", ".join(f"`{p}`" for p in spec.paths)
     return _section(f"{number}. Files source `{source.name}`", [
-        f"{paths}, restored below `RESTORE_ROOT` with their full paths "
-        "(`RESTORE_ROOT=/` puts them back in place).",
+        (f"{paths}, restored below `RESTORE_ROOT` with their full paths "
+        "(`RESTORE_ROOT=/` puts them back in place)."),
     ], [
         'export RESTORE_ROOT="${RESTORE_ROOT:-/restore-root}"',
         f'restic restore latest --tag {tags} --target "$RESTORE_ROOT"',
@@ -215,8 +223,8 @@ def _afterwards(policy: Policy) -> str:
         "",
         f"- Compare what came back with the last drill report of `{policy.name}` (tables, row counts).",
         "- Delete `$RECOVERY_DIR`: it holds the dumps and the password file.",
-        "- Once the new server runs drtool, `drtool kit revoke` the escrow key that was used here "
-        "and make a new kit.",
+        ("- Once the new server runs drtool, `drtool kit revoke` the escrow key that was used here "
+        "and make a new kit."),
     ])
 
 

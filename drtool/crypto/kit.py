@@ -33,7 +33,7 @@ import struct
 import unicodedata
 import zlib
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -100,7 +100,7 @@ class Kit:
     config_bundle: BundleLocation | None = None
     signing_public_key: str | None = None      # Ed25519, base64 of the raw 32 bytes
     notes: str = ""
-    created_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     version: int = KIT_VERSION
 
     def repository(self, name: str) -> KitRepository:
@@ -138,7 +138,7 @@ class Kit:
         }
 
     @classmethod
-    def from_dict(cls, data: Any) -> "Kit":
+    def from_dict(cls, data: Any) -> Kit:
         if not isinstance(data, dict):
             raise KitError("kit content is not a JSON object")
         version = _get(data, "version", int, "kit")

@@ -27,7 +27,10 @@ from typing import TYPE_CHECKING, Any
 from drtool.errors import DrtoolError
 
 if TYPE_CHECKING:
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+        Ed25519PrivateKey,
+        Ed25519PublicKey,
+    )
 
 ALG = "ed25519"
 SIGNATURE_FIELD = "signature"
@@ -45,7 +48,7 @@ class SigningKeyError(DrtoolError):
 # ---------------------------------------------------------------- keys
 
 
-def load_or_create_signing_key(state_dir: Path) -> "Ed25519PrivateKey":
+def load_or_create_signing_key(state_dir: Path) -> Ed25519PrivateKey:
     """The installation's signing key: read it, or create it once (0600, in a 0700 state dir)."""
     path = Path(state_dir) / KEY_FILE
     if not path.exists():
@@ -82,7 +85,7 @@ def _create_key_file(path: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _load_key_file(path: Path) -> "Ed25519PrivateKey":
+def _load_key_file(path: Path) -> Ed25519PrivateKey:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -106,7 +109,7 @@ def _load_key_file(path: Path) -> "Ed25519PrivateKey":
     return key
 
 
-def public_key_b64(key: "Ed25519PrivateKey | Ed25519PublicKey") -> str:
+def public_key_b64(key: Ed25519PrivateKey | Ed25519PublicKey) -> str:
     """Base64 of the raw 32-byte public key: short enough for a kit, a report or paper."""
     from cryptography.hazmat.primitives import serialization
 
@@ -135,7 +138,7 @@ def canonical_bytes(record: dict[str, Any]) -> bytes:
                                hint="convert datetimes, paths and NaN to strings before signing") from None
 
 
-def sign_record(record: dict[str, Any], key: "Ed25519PrivateKey") -> dict[str, Any]:
+def sign_record(record: dict[str, Any], key: Ed25519PrivateKey) -> dict[str, Any]:
     """A copy of `record` carrying a signature block; any earlier signature is replaced."""
     signature = key.sign(canonical_bytes(record))
     signed = {k: v for k, v in record.items() if k != SIGNATURE_FIELD}
@@ -185,7 +188,7 @@ def _signature_block(record: Any) -> dict[str, str]:
     return block
 
 
-def _decode_block(block: dict[str, str]) -> "tuple[Ed25519PublicKey, bytes]":
+def _decode_block(block: dict[str, str]) -> tuple[Ed25519PublicKey, bytes]:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
     try:

@@ -6,6 +6,7 @@ import os
 import threading
 import time
 from pathlib import Path
+from typing import Self
 
 import pytest
 
@@ -33,7 +34,7 @@ def local_repo(tmp_path_factory: pytest.TempPathFactory) -> RepoAccess:
 
 
 @pytest.fixture()
-def s3_repo(s3_server, bucket, tmp_path) -> RepoAccess:  # noqa: ANN001
+def s3_repo(s3_server, bucket, tmp_path) -> RepoAccess:
     env = {"AWS_ACCESS_KEY_ID": s3_server.access_key, "AWS_SECRET_ACCESS_KEY": s3_server.secret_key,
            "RESTIC_CACHE_DIR": str(tmp_path / "cache")}
     return _init(s3_server.repo_url(bucket, "keys"), env)
@@ -48,7 +49,7 @@ class ArgvWatcher:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
-    def __enter__(self) -> "ArgvWatcher":
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 

@@ -137,7 +137,7 @@ def test_script_is_valid_bash() -> None:
     pol = policy({"name": "db", "postgres": {"database": "it's"}}, MARIA, SQLITE, FILES)
     for repo in (s3_repo(), local_repo()):
         proc = subprocess.run(["bash", "-n"], input=extract_script(render_runbook(pol, repo)).encode(),
-                              capture_output=True, timeout=10)
+                              capture_output=True, timeout=10, check=False)
         assert proc.returncode == 0, proc.stderr.decode()
 
 
@@ -158,7 +158,7 @@ def test_password_prompt_writes_an_owner_only_file(tmp_path) -> None:
     block = _repository_block(render_runbook(policy(FILES), local_repo()))
     env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path)}
     proc = subprocess.run(["bash", "-euc", block + '\necho "$RESTIC_REPOSITORY|$RESTIC_PASSWORD_FILE"'],
-                          input=b"typed-password-1\n", env=env, capture_output=True, timeout=10)
+                          input=b"typed-password-1\n", env=env, capture_output=True, timeout=10, check=False)
     assert proc.returncode == 0, proc.stderr.decode()
     pw_file = tmp_path / "drtool-recovery" / "restic-password"
     assert proc.stdout.decode().strip() == f"/srv/restic/prod|{pw_file}"
@@ -174,7 +174,7 @@ def test_preset_variables_skip_the_prompts(tmp_path) -> None:
     env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "RESTIC_PASSWORD_FILE": str(tmp_path / "pw"),
            "AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s"}
     proc = subprocess.run(["bash", "-euc", block + '\necho "$AWS_ACCESS_KEY_ID $AWS_DEFAULT_REGION"'],
-                          stdin=subprocess.DEVNULL, env=env, capture_output=True, timeout=10)
+                          stdin=subprocess.DEVNULL, env=env, capture_output=True, timeout=10, check=False)
     assert proc.returncode == 0, proc.stderr.decode()
     assert proc.stdout.decode().strip() == "k eu-west-1"
     assert (tmp_path / "pw").read_text() == "x\n"
