@@ -28,6 +28,7 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> S3Server:
 def bucket(s3_server: S3Server, request: pytest.FixtureRequest) -> str:
     """A fresh, empty bucket per test."""
     import re
-    name = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:40].strip("-") + f"-{os.getpid() % 1000}"
+    import uuid
+    name = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:36].strip("-") + "-" + uuid.uuid4().hex[:8]
     (s3_server.root / name).mkdir(parents=True, exist_ok=True)
     return name

@@ -54,7 +54,8 @@ def _register_all() -> None:
 def main(argv: list[str] | None = None) -> int:
     _register_all()
     try:
-        cli.main(args=argv, prog_name="drtool", standalone_mode=False)
+        # standalone_mode=False returns ctx.exit()'s code instead of raising SystemExit.
+        code = cli.main(args=argv, prog_name="drtool", standalone_mode=False)
     except DrtoolError as exc:
         click.echo(f"drtool: error: {exc}", err=True)
         return exc.exit_code
@@ -69,4 +70,4 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except click.exceptions.Exit as exc:
         return exc.exit_code
-    return 0
+    return code if isinstance(code, int) else 0

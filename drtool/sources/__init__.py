@@ -5,12 +5,15 @@
 
 from __future__ import annotations
 
-from drtool.config.models import Source
-from drtool.execute import Runner
-from drtool.sources.base import DatabaseSource
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # keep `python -m drtool.sources.sqlite_dump` (run remotely) light
+    from drtool.config.models import Source
+    from drtool.execute import Runner
+    from drtool.sources.base import DatabaseSource
 
 
-def database_source(source: Source, runner: Runner) -> DatabaseSource:
+def database_source(source: "Source", runner: "Runner") -> "DatabaseSource":
     kind = source.kind
     if kind == "postgres":
         from drtool.sources.postgres import PostgresDatabase
