@@ -54,12 +54,12 @@ def backup_policy(settings: Settings, policy: Policy, *, dry_run: bool = False, 
     if dry_run:
         run.details["plan"] = plan(settings, policy)
         return run.finish("success")
+    # Secrets are resolved first: a bad reference is a config error (exit 2), nothing touched.
+    handle: RepoHandle = open_repo(settings, policy.repository)
     lock = PolicyLock(settings.state_dir, policy.name, wait=wait)
     lock.acquire(run.id)
-    handle: RepoHandle | None = None
     try:
         try:
-            handle = open_repo(settings, policy.repository)
             run.details["preflight"] = preflight(handle, create=True, on_event=emit)
             run_hooks("before", policy.hooks.before, timeout=policy.hooks.timeout, env=_hook_env(policy, run))
             failures = _backup_sources(settings, policy, handle, run, emit, cancel)
@@ -185,11 +185,9 @@ def _on_failure_hooks(policy: Policy, run: RunRecord) -> None:
         run.details["on_failure_hook_error"] = str(exc)
 
 
-def _store_record(catalog: Catalog, handle: RepoHandle | None, run: RunRecord, emit: EventFn) -> None:
+def _store_record(catalog: Catalog, handle: RepoHandle, run: RunRecord, emit: EventFn) -> None:
     """Local first (always possible), then offsite; an offsite failure is noted, not fatal."""
     catalog.record(run)
-    if handle is None:
-        return
     try:
         handle.offsite().put_json(f"runs/{run.id}.json", _signed(catalog, run.to_dict()))
         run.details["offsite_record"] = True
