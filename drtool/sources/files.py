@@ -80,11 +80,21 @@ def _compare_node(node: dict[str, Any], local: Path, st: os.stat_result, diff: T
     elif kind == "symlink":
         if not stat.S_ISLNK(st.st_mode):
             diff.add(f"{path}: expected a symlink")
-        elif os.readlink(local) != node.get("linktarget"):
+        # restic 0.14's `ls --json` omits linktarget; compare whenever it is given.
+        elif node.get("linktarget") is not None and os.readlink(local) != node["linktarget"]:
             diff.add(f"{path}: symlink points to {os.readlink(local)!r}, snapshot says {node.get('linktarget')!r}")
     mode = node.get("mode")
-    if mode is not None and kind in ("file", "dir") and stat.S_IMODE(st.st_mode) != (mode & 0o7777):
-        diff.add(f"{path}: mode {stat.S_IMODE(st.st_mode):o}, snapshot says {mode & 0o7777:o}")
+    if mode is not None and kind in ("file", "dir") and stat.S_IMODE(st.st_mode) != unix_mode(mode):
+        diff.add(f"{path}: mode {stat.S_IMODE(st.st_mode):o}, snapshot says {unix_mode(mode):o}")
+
+
+def unix_mode(go_mode: int) -> int:
+    """restic prints Go's os.FileMode: setuid/setgid/sticky live in high bits, not 0o7000."""
+    perm = go_mode & 0o777
+    for go_bit, unix_bit in ((1 << 23, 0o4000), (1 << 22, 0o2000), (1 << 20, 0o1000)):
+        if go_mode & go_bit:
+            perm |= unix_bit
+    return perm
 
 
 def _find_extra(target: Path, seen: set[str], diff: TreeDiff) -> None:
