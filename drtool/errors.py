@@ -11,7 +11,8 @@
     ├── LockError               another run of the same policy holds the lock
     ├── SourceError             a data source cannot be dumped, restored or fingerprinted
     ├── RestoreRefused          target not empty / outside its root; nothing written
-    └── DrillFailed             a drill ran but did not pass
+    ├── DrillFailed             a drill ran but did not pass
+    └── Cancelled               asked to stop (SIGTERM, Ctrl-C); nothing partial was kept
 
 Messages say what happened, where, and what to do. Secrets are masked by
 `drtool.secrets.redact` before any message is built from outside text.
@@ -108,3 +109,7 @@ class RestoreRefused(DrtoolError):
 
 class DrillFailed(DrtoolError):
     pass
+
+
+class Cancelled(DrtoolError):
+    """The run was asked to stop (SIGTERM, Ctrl-C); nothing partial was kept."""

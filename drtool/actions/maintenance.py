@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from datetime import timedelta
 
 from drtool.actions.common import open_repo, policy_tags
@@ -9,7 +10,7 @@ from drtool.actions.select import snapshot_sets
 from drtool.catalog import Catalog, RunRecord, new_run_id, utcnow
 from drtool.config.loader import Settings
 from drtool.config.models import Policy
-from drtool.errors import DrtoolError
+from drtool.errors import Cancelled, DrtoolError
 from drtool.locking import PolicyLock
 from drtool.retention import keep_indices
 
@@ -19,7 +20,7 @@ DEBRIS_AGE = timedelta(hours=6)
 
 
 def forget_policy(settings: Settings, policy: Policy, *, trigger: str = "manual", prune: bool = True,
-                  dry_run: bool = False, wait: bool = True) -> RunRecord:
+                  dry_run: bool = False, wait: bool = True, cancel: threading.Event | None = None) -> RunRecord:
     run = RunRecord(new_run_id("forget"), policy.name, "forget", "running", utcnow(), trigger=trigger)
     catalog = Catalog(settings.state_dir)
     lock = PolicyLock(settings.state_dir, policy.name, wait=wait, timeout=6 * 3600)
@@ -45,10 +46,14 @@ def forget_policy(settings: Settings, policy: Policy, *, trigger: str = "manual"
         run.details["sources"] = report
         run.details["forgotten_ids"] = len(forget_ids)
         if not dry_run:
+            _stop_if(cancel)
             handle.restic.forget_ids(forget_ids)
             if prune and forget_ids:
-                handle.restic.run(["prune"], timeout=12 * 3600)
+                _stop_if(cancel)
+                handle.restic.run(["prune"], timeout=12 * 3600, cancel=cancel)
         run.finish("success")
+    except Cancelled as exc:
+        run.finish("cancelled", str(exc))
     except DrtoolError as exc:
         run.finish("failed", str(exc))
     finally:
@@ -58,15 +63,22 @@ def forget_policy(settings: Settings, policy: Policy, *, trigger: str = "manual"
 
 
 def check_repository(settings: Settings, policy: Policy, *, read_data_subset: str | None = None,
-                     trigger: str = "manual") -> RunRecord:
+                     trigger: str = "manual", cancel: threading.Event | None = None) -> RunRecord:
     run = RunRecord(new_run_id("check"), policy.name, "check", "running", utcnow(), trigger=trigger)
     try:
         handle = open_repo(settings, policy.repository)
-        output = handle.restic.check(read_data_subset)
+        output = handle.restic.check(read_data_subset, cancel=cancel)
         run.details["read_data_subset"] = read_data_subset
         run.details["output_tail"] = output[-1500:]
         run.finish("success")
+    except Cancelled as exc:
+        run.finish("cancelled", str(exc))
     except DrtoolError as exc:
         run.finish("failed", str(exc))
     Catalog(settings.state_dir).record(run)
     return run
+
+
+def _stop_if(cancel: threading.Event | None) -> None:
+    if cancel is not None and cancel.is_set():
+        raise Cancelled("cancelled before the repository was changed")

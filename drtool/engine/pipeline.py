@@ -20,16 +20,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from drtool.engine.restic import JsonLineReader, ProgressFn, Restic
-from drtool.errors import CommandError, DrtoolError, ProducerFailed
+from drtool.errors import Cancelled, CommandError, DrtoolError, ProducerFailed
+
+__all__ = ["Cancelled", "stream_to_restic", "backup_paths", "backup_bytes"]
 from drtool.execute import Process, stop_process
 
 log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
-
-
-class Cancelled(DrtoolError):
-    """The run was asked to stop (SIGTERM, Ctrl-C); nothing partial was kept."""
 
 
 @dataclass

@@ -12,15 +12,17 @@ from __future__ import annotations
 import json
 import logging
 import os
+import subprocess
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from drtool.errors import CommandError, RepositoryError
-from drtool.execute import LocalProcess, LocalRunner, Result
+from drtool.errors import Cancelled, CommandError, RepositoryError
+from drtool.execute import LocalProcess, LocalRunner, Result, stop_process
 from drtool.secrets import Secret, redact
 
 log = logging.getLogger(__name__)
@@ -157,7 +159,10 @@ class Restic:
         extra = ["--cache-dir", str(self.cache_dir)] if self.cache_dir else []
         return [self.binary, *extra, *args]
 
-    def run(self, args: Sequence[str], *, timeout: float = 600.0, input: bytes | None = None) -> Result:
+    def run(self, args: Sequence[str], *, timeout: float = 600.0, input: bytes | None = None,
+            cancel: threading.Event | None = None) -> Result:
+        if cancel is not None:
+            return self._run_cancellable(args, timeout=timeout, cancel=cancel)
         with PasswordPipe(self.access.password) as pw:
             try:
                 result = self._runner.run(self.argv(args), env={**_base_env(self.access), **pw.env},
@@ -167,6 +172,31 @@ class Restic:
         if result.returncode != 0:
             raise self._error(result.returncode, result.stderr.decode("utf-8", "replace"), args)
         return result
+
+    def _run_cancellable(self, args: Sequence[str], *, timeout: float, cancel: threading.Event) -> Result:
+        """Like run(), but polls `cancel` and interrupts restic (SIGINT: it cleans up its lock)."""
+        proc, pw = self.start(args)
+        out: list[bytes] = []
+        reader = threading.Thread(target=lambda: out.extend(iter(lambda: proc.stdout.read(65536), b"")), daemon=True)
+        reader.start()
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                try:
+                    code = proc.wait(0.5)
+                    break
+                except subprocess.TimeoutExpired:
+                    if cancel.is_set() or time.monotonic() > deadline:
+                        stop_process(proc, grace=30)
+                        if cancel.is_set():
+                            raise Cancelled(f"restic {args[0]} was interrupted on request") from None
+                        raise CommandError(self.argv(args), None, proc.stderr_tail(), what=f"restic {args[0]}") from None
+        finally:
+            pw.close()
+        reader.join(30)
+        if code != 0:
+            raise self._error(code, proc.stderr_tail(), args)
+        return Result(self.argv(args), code, b"".join(out), proc.stderr_tail().encode())
 
     def start(self, args: Sequence[str], *, stdin: bool = False) -> tuple[LocalProcess, PasswordPipe]:
         """Start restic; the caller closes the returned pipe after restic has read it (at exit)."""
@@ -227,11 +257,12 @@ class Restic:
         snaps.sort(key=lambda s: s.time)
         return snaps
 
-    def check(self, read_data_subset: str | None = None, *, timeout: float = 6 * 3600) -> str:
+    def check(self, read_data_subset: str | None = None, *, timeout: float = 6 * 3600,
+              cancel: threading.Event | None = None) -> str:
         args = ["check"]
         if read_data_subset:
             args += ["--read-data-subset", read_data_subset]
-        return self.run(args, timeout=timeout).text
+        return self.run(args, timeout=timeout, cancel=cancel).text
 
     def forget(self, tags: Sequence[str], keep: dict[str, str], *, prune: bool = True,
                group_by: str = "host,tags", timeout: float = 6 * 3600) -> Any:
