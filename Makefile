@@ -1,0 +1,7 @@
+.PHONY: bench bench-quick
+
+bench:
+	python -m bench
+
+bench-quick:
+	python -m bench --quick
