@@ -54,7 +54,7 @@ def test_siak_drill_example_passes_and_leaves_nothing(tmp_path, s3_server, bucke
     names = [p["name"] for p in restore["phases"]]
     assert names[:2] == ["read fingerprint", "start scratch instance"] and len(names) > 2
     assert any(p["bytes"] for p in restore["phases"])
-    assert "2 tables, 620 rows" in report["steps"][1]["detail"]
+    assert "tables, 620 rows: exactly the counts recorded at backup time" in report["steps"][1]["detail"]
     assert report["steps"][2]["value"] == "500"
     assert report["rto"] == {"target_s": 1800.0, "achieved_s": report["rto"]["achieved_s"], "met": True}
     assert set(report["snapshot"]["sources"]) == {"siak-db", "scans"}

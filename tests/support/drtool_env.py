@@ -132,7 +132,7 @@ def private_tmp():
     scratch dir and server of a drill can be found there. 0755: the postgres OS user
     must be able to pass through it to its own 0700 scratch dir."""
     base = Path(tempfile.mkdtemp(prefix="drilltest-"))
-    base.chmod(0o755)
+    base.chmod(0o1777)   # like /tmp: mariadbd writes temp files to $TMPDIR as the mysql user
     saved_dir, saved_env = tempfile.tempdir, os.environ.get("TMPDIR")
     tempfile.tempdir = str(base)
     os.environ["TMPDIR"] = str(base)
