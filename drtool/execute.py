@@ -234,6 +234,9 @@ class LocalRunner:
     def which(self, program: str) -> str | None:
         return shutil.which(program)
 
+    def close(self) -> None:
+        """Nothing to release locally; SshRunner closes its connection here."""
+
 
 def _tail(data: bytes | None, limit: int = 4000) -> str:
     if not data:

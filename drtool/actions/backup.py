@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from contextlib import closing
 from collections.abc import Callable
 from typing import Any
 
@@ -63,6 +64,7 @@ def backup_policy(settings: Settings, policy: Policy, *, dry_run: bool = False, 
             run.details["preflight"] = preflight(handle, create=True, on_event=emit)
             run_hooks("before", policy.hooks.before, timeout=policy.hooks.timeout, env=_hook_env(policy, run))
             failures = _backup_sources(settings, policy, handle, run, emit, cancel)
+            failures += _store_bundle(settings, handle, run, emit)
             if failures:
                 raise DrtoolError(f"{len(failures)} of {len(policy.sources)} sources failed: "
                                   + "; ".join(failures))
@@ -107,6 +109,22 @@ def _backup_sources(settings: Settings, policy: Policy, handle: RepoHandle, run:
     return failures
 
 
+def _store_bundle(settings: Settings, handle: RepoHandle, run: RunRecord, emit: EventFn) -> list[str]:
+    """Keep the configuration (drtool.yaml, policies, playbooks; secrets by reference) in the
+    repository too, so recovery needs no file from the lost server."""
+    try:
+        from drtool.actions.bundle import store_config_bundle
+    except ImportError:  # recovery-kit support not built in
+        return []
+    try:
+        run.details["config_bundle"] = store_config_bundle(settings, handle, host=restic_host(settings),
+                                                           run_id=run.id)
+    except DrtoolError as exc:
+        emit({"event": "notice", "message": f"configuration bundle not stored: {exc.message}"})
+        return [f"config bundle: {exc.message.splitlines()[0]}"]
+    return []
+
+
 def _brief(result: dict[str, Any]) -> dict[str, Any]:
     return {k: result[k] for k in ("bytes_added", "snapshots") if k in result}
 
@@ -136,10 +154,12 @@ def _backup_database(settings: Settings, policy: Policy, source: Source, handle:
                      host: str, emit: EventFn, cancel: threading.Event | None) -> dict[str, Any]:
     from drtool.sources import database_source
 
-    db = database_source(source, _runner(settings, policy))
+    runner = _runner(settings, policy)
+    db = database_source(source, runner)
     snapshots: list[str] = []
     streams: dict[str, Any] = {}
-    with db.open_dump() as session:
+    # closing(): an SSH runner holds a connection; a daemon would otherwise leak one per run.
+    with closing(runner), db.open_dump() as session:
         for stream in session.streams:
             emit({"event": "stream_start", "source": source.name, "stream": stream.name})
             result = stream_to_restic(

@@ -280,10 +280,11 @@ def check_policy(policy: Policy, config: Config) -> list[str]:
                         f"no repository named {policy.repository!r} in drtool.yaml (known: {known})")
     if policy.host and policy.host not in config.hosts:
         problems.append(f"{_field_pos(policy.path, ('host',))}: at 'host': no host named {policy.host!r} in drtool.yaml")
-    for field_name, expr in (("schedule", policy.schedule), ("forget_schedule", policy.forget_schedule)):
+    for loc, expr in ((("schedule",), policy.schedule), (("forget_schedule",), policy.forget_schedule),
+                      (("check", "schedule"), policy.check.schedule)):
         problem = _schedule_problem(expr)
         if problem:
-            problems.append(f"{_field_pos(policy.path, (field_name,))}: at '{field_name}': {problem}")
+            problems.append(f"{_field_pos(policy.path, loc)}: at '{'.'.join(loc)}': {problem}")
     return problems
 
 
