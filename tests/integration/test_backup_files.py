@@ -44,8 +44,8 @@ def data_tree(tmp_path: Path) -> Path:
     (root / "link-to-scan").symlink_to("sub dir/deeper/scan.bin")
     (root / "dangling").symlink_to("/nonexistent/target")
     (root / "skip.tmp").write_text("excluded")
-    with open(root / "sparse.img", "wb") as f:   # sparse: 64 MiB apparent, a few KiB real
-        f.seek(64 << 20)
+    with open(root / "sparse.img", "wb") as f:   # large and sparse: 200 MiB apparent, a few KiB on disk
+        f.seek(200 << 20)
         f.write(b"end")
     return root
 
