@@ -82,8 +82,10 @@ def parse_restic_time(text: str) -> datetime:
     # restic prints RFC 3339 with nanoseconds; Python takes at most microseconds.
     if "." in text:
         head, rest = text.split(".", 1)
-        digits = "".join(ch for ch in rest if ch.isdigit())
-        zone = rest[len(digits):]
+        n = 0
+        while n < len(rest) and rest[n].isdigit():
+            n += 1
+        digits, zone = rest[:n], rest[n:]
         text = f"{head}.{digits[:6]}{zone}"
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
