@@ -90,7 +90,7 @@ def restore_source(settings: Settings, policy: Policy, source_name: str, *, targ
     expected = read_fingerprint(handle, chosen)
     names = result.databases
     actual = db.fingerprint_target(dbt, names)
-    exp = {"databases": {d: expected["databases"][k] for d, k in zip(names, _source_names(expected, names))}}
+    exp = {"databases": {d: expected["databases"][k] for d, k in zip(names, _source_names(expected, names), strict=True)}}
     problems = compare_fingerprints(exp, actual)
     detail = {"databases": names, "phases": [p.__dict__ for p in result.phases],
               "verified": not problems, "problems": problems}
