@@ -129,8 +129,8 @@ def make_env(root: Path, s3: Any, bucket: str, prefix: str = "repo") -> DrtoolEn
 @contextlib.contextmanager
 def private_tmp():
     """Point tempfile (this process) and $TMPDIR (children) at a fresh directory, so every
-    scratch dir and server of a drill can be found there. 0755: the postgres OS user
-    must be able to pass through it to its own 0700 scratch dir."""
+    scratch dir and server of a drill can be found there. Mode 1777 like /tmp: the
+    postgres user passes through it, mariadbd writes its temp files to $TMPDIR."""
     base = Path(tempfile.mkdtemp(prefix="drilltest-"))
     base.chmod(0o1777)   # like /tmp: mariadbd writes temp files to $TMPDIR as the mysql user
     saved_dir, saved_env = tempfile.tempdir, os.environ.get("TMPDIR")
