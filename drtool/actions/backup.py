@@ -9,7 +9,7 @@ from contextlib import closing
 from collections.abc import Callable
 from typing import Any
 
-from drtool.actions.common import RepoHandle, open_repo, policy_tags, preflight, restic_host
+from drtool.actions.common import RepoHandle, open_repo, policy_tags, preflight, publish_offsite, restic_host
 from drtool.actions.hooks import run_hooks
 from drtool.catalog import Catalog, RunRecord, new_run_id, utcnow
 from drtool.config.loader import Settings
@@ -208,20 +208,5 @@ def _on_failure_hooks(policy: Policy, run: RunRecord) -> None:
 def _store_record(catalog: Catalog, handle: RepoHandle, run: RunRecord, emit: EventFn) -> None:
     """Local first (always possible), then offsite; an offsite failure is noted, not fatal."""
     catalog.record(run)
-    try:
-        handle.offsite().put_json(f"runs/{run.id}.json", _signed(catalog, run.to_dict()))
-        run.details["offsite_record"] = True
-    except Exception as exc:  # noqa: BLE001 - the bucket may be the very thing that is down
-        run.details["offsite_record"] = False
-        run.details["offsite_record_error"] = str(exc)[:300]
-        emit({"event": "notice", "message": f"run record kept locally only: {str(exc)[:200]}"})
+    publish_offsite(handle, f"runs/{run.id}.json", run.to_dict(), run.details, emit)
     catalog.record(run)
-
-
-def _signed(catalog: Catalog, record: dict[str, Any]) -> dict[str, Any]:
-    """The record with an Ed25519 signature, so an auditor can trust the offsite copy."""
-    try:
-        from drtool.crypto.signing import load_or_create_signing_key, sign_record
-    except ImportError:  # signing not available in this build
-        return record
-    return sign_record(record, load_or_create_signing_key(catalog.path.parent))

@@ -78,3 +78,25 @@ def state_path(settings: Settings, *parts: str) -> Path:
     path = settings.state_dir.joinpath(*parts)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     return path
+
+
+def signed(settings: Settings, record: dict) -> dict:
+    """The record with an Ed25519 signature, so an auditor can trust the offsite copy."""
+    try:
+        from drtool.crypto.signing import load_or_create_signing_key, sign_record
+    except ImportError:  # signing not available in this build
+        return record
+    return sign_record(record, load_or_create_signing_key(settings.state_dir))
+
+
+def publish_offsite(handle: RepoHandle, relpath: str, record: dict, extra: dict, on_event=None) -> None:  # noqa: ANN001
+    """Put a signed record next to the repository. A failure is noted in `extra`, never raised:
+    the bucket may be the very thing that is down, and the local catalog already has the record."""
+    try:
+        handle.offsite().put_json(relpath, signed(handle.settings, record))
+        extra["offsite_record"] = True
+    except Exception as exc:  # noqa: BLE001
+        extra["offsite_record"] = False
+        extra["offsite_record_error"] = str(exc)[:300]
+        if on_event:
+            on_event({"event": "notice", "message": f"record kept locally only: {str(exc)[:200]}"})
