@@ -61,7 +61,9 @@ def _os_user() -> str:
 def install_db_argv(program: str, datadir: Path, *, as_root: bool, socket_user: str) -> list[str]:
     argv = [program, "--no-defaults", f"--datadir={datadir}", "--skip-test-db",
             "--skip-name-resolve", "--auth-root-authentication-method=socket",
-            f"--auth-root-socket-user={socket_user}", "--innodb-log-file-size=16M"]
+            f"--auth-root-socket-user={socket_user}", "--innodb-log-file-size=16M",
+            # The bootstrap server would otherwise use $TMPDIR, which the mysql user may not write.
+            f"--tmpdir={datadir.parent / 'tmp'}"]
     if as_root:
         argv.append("--user=mysql")
     return argv

@@ -118,6 +118,7 @@ def test_install_db_argv() -> None:
     argv = install_db_argv("mariadb-install-db", Path("/h/data"), as_root=True, socket_user="root")
     assert argv[:3] == ["mariadb-install-db", "--no-defaults", "--datadir=/h/data"]
     assert "--user=mysql" in argv and "--skip-test-db" in argv
+    assert "--tmpdir=/h/tmp" in argv
 
 
 def test_sqlite_producer_argv_and_stream_pick() -> None:
