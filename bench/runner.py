@@ -299,12 +299,12 @@ def build_rows(res: dict) -> list[dict]:
 
 def print_report(res: dict, rows: list[dict]) -> str:
     lines = []
-    lines.append(f"{'metric':<26}{'drtool s':>9}{'bare s':>9}{'ratio':>7}  {'drtool min-max':<14}"
-                 f"{'bare min-max':<14}{'drt MB/s':>9}{'bare MB/s':>10}  target   ok")
+    lines.append(f"{'metric':<26}{'drtool s':>9}{'bare s':>9}{'ratio':>7}  {'drtool min-max':<15}"
+                 f"{'bare min-max':<15}{'drt MB/s':>9}{'bare MB/s':>10}  target   ok")
     for r in rows:
         mbps = (f"{r['drtool_MBps']:>9.1f}{r['bare_MBps']:>10.1f}" if r["drtool_MBps"] else f"{'-':>9}{'-':>10}")
         lines.append(f"{r['metric']:<26}{r['drtool_s']:>9.2f}{r['bare_s']:>9.2f}{r['ratio']:>7.3f}  "
-                     f"{r['drtool_spread']:<14}{r['bare_spread']:<14}{mbps}  {r['target']:<8} "
+                     f"{r['drtool_spread']:<15}{r['bare_spread']:<15}{mbps}  {r['target']:<8} "
                      f"{'yes' if r['met'] else 'NO'}")
     if "rss" in res:
         for k, v in res["rss"].items():
