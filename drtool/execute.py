@@ -8,13 +8,15 @@ take a Runner, so every source works locally and remotely alike.
 from __future__ import annotations
 
 import collections
+import contextlib
+import contextvars
 import logging
 import os
 import shutil
 import signal
 import subprocess
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO, Protocol
 
@@ -24,6 +26,26 @@ from drtool.secrets import redact
 log = logging.getLogger(__name__)
 
 STDERR_TAIL_BYTES = 64 * 1024
+
+# The pids started by this thread's current "scope" (e.g. one drill step), so a timeout
+# can stop exactly what that step started and not a concurrent job's processes.
+_scope: contextvars.ContextVar[set[int] | None] = contextvars.ContextVar("drtool_process_scope", default=None)
+
+
+@contextlib.contextmanager
+def process_scope() -> Iterator[set[int]]:
+    pids: set[int] = set()
+    token = _scope.set(pids)
+    try:
+        yield pids
+    finally:
+        _scope.reset(token)
+
+
+def _track(pid: int) -> None:
+    scope = _scope.get()
+    if scope is not None:
+        scope.add(pid)
 DEFAULT_TIMEOUT = 600.0
 
 
@@ -184,23 +206,31 @@ class LocalRunner:
         full = self._argv(argv)
         log.debug("run: %s", redact(" ".join(full)))
         try:
-            proc = subprocess.run(
+            popen = subprocess.Popen(
                 full,
-                input=input,
-                capture_output=True,
+                stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
                 env=child_env(env),
-                timeout=timeout,
                 cwd=cwd,
                 pass_fds=tuple(pass_fds),
-                stdin=None if input is not None else subprocess.DEVNULL,
             )
-        except subprocess.TimeoutExpired as exc:
-            raise CommandError(full, None, _tail(exc.stderr), hint=f"it took longer than {timeout:.0f}s") from None
         except FileNotFoundError:
             raise CommandError(full, 127, f"{full[0]}: command not found", hint=f"install {argv[0]} or put it on PATH") from None
-        result = Result(full, proc.returncode, proc.stdout, proc.stderr)
-        if check and proc.returncode != 0:
-            raise CommandError(full, proc.returncode, _tail(proc.stderr))
+        _track(popen.pid)
+        try:
+            stdout, stderr = popen.communicate(input, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            popen.kill()
+            _, stderr = popen.communicate()
+            raise CommandError(full, None, _tail(stderr), hint=f"it took longer than {timeout:.0f}s") from None
+        except BaseException:
+            popen.kill()
+            popen.wait()
+            raise
+        result = Result(full, popen.returncode, stdout, stderr)
+        if check and popen.returncode != 0:
+            raise CommandError(full, popen.returncode, _tail(stderr))
         return result
 
     def start(
@@ -229,6 +259,7 @@ class LocalRunner:
             )
         except FileNotFoundError:
             raise CommandError(full, 127, f"{full[0]}: command not found", hint=f"install {argv[0]} or put it on PATH") from None
+        _track(popen.pid)
         return LocalProcess(popen, full)
 
     def which(self, program: str) -> str | None:

@@ -1,15 +1,14 @@
 """Run one drill step against its timeout, and stop what it started when time is up.
 
-The step runs in a worker thread while the caller waits at most `timeout`
-seconds. On expiry (or Ctrl-C) every process that became a descendant of
-drtool while the step ran is interrupted (SIGINT, so restic releases its
-repository locks), then killed after a short grace. Database servers of
-scratch instances (postgres, mariadbd) are left alone: their context
-manager owns them and tears them down like `always:`.
+The step runs in a worker thread inside its own `process_scope()` (see
+drtool.execute): every program the step starts is recorded there. On expiry
+(or Ctrl-C) exactly those processes and their children are interrupted
+(SIGINT, so restic releases its repository locks), then killed after a short
+grace; a concurrent daemon job's processes are never touched. Database
+servers of scratch instances (postgres, mariadbd) are left alone: their
+context manager owns them and tears them down like `always:`.
 
-Linux only (/proc). Limitation: a process started during the step by
-*another* thread of the same drtool process (e.g. a concurrent daemon job)
-would be stopped too; the daemon runs drills in their own process for this.
+Linux only (/proc).
 """
 
 from __future__ import annotations
@@ -22,6 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from drtool.execute import process_scope
 
 SERVER_COMMS = frozenset({"postgres", "mariadbd", "mysqld"})
 STOP_GRACE_S = 3.0
@@ -39,14 +40,19 @@ class Timed:
 
 
 def call_with_timeout(fn: Callable[[], Any], timeout: float | None) -> Timed:
-    before = descendants(os.getpid())
     box: dict[str, Any] = {}
+    started_pids: set[int] = set()
 
     def work() -> None:
-        try:
-            box["value"] = fn()
-        except BaseException as exc:  # noqa: BLE001 - handed to the caller as data
-            box["error"] = exc
+        with process_scope() as pids:
+            box["pids"] = pids
+            try:
+                box["value"] = fn()
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller as data
+                box["error"] = exc
+
+    def step_processes() -> set[int]:
+        return set(box.get("pids", started_pids))
 
     worker = threading.Thread(target=work, name="drill-step", daemon=True)
     started = time.monotonic()
@@ -54,12 +60,12 @@ def call_with_timeout(fn: Callable[[], Any], timeout: float | None) -> Timed:
     try:
         worker.join(timeout)
     except KeyboardInterrupt:
-        stop_new_processes(before)
+        stop_processes(step_processes())
         worker.join(JOIN_AFTER_STOP_S)
         raise
     if worker.is_alive():
         elapsed = time.monotonic() - started
-        stopped = stop_new_processes(before)
+        stopped = stop_processes(step_processes())
         worker.join(JOIN_AFTER_STOP_S)
         return Timed(timed_out=True, duration_s=elapsed, stopped=stopped, still_running=worker.is_alive())
     elapsed = time.monotonic() - started
@@ -97,9 +103,13 @@ def descendants(root: int) -> set[int]:
     return found
 
 
-def stop_new_processes(before: set[int], grace: float = STOP_GRACE_S) -> int:
-    """Interrupt, then kill, every descendant that was not there before; returns how many."""
-    targets = descendants(os.getpid()) - before
+def stop_processes(started: set[int], grace: float = STOP_GRACE_S) -> int:
+    """Interrupt, then kill, the step's processes and their children; returns how many."""
+    targets: set[int] = set()
+    for pid in started:
+        if _alive(pid) and _comm(pid) not in SERVER_COMMS:
+            targets.add(pid)
+            targets |= descendants(pid)
     for pid in targets:
         _signal(pid, signal.SIGINT)
     deadline = time.monotonic() + grace
@@ -109,6 +119,13 @@ def stop_new_processes(before: set[int], grace: float = STOP_GRACE_S) -> int:
         if _alive(pid):
             _signal(pid, signal.SIGKILL)
     return len(targets)
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().partition("(")[2].rpartition(")")[0]
+    except OSError:
+        return ""
 
 
 def _signal(pid: int, sig: int) -> None:
