@@ -64,7 +64,8 @@ def backup_policy(settings: Settings, policy: Policy, *, dry_run: bool = False, 
             run.details["preflight"] = preflight(handle, create=True, on_event=emit)
             run_hooks("before", policy.hooks.before, timeout=policy.hooks.timeout, env=_hook_env(policy, run))
             failures = _backup_sources(settings, policy, handle, run, emit, cancel)
-            failures += _store_bundle(settings, handle, run, emit)
+            if not failures:   # a failed run adds nothing to the repository but its record
+                failures += _store_bundle(settings, handle, run, emit)
             if failures:
                 raise DrtoolError(f"{len(failures)} of {len(policy.sources)} sources failed: "
                                   + "; ".join(failures))
