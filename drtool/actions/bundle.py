@@ -16,8 +16,9 @@ Layout of `drtool-config.tar` (regular files only, mode 0600):
     signing-public-key.txt      base64 raw Ed25519 key that signs run records
     runbooks/<policy>.md        bare-tool recovery steps (drtool.actions.runbook)
 
-Only YAML files that drtool itself loaded are taken; anything else in those
-folders is skipped and named in the result.
+Only the YAML files drtool itself loaded and validated are taken (a symlink
+counts by its target's content); anything else in those folders is skipped
+and named in the result.
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ def build_bundle(settings: Settings, *, run_id: str | None = None, host: str | N
         wanted = {Path(item.path).resolve() for item in loaded if item.path}
         directory = settings.policies_dir if folder == "policies" else settings.playbooks_dir
         for path in sorted(directory.iterdir()) if directory.is_dir() else []:
-            if path.resolve() in wanted and path.suffix in YAML_SUFFIXES and path.is_file() and not path.is_symlink():
+            if path.resolve() in wanted and path.suffix in YAML_SUFFIXES and path.is_file():
                 files[f"{folder}/{path.name}"] = _read_yaml(path)
             else:
                 skipped.append(f"{folder}/{path.name}")

@@ -241,6 +241,22 @@ def open_repository(entry: KitRepository, cache_dir: Path | None) -> Restic:
     return restic
 
 
+class SnapshotListing:
+    """One `restic snapshots` answer, filtered by tags in memory: what `snapshot_sets` needs.
+
+    Listing a repository once instead of once per source saves a round trip to
+    the storage for every source.
+    """
+
+    def __init__(self, restic: Restic) -> None:
+        self.restic = restic
+        self.all = restic.snapshots()
+
+    def snapshots(self, tags: Sequence[str] | None = None, host: str | None = None) -> list[Any]:
+        wanted = set(tags or ())
+        return [s for s in self.all if wanted <= set(s.tags) and (host is None or s.hostname == host)]
+
+
 def verify_kit(path: Path, passphrase: str) -> dict[str, Any]:
     """Open each repository with the kit and report what can be recovered (read-only)."""
     from drtool.actions.bundle import BundleError, read_config_bundle
@@ -251,9 +267,9 @@ def verify_kit(path: Path, passphrase: str) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="drtool-kit-verify-") as cache:
         for entry in kit.repositories:
             restic = open_repository(entry, Path(cache))
-            snaps = restic.snapshots()
+            listing = SnapshotListing(restic)
             info: dict[str, Any] = {"name": entry.name, "url": entry.url, "escrow_key_id": entry.escrow_key_id,
-                                    "opens": True, "snapshots": len(snaps), "policies": {}}
+                                    "opens": True, "snapshots": len(listing.all), "policies": {}}
             try:
                 bundle = read_config_bundle(restic)
                 bundle.verify(kit.signing_public_key)
@@ -271,7 +287,7 @@ def verify_kit(path: Path, passphrase: str) -> dict[str, Any]:
                         continue
                     sources = {}
                     for source in policy.sources:
-                        sets = snapshot_sets(restic, policy, source)
+                        sets = snapshot_sets(listing, policy, source)  # type: ignore[arg-type]
                         sources[source.name] = {"kind": source.kind, "sets": len(sets),
                                                 "newest": sets[-1].time.isoformat() if sets else None,
                                                 "newest_run": sets[-1].run_id if sets else None}

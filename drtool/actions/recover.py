@@ -35,7 +35,7 @@ from typing import Any
 
 from drtool.actions.bundle import Bundle, read_config_bundle
 from drtool.actions.common import RepoHandle
-from drtool.actions.kit import open_kit_file, open_repository
+from drtool.actions.kit import SnapshotListing, open_kit_file, open_repository
 from drtool.actions.select import FINGERPRINT_STREAM, SnapshotSet, choose, snapshot_sets
 from drtool.config.loader import Settings
 from drtool.config.models import Policy, Source
@@ -124,15 +124,16 @@ def recover(kit_path: Path, passphrase: str, options: RecoverOptions | None = No
         bundle.verify(kit.signing_public_key)
         settings = bundle.settings(work_dir / "config")
         policies = _kit_policies(kit, settings, restics)
-        report.recoverable = clock.step("list snapshots", lambda: _catalog(policies, restics))
+        sets = clock.step("list snapshots", lambda: _catalog(policies, restics))
+        report.recoverable = _describe(policies, sets)
         if options.list_only:
             report.recovery_time_s = time.monotonic() - started
             return report
         policy = _pick_policy(options.policy, policies, report.recoverable)
         report.policy, report.rto_target_s = policy.name, policy.targets.rto
         handle = RepoHandle(policy.repository, restics[policy.repository], settings)
-        chosen = {s.name: choose(snapshot_sets(handle.restic, policy, s), options.selector) for s in policy.sources}
         plans = _plan_targets(policy, options)          # refuses before anything is written
+        chosen = {s.name: choose(sets[policy.name][s.name], options.selector) for s in policy.sources}
         with ExitStack() as cleanup:
             for source in policy.sources:
                 outcome = clock.step(f"restore {source.name}", lambda s=source: _restore(
@@ -152,14 +153,20 @@ def _kit_policies(kit: Kit, settings: Settings, restics: dict[str, Restic]) -> d
             if name in settings.policies and settings.policies[name].repository in restics}
 
 
-def _catalog(policies: dict[str, Policy], restics: dict[str, Restic]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for name, policy in policies.items():
-        restic = restics[policy.repository]
-        out[name] = {"repository": policy.repository, "rto": policy.targets.rto, "sources": {
-            s.name: {"kind": s.kind, "sets": [x.to_dict() for x in snapshot_sets(restic, policy, s)][-5:]}
-            for s in policy.sources}}
-    return out
+def _catalog(policies: dict[str, Policy], restics: dict[str, Restic]) -> dict[str, dict[str, list[SnapshotSet]]]:
+    """Complete snapshot sets of every source of every policy; one listing per repository."""
+    listings = {name: SnapshotListing(restic) for name, restic in restics.items()
+                if any(p.repository == name for p in policies.values())}
+    return {name: {s.name: snapshot_sets(listings[policy.repository], policy, s)  # type: ignore[arg-type]
+                   for s in policy.sources}
+            for name, policy in policies.items()}
+
+
+def _describe(policies: dict[str, Policy], sets: dict[str, dict[str, list[SnapshotSet]]]) -> dict[str, Any]:
+    return {name: {"repository": policy.repository, "rto": policy.targets.rto, "sources": {
+                s.name: {"kind": s.kind, "sets": [x.to_dict() for x in sets[name][s.name]][-5:]}
+                for s in policy.sources}}
+            for name, policy in policies.items()}
 
 
 def _pick_policy(name: str | None, policies: dict[str, Policy], recoverable: dict[str, Any]) -> Policy:

@@ -1,0 +1,170 @@
+"""Config bundle and kit actions against a real restic repository (a local path: fast).
+
+The S3 + PostgreSQL end-to-end story is in test_recover.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tarfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+from drtool.actions.backup import backup_policy
+from drtool.actions.bundle import BundleError, fetch_config_bundle, read_config_bundle
+from drtool.actions.kit import create_kit, revoke_kit, verify_kit
+from drtool.cli import main
+from drtool.config import load_settings
+from drtool.crypto.kit import KitError, open_kit, read_kit
+from drtool.crypto.signing import SignatureInvalid, load_or_create_signing_key, public_key_b64
+from drtool.engine.restic import Restic, repo_access
+from drtool.engine.restic_keys import list_keys
+from drtool.errors import UsageError
+
+pytestmark = pytest.mark.integration
+
+REPO_PASSWORD = "local-Repo-Pw-91c2e0"
+PASSPHRASE = "a long kit passphrase"
+
+
+@pytest.fixture(scope="module")
+def local(tmp_path_factory):
+    """drtool.yaml on a local-path repository, one files policy, one backup run."""
+    root = tmp_path_factory.mktemp("kitlocal")
+    (root / "policies").mkdir()
+    (root / "playbooks").mkdir()
+    data = root / "data"
+    data.mkdir()
+    (data / "a.txt").write_text("alpha\n")
+    pw = root / "repo.pass"
+    pw.write_text(REPO_PASSWORD)
+    pw.chmod(0o600)
+    (root / "drtool.yaml").write_text(yaml.safe_dump({
+        "state_dir": str(root / "state"), "hostname": "kit-test",
+        "repositories": {"usb": {"url": str(root / "repo"), "password": {"file": str(pw)}}}}))
+    (root / "policies" / "docs.yaml").write_text(yaml.safe_dump({
+        "name": "docs", "repository": "usb", "sources": [{"name": "files", "files": {"paths": [str(data)]}}]}))
+    (root / "playbooks" / "docs-drill.yaml").write_text(yaml.safe_dump({
+        "name": "docs-drill", "policy": "docs", "steps": [{"name": "kit", "kit": {}}]}))
+    (root / "policies" / "README").write_text("not YAML\n")
+    (root / "policies" / "draft.yaml.bak").write_text("name: draft\n")
+    (root / "managed").mkdir()
+    (root / "managed" / "other.yaml").write_text(yaml.safe_dump({
+        "name": "other", "repository": "usb", "sources": [{"name": "f", "files": {"paths": ["/nonexistent"]}}]}))
+    (root / "policies" / "other.yaml").symlink_to(root / "managed" / "other.yaml")
+    settings = load_settings(str(root / "drtool.yaml"))
+    run = backup_policy(settings, settings.policy("docs"))
+    assert run.status == "success", run.error
+    return settings, run
+
+
+def _restic(settings) -> Restic:
+    return Restic(repo_access(settings, "usb"))
+
+
+def test_backup_stores_a_signed_bundle_without_secret_values(local, tmp_path):
+    settings, run = local
+    stored = run.details["config_bundle"]
+    assert stored["snapshot"]
+    assert {"drtool.yaml", "policies/docs.yaml", "playbooks/docs-drill.yaml", "runbooks/docs.md",
+            "signing-public-key.txt"} <= set(stored["files"])
+    assert "policies/other.yaml" in stored["files"]          # a symlink, by its target's content
+    assert set(stored["skipped"]) == {"policies/README", "policies/draft.yaml.bak"}
+    snap = _restic(settings).snapshots(tags=["drtool", "kind=config", f"run={run.id}"])
+    assert len(snap) == 1
+    dest = tmp_path / "bundle"
+    config = fetch_config_bundle(_restic(settings), dest)
+    assert config == dest / "drtool.yaml"
+    for path in dest.rglob("*"):
+        if path.is_file():
+            assert (path.stat().st_mode & 0o777) == 0o600
+            assert REPO_PASSWORD.encode() not in path.read_bytes()
+    assert "policy=docs" in (dest / "runbooks" / "docs.md").read_text()
+    key = public_key_b64(load_or_create_signing_key(settings.state_dir))
+    assert (dest / "signing-public-key.txt").read_text().strip() == key
+    with pytest.raises(BundleError, match="not an empty directory"):
+        fetch_config_bundle(_restic(settings), dest)
+
+
+def test_bundle_verify_catches_altered_files_and_foreign_signers(local, tmp_path):
+    settings, _run = local
+    key = public_key_b64(load_or_create_signing_key(settings.state_dir))
+    bundle = read_config_bundle(_restic(settings))
+    bundle.verify(key)
+    assert set(bundle.settings(tmp_path).policies) == {"docs", "other"}
+    other = public_key_b64(load_or_create_signing_key(tmp_path / "other-state"))
+    with pytest.raises(SignatureInvalid, match="not the expected key"):
+        bundle.verify(other)
+    bundle.files["policies/docs.yaml"] += b"# edited\n"
+    with pytest.raises(BundleError, match="does not match its signed manifest"):
+        bundle.verify(key)
+
+
+def test_create_kit_refusals_add_no_key(local, tmp_path):
+    settings, _run = local
+    before = list_keys(repo_access(settings, "usb"))
+    with pytest.raises(UsageError, match="shorter than"):
+        create_kit(settings, "docs", tmp_path / "k", "short")
+    taken = tmp_path / "taken"
+    taken.write_text("someone's file")
+    with pytest.raises(UsageError, match="already exists"):
+        create_kit(settings, "docs", taken, PASSPHRASE)
+    with pytest.raises(UsageError, match="neither a policy nor a repository"):
+        create_kit(settings, "nope", tmp_path / "k", PASSPHRASE)
+    assert taken.read_text() == "someone's file"
+    assert list_keys(repo_access(settings, "usb")) == before
+
+
+def test_kit_create_verify_revoke_by_key_id(local, tmp_path):
+    settings, _run = local
+    out = tmp_path / "usb.kit.txt"
+    summary = create_kit(settings, "usb", out, PASSPHRASE, armor_text=True)    # a repository: all its policies
+    assert (out.stat().st_mode & 0o777) == 0o600 and out.read_text().startswith("-----BEGIN")
+    kit = open_kit(read_kit(out), PASSPHRASE)
+    key_id = kit.repositories[0].escrow_key_id
+    assert kit.policies == ["docs", "other"] and kit.repositories[0].s3 is None
+    assert key_id in {k["id"] for k in list_keys(repo_access(settings, "usb"))}
+    assert summary["repositories"][0]["escrow_key_id"] == key_id
+    assert REPO_PASSWORD not in json.dumps(summary)
+
+    report = verify_kit(out, PASSPHRASE)
+    # "other" was never backed up: the kit opens, but says plainly that nothing is there for it.
+    repo = report["repositories"][0]
+    assert repo["policies"]["docs"]["files"]["sets"] == 1 and repo["policies"]["other"]["f"]["sets"] == 0
+    assert repo["nothing_recoverable_for"] == ["other"] and report["ok"] is False
+
+    current = next(k["id"] for k in list_keys(repo_access(settings, "usb")) if k["current"])
+    with pytest.raises(UsageError, match="never revoked here"):
+        revoke_kit(settings, current[:8])
+    assert revoke_kit(settings, key_id[:8]) == {"revoked": [{"repository": "usb", "key_id": key_id}]}
+    with pytest.raises(KitError, match="may have been revoked"):
+        verify_kit(out, PASSPHRASE)
+
+
+def test_kit_cli_never_takes_the_passphrase_from_argv_or_a_pipe_less_stdin(local, tmp_path, capsys):
+    settings, _run = local
+    out = tmp_path / "k"
+    assert main(["-c", str(settings.path), "kit", "create", "docs", "--out", str(out)]) == 2
+    assert "stdin is not a terminal" in capsys.readouterr().err
+    read_fd, write_fd = os.pipe()
+    os.close(write_fd)
+    assert main(["-c", str(settings.path), "kit", "create", "docs", "--out", str(out),
+                 "--passphrase-fd", str(read_fd)]) == 2
+    assert "empty first line" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_bundle_tar_holds_only_known_names(local):
+    settings, _run = local
+    from drtool.actions.bundle import build_bundle
+    import io
+
+    data, manifest = build_bundle(settings, run_id="r1", host="h")
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        names = tar.getnames()
+        assert all(m.isfile() and m.mode == 0o600 for m in tar.getmembers())
+    assert "MANIFEST.json" in names and not any(n.startswith("/") or ".." in n for n in names)
+    assert manifest["signature"]["alg"] == "ed25519" and Path(settings.path).name == "drtool.yaml"
