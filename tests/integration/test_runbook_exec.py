@@ -1,0 +1,149 @@
+"""The runbook works without drtool: its `sh` blocks, run by bash as written, bring the data back.
+
+Also: signed run records and drill reports (read from the bucket, as an auditor
+would) pass `drtool verify-report`, and fail it once altered or when checked
+against another key; and a drill `kit` step opens the repository with a kit file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+from drtool.actions.runbook import extract_script
+from drtool.execute import LocalRunner
+from drtool.scratch.postgres import ScratchPostgres
+from tests.support.postgres import pg_server
+from tests.support.workspace import make_workspace
+
+pytestmark = pytest.mark.integration
+
+SUM_SQL = "select count(*), md5(string_agg(id || ':' || body, ',' order by id)) from surat"
+
+
+def psql(port: int, bin_dir: str, sql: str, db: str = "postgres") -> str:
+    argv = [f"{bin_dir}/psql", "-X", "-q", "-A", "-t", "-h", "127.0.0.1", "-p", str(port),
+            "-U", "postgres", "-d", db, "-v", "ON_ERROR_STOP=1", "-c", sql]
+    return LocalRunner().run(argv, timeout=120).text.strip()
+
+
+def digest(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def prod_pg():
+    yield from pg_server()
+
+
+@pytest.fixture(scope="module")
+def backed_up(tmp_path_factory, s3_server, prod_pg):
+    root = tmp_path_factory.mktemp("runbook")
+    bucket = "runbook-" + uuid.uuid4().hex[:10]
+    s3_server.make_bucket(bucket)
+    pg = prod_pg
+    psql(pg.port, pg.bin_dir, "create role arsip_owner")
+    psql(pg.port, pg.bin_dir, "create database arsip owner arsip_owner")
+    psql(pg.port, pg.bin_dir, "create table surat (id int primary key, body text);"
+                              "insert into surat select g, repeat(md5(g::text), 3) from generate_series(1, 1500) g;"
+                              "alter table surat owner to arsip_owner;", db="arsip")
+    files = root / "srv" / "arsip-scans"
+    files.mkdir(parents=True)
+    for i in range(5):
+        (files / f"scan-{i}.bin").write_bytes(os.urandom(2048 + i))
+    ws = make_workspace(root / "etc", s3_server, bucket)
+    ws.policy("arsip", [
+        {"name": "arsip-db", "postgres": {"database": "arsip", "port": pg.port, "bin_dir": pg.bin_dir}},
+        {"name": "scans", "files": {"paths": [str(files)]}},
+    ])
+    run = json.loads(ws.drtool("backup", "arsip", "--json", check=True).stdout.strip().splitlines()[-1])
+    assert run["status"] == "success", run
+    return {"ws": ws, "run": run, "bucket": bucket, "files": files, "root": root,
+            "sum": psql(pg.port, pg.bin_dir, SUM_SQL, db="arsip"), "tree": digest(files)}
+
+
+def test_runbook_script_recovers_with_bare_tools(backed_up, tmp_path, s3_server):
+    ws = backed_up["ws"]
+    book = tmp_path / "arsip.md"
+    ws.drtool("runbook", "arsip", "--out", str(book), check=True)
+    script = tmp_path / "recover.sh"
+    script.write_text(extract_script(book.read_text()))
+    # The runbook kept offsite in the config bundle is the same document.
+    bundle_dir = tmp_path / "bundle"
+    from drtool.actions.bundle import fetch_config_bundle
+    from drtool.engine.restic import RepoAccess, Restic
+    from drtool.secrets import Secret
+
+    access = RepoAccess(ws.repo_url, Secret((ws.root / "repo.pass").read_text()),
+                        {"AWS_ACCESS_KEY_ID": s3_server.access_key, "AWS_SECRET_ACCESS_KEY": s3_server.secret_key})
+    fetch_config_bundle(Restic(access), bundle_dir)
+    assert (bundle_dir / "runbooks" / "arsip.md").read_text() == book.read_text()
+
+    with ScratchPostgres() as fresh:       # the new machine's empty PostgreSQL
+        env = {
+            "PATH": f"{fresh.bin_dir}:{os.environ['PATH']}", "HOME": str(tmp_path), "LANG": "C.UTF-8",
+            "RESTIC_PASSWORD_FILE": str(ws.root / "repo.pass"), "RECOVERY_DIR": str(tmp_path / "work"),
+            "RESTORE_ROOT": str(tmp_path / "root"),
+            "AWS_ACCESS_KEY_ID": s3_server.access_key, "AWS_SECRET_ACCESS_KEY": s3_server.secret_key,
+            "PGHOST": "127.0.0.1", "PGPORT": str(fresh.port), "PGUSER": "postgres",
+        }
+        proc = subprocess.run(["bash", "-e", str(script)], env=env, capture_output=True, text=True,
+                              timeout=300, stdin=subprocess.DEVNULL, cwd=tmp_path)
+        assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr}"
+        assert psql(fresh.port, fresh.bin_dir, SUM_SQL, db="arsip") == backed_up["sum"]
+        # Roles came first, so the owner survived.
+        assert psql(fresh.port, fresh.bin_dir, "select tableowner from pg_tables where tablename = 'surat'",
+                    db="arsip") == "arsip_owner"
+    restored = tmp_path / "root" / str(backed_up["files"]).lstrip("/")
+    assert digest(restored) == backed_up["tree"]
+
+
+def test_signed_records_fail_verify_report_once_altered(backed_up, tmp_path, s3_server):
+    ws = backed_up["ws"]
+    bucket_dir = s3_server.root / backed_up["bucket"]
+    from drtool.crypto.signing import load_or_create_signing_key, public_key_b64
+
+    key = public_key_b64(load_or_create_signing_key(ws.root / "state"))
+    # A drill whose only step opens the repository with a recovery kit file.
+    kit = tmp_path / "arsip.drkit"
+    passfile = tmp_path / "kit.pass"
+    passfile.write_text("kit passphrase for the drill\n")
+    passfile.chmod(0o600)
+    read_fd = os.open(passfile, os.O_RDONLY)
+    try:
+        made = subprocess.run(["python3", "-m", "drtool", "-c", str(ws.config), "kit", "create", "arsip",
+                               "--out", str(kit), "--passphrase-fd", str(read_fd)],
+                              env=ws.env, capture_output=True, text=True, timeout=300, pass_fds=(read_fd,))
+    finally:
+        os.close(read_fd)
+    assert made.returncode == 0, made.stderr
+    ws.playbook("arsip-kit", {"policy": "arsip", "steps": [
+        {"name": "kit opens", "kit": {"file": str(kit), "passphrase": {"file": str(passfile)}}}]})
+    drill = ws.drtool("drill", "arsip-kit")
+    assert drill.returncode == 0, drill.stdout + drill.stderr
+
+    records = {"run": sorted(bucket_dir.rglob("runs/*.json")), "drill": sorted(bucket_dir.rglob("drills/*.json"))}
+    assert records["run"] and records["drill"], list(bucket_dir.rglob("*.json"))
+    for kind, paths in records.items():
+        original = paths[-1]
+        assert ws.drtool("verify-report", str(original), "--public-key", key).returncode == 0
+        record = json.loads(original.read_text())
+        if kind == "drill":
+            assert "escrow key" in json.dumps(record)            # the kit step said how it opened the repository
+        record["status" if "status" in record else "passed"] = "tampered"
+        altered = tmp_path / f"{kind}-altered.json"
+        altered.write_text(json.dumps(record))
+        proc = ws.drtool("verify-report", str(altered))
+        assert proc.returncode == 1 and "altered after it was signed" in proc.stderr
+        other = public_key_b64(load_or_create_signing_key(tmp_path / "other-state"))
+        proc = ws.drtool("verify-report", str(original), "--public-key", other)
+        assert proc.returncode == 1 and "not the expected key" in proc.stderr
+    assert yaml.safe_load((ws.root / "playbooks" / "arsip-kit.yaml").read_text())["policy"] == "arsip"
