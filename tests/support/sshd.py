@@ -4,6 +4,14 @@
 `/usr/sbin/sshd -D -e -f CONFIG` and returns an `SshServer`; `stop()` ends it.
 The client key is generated with ssh-keygen so the file format is exactly what
 admins have on disk (OpenSSH private key format).
+
+Two options make a "remote host" out of this machine:
+- `private_dirs`: sshd runs in its own mount namespace (unshare) with a fresh
+  tmpfs on each of these directories, so files created there over SSH are
+  invisible to the test process: they can only have come through SSH.
+- `hide_programs`: sshd also listens on `alt_port`, where sessions get a PATH
+  (a directory of symlinks to /usr/bin) that lacks these programs, e.g. a host
+  without restic.
 """
 
 from __future__ import annotations
@@ -36,6 +44,7 @@ class SshServer:
     config: Path
     log: Path
     proc: subprocess.Popen
+    alt_port: int | None = None     # sessions on this port lack `hide_programs` on their PATH
 
     @property
     def address(self) -> str:
@@ -102,7 +111,18 @@ def _descendants(pid: int) -> list[int]:
     return out
 
 
-def start_sshd(root: Path, *, host_key_kind: str = "ed25519") -> SshServer:
+def _path_without(root: Path, hidden: tuple[str, ...]) -> str:
+    """A PATH value like the usual one, minus the hidden programs."""
+    bin_dir = root / "bin-without"
+    bin_dir.mkdir(exist_ok=True)
+    for entry in Path("/usr/bin").iterdir():
+        if entry.name not in hidden:
+            (bin_dir / entry.name).symlink_to(entry)
+    return f"{bin_dir}:/usr/local/sbin:/usr/sbin"
+
+
+def start_sshd(root: Path, *, host_key_kind: str = "ed25519", private_dirs: tuple[Path, ...] = (),
+               hide_programs: tuple[str, ...] = ()) -> SshServer:
     root.mkdir(parents=True, exist_ok=True)
     root.chmod(0o700)
     # sshd's privilege-separation directory; Debian creates it only when the service starts.
@@ -133,15 +153,31 @@ def start_sshd(root: Path, *, host_key_kind: str = "ed25519") -> SshServer:
         "Subsystem sftp internal-sftp",
         "",
     ]))
+    alt_port = None
+    if hide_programs:
+        alt_port = free_port()
+        with open(config, "a") as out:
+            out.write(f"Port {alt_port}\nMatch LocalPort {alt_port}\n    SetEnv PATH={_path_without(root, hide_programs)}\n")
+    argv = [SSHD, "-D", "-e", "-f", str(config)]
+    if private_dirs:
+        for d in private_dirs:
+            d.mkdir(parents=True, exist_ok=True)
+        # Mount a tmpfs on each directory inside a private mount namespace, then become sshd.
+        script = 'for d in "$@"; do [ "$d" = -- ] && break; mount -t tmpfs -o mode=0755 tmpfs "$d" || exit 1; done; ' \
+                 'while [ "$1" != -- ]; do shift; done; shift; exec "$@"'
+        argv = ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script, "sh",
+                *map(str, private_dirs), "--", *argv]
     log = root / "sshd.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stdout=out, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
     try:
         wait_port(port, proc, timeout=15)
+        if alt_port:
+            wait_port(alt_port, proc, timeout=15)
     except RuntimeError as exc:
         proc.kill()
         raise RuntimeError(f"{exc}; sshd log:\n{log.read_text()[-2000:]}") from None
-    server = SshServer(root, port, host_key, client_key, config, log, proc)
+    server = SshServer(root, port, host_key, client_key, config, log, proc, alt_port)
     time.sleep(0.05)
     return server
