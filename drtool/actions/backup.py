@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from collections.abc import Callable
 from typing import Any
 
-from drtool.actions.common import RepoHandle, open_repo, policy_tags, preflight, publish_offsite, restic_host
+from drtool.actions.common import RepoHandle, open_repo, policy_tags, preflight_once, publish_offsite, restic_host
 from drtool.actions.hooks import run_hooks
 from drtool.catalog import Catalog, RunRecord, new_run_id, utcnow
 from drtool.config.loader import Settings
@@ -61,7 +63,8 @@ def backup_policy(settings: Settings, policy: Policy, *, dry_run: bool = False, 
     lock.acquire(run.id)
     try:
         try:
-            run.details["preflight"] = preflight(handle, create=True, on_event=emit)
+            _warm_up_offsite(handle)
+            run.details["preflight"] = preflight_once(handle, on_event=emit)
             run_hooks("before", policy.hooks.before, timeout=policy.hooks.timeout, env=_hook_env(policy, run))
             failures = _backup_sources(settings, policy, handle, run, emit, cancel)
             if not failures:   # a failed run adds nothing to the repository but its record
@@ -117,13 +120,33 @@ def _store_bundle(settings: Settings, handle: RepoHandle, run: RunRecord, emit: 
         from drtool.actions.bundle import store_config_bundle
     except ImportError:  # recovery-kit support not built in
         return []
+    marker, digest = _bundle_marker(settings, handle)
+    if marker.exists() and marker.read_text() == digest:
+        run.details["config_bundle"] = {"unchanged": True}   # the stored one is still current
+        return []
     try:
         run.details["config_bundle"] = store_config_bundle(settings, handle, host=restic_host(settings),
                                                            run_id=run.id)
     except DrtoolError as exc:
         emit({"event": "notice", "message": f"configuration bundle not stored: {exc.message}"})
         return [f"config bundle: {exc.message.splitlines()[0]}"]
+    marker.write_text(digest)
     return []
+
+
+def _bundle_marker(settings: Settings, handle: RepoHandle):  # noqa: ANN202
+    """(marker file, digest of the configuration as loaded) for this repository."""
+    import hashlib
+
+    from drtool.actions.common import state_path
+
+    h = hashlib.sha256(handle.repository.url.encode())
+    files = [settings.path] + sorted(Path(x.path) for x in [*settings.policies.values(), *settings.playbooks.values()]
+                                     if x.path)
+    for path in files:
+        h.update(str(path).encode() + b"\0" + path.read_bytes() + b"\0")
+    key = hashlib.sha256(handle.repository.url.encode()).hexdigest()[:16]
+    return state_path(settings, "repos", f"{key}.bundle"), h.hexdigest()
 
 
 def _brief(result: dict[str, Any]) -> dict[str, Any]:
@@ -159,27 +182,36 @@ def _backup_database(settings: Settings, policy: Policy, source: Source, handle:
     db = database_source(source, runner)
     snapshots: list[str] = []
     streams: dict[str, Any] = {}
-    # closing(): an SSH runner holds a connection; a daemon would otherwise leak one per run.
-    with closing(runner), db.open_dump() as session:
-        for stream in session.streams:
-            emit({"event": "stream_start", "source": source.name, "stream": stream.name})
-            result = stream_to_restic(
-                handle.restic, stream.start, filename=stream.name,
-                tags=policy_tags(policy, source.name, run_id=run.id, stream=stream.name),
-                host=host, what=f"{source.kind} dump of {source.name}/{stream.name}", cancel=cancel,
-                on_progress=lambda obj, s=stream.name: emit({"event": "progress", "source": source.name,
-                                                             "stream": s, **obj}),
-            )
-            snapshots.append(result.snapshot_id)
-            streams[stream.name] = result.to_dict()
-            run.bytes_added += result.data_added
-        # The fingerprint goes last: its presence marks the source's set of streams as complete,
-        # and it travels inside the repository so a drill on a fresh machine can verify against it.
-        fingerprint = {**session.fingerprint, "run": run.id, "source": source.name,
-                       "streams": sorted(streams)}
-        fp_snap = backup_bytes(handle.restic, json.dumps(fingerprint, sort_keys=True).encode(),
-                               filename=FINGERPRINT_STREAM, host=host,
-                               tags=policy_tags(policy, source.name, run_id=run.id, stream=FINGERPRINT_STREAM))
+    # A source is all or nothing: whatever fails (a dump, the fingerprint, closing the
+    # consistent session), the streams this run already committed are forgotten.
+    try:
+        # closing(): an SSH runner holds a connection; a daemon would otherwise leak one per run.
+        with closing(runner), db.open_dump() as session:
+            def one(stream):  # noqa: ANN001, ANN202
+                emit({"event": "stream_start", "source": source.name, "stream": stream.name})
+                return stream_to_restic(
+                    handle.restic, stream.start, filename=stream.name,
+                    tags=policy_tags(policy, source.name, run_id=run.id, stream=stream.name),
+                    host=host, what=f"{source.kind} dump of {source.name}/{stream.name}", cancel=cancel,
+                    on_progress=lambda obj, s=stream.name: emit({"event": "progress", "source": source.name,
+                                                                 "stream": s, **obj}),
+                )
+
+            results = _in_pairs(one, session.streams)
+            for stream, result in zip(session.streams, results, strict=True):
+                snapshots.append(result.snapshot_id)
+                streams[stream.name] = result.to_dict()
+                run.bytes_added += result.data_added
+            # The fingerprint goes last: its presence marks the source's set of streams as complete,
+            # and it travels inside the repository so a drill on a fresh machine can verify against it.
+            fingerprint = {**session.fingerprint, "run": run.id, "source": source.name,
+                           "streams": sorted(streams)}
+            fp_snap = backup_bytes(handle.restic, json.dumps(fingerprint, sort_keys=True).encode(),
+                                   filename=FINGERPRINT_STREAM, host=host,
+                                   tags=policy_tags(policy, source.name, run_id=run.id, stream=FINGERPRINT_STREAM))
+    except BaseException:
+        _roll_back(handle, policy_tags(policy, source.name, run_id=run.id))
+        raise
     snapshots.append(fp_snap)
     run.snapshots.extend(snapshots)
     return {"status": "success", "snapshots": snapshots, "streams": streams, "fingerprint": fingerprint,
@@ -192,6 +224,53 @@ def _runner(settings: Settings, policy: Policy):  # noqa: ANN202 - a Runner
         return LocalRunner()
     from drtool.remote import runner_for
     return runner_for(settings, policy.host)
+
+
+def _roll_back(handle: RepoHandle, tags: list[str]) -> None:
+    """A source is all or nothing: forget the streams of this run that did commit."""
+    try:
+        handle.restic.forget_ids([snap.id for snap in handle.restic.snapshots(tags=tags)])
+    except DrtoolError:
+        log.warning("could not remove the committed streams of a failed source", exc_info=True)
+
+
+def _in_pairs(fn, items):  # noqa: ANN001, ANN202
+    """Run fn over items two at a time (e.g. a database dump beside the small globals dump).
+
+    Each restic process pays a key derivation of about half a second; overlapping
+    two streams hides it. Two, not more: every stream is also a dump on the server.
+    If one fails, the other still finishes and commits on its own merits (the
+    source's set stays incomplete without its fingerprint, so it is never used).
+    """
+    if len(items) < 2:
+        return [fn(item) for item in items]
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="stream") as pool:
+        futures = [pool.submit(fn, item) for item in items]
+        results, first_error = [], None
+        for future in futures:
+            try:
+                results.append(future.result())
+            except BaseException as exc:  # noqa: BLE001 - re-raised below, after all finished
+                first_error = first_error or exc
+    if first_error is not None:
+        raise first_error
+    return results
+
+
+def _warm_up_offsite(handle: RepoHandle) -> None:
+    """Import boto3 and build the S3 client in the background while the backup runs:
+    the run record is uploaded at the end, and boto3 takes ~0.4 s of CPU to load."""
+    if handle.repository.is_s3:
+        threading.Thread(target=_quietly, args=(handle.offsite,), daemon=True, name="offsite-warmup").start()
+
+
+def _quietly(fn) -> None:  # noqa: ANN001
+    try:
+        store = getattr(fn(), "_store", None)
+        if store is not None:
+            store.client()
+    except Exception:  # noqa: BLE001 - only a warm-up; the real upload reports errors
+        log.debug("offsite warm-up failed", exc_info=True)
 
 
 def _hook_env(policy: Policy, run: RunRecord) -> dict[str, str]:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import socket
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +15,7 @@ from drtool.engine.restic import Restic, repo_access
 from drtool.errors import DrtoolError
 
 log = logging.getLogger(__name__)
+_offsite_lock = threading.Lock()
 
 
 @dataclass
@@ -26,8 +29,13 @@ class RepoHandle:
         return self.settings.config.repositories[self.name]
 
     def offsite(self):  # noqa: ANN201 - OffsiteRecords, imported lazily (boto3)
-        from drtool.offsite import OffsiteRecords
-        return OffsiteRecords(self.repository)
+        # One per handle: the S3 client is built once (and may be warmed up in the background).
+        with _offsite_lock:
+            cached = self.__dict__.get("_offsite")
+            if cached is None:
+                from drtool.offsite import OffsiteRecords
+                cached = self.__dict__["_offsite"] = OffsiteRecords(self.repository)
+        return cached
 
 
 def open_repo(settings: Settings, repo_name: str) -> RepoHandle:
@@ -49,6 +57,26 @@ def policy_tags(policy: Policy, source: str | None = None, *, run_id: str | None
     if stream:
         tags.append(f"stream={stream}")
     return tags
+
+
+def _known_marker(handle: RepoHandle) -> Path:
+    digest = hashlib.sha256(handle.repository.url.encode()).hexdigest()[:16]
+    return state_path(handle.settings, "repos", f"{digest}.ok")
+
+
+def preflight_once(handle: RepoHandle, *, on_event=None) -> dict:  # noqa: ANN001
+    """Full preflight the first time a repository is used from this machine, then skip it.
+
+    Each check costs a restic key derivation or a boto3 round trip (about a
+    second together, per run); once the repository is known to exist, a
+    later failure is reported by restic itself and mapped to a clear error.
+    """
+    marker = _known_marker(handle)
+    if marker.exists():
+        return {"checked": "earlier"}
+    info = preflight(handle, create=True, on_event=on_event)
+    marker.write_text(handle.repository.url + "\n")
+    return info
 
 
 def preflight(handle: RepoHandle, *, create: bool, on_event=None) -> dict:  # noqa: ANN001
