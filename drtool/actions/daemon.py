@@ -25,6 +25,7 @@ import re
 import signal
 import tempfile
 import threading
+from collections import deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -186,14 +187,17 @@ def default_dispatch() -> dict[str, Callable[[JobRequest], Any]]:
 
     def forget(req: JobRequest) -> Any:
         from drtool.actions.maintenance import forget_policy
-        return forget_policy(req.settings, req.settings.policy(req.info.policy), trigger="schedule")
+        return forget_policy(req.settings, req.settings.policy(req.info.policy), trigger="schedule",
+                             cancel=req.cancel)
 
     def check(req: JobRequest) -> Any:
         from drtool.actions.maintenance import check_repository
         return check_repository(req.settings, req.settings.policy(req.info.policy),
-                                read_data_subset=req.read_data_subset, trigger="schedule")
+                                read_data_subset=req.read_data_subset, trigger="schedule", cancel=req.cancel)
 
     def drill(req: JobRequest) -> Any:
+        # run_drill takes no cancel event (yet): on SIGTERM a running drill finishes (its scratch
+        # instances are torn down as usual) within the grace periods.
         from drtool.actions.drill import run_drill
         return run_drill(req.settings, req.settings.playbook(req.info.job.name), trigger="schedule")
 
@@ -264,13 +268,16 @@ class Daemon:
         self._lock = threading.RLock()
         self._running: dict[str, Running] = {}
         self._retry_after: dict[str, datetime] = {}
+        self._waiting: dict[str, datetime] = {}          # job id -> first slot it waited for
+        self._reading: dict[str, int] = {}               # repository -> watchdog reads in progress
         self._stop = threading.Event()
         self._reload = threading.Event()
         self._breached: set[str] = set()
         self._snapshot_times: dict[str, datetime | None] = {}
         self._drills: dict[str, Outcome] = {}
         self._watchdog_busy = threading.Lock()
-        self.history: list[tuple[str, datetime, datetime, str]] = []   # (job id, start, end, status)
+        # (job id, start, end, status) of recent jobs, for tests and debugging; bounded for a long-lived daemon
+        self.history: deque[tuple[str, datetime, datetime, str]] = deque(maxlen=1000)
         self._apply(settings)
         self.state = DaemonState(settings.state_dir)
         self.catalog = Catalog(settings.state_dir)
@@ -309,27 +316,50 @@ class Daemon:
         return None
 
     def tick(self, now: datetime | None = None) -> list[str]:
-        """Start every due job that fits (concurrency limit, conflicts); return the ids started."""
+        """Start every due job that fits (concurrency limit, conflicts); return the ids started.
+
+        No starvation: a due job that cannot start keeps its place in the queue (the slot it first
+        waited for), and a later job that conflicts with it does not jump ahead. Without this, a
+        forget or check on a repository that several policies back up to often could wait forever,
+        since some backup of that repository is nearly always running when it looks.
+        """
         now = now or self.clock()
         if self._stop.is_set():
             return []
         by_id = {i.job.id: i for i in self.jobs}
         started: list[str] = []
         with self._lock:
-            for due in due_jobs([i.job for i in self.jobs], self.last_runs(now), now, self.tz):
-                info = by_id[due.job.id]
-                if self._may_start(info, now):
-                    self._start(info, due, now)
+            due = due_jobs([i.job for i in self.jobs], self.last_runs(now), now, self.tz)
+            due_ids = {d.job.id for d in due}
+            self._waiting = {job_id: slot for job_id, slot in self._waiting.items() if job_id in due_ids}
+            due.sort(key=lambda d: self._waiting.get(d.job.id, d.slot).timestamp())   # stable: kind order kept
+            waiting_ahead: list[JobInfo] = []
+            for item in due:
+                info = by_id[item.job.id]
+                reason = self._blocked(info, now, waiting_ahead)
+                if reason is None:
+                    self._waiting.pop(info.job.id, None)
+                    self._start(info, item, now)
                     started.append(info.job.id)
+                elif reason != "backing off":
+                    self._waiting.setdefault(info.job.id, item.slot)
+                    waiting_ahead.append(info)
         return started
 
-    def _may_start(self, info: JobInfo, now: datetime) -> bool:
-        if len(self._running) >= self.settings.config.max_concurrent_jobs:
-            return False
+    def _blocked(self, info: JobInfo, now: datetime, waiting_ahead: list[JobInfo]) -> str | None:
+        """Why `info` may not start now (None: it may)."""
         retry = self._retry_after.get(info.job.id)
         if retry and now < retry:
-            return False
-        return not any(conflicts(info, r.info) for r in self._running.values())
+            return "backing off"
+        if len(self._running) >= self.settings.config.max_concurrent_jobs:
+            return "concurrency limit"
+        if any(conflicts(info, r.info) for r in self._running.values()):
+            return "conflicts with a running job"
+        if info.kind in MAINTENANCE and self._reading.get(info.repository):
+            return "the watchdog is reading the repository"
+        if any(conflicts(info, w) for w in waiting_ahead):
+            return "queued behind a job waiting longer"
+        return None
 
     def _start(self, info: JobInfo, due: Due, now: datetime) -> None:
         previous = self.state.get_time("attempts", info.job.id)
@@ -413,11 +443,16 @@ class Daemon:
         for policy in self.settings.policies.values():
             if policy.targets.rpo is None:
                 continue
+            if not self._begin_read(policy.repository):
+                log.debug("watchdog: %s skipped, maintenance is running on %s", policy.name, policy.repository)
+                continue
             try:
                 newest = self.snapshot_time(self.settings, policy)
             except Exception as exc:  # noqa: BLE001 - an unreachable repository is reported, not fatal
                 log.warning("watchdog: cannot read snapshots of %s: %s", policy.name, redact(str(exc)))
                 continue
+            finally:
+                self._end_read(policy.repository)
             self._snapshot_times[policy.name] = newest
             age = None if newest is None else (now - newest).total_seconds()
             if age is None or age > policy.targets.rpo:
@@ -428,6 +463,24 @@ class Daemon:
                 self._notify("rpo_recovered", None, f"policy {policy.name}: newest snapshot is within its RPO again",
                              policy=policy.name)
         return breached
+
+    def _begin_read(self, repository: str) -> bool:
+        """Reading snapshots takes a restic lock; forget/prune and check lock exclusively, and restic
+        0.14 does not retry a lock. So the watchdog and maintenance of one repository never overlap:
+        the watchdog skips a repository under maintenance, and maintenance waits for the read."""
+        with self._lock:
+            if any(r.info.kind in MAINTENANCE and r.info.repository == repository for r in self._running.values()):
+                return False
+            self._reading[repository] = self._reading.get(repository, 0) + 1
+            return True
+
+    def _end_read(self, repository: str) -> None:
+        with self._lock:
+            left = self._reading.get(repository, 1) - 1
+            if left > 0:
+                self._reading[repository] = left
+            else:
+                self._reading.pop(repository, None)
 
     def _raise_breach(self, policy: str, age: float | None, rpo: float) -> None:
         if policy in self._breached:
@@ -462,13 +515,26 @@ class Daemon:
                 last_ok=last.ok if last else None, newest_snapshot=newest, rpo_target_s=p.targets.rpo))
         playbooks = []
         for pb in self.settings.playbooks.values():
-            got = self._drills.get(pb.name)
+            got, last_run = self._last_drill(pb.name, pb.policy)
             target = (pb.targets.rto if pb.targets else None) or (got.rto_target_s if got else None)
             playbooks.append(PlaybookMetrics(
-                pb.name, pb.policy, last_run=self.state.get_time("attempts", f"drill:{pb.name}"),
+                pb.name, pb.policy, last_run=last_run,
                 rto_achieved_s=got.rto_achieved_s if got else None, rto_target_s=target,
                 passed=(got.status == "success") if got else None))
         return policies, playbooks
+
+    def _last_drill(self, playbook: str, policy: str) -> tuple[Outcome | None, datetime | None]:
+        """This daemon's last drill of the playbook, else the catalog's (metrics survive a restart)."""
+        attempt = self.state.get_time("attempts", f"drill:{playbook}")
+        if playbook in self._drills:
+            return self._drills[playbook], attempt
+        for run in self.catalog.runs(policy=policy, kind="drill", limit=20):
+            details = run.details or {}
+            if details.get("playbook") == playbook:
+                rto = details.get("rto") or {}
+                status = "success" if details.get("passed", run.ok) else "failed"
+                return Outcome(status, run.error, None, rto.get("achieved_s"), rto.get("target_s")), run.started_at
+        return None, attempt
 
     def metrics_text(self) -> str:
         return render(*self.collect_metrics(), now=self.clock())
@@ -509,7 +575,8 @@ class Daemon:
     def shutdown(self) -> None:
         """Let running jobs finish within `grace`, then cancel them and wait `cancel_grace`."""
         self._stop.set()
-        futures = [r.future for r in self._running.values() if r.future]
+        with self._lock:                                  # jobs remove themselves as they finish
+            futures = [r.future for r in self._running.values() if r.future]
         _done, pending = wait(futures, timeout=self.grace)
         if pending:
             with self._lock:

@@ -1,82 +1,222 @@
-"""The real daemon (a `drtool daemon` process) against real S3 and restic, with schedules of seconds."""
+"""The real daemon (a `drtool daemon` process) against real S3 and restic, with schedules of seconds.
+
+One daemon, two phases:
+
+1. backups of two policies every 2 s, retention every 3 s and a files drill every 4 s, all on one
+   repository, plus a policy that is never backed up (the watchdog must notice it): wait until
+   each job has run, the drill's verdict is in the metrics textfile and the breach reached the
+   webhook;
+2. SIGHUP adds a policy whose backup reads a 64 GiB sparse file (restic is busy for minutes,
+   uploading almost nothing); SIGTERM once restic is reading it: after a 1 s grace the daemon
+   cancels it, leaves no snapshot of it and a "cancelled" run record, and exits 0.
+"""
 
 from __future__ import annotations
 
+import http.server
 import json
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
-from drtool.catalog import Catalog
-from tests.support.workspace import make_workspace
+from drtool.catalog import Catalog, RunRecord
+from tests.support.drtool_env import data_root
+from tests.support.workspace import CANARY_PASSWORD, Workspace, make_workspace
 
 pytestmark = pytest.mark.integration
 
+SPARSE_BYTES = 64 << 30
 
-def overlaps(a, b) -> bool:  # noqa: ANN001 - RunRecords
+
+def overlaps(a: RunRecord, b: RunRecord) -> bool:
     return a.started_at < b.finished_at and b.started_at < a.finished_at
 
 
-def test_daemon_runs_jobs_then_stops_cleanly_on_sigterm(tmp_path: Path, s3_server, bucket) -> None:  # noqa: ANN001
+@pytest.fixture()
+def webhook() -> Iterator[tuple[str, list[dict]]]:
+    """A local HTTP receiver: (url, bodies received)."""
+    received: list[dict] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/hook", received
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture()
+def prod() -> Iterator[Path]:
+    with data_root() as base:      # not under /tmp: see data_root (a files drill verifies modes)
+        yield base
+
+
+def wait_until(what: str, condition: Callable[[], bool], proc: subprocess.Popen, log_path: Path,
+               timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert proc.poll() is None, f"daemon exited {proc.returncode}:\n{log_path.read_text()}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}:\n{log_path.read_text()}"
+        time.sleep(0.2)
+
+
+def descendants(pid: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def restic_reading(daemon_pid: int | None, path: Path) -> int:
+    """Bytes read so far by a restic child of the daemon (any restic: None) backing up `path` (0: none)."""
+    pids = descendants(daemon_pid) if daemon_pid else [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()]
+    for pid in pids:
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            io = dict(line.split(": ") for line in Path(f"/proc/{pid}/io").read_text().splitlines())
+        except (OSError, ValueError):
+            continue
+        if cmdline and cmdline[0].endswith(b"restic") and str(path).encode() in cmdline:
+            return int(io["rchar"])
+    return 0
+
+
+def set_config(ws: Workspace, **changes: object) -> dict:
+    cfg = yaml.safe_load(ws.config.read_text())
+    cfg.update(changes)
+    ws.config.write_text(yaml.safe_dump(cfg))
+    return cfg
+
+
+def test_daemon_runs_jobs_then_stops_cleanly_on_sigterm(tmp_path: Path, s3_server, bucket,  # noqa: ANN001
+                                                        webhook, prod) -> None:
     if not __import__("shutil").which("restic"):
         pytest.skip("restic is not installed")
+    hook_url, hooks = webhook
     ws = make_workspace(tmp_path / "ws", s3_server, bucket)
-    for name in ("alpha", "beta"):
-        data = tmp_path / "data" / name
-        data.mkdir(parents=True)
-        (data / "records.txt").write_text(f"{name}\n" * 1000)
-        ws.policy(name, [{"name": "files", "files": {"paths": [str(data)]}}], schedule="every 2s",
-                  **({"forget_schedule": "every 3s", "retention": {"last": 2}} if name == "alpha" else {}))
-    cfg = json.loads(json.dumps(__import__("yaml").safe_load(ws.config.read_text())))
-    cfg["max_concurrent_jobs"] = 2
-    cfg["timezone"] = "Asia/Jakarta"
-    cfg["metrics"] = {"textfile": str(tmp_path / "metrics" / "drtool.prom")}
-    ws.config.write_text(__import__("yaml").safe_dump(cfg))
+    for name in ("alpha", "beta", "stale"):
+        (prod / name).mkdir()
+        (prod / name / "records.txt").write_text(f"{name}\n" * 1000)
+    ws.policy("alpha", [{"name": "files", "files": {"paths": [str(prod / "alpha")]}}], schedule="every 2s",
+              forget_schedule="every 3s", retention={"last": 2}, targets={"rpo": "1h"})
+    ws.policy("beta", [{"name": "files", "files": {"paths": [str(prod / "beta")]}}], schedule="every 2s")
+    ws.policy("stale", [{"name": "files", "files": {"paths": [str(prod / "stale")]}}], targets={"rpo": "1h"})
+    ws.playbook("alpha-drill", {"policy": "alpha", "schedule": "every 4s", "targets": {"rto": "10m"}, "steps": [
+        {"name": "restore files", "restore": {"source": "files"}},
+        {"name": "files match backup", "verify": {"source": "files"}}]})
+    metrics = tmp_path / "metrics" / "drtool.prom"
+    cfg = set_config(ws, max_concurrent_jobs=2, timezone="Asia/Jakarta", metrics={"textfile": str(metrics)},
+                     notifications={"webhooks": [{"url": hook_url}]})
 
-    # Create the repository first (a manual run): the daemon then starts from a catalog with history.
-    ws.drtool("backup", "beta", check=True, timeout=120)
-    env = {**ws.env, "DRTOOL_DAEMON_GRACE": "20"}
-    log = open(tmp_path / "daemon.log", "w")
+    # Create the repository first (a manual run): the daemon starts from a catalog with history,
+    # and the drill has a snapshot to restore from its first slot on.
+    ws.drtool("backup", "alpha", check=True, timeout=120)
+    env = {**ws.env, "DRTOOL_DAEMON_GRACE": "1", "DRTOOL_WATCHDOG_SECONDS": "5"}
+    log_path = tmp_path / "daemon.log"
+    log = open(log_path, "w")
     proc = subprocess.Popen([sys.executable, "-m", "drtool", "-v", "-c", str(ws.config), "daemon"],
                             stdout=log, stderr=subprocess.STDOUT, env=env)
+    catalog = Catalog(Path(cfg["state_dir"]))
+    bulk = tmp_path / "bulk"
     try:
-        catalog = Catalog(Path(cfg["state_dir"]))
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:   # wait for a few completed runs of each job
-            done = [r for r in catalog.runs(limit=200) if r.status != "running"]
-            if all(sum(r.policy == p and r.kind == "backup" for r in done) >= 2 for p in ("alpha", "beta")) \
-                    and any(r.kind == "forget" for r in done):
-                break
-            assert proc.poll() is None, (tmp_path / "daemon.log").read_text()
-            time.sleep(0.5)
+        def phase_one_done() -> bool:
+            done = [r for r in catalog.runs(limit=500) if r.trigger == "schedule"]
+            backups = [r.policy for r in done if r.kind == "backup"]
+            text = metrics.read_text() if metrics.exists() else ""
+            return (backups.count("alpha") >= 2 and backups.count("beta") >= 2
+                    and any(r.kind == "forget" for r in done) and any(r.kind == "drill" for r in done)
+                    and 'drtool_drill_passed{playbook="alpha-drill",policy="alpha"}' in text
+                    and any(h["event"] == "rpo_breach" for h in hooks))
+        wait_until("backups, forget, drill, metrics and the watchdog", phase_one_done, proc, log_path, 40)
+
+        # Phase 2: a reload brings a long backup; SIGTERM while restic reads it.
+        bulk.mkdir()
+        with open(bulk / "disk.img", "wb") as sparse:
+            sparse.truncate(SPARSE_BYTES)
+        ws.policy("bulk", [{"name": "disk", "files": {"paths": [str(bulk)]}}], schedule="every 2s")
+        set_config(ws, max_concurrent_jobs=3)
+        proc.send_signal(signal.SIGHUP)
+        wait_until("restic to read the bulk file", lambda: restic_reading(proc.pid, bulk) > 64 << 20,
+                   proc, log_path, 20)
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(60) == 0, (tmp_path / "daemon.log").read_text()
+        assert proc.wait(30) == 0, log_path.read_text()
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
         log.close()
 
+    daemon_log = log_path.read_text()
     runs = catalog.runs(limit=500)
-    daemon_log = (tmp_path / "daemon.log").read_text()
-    assert sum(r.trigger != "schedule" for r in runs) == 1
-    assert all(r.status in ("success", "cancelled") for r in runs), [(r.kind, r.status, r.error) for r in runs]
-    backups = {p: [r for r in runs if r.policy == p and r.kind == "backup"] for p in ("alpha", "beta")}
-    assert all(len(v) >= 2 for v in backups.values()), daemon_log
-    # Nothing overlapped: one run per policy at a time; forget never beside a backup of its repository.
-    for records in backups.values():
-        assert not any(overlaps(a, b) for i, a in enumerate(records) for b in records[i + 1:])
+    assert [r.kind for r in runs if r.trigger != "schedule"] == ["backup"]
+    assert not [r for r in runs if r.status == "running"]
+    assert "configuration reloaded: 5 scheduled job(s)" in daemon_log
+
+    # SIGTERM: the bulk backup was cancelled after the grace period and left nothing behind.
+    bulk_runs = [r for r in runs if r.policy == "bulk"]
+    assert [(r.status, r.snapshots) for r in bulk_runs] == [("cancelled", [])], daemon_log
+    assert "grace period over: cancelling backup:bulk" in daemon_log
+    assert restic_reading(None, bulk) == 0                            # restic was stopped, not orphaned
+    assert all(r.status in ("success", "cancelled") for r in runs), [(r.kind, r.policy, r.status, r.error)
+                                                                    for r in runs]
+
+    # Runs landed in the catalog; nothing overlapped that must not: runs of one policy never
+    # (backup/backup, backup/drill, backup/forget), and forget never beside anything on the repository.
+    backups = {p: [r for r in runs if r.policy == p and r.kind == "backup" and r.status == "success"]
+               for p in ("alpha", "beta")}
+    assert len(backups["alpha"]) >= 3 and len(backups["beta"]) >= 2, daemon_log
     forgets = [r for r in runs if r.kind == "forget"]
-    all_backups = backups["alpha"] + backups["beta"]
-    assert forgets and not any(overlaps(f, b) for f in forgets for b in all_backups)
+    assert forgets
+    for i, a in enumerate(runs):
+        for b in runs[i + 1:]:
+            if a.policy == b.policy or "forget" in (a.kind, b.kind):
+                assert not overlaps(a, b), f"{a.kind} {a.policy} {a.id} overlaps {b.kind} {b.policy} {b.id}"
+
     # No partial snapshot: every snapshot in the repository belongs to a successful run.
     snaps = json.loads(ws.restic("snapshots", "--json").stdout or "[]")
     good = {r.id for r in runs if r.status == "success"}
     run_tags = {t.split("=", 1)[1] for s in snaps for t in s.get("tags", []) if t.startswith("run=")}
     assert snaps and run_tags <= good
-    assert (tmp_path / "metrics" / "drtool.prom").read_text().count('drtool_backup_last_run_success{') == 2
-    assert "canary-Repo-Pw" not in daemon_log
+    assert not [s for s in snaps if "policy=bulk" in s.get("tags", [])]
+
+    # The scheduled drill restored and verified, and its verdict reached the metrics textfile.
+    drills = [r for r in runs if r.kind == "drill"]
+    assert drills and all(r.status == "success" and r.details["playbook"] == "alpha-drill" for r in drills)
+    text = metrics.read_text()
+    assert 'drtool_drill_passed{playbook="alpha-drill",policy="alpha"} 1' in text
+    assert 'drtool_drill_rto_target_seconds{playbook="alpha-drill",policy="alpha"} 600' in text
+    assert 'drtool_drill_rto_achieved_seconds{playbook="alpha-drill",policy="alpha"} ' in text
+    assert text.count("drtool_backup_last_run_success{") == 3                   # alpha, beta, bulk
+    assert 'drtool_backup_last_run_success{policy="bulk",repository="offsite"} 0' in text
+    assert 'drtool_rpo_breached{policy="alpha",repository="offsite"} 0' in text
+
+    # Notifications: the watchdog's breach once (not once per round), the cancellation, no failure.
+    events = [h["event"] for h in hooks]
+    assert [h["policy"] for h in hooks if h["event"] == "rpo_breach"] == ["stale"], hooks
+    assert "backup_cancelled" in events and not {"backup_failed", "drill_failed", "forget_failed"} & set(events)
+    assert CANARY_PASSWORD not in daemon_log and CANARY_PASSWORD not in json.dumps(hooks)

@@ -345,3 +345,113 @@ def test_metrics_textfile_written_after_a_job(tmp_path: Path) -> None:
     text = metrics.read_text()
     assert 'drtool_rpo_target_seconds{policy="db",repository="offsite"} 3600' in text
     assert not list(metrics.parent.glob(".*.tmp"))
+
+
+@pytest.fixture()
+def release():
+    """Holds to open at the end, also when an assertion fails (else pytest waits on the job threads)."""
+    fakes_seen: list[Fakes] = []
+    yield fakes_seen.append
+    for fakes in fakes_seen:
+        for gate in fakes.hold.values():
+            gate.set()
+
+
+def wait_for(condition: Any, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.01)
+
+
+def test_waiting_maintenance_is_not_starved_by_backups_of_its_repository(tmp_path: Path, release: Any) -> None:
+    fakes = Fakes(hold={"backup:a": threading.Event(), "backup:b": threading.Event()})
+    release(fakes)
+    daemon, _e, clock = make(tmp_path, fakes, max_jobs=2, policies={
+        "a": "repository: offsite\nschedule: every 10s\nforget_schedule: every 10s\n",
+        "b": "repository: offsite\nschedule: every 10s\n"})
+    daemon.tick()
+    clock.now = T0 + timedelta(seconds=10)
+    assert daemon.tick() == ["backup:a", "backup:b"]        # forget:a waits (limit 2, same repository)
+    fakes.hold["backup:a"].set()
+    wait_for(lambda: daemon.running() == ["backup:b"])
+    fakes.hold["backup:a"].clear()
+    clock.now = T0 + timedelta(seconds=20)
+    # backup:a is due again and would fit, but it would keep forget:a waiting: it queues behind it.
+    assert daemon.tick() == []
+    fakes.hold["backup:b"].set()
+    settle(daemon)
+    assert daemon.tick() == ["forget:a"]
+    settle(daemon)
+    fakes.hold["backup:a"].set()
+    assert daemon.tick() == ["backup:a", "backup:b"]
+    settle(daemon)
+
+
+def test_watchdog_and_maintenance_of_one_repository_never_overlap(tmp_path: Path, release: Any) -> None:
+    fakes = Fakes(hold={"forget:db": threading.Event()})
+    release(fakes)
+    daemon, _e, clock = make(tmp_path, fakes, policies={
+        "db": "repository: offsite\nforget_schedule: every 10s\ntargets: {rpo: 1h}\n"})
+    reads: list[str] = []
+    daemon.snapshot_time = lambda s, p: reads.append(p.name) or T0
+    daemon.tick()
+    clock.now = T0 + timedelta(seconds=10)
+    assert daemon.tick() == ["forget:db"]
+    assert daemon.watchdog() == [] and reads == []          # prune holds the repository: no restic read now
+    fakes.hold["forget:db"].set()
+    settle(daemon)
+    fakes.hold["forget:db"].clear()
+    clock.now = T0 + timedelta(seconds=20)
+    started_during_read: list[str] = []
+
+    def reading(settings: Any, policy: Any) -> datetime:
+        started_during_read.extend(daemon.tick())             # the scheduler ticks while restic reads
+        return T0
+
+    daemon.snapshot_time = reading
+    assert daemon.watchdog() == [] and started_during_read == []
+    assert daemon.tick() == ["forget:db"]                    # after the read
+    fakes.hold["forget:db"].set()
+    settle(daemon)
+
+
+def test_real_dispatch_passes_cancel_and_schedule_trigger(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from drtool.actions import backup, drill, maintenance
+    from drtool.actions.daemon import default_dispatch
+
+    got: dict[str, dict[str, Any]] = {}
+
+    def fake(kind: str) -> Any:
+        return lambda settings, target, **kw: got.setdefault(kind, {"target": target.name, **kw})
+
+    monkeypatch.setattr(backup, "backup_policy", fake("backup"))
+    monkeypatch.setattr(maintenance, "forget_policy", fake("forget"))
+    monkeypatch.setattr(maintenance, "check_repository", fake("check"))
+    monkeypatch.setattr(drill, "run_drill", fake("drill"))
+    settings = load_settings(str(write_setup(
+        tmp_path, policies={"db": "repository: offsite\nschedule: hourly\nforget_schedule: hourly\n"
+                                  "check: {schedule: hourly}\n"},
+        playbooks={"pb": "policy: db\nschedule: hourly\n"})))
+    table = default_dispatch()
+    for job in build_jobs(settings):
+        cancel = threading.Event()
+        table[job.kind](JobRequest(job, settings, cancel, "1/5" if job.kind == "check" else None))
+        assert got[job.kind]["trigger"] == "schedule"
+        if job.kind != "drill":                               # run_drill cannot be cancelled (yet)
+            assert got[job.kind]["cancel"] is cancel
+    assert got["check"]["read_data_subset"] == "1/5" and got["drill"]["target"] == "pb"
+
+
+def test_drill_metrics_come_from_the_catalog_after_a_restart(tmp_path: Path) -> None:
+    from drtool.catalog import Catalog, RunRecord
+
+    daemon, _e, _c = make(tmp_path, Fakes(), policies={"db": "repository: offsite\n"},
+                          playbooks={"pb": "policy: db\nschedule: daily 05:00\n"})
+    record = RunRecord("drill-1", "db", "drill", "running", T0, trigger="schedule",
+                       details={"playbook": "pb", "passed": True, "rto": {"achieved_s": 12.5, "target_s": 3600}})
+    Catalog(daemon.settings.state_dir).record(record.finish("success"))
+    text = daemon.metrics_text()
+    assert 'drtool_drill_passed{playbook="pb",policy="db"} 1' in text
+    assert 'drtool_drill_rto_achieved_seconds{playbook="pb",policy="db"} 12.5' in text
+    assert 'drtool_drill_rto_target_seconds{playbook="pb",policy="db"} 3600' in text
