@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from drtool.engine.pipeline import stream_to_restic
 from drtool.engine.restic import JsonLineReader, Restic, classify_failure
-from drtool.errors import Cancelled, CommandError, DrtoolError, RemoteError
+from drtool.errors import Cancelled, CommandError, DrtoolError, RemoteError, UsageError
 from drtool.execute import LocalRunner, Runner, stop_process
 from drtool.sources.files import TreeDiff, check_target_dir
 
@@ -70,8 +70,25 @@ def parse_restic_version(text: str) -> tuple[int, int, int] | None:
     return (int(match[1]), int(match[2]), int(match[3])) if match else None
 
 
-def pick_mode(repo_url: str, remote_restic: tuple[int, int, int] | None) -> tuple[str, str]:
-    """('restic' | 'tar', why) for a repository URL and the host's restic version (None: absent)."""
+def pick_mode(repo_url: str, remote_restic: tuple[int, int, int] | None,
+              wanted: str = "auto") -> tuple[str, str]:
+    """('restic' | 'tar', why) for a repository URL and the host's restic version (None: absent).
+
+    `wanted` is the host's `files_mode` (auto | restic | tar) once drtool.yaml
+    offers it; 'tar' keeps the repository credentials off the host entirely.
+    """
+    if wanted == "tar":
+        return "tar", "files_mode: tar for this host"
+    if wanted not in ("auto", "restic"):
+        raise UsageError(f"files_mode must be auto, restic or tar, got {wanted!r}")
+    auto, why = _auto_mode(repo_url, remote_restic)
+    if wanted == "restic" and auto != "restic":
+        raise RemoteError(f"files_mode: restic was asked for, but {why}",
+                          hint="install restic >= 0.14 on the host and use a network repository, or set files_mode: auto")
+    return auto, why
+
+
+def _auto_mode(repo_url: str, remote_restic: tuple[int, int, int] | None) -> tuple[str, str]:
     if remote_restic is None:
         return "tar", "restic is not installed on the host"
     shown = ".".join(map(str, remote_restic))
@@ -133,10 +150,12 @@ def backup_remote_files(settings: Settings, policy: Policy, source: Source, hand
 
     base_tags = policy_tags(policy, source.name)
     run_tags = policy_tags(policy, source.name, run_id=run.id)
+    # `files_mode` is not in the Host model yet; until it is, every host is "auto".
+    wanted = getattr(settings.config.hosts.get(policy.host), "files_mode", None) or "auto"
     runner = runner_for(settings, policy.host)
     with closing(runner):
-        version = probe_restic(runner)
-        mode, why = pick_mode(handle.restic.access.url, version)
+        version = None if wanted == "tar" else probe_restic(runner)
+        mode, why = pick_mode(handle.restic.access.url, version, wanted)
         emit({"event": "notice", "source": source.name,
               "message": f"files of {source.name} on host {policy.host}: {mode} mode ({why})"})
         if mode == "restic":

@@ -203,6 +203,13 @@ def test_pick_mode_needs_restic_0_14_and_a_network_repository() -> None:
     assert pick_mode(s3, (0, 13, 1))[0] == "tar"
     mode, why = pick_mode("/var/backups/repo", (0, 14, 0))
     assert mode == "tar" and "path on this machine" in why
+    assert pick_mode(s3, (0, 16, 4), "tar") == ("tar", "files_mode: tar for this host")
+    assert pick_mode(s3, (0, 14, 0), "restic")[0] == "restic"
+    from drtool.errors import RemoteError, UsageError
+    with pytest.raises(RemoteError, match="files_mode: restic was asked for, but restic is not installed"):
+        pick_mode(s3, None, "restic")
+    with pytest.raises(UsageError):
+        pick_mode(s3, None, "rsync")
     assert parse_restic_version("restic 0.14.0 compiled with go1.19.8 on linux/amd64") == (0, 14, 0)
     assert parse_restic_version("bash: restic: command not found") is None
 
