@@ -328,7 +328,10 @@ def print_report(res: dict, rows: list[dict]) -> str:
 
 def to_json(obj):  # noqa: ANN001, ANN201
     if isinstance(obj, Run):
-        return {"seconds": obj.seconds, "peak_rss_kib": obj.peak_rss_kib}
+        d = {"seconds": obj.seconds, "peak_rss_kib": obj.peak_rss_kib}
+        if hasattr(obj, "phases"):
+            d["phases"] = obj.phases
+        return d
     if isinstance(obj, dict):
         return {k: to_json(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
@@ -338,6 +341,9 @@ def to_json(obj):  # noqa: ANN001, ANN201
 
 # ------------------------------------------------------------------ main
 
+SECTIONS = ("pgbackup", "files", "startup", "pgrestore", "scheduler")
+
+
 def parse(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     ap.add_argument("--quick", action="store_true", help="small data, 3 repetitions (about 2 minutes)")
@@ -345,6 +351,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--files", type=int, help="files in the tree (default 20000; quick 2000)")
     ap.add_argument("--file-mb", type=int, help="total MB of the tree (default 400; quick 40)")
     ap.add_argument("--reps", type=int, help="A/B repetitions (default 3)")
+    ap.add_argument("--only", default="",
+                    help="comma list of: " + ",".join(SECTIONS) + " (default: all)")
+    ap.add_argument("--restore-mb", type=int, help="database size for pgrestore in MB (default 300; quick 40)")
+    ap.add_argument("--policies", type=int, default=1000, help="policies for the scheduler scale run")
+    ap.add_argument("--idle-seconds", type=float, default=20.0, help="idle CPU window of the real daemon")
+    ap.add_argument("--no-jobs-scaling", action="store_true", help="skip the pgrestore -j 1 vs -j 2 runs")
     ap.add_argument("--out", default="bench/results/latest.json")
     ap.add_argument("--keep", action="store_true", help="keep the working directory")
     ap.add_argument("--workdir", default="/var/tmp", help="where the temporary working directory goes")
@@ -354,6 +366,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ns.files = ns.files or (2000 if q else 20000)
     ns.file_mb = ns.file_mb or (40 if q else 400)
     ns.reps = ns.reps or 3
+    ns.restore_mb = ns.restore_mb or (40 if q else 300)
+    ns.only = [x.strip() for x in ns.only.split(",") if x.strip()] or list(SECTIONS)
+    unknown = set(ns.only) - set(SECTIONS)
+    if unknown:
+        ap.error(f"unknown --only section(s) {', '.join(sorted(unknown))}; known: {', '.join(SECTIONS)}")
     return ns
 
 
@@ -377,26 +394,45 @@ def main(argv: list[str] | None = None) -> int:
     try:
         s3.make_bucket("bench")
         b = Bench(root, s3, pwfile)
-        with ScratchPostgres() as pg:
-            log(f"filling PostgreSQL (~{ns.pg_mb} MB)")
-            meta["postgres"] = fill_postgres(pg, ns.pg_mb)
-            log(f"database: {meta['postgres']}")
-            res["postgres"] = bench_postgres(b, pg, ns.reps)
-        log(f"making the file tree ({ns.files} files, {ns.file_mb} MB)")
-        tree = root / "tree"
-        meta["tree"] = make_tree(tree, ns.files, ns.file_mb)
-        res["files"] = bench_files(b, tree, meta["tree"]["bytes"], ns.reps)
-        res["raw"] = bench_raw_limits(b, tree, meta["tree"]["bytes"])
-        ws0 = b.root / "ws" / "files0" / "drtool.yaml"
-        env = {**os.environ, "DRT_S3_KEY": s3.access_key, "DRT_S3_SECRET": s3.secret_key}
-        log("start-up")
-        res["startup"] = bench_startup(b, ws0, env, ns.reps)
-        res["rss"] = {
-            "streaming pg dump": max(r.peak_rss_kib or 0 for r in res["postgres"]["drtool"]),
-            f"{ns.files} files first": max(r.peak_rss_kib or 0 for r in res["files"]["first"][0]),
-            f"{ns.files} files unchanged": max(r.peak_rss_kib or 0 for r in res["files"]["second"][0]),
-            "files restore": max(r.peak_rss_kib or 0 for r in res["files"]["restore"][0]),
-        }
+        from bench import extra
+        if "pgbackup" in ns.only or "pgrestore" in ns.only:
+            with ScratchPostgres() as pg:
+                if "pgbackup" in ns.only:
+                    log(f"filling PostgreSQL (~{ns.pg_mb} MB)")
+                    meta["postgres"] = fill_postgres(pg, ns.pg_mb)
+                    log(f"database: {meta['postgres']}")
+                    res["postgres"] = bench_postgres(b, pg, ns.reps)
+                if "pgrestore" in ns.only:
+                    log(f"filling PostgreSQL database drill (~{ns.restore_mb} MB, several indexes)")
+                    meta["pgrestore_db"] = extra.fill_restore_db(pg, ns.restore_mb, psql)
+                    log(f"database: {meta['pgrestore_db']}")
+                    res["pgrestore"] = extra.bench_pgrestore(b, pg, ns.reps, psql,
+                                                             jobs_scaling=not ns.no_jobs_scaling)
+        if "files" in ns.only:
+            log(f"making the file tree ({ns.files} files, {ns.file_mb} MB)")
+            tree = root / "tree"
+            meta["tree"] = make_tree(tree, ns.files, ns.file_mb)
+            res["files"] = bench_files(b, tree, meta["tree"]["bytes"], ns.reps)
+            res["raw"] = bench_raw_limits(b, tree, meta["tree"]["bytes"])
+        if "startup" in ns.only:
+            ws0 = b.root / "ws" / "files0" / "drtool.yaml"
+            if not ws0.exists():
+                b.workspace("files0", "files-drtool-0", [{"name": "files", "files": {"paths": [str(root)]}}])
+            env = {**os.environ, "DRT_S3_KEY": s3.access_key, "DRT_S3_SECRET": s3.secret_key}
+            log("start-up")
+            res["startup"] = bench_startup(b, ws0, env, ns.reps)
+        rss = {}
+        if "postgres" in res:
+            rss["streaming pg dump"] = max(r.peak_rss_kib or 0 for r in res["postgres"]["drtool"])
+        if "files" in res:
+            rss[f"{ns.files} files first"] = max(r.peak_rss_kib or 0 for r in res["files"]["first"][0])
+            rss[f"{ns.files} files unchanged"] = max(r.peak_rss_kib or 0 for r in res["files"]["second"][0])
+            rss["files restore"] = max(r.peak_rss_kib or 0 for r in res["files"]["restore"][0])
+        if rss:
+            res["rss"] = rss
+        if "scheduler" in ns.only:
+            log(f"scheduler scale: {ns.policies} policies")
+            res["scheduler"] = extra.bench_scheduler(root, pwfile, ns.policies, idle_s=ns.idle_seconds)
     finally:
         s3.stop()
         if not ns.keep:
@@ -407,8 +443,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\ndrtool bench {meta['date']}  cpus={meta['cpus']}  load avg start "
           f"{' '.join(f'{x:.2f}' for x in meta['load_start'])} end "
           f"{' '.join(f'{x:.2f}' for x in meta['load_end'])}  elapsed {meta['elapsed_s']:.0f} s")
-    print(f"postgres {meta['postgres']}; tree {meta['tree']}; reps {ns.reps}")
+    print(f"sections {','.join(ns.only)}; postgres {meta.get('postgres')}; tree {meta.get('tree')}; "
+          f"pgrestore db {meta.get('pgrestore_db')}; reps {ns.reps}")
     table = print_report(res, rows)
+    from bench.extra import report_lines
+    more = report_lines(res)
+    if more:
+        print("\n".join(more))
+        table += "\n" + "\n".join(more)
     out = Path(ns.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"meta": meta, "rows": rows, "table": table,
