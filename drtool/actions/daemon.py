@@ -36,7 +36,7 @@ from zoneinfo import ZoneInfo
 
 from drtool.catalog import Catalog
 from drtool.config.loader import Settings
-from drtool.errors import DrtoolError, LockError
+from drtool.errors import DrtoolError, LockError, UsageError
 from drtool.notify import Event, Notifier
 from drtool.report.prometheus import MetricsServer, PlaybookMetrics, PolicyMetrics, render, write_textfile
 from drtool.schedule_math import Due, Job, due_jobs, parse_schedule
@@ -641,6 +641,20 @@ def run_daemon(config_path: str | None, *, metrics_port: int | None = None) -> i
 
     settings = load_settings(config_path)
     daemon = Daemon(settings, loader=lambda: load_settings(config_path), metrics_port=metrics_port,
-                    grace=float(os.environ.get("DRTOOL_DAEMON_GRACE", "300")),
-                    watchdog_seconds=float(os.environ.get("DRTOOL_WATCHDOG_SECONDS", "300")))
+                    grace=_env_seconds("DRTOOL_DAEMON_GRACE", 300.0),
+                    watchdog_seconds=_env_seconds("DRTOOL_WATCHDOG_SECONDS", 300.0))
     return daemon.run()
+
+
+def _env_seconds(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not seconds >= 0:                                  # also rejects nan
+        raise UsageError(f"{name}={value!r} is not a number of seconds",
+                         hint=f"set {name} to a number such as 300, or unset it for the default")
+    return seconds
