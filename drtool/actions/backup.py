@@ -64,6 +64,7 @@ def backup_policy(settings: Settings, policy: Policy, *, dry_run: bool = False, 
     try:
         try:
             _warm_up_offsite(handle)
+            _reach_host(settings, policy)
             run.details["preflight"] = preflight_once(handle, on_event=emit)
             run_hooks("before", policy.hooks.before, timeout=policy.hooks.timeout, env=_hook_env(policy, run))
             failures = _backup_sources(settings, policy, handle, run, emit, cancel)
@@ -108,7 +109,8 @@ def _backup_sources(settings: Settings, policy: Policy, handle: RepoHandle, run:
             raise
         except DrtoolError as exc:
             results[source.name] = {"status": "failed", "error": str(exc)}
-            failures.append(f"{source.name}: {exc.message.splitlines()[0]}")
+            failures.append(f"{source.name}: {exc.message.splitlines()[0]}"
+                            + (f" ({exc.hint})" if exc.hint else ""))
             emit({"event": "source_failed", "source": source.name, "error": str(exc)})
     return failures
 
@@ -224,6 +226,20 @@ def _runner(settings: Settings, policy: Policy):  # noqa: ANN202 - a Runner
         return LocalRunner()
     from drtool.remote import runner_for
     return runner_for(settings, policy.host)
+
+
+def _reach_host(settings: Settings, policy: Policy) -> None:
+    """Connect to the policy's host first: an unknown host key must stop the run before
+    anything (bucket, repository) is touched, and be reported once, not once per source."""
+    if policy.host is None:
+        return
+    from drtool.remote import runner_for
+
+    runner = runner_for(settings, policy.host)
+    try:
+        runner.connect()
+    finally:
+        runner.close()
 
 
 def _roll_back(handle: RepoHandle, tags: list[str]) -> None:

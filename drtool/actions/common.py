@@ -10,9 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from drtool.config.loader import Settings
-from drtool.config.models import Policy
 from drtool.engine.restic import Restic, repo_access
 from drtool.errors import DrtoolError
+from drtool.tags import policy_tags
+
+__all__ = ["RepoHandle", "open_repo", "policy_tags", "preflight", "preflight_once", "publish_offsite",
+           "restic_host", "signed", "state_path"]
 
 log = logging.getLogger(__name__)
 _offsite_lock = threading.Lock()
@@ -45,18 +48,6 @@ def open_repo(settings: Settings, repo_name: str) -> RepoHandle:
 
 def restic_host(settings: Settings) -> str:
     return settings.config.hostname or socket.gethostname()
-
-
-def policy_tags(policy: Policy, source: str | None = None, *, run_id: str | None = None,
-                stream: str | None = None) -> list[str]:
-    tags = ["drtool", f"policy={policy.name}"]
-    if source:
-        tags.append(f"source={source}")
-    if run_id:
-        tags.append(f"run={run_id}")
-    if stream:
-        tags.append(f"stream={stream}")
-    return tags
 
 
 def _known_marker(handle: RepoHandle) -> Path:

@@ -40,6 +40,26 @@ def read_fingerprint(handle: RepoHandle, chosen: SnapshotSet) -> Fingerprint:
     return json.loads(reader.read_bytes(FINGERPRINT_STREAM))
 
 
+def restore_files_set(restic, chosen: SnapshotSet, dest: Path, *, force: bool = False) -> dict[str, Any]:  # noqa: ANN001
+    """Restore a files set: a restic tree snapshot, or a tar stream from a remote host."""
+    if chosen.files is not None:
+        from drtool.sources.files import restore_files
+        return restore_files(restic, chosen.files.id, dest, force=force)
+    from drtool.sources.remote_files import restore_tar
+    [(stream, snap)] = chosen.streams.items()
+    return restore_tar(restic, snap.id, stream, dest, force=force)
+
+
+def verify_files_set(restic, chosen: SnapshotSet, dest: Path):  # noqa: ANN001, ANN201 - TreeDiff
+    """Compare a restored tree with its snapshot (listing) or archive (content too)."""
+    if chosen.files is not None:
+        from drtool.sources.files import verify_tree
+        return verify_tree(restic, chosen.files.id, dest)
+    from drtool.sources.remote_files import verify_tar_tree
+    [(stream, snap)] = chosen.streams.items()
+    return verify_tar_tree(restic, snap.id, stream, dest)
+
+
 def parse_db_target(kind: str, target: str) -> DbTarget:
     """postgresql://user@host:port/db, mysql://user@host:port/db or a sqlite file path.
 
@@ -75,9 +95,8 @@ def restore_source(settings: Settings, policy: Policy, source_name: str, *, targ
     handle = open_repo(settings, policy.repository)
     chosen = find_set(handle, policy, source, selector)
     if source.kind == "files":
-        from drtool.sources.files import restore_files
         dest = Path(target).resolve()
-        detail = restore_files(handle.restic, chosen.files.id, dest, force=force)  # type: ignore[union-attr]
+        detail = restore_files_set(handle.restic, chosen, dest, force=force)
         return RestoreOutcome(source.name, "files", chosen, str(dest), detail)
     from drtool.execute import LocalRunner
     from drtool.sources import database_source

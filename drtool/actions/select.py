@@ -44,7 +44,7 @@ def snapshot_sets(restic: Restic, policy: Policy, source: Source) -> list[Snapsh
     """Complete snapshot sets of one source, oldest first."""
     snaps = restic.snapshots(tags=policy_tags(policy, source.name))
     if source.kind == "files":
-        return [SnapshotSet(source.name, s.tag("run") or s.short_id, s.time, files=s) for s in snaps]
+        return [_files_set(source.name, s) for s in snaps if s.tag("stream") is None or _is_tar(s)]
     by_run: dict[str, SnapshotSet] = {}
     for snap in snaps:
         run, stream = snap.tag("run"), snap.tag("stream")
@@ -55,6 +55,18 @@ def snapshot_sets(restic: Restic, policy: Policy, source: Source) -> list[Snapsh
         entry.time = min(entry.time, snap.time)
     complete = [s for s in by_run.values() if FINGERPRINT_STREAM in s.streams]
     return sorted(complete, key=lambda s: s.time)
+
+
+def _is_tar(snap: Snapshot) -> bool:
+    return (snap.tag("stream") or "").endswith(".tar")
+
+
+def _files_set(source: str, snap: Snapshot) -> SnapshotSet:
+    """A tree snapshot, or a tar stream taken from a remote host without restic."""
+    run = snap.tag("run") or snap.short_id
+    if _is_tar(snap):
+        return SnapshotSet(source, run, snap.time, streams={snap.tag("stream"): snap})
+    return SnapshotSet(source, run, snap.time, files=snap)
 
 
 def choose(sets: list[SnapshotSet], selector: Any, *, now: datetime | None = None,

@@ -62,6 +62,9 @@ class Host(Model):
     known_hosts: str | None = None         # default: <state_dir>/known_hosts
     connect_timeout: Duration = 15.0
     jump: str | None = None                # name of another host
+    # Files from this host: run restic there (fast, deduplicated, but the host holds the
+    # repository credentials while it runs) or stream a tar archive (needs only tar; no secrets).
+    files_mode: Literal["auto", "restic", "tar"] = "auto"
 
 
 class Webhook(Model):

@@ -67,13 +67,13 @@ def restore(ctx: DrillContext, step: Step) -> Outcome:
 
 
 def _restore_files(ctx: DrillContext, step: Step, chosen: Any) -> Outcome:
-    from drtool.sources.files import restore_files
+    from drtool.actions.restore import restore_files_set
 
     spec = step.restore
     scratch = spec.into == "scratch"
     dest = ctx.scratch_dir(spec.source) if scratch else _absolute(spec.into)
     started = time.monotonic()
-    restore_files(ctx.restic, chosen.files.id, dest, force=spec.force)
+    restore_files_set(ctx.restic, chosen, dest, force=spec.force)
     took = time.monotonic() - started
     files, nbytes = tree_size(dest)
     ctx.restored[spec.source] = Restored(ctx.policy.source(spec.source), chosen, directory=dest, scratch=scratch)
@@ -126,10 +126,10 @@ def verify(ctx: DrillContext, step: Step) -> Outcome:
 
 
 def _verify_files(ctx: DrillContext, restored: Restored) -> Outcome:
-    from drtool.sources.files import verify_tree
+    from drtool.actions.restore import verify_files_set
 
-    assert restored.directory is not None and restored.chosen.files is not None
-    diff = verify_tree(ctx.restic, restored.chosen.files.id, restored.directory)
+    assert restored.directory is not None
+    diff = verify_files_set(ctx.restic, restored.chosen, restored.directory)
     if diff.problems:
         raise StepFailed(f"{len(diff.problems)} differences from the snapshot listing, first: {diff.problems[0]}",
                          data={"problems": diff.problems})

@@ -189,7 +189,10 @@ def backup_paths(
         pw.close()
     summary = reader.summary or {}
     if code == 3:
-        # Snapshot was written but some files could not be read: a backup with holes is a failure.
+        # The snapshot was written but some files could not be read: a backup with holes is a
+        # failure, and the snapshot must not stand as the latest one.
+        if summary.get("snapshot_id"):
+            restic.forget_ids([summary["snapshot_id"]])
         detail = "; ".join(reader.errors[:5]) or proc.stderr_tail()
         raise CommandError(proc.argv, code, f"some files could not be read: {detail}", what="restic backup",
                            hint="the snapshot is incomplete; fix permissions or exclude the paths")

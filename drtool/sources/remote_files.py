@@ -145,7 +145,7 @@ def backup_remote_files(settings: Settings, policy: Policy, source: Source, hand
     """Back up a files source of `policy.host`; returns the same shape as a local files backup."""
     # Tags are the actions layer's scheme, shared with local backups (imported here, not at
     # module level, so this adapter module does not depend on actions when merely imported).
-    from drtool.actions.common import policy_tags
+    from drtool.tags import policy_tags
     from drtool.remote import runner_for
 
     base_tags = policy_tags(policy, source.name)

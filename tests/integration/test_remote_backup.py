@@ -312,6 +312,11 @@ def test_remote_backup_without_restic_streams_tar(tmp_path, s3_server, bucket, r
     with pytest.raises(RestoreRefused):
         restore_tar(handle.restic, snap["id"], "docs.tar", target)
 
+    # `drtool restore` picks the tar set as the files source's latest and unpacks it.
+    via_cli = tmp_path / "restored-tar-cli"
+    ws.drtool("restore", "archive", "--source", "docs", "--target", str(via_cli), check=True)
+    assert local_tree(via_cli / str(srv / "docs").lstrip("/")) == expected
+
     # Unchanged tree, byte-identical tar: nothing but metadata is added.
     again = last_json(ws.drtool("backup", "archive", "--json", check=True))["details"]["sources"]["docs"]
     assert again["bytes_added"] < 20_000, again
@@ -410,9 +415,10 @@ def test_unknown_host_key_is_refused_before_anything_runs_there(tmp_path, s3_ser
     fp = LocalRunner().run(["ssh-keygen", "-lf", str(server.host_key.with_suffix(".pub"))], timeout=10).text.split()[1]
     run = last_json(proc)
     assert run["status"] == "failed" and "not known" in run["error"] and fp in run["error"]
-    for source in ("siak", "docs"):
-        error = run["details"]["sources"][source]["error"]
-        assert "host key of host db1" in error and "drtool hosts trust db1" in error
+    # Refused once, before any source ran or the repository was touched.
+    assert "sources" not in run["details"] and "preflight" not in run["details"]
+    assert "host key of host db1" in run["error"] and "drtool hosts trust db1" in run["error"]
     assert not known.exists(), "an unknown key must never be recorded by a backup"
-    assert tagged(ws, "policy=records") == []
+    # The repository was not even initialised: nothing was written anywhere.
+    assert "Is there a repository" in ws.restic("snapshots").stderr
     assert not list(Path("/tmp").glob("drtool-restic-cache.*"))
