@@ -237,20 +237,38 @@ def _restore(handle: RepoHandle, source: Source, chosen: SnapshotSet, plan: _Pla
 
 
 def _restore_files(restic: Restic, chosen: SnapshotSet, plan: _Plan, options: RecoverOptions) -> dict[str, Any]:
-    from drtool.sources.files import restore_files, verify_tree
-
-    assert chosen.files is not None and plan.directory is not None
+    restore_set, verify_set = _files_set_functions()
+    assert plan.directory is not None
     root = plan.directory
     if root == Path("/"):
         # The whole root is not ours to compare; restic --verify re-reads every restored file.
-        restore_files(restic, chosen.files.id, root, force=True)
+        restore_set(restic, chosen, root, force=True)
         return {"target": "/ (original paths)", "verified": "content hashes (restic restore --verify)",
                 "problems": []}
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
-    restore_files(restic, chosen.files.id, root, force=True)    # emptiness of the paths was checked first
-    diff = verify_tree(restic, chosen.files.id, root)
+    restore_set(restic, chosen, root, force=True)    # emptiness of the paths was checked first
+    diff = verify_set(restic, chosen, root)
     return {"target": str(root), "files_checked": diff.checked, "bytes": diff.bytes,
             "verified": not diff.problems, "problems": diff.problems}
+
+
+def _files_set_functions() -> tuple[Callable[..., Any], Callable[..., Any]]:
+    """restore/verify of a files set: a restic tree, or (newer builds) a tar stream from a remote host."""
+    try:
+        from drtool.actions.restore import restore_files_set, verify_files_set
+        return restore_files_set, verify_files_set
+    except ImportError:
+        from drtool.sources.files import restore_files, verify_tree
+
+        def restore(restic: Restic, chosen: SnapshotSet, dest: Path, *, force: bool = False) -> Any:
+            assert chosen.files is not None
+            return restore_files(restic, chosen.files.id, dest, force=force)
+
+        def verify(restic: Restic, chosen: SnapshotSet, dest: Path) -> Any:
+            assert chosen.files is not None
+            return verify_tree(restic, chosen.files.id, dest)
+
+        return restore, verify
 
 
 def _restore_database(handle: RepoHandle, source: Source, chosen: SnapshotSet, plan: _Plan,

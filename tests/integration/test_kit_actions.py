@@ -19,7 +19,11 @@ from drtool.actions.kit import create_kit, revoke_kit, verify_kit
 from drtool.cli import main
 from drtool.config import load_settings
 from drtool.crypto.kit import KitError, open_kit, read_kit
-from drtool.crypto.signing import SignatureInvalid, load_or_create_signing_key, public_key_b64
+from drtool.crypto.signing import (
+    SignatureInvalid,
+    load_or_create_signing_key,
+    public_key_b64,
+)
 from drtool.engine.restic import Restic, repo_access
 from drtool.engine.restic_keys import list_keys
 from drtool.errors import UsageError
@@ -159,8 +163,9 @@ def test_kit_cli_never_takes_the_passphrase_from_argv_or_a_pipe_less_stdin(local
 
 def test_bundle_tar_holds_only_known_names(local):
     settings, _run = local
-    from drtool.actions.bundle import build_bundle
     import io
+
+    from drtool.actions.bundle import build_bundle
 
     data, manifest = build_bundle(settings, run_id="r1", host="h")
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:

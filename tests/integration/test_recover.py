@@ -63,7 +63,7 @@ def run_cli(args: list[str], *, env: dict, cwd: Path, passphrase: str | None = P
         fds = (read_fd,)
         args = [*args, "--passphrase-fd", str(read_fd)]
     try:
-        return subprocess.run([sys.executable, "-m", "drtool", *args], capture_output=True, text=True,
+        return subprocess.run([sys.executable, "-m", "drtool", *args], check=False, capture_output=True, text=True,
                               env=env, cwd=cwd, timeout=timeout, pass_fds=fds)
     finally:
         if read_fd is not None:

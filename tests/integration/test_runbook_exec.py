@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -95,7 +96,7 @@ def test_runbook_script_recovers_with_bare_tools(backed_up, tmp_path, s3_server)
             "AWS_ACCESS_KEY_ID": s3_server.access_key, "AWS_SECRET_ACCESS_KEY": s3_server.secret_key,
             "PGHOST": "127.0.0.1", "PGPORT": str(fresh.port), "PGUSER": "postgres",
         }
-        proc = subprocess.run(["bash", "-e", str(script)], env=env, capture_output=True, text=True,
+        proc = subprocess.run(["bash", "-e", str(script)], check=False, env=env, capture_output=True, text=True,
                               timeout=300, stdin=subprocess.DEVNULL, cwd=tmp_path)
         assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr}"
         assert psql(fresh.port, fresh.bin_dir, SUM_SQL, db="arsip") == backed_up["sum"]
@@ -119,9 +120,9 @@ def test_signed_records_fail_verify_report_once_altered(backed_up, tmp_path, s3_
     passfile.chmod(0o600)
     read_fd = os.open(passfile, os.O_RDONLY)
     try:
-        made = subprocess.run(["python3", "-m", "drtool", "-c", str(ws.config), "kit", "create", "arsip",
+        made = subprocess.run([sys.executable, "-m", "drtool", "-c", str(ws.config), "kit", "create", "arsip",
                                "--out", str(kit), "--passphrase-fd", str(read_fd)],
-                              env=ws.env, capture_output=True, text=True, timeout=300, pass_fds=(read_fd,))
+                              env=ws.env, capture_output=True, text=True, timeout=300, pass_fds=(read_fd,), check=False)
     finally:
         os.close(read_fd)
     assert made.returncode == 0, made.stderr
