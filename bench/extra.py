@@ -129,6 +129,8 @@ def bench_pgrestore(b, pg, reps: int, psql, jobs_scaling: bool = True) -> dict: 
     if jobs_scaling:
         j1, j2 = alternate(max(2, reps - 1), drtool_side("parallel", 1), drtool_side("parallel", 2))
         out["jobs1"], out["jobs2"] = j1, j2
+        st, _ = alternate(max(2, reps - 1), drtool_side("stream", None), lambda i: Run(0.0, 0))
+        out["stream"] = st
     return out
 
 
@@ -295,12 +297,18 @@ def report_lines(res: dict) -> list[str]:
         for r in p["drtool"]:
             for name, d in r.phases:
                 phases.setdefault(name, []).append(d)
+        other = [r.seconds - sum(d for _, d in r.phases) for r in p["drtool"]]
+        phases["outside phases (checks, restic stats, create db)"] = other
         lines.append("  drtool phases (median s): " + "; ".join(f"{k} {med(v):.2f}" for k, v in phases.items())
                      + f"  [dump {mb:.0f} MB, default -j {p['default_jobs']}]")
         if "jobs1" in p:
             j1, j2 = [r.seconds for r in p["jobs1"]], [r.seconds for r in p["jobs2"]]
             lines.append(f"  parallel -j 1 {med(j1):.2f} s ({min(j1):.2f}-{max(j1):.2f}), -j 2 {med(j2):.2f} s "
                          f"({min(j2):.2f}-{max(j2):.2f}): -j2/-j1 {med(j2) / med(j1):.3f}")
+        if "stream" in p:
+            st = [r.seconds for r in p["stream"]]
+            lines.append(f"  drtool strategy=stream {med(st):.2f} s ({min(st):.2f}-{max(st):.2f}): "
+                         f"vs bare {med(st) / med(b):.3f}")
     if "scheduler" in res:
         s = res["scheduler"]
         tick = med(s["tick_s"]) * 1000
