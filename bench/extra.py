@@ -9,7 +9,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import yaml
@@ -24,7 +24,7 @@ def _log(msg: str) -> None:
 
 # ------------------------------------------------------------------ PostgreSQL restore for drills
 
-def fill_restore_db(pg, mb: int, psql) -> dict:  # noqa: ANN001
+def fill_restore_db(pg, mb: int, psql) -> dict:
     """Database `drill`: pgbench tables (~55 %) and a wide table with a primary key and 3 indexes (~45 %)."""
     psql(pg, "create database drill")
     scale = max(1, round(mb * 0.55 / 15))
@@ -47,7 +47,7 @@ def fill_restore_db(pg, mb: int, psql) -> dict:  # noqa: ANN001
             "indexes": int(psql(pg, "select count(*) from pg_indexes where schemaname = 'public'", db="drill"))}
 
 
-def bench_pgrestore(b, pg, reps: int, psql, jobs_scaling: bool = True) -> dict:  # noqa: ANN001
+def bench_pgrestore(b, pg, reps: int, psql, jobs_scaling: bool = True) -> dict:
     """drtool's drill restore path (PostgresDatabase.restore via ResticStreamReader) vs
     `restic dump | pg_restore -d` into a fresh database of the same ScratchPostgres, alternating."""
     from drtool.actions.common import open_repo
@@ -90,7 +90,7 @@ def bench_pgrestore(b, pg, reps: int, psql, jobs_scaling: bool = True) -> dict: 
         psql(pg, f"drop database if exists {name}")
         psql(pg, "checkpoint")
 
-    def drtool_side(strategy: str, jobs: int | None):  # noqa: ANN202
+    def drtool_side(strategy: str, jobs: int | None):
         def run(i: int) -> Run:
             name = fresh()
             _log(f"pgrestore drtool strategy={strategy} jobs={jobs} #{i}")
@@ -199,7 +199,7 @@ def bench_scheduler(root: Path, pwfile: Path, n: int = 1000, ticks: int = 200, i
     from drtool.config import load_settings
     from drtool.schedule_math import due_jobs
 
-    now = datetime.now(timezone.utc).replace(microsecond=0)
+    now = datetime.now(UTC).replace(microsecond=0)
     config = make_policies(root, n, now, pwfile)
     t0 = time.perf_counter()
     settings = load_settings(str(config))

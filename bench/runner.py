@@ -18,7 +18,7 @@ import sysconfig
 import tempfile
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import yaml
@@ -53,7 +53,7 @@ class Bench:
         return self.s3.repo_url("bench", prefix)  # type: ignore[attr-defined]
 
     # -- drtool side
-    def workspace(self, name: str, prefix: str, sources: list[dict]) -> "Workspace":
+    def workspace(self, name: str, prefix: str, sources: list[dict]) -> Workspace:
         ws = self.root / "ws" / name
         (ws / "policies").mkdir(parents=True, exist_ok=True)
         (ws / "playbooks").mkdir(exist_ok=True)
@@ -76,7 +76,7 @@ class Bench:
         return w
 
     # -- bare side
-    def bare(self, name: str, prefix: str) -> "Bare":
+    def bare(self, name: str, prefix: str) -> Bare:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("RESTIC_", "AWS_"))}
         env.update({"RESTIC_REPOSITORY": self.repo_url(prefix), "RESTIC_PASSWORD_FILE": str(self.pwfile),
                     "AWS_ACCESS_KEY_ID": self.s3.access_key,  # type: ignore[attr-defined]
@@ -110,7 +110,7 @@ class Bare:
         return check(timed(self.argv(*args), env=self.env), "restic " + " ".join(args))
 
 
-def alternate(reps: int, a, b) -> tuple[list[Run], list[Run]]:  # noqa: ANN001
+def alternate(reps: int, a, b) -> tuple[list[Run], list[Run]]:
     """Run a() and b() `reps` times, A first on even repetitions, B first on odd ones."""
     ra: list[Run] = []
     rb: list[Run] = []
@@ -126,13 +126,13 @@ def alternate(reps: int, a, b) -> tuple[list[Run], list[Run]]:  # noqa: ANN001
 
 # ------------------------------------------------------------------ data
 
-def psql(pg, sql: str, db: str = "postgres") -> str:  # noqa: ANN001
+def psql(pg, sql: str, db: str = "postgres") -> str:
     argv = [os.path.join(pg.bin_dir, "psql"), "-h", "127.0.0.1", "-p", str(pg.port), "-U", "postgres",
             "-d", db, "-v", "ON_ERROR_STOP=1", "-XAtq", "-c", sql]
     return check(timed(argv), "psql").stdout.decode().strip()
 
 
-def fill_postgres(pg, mb: int) -> dict:  # noqa: ANN001
+def fill_postgres(pg, mb: int) -> dict:
     """pgbench tables (~60 %) plus a wide text table with an index (~40 %)."""
     psql(pg, "create database bench")
     scale = max(1, round(mb * 0.6 / 15))
@@ -168,7 +168,7 @@ def make_tree(root: Path, files: int, total_mb: int) -> dict:
 
 # ------------------------------------------------------------------ scenarios
 
-def bench_postgres(b: Bench, pg, reps: int) -> dict:  # noqa: ANN001
+def bench_postgres(b: Bench, pg, reps: int) -> dict:
     ws = b.workspace("pg", "pg-drtool", [{"name": "db", "postgres": {
         "database": "bench", "host": "127.0.0.1", "port": pg.port, "user": "postgres", "bin_dir": pg.bin_dir}}])
     bare = b.bare("pg", "pg-bare")
@@ -326,7 +326,7 @@ def print_report(res: dict, rows: list[dict]) -> str:
     return text
 
 
-def to_json(obj):  # noqa: ANN001, ANN201
+def to_json(obj):
     if isinstance(obj, Run):
         d = {"seconds": obj.seconds, "peak_rss_kib": obj.peak_rss_kib}
         if hasattr(obj, "phases"):
@@ -386,9 +386,10 @@ def main(argv: list[str] | None = None) -> int:
     fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     os.write(fd, PASSWORD.encode() + b"\n")
     os.close(fd)
-    meta = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "args": vars(ns),
+    meta = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "args": vars(ns),
             "cpus": os.cpu_count(), "platform": platform.platform(), "load_start": os.getloadavg(),
-            "restic": subprocess.run(["restic", "version"], capture_output=True, text=True).stdout.strip()}
+            "restic": subprocess.run(["restic", "version"], check=False, capture_output=True,
+                                     text=True).stdout.strip()}
     res: dict = {"meta": meta}
     s3 = start_local_s3(root / "s3", log_path=root / "rclone.log")
     try:
