@@ -208,8 +208,12 @@ def open_kit_file(path: Path, passphrase: str) -> Kit:
 
 
 def kit_access(entry: KitRepository) -> RepoAccess:
-    """How restic reaches a kit repository: the escrow password; S3 keys from the kit, else AWS_* env."""
-    env: dict[str, str] = {}
+    """How restic reaches a kit repository: the escrow password; S3 keys from the kit, else AWS_* env.
+
+    RESTIC_KEY_HINT makes restic try the escrow key first instead of deriving a
+    key (scrypt) for every key of the repository on each call.
+    """
+    env: dict[str, str] = {"RESTIC_KEY_HINT": entry.escrow_key_id}
     if entry.s3 is not None:
         key_id = entry.s3.access_key_id or os.environ.get("AWS_ACCESS_KEY_ID")
         secret = entry.s3.secret_access_key.reveal() if entry.s3.secret_access_key else os.environ.get("AWS_SECRET_ACCESS_KEY")
@@ -259,7 +263,7 @@ class SnapshotListing:
 
 def verify_kit(path: Path, passphrase: str) -> dict[str, Any]:
     """Open each repository with the kit and report what can be recovered (read-only)."""
-    from drtool.actions.bundle import BundleError, read_config_bundle
+    from drtool.actions.bundle import read_config_bundle
     from drtool.actions.select import snapshot_sets
 
     kit = open_kit_file(path, passphrase)

@@ -173,3 +173,39 @@ def test_bundle_tar_holds_only_known_names(local):
         assert all(m.isfile() and m.mode == 0o600 for m in tar.getmembers())
     assert "MANIFEST.json" in names and not any(n.startswith("/") or ".." in n for n in names)
     assert manifest["signature"]["alg"] == "ed25519" and Path(settings.path).name == "drtool.yaml"
+
+
+def test_recover_target_plan_refuses_before_writing(local, tmp_path):
+    from drtool.actions.recover import RecoverOptions, _plan_targets
+    from drtool.errors import RestoreRefused
+
+    settings, _run = local
+    policy = settings.policy("docs")
+    data = Path(policy.sources[0].spec.paths[0])
+    with pytest.raises(UsageError, match="--target-root DIR"):
+        _plan_targets(policy, RecoverOptions())
+    with pytest.raises(UsageError, match="not both"):
+        _plan_targets(policy, RecoverOptions(target_root=tmp_path, original_paths=True))
+    with pytest.raises(RestoreRefused, match="nothing was written"):
+        _plan_targets(policy, RecoverOptions(original_paths=True))       # the data is still there
+    assert _plan_targets(policy, RecoverOptions(original_paths=True, force=True))["files"].directory == Path("/")
+    assert _plan_targets(policy, RecoverOptions(target_root=tmp_path / "new"))["files"].directory == tmp_path / "new"
+    assert data.exists() and not (tmp_path / "new").exists()
+
+
+def test_recover_report_rendering(capsys):
+    from drtool.actions.recover import RecoveryReport
+    from drtool.cli.kit import _print_recover
+
+    report = RecoveryReport(kit={}, recoverable={"docs": {"repository": "usb", "rto": 60.0, "sources": {
+        "files": {"kind": "files", "sets": [{"time": "2024-01-02T03:04:05+00:00", "run": "backup-1"}]},
+        "db": {"kind": "postgres", "sets": []}}}}, policy="docs", recovery_time_s=75.0, rto_target_s=60.0)
+    report.sources.append({"source": "files", "kind": "files", "snapshot": {"run": "backup-1"},
+                           "target": "/r", "verified": False, "problems": ["/x: missing after restore"],
+                           "files_checked": 3})
+    report.problems.append("files: /x: missing after restore")
+    _print_recover(report)
+    out, err = capsys.readouterr()
+    assert "files (files): newest 2024-01-02T03:04:05 run backup-1" in out and "db (postgres): NOTHING" in out
+    assert "NOT VERIFIED" in out and "MISMATCH /x" in err
+    assert "recovery time: 75.0s (RTO target 60s: MISSED)" in out and not report.ok
