@@ -22,7 +22,18 @@ MAX_PASSPHRASE_BYTES = 4096
 
 
 def read_passphrase(fd: int | None, *, confirm: bool = False, prompt: str = "kit passphrase: ") -> str:
-    """From --passphrase-fd N (first line), else from the terminal; never argv or environment."""
+    """From --passphrase-fd N (first line), else from the terminal; never argv or environment.
+
+    The passphrase is registered as a secret, so any later error text masks it.
+    """
+    from drtool.secrets import register
+
+    passphrase = _read_passphrase(fd, confirm=confirm, prompt=prompt)
+    register(passphrase)
+    return passphrase
+
+
+def _read_passphrase(fd: int | None, *, confirm: bool, prompt: str) -> str:
     from drtool.errors import UsageError
 
     if fd is not None:
