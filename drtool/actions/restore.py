@@ -104,9 +104,9 @@ def restore_source(settings: Settings, policy: Policy, source_name: str, *, targ
 
     db = database_source(source, LocalRunner())
     dbt = parse_db_target(source.kind, target)
-    reader = ResticStreamReader(handle.restic, chosen.streams)
-    result = db.restore(reader, dbt, force=force)
     expected = read_fingerprint(handle, chosen)
+    reader = ResticStreamReader(handle.restic, chosen.streams, sizes=expected.get("stream_bytes"))
+    result = db.restore(reader, dbt, force=force)
     names = result.databases
     actual = db.fingerprint_target(dbt, names)
     exp = {"databases": {d: expected["databases"][k] for d, k in zip(names, _source_names(expected, names), strict=True)}}

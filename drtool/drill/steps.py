@@ -107,7 +107,8 @@ def _restore_database(ctx: DrillContext, step: Step, chosen: Any) -> Outcome:
     else:
         target = parse_db_target(source.kind, spec.into)
     db = database_source(source, LocalRunner())
-    result = db.restore(ResticStreamReader(ctx.restic, chosen.streams), target, force=spec.force)
+    reader = ResticStreamReader(ctx.restic, chosen.streams, sizes=fingerprint.get("stream_bytes"))
+    result = db.restore(reader, target, force=spec.force)
     phases += [phase_dict(p.name, p.duration_s, p.bytes) for p in result.phases]
     ctx.restored[source.name] = Restored(source, chosen, target=target, databases=list(result.databases),
                                          db=db, fingerprint=fingerprint, scratch=scratch)

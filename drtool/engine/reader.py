@@ -41,7 +41,7 @@ class ResticStreamReader:
     def __init__(self, restic: Restic, streams: dict[str, Snapshot], sizes: dict[str, int] | None = None) -> None:
         self.restic = restic
         self.streams = streams
-        self._sizes = sizes or {}
+        self._sizes = dict(sizes or {})
 
     def names(self) -> list[str]:
         return sorted(n for n in self.streams if n != "fingerprint.json")
