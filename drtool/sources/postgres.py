@@ -64,7 +64,7 @@ from drtool.sources.psql import (
 
 log = logging.getLogger(__name__)
 
-Strategy = Literal["auto", "stream", "parallel"]
+Strategy = Literal["auto", "stream", "parallel", "overlap"]
 
 DUMP_SUFFIX = ".pgdump"
 GLOBALS_STREAM = "globals.sql"
@@ -86,7 +86,11 @@ DISK_MARGIN_BYTES = 64 * 1024 * 1024
 # Building indexes two at a time is what wins; it outweighs the temp copy as long
 # as the download is not much slower than the load. "parallel" needs pg_restore on
 # this machine and free space for the dump; otherwise "auto" streams.
-AUTO_PREFERRED: Literal["stream", "parallel"] = "parallel"
+# "overlap": the download is loaded (pre-data + data) as it arrives while a copy is written,
+# then indexes and constraints are built in parallel from the copy (pg_restore -j needs a
+# seekable file). Download and load overlap as in "stream", index builds run -j N as in
+# "parallel". Measured by `python -m bench --only pgrestore`; see bench/README.md.
+AUTO_PREFERRED: Literal["stream", "parallel", "overlap"] = "overlap"
 
 # User relations counted in fingerprints: ordinary and partitioned tables.
 # Views have no rows of their own; materialized views may be unpopulated.
@@ -335,22 +339,25 @@ class PostgresDatabase:
         for stream, db in plan.items():
             self._prepare_database(ep, db, existing[db])
             chosen = self._choose_strategy(strategy, reader.size(stream), work_dir)
-            restore_one = self._restore_stream if chosen == "stream" else partial(
-                self._restore_parallel, jobs=jobs or _default_jobs(), work_dir=work_dir)
+            restore_one = {
+                "stream": self._restore_stream,
+                "parallel": partial(self._restore_parallel, jobs=jobs or _default_jobs(), work_dir=work_dir),
+                "overlap": partial(self._restore_overlap, jobs=jobs or _default_jobs(), work_dir=work_dir),
+            }[chosen]
             phases = restore_one(reader, stream, ep, db, keep_owners)
             result.phases.extend(phases)
             result.bytes += max((p.bytes or 0) for p in phases)
         return result
 
     def _choose_strategy(self, strategy: Strategy, size: int | None,
-                         work_dir: str | None) -> Literal["stream", "parallel"]:
+                         work_dir: str | None) -> Literal["stream", "parallel", "overlap"]:
         if strategy == "auto":
             # A temp file is only visible to pg_restore when it runs on this machine,
             # and only worth it when it surely fits.
             local = self.runner.name == "local"
             fits = size is not None and _free_bytes(work_dir) >= size + DISK_MARGIN_BYTES
             return AUTO_PREFERRED if local and fits else "stream"
-        if strategy == "parallel" and self.runner.name != "local":
+        if strategy in ("parallel", "overlap") and self.runner.name != "local":
             raise SourceError(f"the parallel restore strategy needs pg_restore on this machine, not {self.runner.name}",
                               hint="use strategy 'stream' for restores over SSH")
         return strategy
@@ -417,6 +424,43 @@ class PostgresDatabase:
         _check_pg_restore(dst_code, dst.stderr_tail(), dst.argv, ep.where(db))
         return [RestorePhase("download+load+index build (streamed)", time.monotonic() - started, copied)]
 
+    def _restore_overlap(self, reader: StreamReader, stream: str, ep: Endpoint, db: str,
+                         keep_owners: bool, *, jobs: int, work_dir: str | None) -> list[RestorePhase]:
+        """Load pre-data + data from the stream while keeping a copy; then post-data with -j."""
+        tmp = private_dir("pgrestore", base=work_dir)
+        try:
+            _check_free_space(tmp, reader.size(stream), stream)
+            dump = tmp / stream
+            started = time.monotonic()
+            argv = pg_restore_argv(ep.bin_dir, ep.conn, db, sections=("pre-data", "data"), keep_owners=keep_owners)
+            src = reader.open(stream)
+            try:
+                dst = self.runner.start(argv, env=ep.env, stdin=True)
+            except BaseException:
+                stop_process(src, grace=2)
+                raise
+            with open(dump, "wb") as copy:
+                copied, consumer_quit = _pipe(src, dst, RESTORE_TIMEOUT, f"{stream} -> pg_restore", copy_to=copy)
+            src_code = _wait(src, 60)
+            dst_code = _wait(dst, RESTORE_TIMEOUT)
+            if consumer_quit:
+                _check_pg_restore(dst_code, dst.stderr_tail(), dst.argv, ep.where(db))
+            if src_code != 0:
+                raise SourceError(f"reading {stream} from the snapshot failed (exit code {src_code}): "
+                                  f"{src.stderr_tail().strip()[-2000:] or 'no error text'}",
+                                  hint=f"{ep.where(db)} is partly restored; fix the cause and rerun with force")
+            _check_pg_restore(dst_code, dst.stderr_tail(), dst.argv, ep.where(db))
+            phases = [RestorePhase("download+decrypt+load (overlapped)", time.monotonic() - started, copied)]
+            started = time.monotonic()
+            argv = pg_restore_argv(ep.bin_dir, ep.conn, db, file=str(dump), jobs=jobs,
+                                   sections=("post-data",), keep_owners=keep_owners)
+            result = self.runner.run(argv, env=ep.env, timeout=RESTORE_TIMEOUT, check=False)
+            _check_pg_restore(result.returncode, result.stderr.decode("utf-8", "replace"), argv, ep.where(db))
+            phases.append(RestorePhase("index build", time.monotonic() - started, None))
+            return phases
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
     def _restore_parallel(self, reader: StreamReader, stream: str, ep: Endpoint, db: str,
                           keep_owners: bool, *, jobs: int, work_dir: str | None) -> list[RestorePhase]:
         """Save to a private temp file, then pg_restore -j in two timed runs."""
@@ -472,8 +516,10 @@ def _check_pg_restore(code: int | None, stderr: str, argv: list[str], where: str
         "the database is partly restored; fix the cause and rerun with force")
 
 
-def _pipe(src: Process, dst: Process, timeout: float, what: str) -> tuple[int, bool]:
-    """Relay src.stdout into dst.stdin; a watchdog kills both when `timeout` passes.
+def _pipe(src: Process, dst: Process, timeout: float, what: str, *,
+          copy_to: IO[bytes] | None = None) -> tuple[int, bool]:
+    """Relay src.stdout into dst.stdin (and into `copy_to`, if given); a watchdog kills
+    both when `timeout` passes.
 
     Returns (bytes copied, whether dst stopped reading before the end).
     """
@@ -494,14 +540,23 @@ def _pipe(src: Process, dst: Process, timeout: float, what: str) -> tuple[int, b
     try:
         read = getattr(src.stdout, "read1", src.stdout.read)
         while chunk := read(1 << 20):
+            if copy_to is not None:
+                copy_to.write(chunk)
+            copied += len(chunk)
+            if consumer_quit:
+                if dst.poll() not in (None, 0):   # it failed: no point in finishing the copy
+                    stop_process(src, grace=2)
+                    break
+                continue   # only completing the copy
             try:
                 dst.stdin.write(chunk)
             except (BrokenPipeError, OSError, ValueError):
-                # pg_restore stopped reading: it failed; its stderr says why.
+                # pg_restore stopped reading: it failed (its stderr says why), or, loading only
+                # some sections, it is done early; a copy still needs the rest of the stream.
                 consumer_quit = True
-                stop_process(src, grace=2)
-                break
-            copied += len(chunk)
+                if copy_to is None:
+                    stop_process(src, grace=2)
+                    break
         try:
             dst.stdin.close()
         except (BrokenPipeError, OSError):

@@ -154,7 +154,7 @@ def test_open_dump_fingerprint_counts_every_table(dumped: tuple[dict, Path]) -> 
     assert b"CREATE ROLE registrar" in (out / "globals.sql").read_bytes()
 
 
-@pytest.mark.parametrize("strategy", ["stream", "parallel"])
+@pytest.mark.parametrize("strategy", ["stream", "parallel", "overlap"])
 def test_restore_roundtrip_matches_fingerprint_and_content(
     populated: ScratchPostgres, dumped: tuple[dict, Path], scratch: ScratchPostgres, strategy: str,
 ) -> None:
@@ -167,8 +167,9 @@ def test_restore_roundtrip_matches_fingerprint_and_content(
     assert compare_fingerprints(fingerprint, restored) == []
     assert src.query(scratch.target(), CHECKSUM_SQL, "siak") == src.query(populated.target(), CHECKSUM_SQL, "siak")
     names = [p.name for p in result.phases]
-    per_db = ["download+decrypt", "load", "index build"] if strategy == "parallel" else \
-        ["download+load+index build (streamed)"]
+    per_db = {"parallel": ["download+decrypt", "load", "index build"],
+              "overlap": ["download+decrypt+load (overlapped)", "index build"],
+              "stream": ["download+load+index build (streamed)"]}[strategy]
     assert names == ["globals", *per_db, *per_db]
     assert all(p.duration_s >= 0 for p in result.phases) and result.bytes > 0
 
@@ -179,7 +180,7 @@ class UnsizedReader(DirReader):
 
 
 @pytest.mark.parametrize(("reader_cls", "phases"), [
-    (DirReader, ["download+decrypt", "load", "index build"]),
+    (DirReader, ["download+decrypt+load (overlapped)", "index build"]),
     (UnsizedReader, ["download+load+index build (streamed)"]),
 ])
 def test_auto_restore_single_database_under_another_name(
@@ -190,7 +191,7 @@ def test_auto_restore_single_database_under_another_name(
     target = scratch.target()
     target.database = "kota_drill"
     result = src.restore(reader_cls(tmp_path), target)
-    # auto: parallel when the dump's size is known to fit on disk, else streamed.
+    # auto: overlap when the dump's size is known to fit on disk, else streamed.
     assert [p.name for p in result.phases] == phases
     restored = src.fingerprint_target(scratch.target(), ["kota_drill"])
     assert restored["databases"]["kota_drill"] == fingerprint["databases"]["kota"]
