@@ -47,7 +47,7 @@ def run_drill(settings: Settings, playbook: Playbook, *, keep: bool = False, tri
     handle = open_repo(settings, policy.repository)
     emit({"event": "drill_start", "id": report.id, "playbook": playbook.name, "policy": policy.name})
     try:
-        with DrillContext(settings, policy, handle, keep=keep) as ctx:
+        with DrillContext(settings, policy, handle, keep=keep, playbook_path=playbook.path) as ctx:
             try:
                 report.snapshot = ctx.choose(playbook.snapshot, sources_used(playbook), now=started)
                 _run_steps(ctx, playbook, report, emit)

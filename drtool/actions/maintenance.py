@@ -17,6 +17,7 @@ from drtool.retention import keep_indices
 # Snapshots of a run that never wrote its fingerprint are debris of a crash;
 # they are only removed once clearly older than any run that could still be going.
 DEBRIS_AGE = timedelta(hours=6)
+BUNDLES_KEPT = 30
 
 
 def forget_policy(settings: Settings, policy: Policy, *, trigger: str = "manual", prune: bool = True,
@@ -43,6 +44,9 @@ def forget_policy(settings: Settings, policy: Policy, *, trigger: str = "manual"
                 forget_ids += [x.id for x in ([s.files] if s.files else s.streams.values())]
             forget_ids += [d.id for d in debris]
             report[source.name] = {"kept": len(kept), "forgotten": len(drop), "debris": len(debris)}
+        bundles = _old_bundles(handle)
+        forget_ids += bundles
+        report["(configuration bundles)"] = {"kept": BUNDLES_KEPT, "forgotten": len(bundles), "debris": 0}
         run.details["sources"] = report
         run.details["forgotten_ids"] = len(forget_ids)
         if not dry_run:
@@ -77,6 +81,14 @@ def check_repository(settings: Settings, policy: Policy, *, read_data_subset: st
         run.finish("failed", str(exc))
     Catalog(settings.state_dir).record(run)
     return run
+
+
+def _old_bundles(handle) -> list[str]:  # noqa: ANN001
+    """Configuration bundles beyond the newest BUNDLES_KEPT (one is stored per configuration change)."""
+    from drtool.actions.bundle import BUNDLE_TAGS
+
+    snaps = handle.restic.snapshots(tags=list(BUNDLE_TAGS))
+    return [s.id for s in snaps[:-BUNDLES_KEPT]] if len(snaps) > BUNDLES_KEPT else []
 
 
 def _stop_if(cancel: threading.Event | None) -> None:

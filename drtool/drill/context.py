@@ -48,8 +48,10 @@ class Restored:
 
 
 class DrillContext:
-    def __init__(self, settings: Settings, policy: Policy, handle: RepoHandle, *, keep: bool = False) -> None:
+    def __init__(self, settings: Settings, policy: Policy, handle: RepoHandle, *, keep: bool = False,
+                 playbook_path: str | None = None) -> None:
         self.settings = settings
+        self.playbook_path = playbook_path   # relative paths in steps are resolved beside it
         self.policy = policy
         self.handle = handle
         self.keep = keep

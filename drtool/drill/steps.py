@@ -249,15 +249,27 @@ def kit(ctx: DrillContext, step: Step) -> Outcome:
             raise UsageError("a kit step with file: needs passphrase: (a secret reference)")
         from drtool.crypto.kit import open_kit, read_kit
 
-        opened = open_kit(read_kit(Path(spec.file)), spec.passphrase.resolve().reveal())
+        from drtool.actions.kit import kit_access
+
+        kit_file = Path(spec.file)
+        if not kit_file.is_absolute() and ctx.playbook_path:   # relative to the playbook file
+            kit_file = Path(ctx.playbook_path).parent / kit_file
+        opened = open_kit(read_kit(kit_file), spec.passphrase.resolve().reveal())
         entry = opened.repository(ctx.policy.repository)
-        access = RepoAccess(entry.url, entry.escrow_password, dict(ctx.restic.access.env))
-        how = f"the escrow key {entry.escrow_key_id} from recovery kit {spec.file}"
+        access = kit_access(entry)   # the kit's own S3 keys (if it holds them) and the escrow key hint
+        if "AWS_SECRET_ACCESS_KEY" not in access.env:
+            access = RepoAccess(access.url, access.password, {**ctx.restic.access.env, **access.env})
+        how = f"the escrow key {entry.escrow_key_id} from recovery kit {kit_file}"
     else:
         access = ctx.restic.access
         how = "the configured repository password (no recovery kit given)"
     with_kit = Restic(access, cache_dir=None)
     with_kit.run(["cat", "config"], timeout=300)
+    if spec.file:
+        # A kit is only as good as the configuration it leads to: the bundle must be there
+        # and signed by the key the kit names.
+        from drtool.actions.bundle import read_config_bundle
+        read_config_bundle(with_kit).verify(opened.signing_public_key)
     recoverable = {}
     for source in ctx.policy.sources:
         sets = snapshot_sets(with_kit, ctx.policy, source)

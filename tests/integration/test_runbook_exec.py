@@ -148,3 +148,12 @@ def test_signed_records_fail_verify_report_once_altered(backed_up, tmp_path, s3_
         proc = ws.drtool("verify-report", str(original), "--public-key", other)
         assert proc.returncode == 1 and "not the expected key" in proc.stderr
     assert yaml.safe_load((ws.root / "playbooks" / "arsip-kit.yaml").read_text())["policy"] == "arsip"
+
+    # Revoking the kit's escrow key makes the same drill fail at its kit step.
+    revoked = ws.drtool("kit", "revoke", str(kit))
+    assert revoked.returncode == 0, revoked.stderr
+    drill = ws.drtool("drill", "arsip-kit", "--json")
+    assert drill.returncode == 1
+    report = json.loads(drill.stdout)
+    assert report["passed"] is False and report["steps"][0]["status"] == "failed"
+    assert "kit opens" in drill.stderr
