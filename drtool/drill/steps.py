@@ -57,10 +57,10 @@ class Outcome:
 def restore(ctx: DrillContext, step: Step) -> Outcome:
     spec = step.restore
     source = ctx.policy.source(spec.source)
-    if spec.host:
-        raise UsageError(f"restoring onto host {spec.host!r} is not supported in drills yet",
-                         hint="restore on this machine (into: scratch) and check the host with a command step")
     chosen = ctx.snapshot_set(source.name)
+    if spec.host:
+        from drtool.drill import remote
+        return remote.restore(ctx, step, chosen)
     if source.kind == "files":
         return _restore_files(ctx, step, chosen)
     return _restore_database(ctx, step, chosen)
@@ -120,7 +120,11 @@ def _restore_database(ctx: DrillContext, step: Step, chosen: Any) -> Outcome:
 # ---------------------------------------------------------------- verify
 
 def verify(ctx: DrillContext, step: Step) -> Outcome:
+    from drtool.drill.remote import RemoteRestored
+
     restored = ctx.restored_source(step.verify.source)
+    if isinstance(restored, RemoteRestored) and restored.directory is not None:
+        return _verify_remote_files(ctx, restored)
     if restored.directory is not None:
         return _verify_files(ctx, restored)
     return _verify_database(restored)
@@ -137,6 +141,18 @@ def _verify_files(ctx: DrillContext, restored: Restored) -> Outcome:
     return Outcome(f"{diff.checked} entries equal to the snapshot listing (paths, types, sizes, modes, "
                    f"symlink targets); {_mb(diff.bytes)} of content verified at restore",
                    data={"checked": diff.checked, "bytes": diff.bytes})
+
+
+def _verify_remote_files(ctx: DrillContext, restored: Any) -> Outcome:
+    from drtool.drill.remote import verify_files
+
+    diff = verify_files(ctx, restored)
+    if diff.problems:
+        raise StepFailed(f"{len(diff.problems)} differences between host {restored.host} and the snapshot, "
+                         f"first: {diff.problems[0]}", data={"problems": diff.problems, "host": restored.host})
+    return Outcome(f"{diff.checked} entries on host {restored.host} equal to the snapshot (paths, types, sizes, "
+                   f"modes, symlink targets); {_mb(diff.bytes)} of content equal by sha256",
+                   data={"checked": diff.checked, "bytes": diff.bytes, "host": restored.host})
 
 
 def _verify_database(restored: Restored) -> Outcome:
@@ -187,12 +203,12 @@ def command(ctx: DrillContext, step: Step) -> Outcome:
     from drtool.execute import LocalRunner
 
     spec = step.command
-    if spec.host:
-        raise UsageError(f"running drill commands on host {spec.host!r} is not supported yet",
-                         hint="run the check from this machine against the restored instance")
     # Our own subprocess timeout is a little longer than the step's: the step timer
     # fires first and reports timed_out.
     timeout = (step.timeout + 5.0) if step.timeout else COMMAND_TIMEOUT_S
+    if spec.host:
+        from drtool.drill.remote import run_command
+        return run_command(ctx, step, timeout)
     env = {**ctx.command_env(), **spec.env}
     result = LocalRunner().run(spec.argv, env=env, timeout=timeout, check=False)
     out = redact(result.stdout.decode("utf-8", "replace"))[-OUTPUT_TAIL:]
@@ -292,7 +308,7 @@ STEP_FUNCTIONS: dict[str, Callable[[DrillContext, Step], Outcome]] = {
 def run_step(ctx: DrillContext, step: Step) -> StepResult:
     function = STEP_FUNCTIONS[step.kind]
     started_at = utcnow()
-    timed = call_with_timeout(lambda: function(ctx, step), step.timeout)
+    timed = call_with_timeout(lambda: function(ctx, step), step.timeout, ctx.cancel)
     result = StepResult(step.name, step.kind, "passed", started_at, timed.duration_s)
     if timed.timed_out:
         result.status = "timed_out"
