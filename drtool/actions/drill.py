@@ -11,6 +11,8 @@ and offsite as drills/<id>.json, signed when signing is available.
 
 from __future__ import annotations
 
+import threading
+
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -37,7 +39,7 @@ def effective_targets(playbook: Playbook, policy: Policy) -> Targets:
 
 
 def run_drill(settings: Settings, playbook: Playbook, *, keep: bool = False, trigger: str = "manual",
-              on_event: EventFn | None = None) -> DrillReport:
+              on_event: EventFn | None = None, cancel: threading.Event | None = None) -> DrillReport:
     emit = on_event or (lambda _event: None)
     policy = settings.policy(playbook.policy)
     targets = effective_targets(playbook, policy)
@@ -47,7 +49,7 @@ def run_drill(settings: Settings, playbook: Playbook, *, keep: bool = False, tri
     handle = open_repo(settings, policy.repository)
     emit({"event": "drill_start", "id": report.id, "playbook": playbook.name, "policy": policy.name})
     try:
-        with DrillContext(settings, policy, handle, keep=keep, playbook_path=playbook.path) as ctx:
+        with DrillContext(settings, policy, handle, keep=keep, playbook_path=playbook.path, cancel=cancel) as ctx:
             try:
                 report.snapshot = ctx.choose(playbook.snapshot, sources_used(playbook), now=started)
                 _run_steps(ctx, playbook, report, emit)
@@ -67,6 +69,9 @@ def run_drill(settings: Settings, playbook: Playbook, *, keep: bool = False, tri
 def _run_steps(ctx: DrillContext, playbook: Playbook, report: DrillReport, emit: EventFn) -> None:
     stopped_by: str | None = None
     for step in playbook.steps:
+        if not stopped_by and ctx.cancel is not None and ctx.cancel.is_set():
+            stopped_by = "the drill was cancelled (drtool is shutting down)"
+            report.error = "interrupted: cancelled before the drill finished"
         if stopped_by:
             report.steps.append(skipped_after(step.name, step.kind, stopped_by))
             continue

@@ -33,11 +33,12 @@ def forget_policy(settings: Settings, policy: Policy, *, trigger: str = "manual"
         report: dict[str, dict[str, int]] = {}
         for source in policy.sources:
             retention = source.retention or policy.retention
-            sets = snapshot_sets(handle.restic, policy, source)
+            listing = handle.restic.snapshots(tags=policy_tags(policy, source.name))
+            sets = snapshot_sets(handle.restic, policy, source, listing=listing)
             kept = keep_indices([s.time for s in sets], retention, now)
             drop = [s for i, s in enumerate(sets) if i not in kept]
             complete_runs = {s.run_id for s in sets}
-            debris = [snap for snap in handle.restic.snapshots(tags=policy_tags(policy, source.name))
+            debris = [snap for snap in listing
                       if snap.tag("run") not in complete_runs and source.kind != "files"
                       and now - snap.time > DEBRIS_AGE]
             for s in drop:

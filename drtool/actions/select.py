@@ -40,9 +40,11 @@ class SnapshotSet:
                 "snapshots": sorted(s.id for s in ([self.files] if self.files else self.streams.values()))}
 
 
-def snapshot_sets(restic: Restic, policy: Policy, source: Source) -> list[SnapshotSet]:
-    """Complete snapshot sets of one source, oldest first."""
-    snaps = restic.snapshots(tags=policy_tags(policy, source.name))
+def snapshot_sets(restic: Restic, policy: Policy, source: Source, *,
+                  listing: list[Snapshot] | None = None, no_lock: bool = False) -> list[SnapshotSet]:
+    """Complete snapshot sets of one source, oldest first (from `listing` if already fetched)."""
+    snaps = listing if listing is not None else restic.snapshots(tags=policy_tags(policy, source.name),
+                                                                  no_lock=no_lock)
     if source.kind == "files":
         return [_files_set(source.name, s) for s in snaps if s.tag("stream") is None or _is_tar(s)]
     by_run: dict[str, SnapshotSet] = {}

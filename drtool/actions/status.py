@@ -19,6 +19,7 @@ from typing import Any
 
 from drtool.actions.common import open_repo
 from drtool.actions.select import snapshot_sets
+from drtool.tags import policy_tags
 from drtool.catalog import Catalog, RunRecord, utcnow
 from drtool.config.loader import Settings
 from drtool.config.models import Policy
@@ -29,9 +30,13 @@ def newest_snapshot_time(settings: Settings, policy: Policy) -> datetime | None:
     """When the policy was last completely backed up: the oldest of its sources' newest
     complete snapshot sets (None if any source has none). Reads the repository."""
     handle = open_repo(settings, policy.repository)
+    # One lock-free listing for the whole policy: this runs every few minutes in the daemon's
+    # watchdog and must stay cheap; it only reads.
+    listing = handle.restic.snapshots(tags=policy_tags(policy), no_lock=True)
     newest: list[datetime] = []
     for source in policy.sources:
-        sets = snapshot_sets(handle.restic, policy, source)
+        mine = [s for s in listing if s.tag("source") == source.name]
+        sets = snapshot_sets(handle.restic, policy, source, listing=mine)
         if not sets:
             return None
         newest.append(sets[-1].time)

@@ -49,8 +49,9 @@ class Restored:
 
 class DrillContext:
     def __init__(self, settings: Settings, policy: Policy, handle: RepoHandle, *, keep: bool = False,
-                 playbook_path: str | None = None) -> None:
+                 playbook_path: str | None = None, cancel: threading.Event | None = None) -> None:
         self.settings = settings
+        self.cancel = cancel                 # set by the daemon on SIGTERM
         self.playbook_path = playbook_path   # relative paths in steps are resolved beside it
         self.policy = policy
         self.handle = handle

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from drtool.errors import Cancelled
 from drtool.execute import process_scope
 
 SERVER_COMMS = frozenset({"postgres", "mariadbd", "mysqld"})
@@ -39,7 +40,8 @@ class Timed:
     still_running: bool = False   # the worker did not return after its processes were stopped
 
 
-def call_with_timeout(fn: Callable[[], Any], timeout: float | None) -> Timed:
+def call_with_timeout(fn: Callable[[], Any], timeout: float | None,
+                      cancel: threading.Event | None = None) -> Timed:
     box: dict[str, Any] = {}
     started_pids: set[int] = set()
 
@@ -58,11 +60,16 @@ def call_with_timeout(fn: Callable[[], Any], timeout: float | None) -> Timed:
     started = time.monotonic()
     worker.start()
     try:
-        worker.join(timeout)
+        _join(worker, timeout, cancel)
     except KeyboardInterrupt:
         stop_processes(step_processes())
         worker.join(JOIN_AFTER_STOP_S)
         raise
+    if worker.is_alive() and cancel is not None and cancel.is_set():
+        stop_processes(step_processes())
+        worker.join(JOIN_AFTER_STOP_S)
+        return Timed(error=Cancelled("the step was cancelled (drtool is shutting down)"),
+                     duration_s=time.monotonic() - started)
     if worker.is_alive():
         elapsed = time.monotonic() - started
         stopped = stop_processes(step_processes())
@@ -73,6 +80,19 @@ def call_with_timeout(fn: Callable[[], Any], timeout: float | None) -> Timed:
     # A subprocess timeout inside the step that fires together with ours is the same event.
     timed_out = error is not None and timeout is not None and elapsed >= timeout - 0.05
     return Timed(box.get("value"), error, timed_out, elapsed)
+
+
+def _join(worker: threading.Thread, timeout: float | None, cancel: threading.Event | None) -> None:
+    """Wait for the step until its timeout, or until `cancel` is set (the daemon's SIGTERM)."""
+    if cancel is None:
+        worker.join(timeout)
+        return
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while worker.is_alive() and not cancel.is_set():
+        left = 0.5 if deadline is None else min(0.5, deadline - time.monotonic())
+        if left <= 0:
+            return
+        worker.join(left)
 
 
 def descendants(root: int) -> set[int]:

@@ -183,6 +183,12 @@ def backup_paths(
             except subprocess.TimeoutExpired:
                 if cancel is not None and cancel.is_set():
                     stop_process(proc, grace=20)
+                    reader.join(5)
+                    # restic may have saved the snapshot just before the interrupt arrived:
+                    # a cancelled run must leave nothing behind.
+                    saved = (reader.summary or {}).get("snapshot_id")
+                    if saved:
+                        restic.forget_ids([saved])
                     raise Cancelled("files backup cancelled; restic was interrupted before committing") from None
         reader.join(30)
     finally:
