@@ -131,6 +131,26 @@ class Catalog:
         found = self.runs(policy=policy, kind=kind, status=status, limit=1)
         return found[0] if found else None
 
+    def last_started_by_job(self, drill_window: int = 20) -> dict[tuple[str, str, str | None], datetime]:
+        """Newest started_at per scheduled job, in one read: what `last_run(policy, kind)` gives for
+        each (policy, kind, None), and for drills (policy, "drill", playbook) from the policy's newest
+        `drill_window` drill runs (as a scan of `runs(policy, "drill", limit=drill_window)` finds it)."""
+        found: dict[tuple[str, str, str | None], datetime] = {}
+        with closing(self._connect()) as db:
+            for row in db.execute("select policy, kind, max(started_at) as started_at from runs"
+                                  " where kind != 'drill' group by policy, kind"):
+                found[(row["policy"], row["kind"], None)] = datetime.fromisoformat(row["started_at"])
+            rows = db.execute(
+                "select policy, started_at, details from (select policy, started_at, details, row_number() over"
+                " (partition by policy order by started_at desc) as n from runs where kind = 'drill') where n <= ?"
+                " order by started_at desc", (drill_window,))
+            for row in rows:
+                playbook = json.loads(row["details"] or "{}").get("playbook")
+                key = (row["policy"], "drill", playbook)
+                if playbook is not None and key not in found:
+                    found[key] = datetime.fromisoformat(row["started_at"])
+        return found
+
     def get(self, run_id: str) -> RunRecord | None:
         with closing(self._connect()) as db:
             row = db.execute("select * from runs where id = ?", (run_id,)).fetchone()

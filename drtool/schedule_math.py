@@ -26,11 +26,12 @@ job is due once: the reference moves past all of them when it runs.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
@@ -55,6 +56,8 @@ class Schedule:
     cron: str | None = None       # calendar schedules, as a 5-field cron on the wall clock
     interval: float | None = None  # elapsed-time schedules, seconds
     jitter: float = 0.0           # upper bound of the per-job delay, seconds
+    # Memo of previous_slot answers (tz -> [(from_ts, until_ts, slot)]): not part of the value.
+    _windows: dict = field(default_factory=dict, init=False, repr=False, compare=False, hash=False)
 
     def next_after(self, dt: datetime, tz: ZoneInfo) -> datetime:
         """The first slot strictly after `dt` (aware), expressed in `tz`."""
@@ -62,6 +65,9 @@ class Schedule:
         if self.interval is not None:
             k = math.floor(dt.timestamp() / self.interval) + 1
             return _from_ts(k * self.interval, tz)
+        return self._cron_next_after(dt, tz)
+
+    def _cron_next_after(self, dt: datetime, tz: ZoneInfo) -> datetime:
         from croniter import croniter
 
         wall = dt.astimezone(tz).replace(tzinfo=None)
@@ -74,10 +80,42 @@ class Schedule:
 
     def previous_slot(self, dt: datetime, tz: ZoneInfo) -> datetime:
         """The latest slot at or before `dt` (aware), expressed in `tz`."""
+        return self.previous_window(dt, tz)[0]
+
+    def previous_window(self, dt: datetime, tz: ZoneInfo) -> tuple[datetime, float]:
+        """(previous_slot(dt), until): previous_slot(t) is the same slot for every t in [dt, until)."""
         _require_aware(dt)
+        ts = dt.timestamp()
         if self.interval is not None:
-            k = math.floor(dt.timestamp() / self.interval)
-            return _from_ts(k * self.interval, tz)
+            k = math.floor(ts / self.interval)
+            return _from_ts(k * self.interval, tz), (k + 1) * self.interval
+        windows = self._windows.get(tz, ())
+        for lo, hi, slot in windows:
+            if lo <= ts < hi:
+                return slot, hi
+        slot = self._cron_previous_slot(dt, tz)
+        hi = self._stable_until(dt, tz)
+        if hi > ts:
+            # a few windows: jobs sharing this schedule have different jitter delays
+            self._windows[tz] = [*windows[-(_MAX_WINDOWS - 1):], (ts, hi, slot)]
+        return slot, hi
+
+    def _stable_until(self, dt: datetime, tz: ZoneInfo) -> float:
+        # The latest slot only changes at the next slot, as long as the UTC offset is constant:
+        # near a DST change (gap slots mapped after the gap, a repeated hour) nothing is promised.
+        ts = dt.timestamp()
+        offset = _offset(ts, tz)
+        if _offset(ts - _DST_MARGIN, tz) != offset:
+            return ts                                     # just after a change: no promise, recompute
+        nxt = self._cron_next_after(dt, tz).timestamp()
+        probe = ts
+        while probe < nxt:
+            probe = min(probe + _DST_PROBE, nxt)
+            if _offset(probe, tz) != offset:
+                return _first_change(ts, probe, offset, tz)
+        return nxt
+
+    def _cron_previous_slot(self, dt: datetime, tz: ZoneInfo) -> datetime:
         from croniter import croniter
 
         wall = dt.astimezone(tz).replace(tzinfo=None, second=0, microsecond=0) + timedelta(minutes=1)
@@ -87,6 +125,26 @@ class Schedule:
             if slot.timestamp() <= dt.timestamp():    # a wall time in a DST gap maps to after the gap: maybe not yet
                 return slot
         raise ValueError(f"schedule {self.expr!r} has no slot before {dt.isoformat()}")
+
+
+_MAX_WINDOWS = 8
+_DST_MARGIN = 3 * 3600 + 120      # longer than any DST jump: a gap slot is served at most this late
+_DST_PROBE = 86400.0              # offset changes are days apart
+
+
+def _offset(ts: float, tz: ZoneInfo) -> timedelta | None:
+    return datetime.fromtimestamp(ts, tz).utcoffset()
+
+
+def _first_change(lo: float, hi: float, offset: timedelta | None, tz: ZoneInfo) -> float:
+    """A timestamp at or before the first offset change in (lo, hi] (offset at lo is `offset`)."""
+    while hi - lo > 1:
+        mid = (lo + hi) / 2
+        if _offset(mid, tz) == offset:
+            lo = mid
+        else:
+            hi = mid
+    return lo
 
 
 def _require_aware(dt: datetime) -> None:
@@ -107,9 +165,17 @@ def _instant(wall: datetime, tz: ZoneInfo) -> datetime:
 # ---------------------------------------------------------------- parsing
 
 def parse_schedule(expr: str) -> Schedule:
-    """Parse a schedule expression; ValueError says what is accepted."""
+    """Parse a schedule expression; ValueError says what is accepted.
+
+    Memoised by the expression string (a Schedule is immutable): config validation, job building
+    and every reload share one parse, and jobs with the same schedule share its slot memo."""
     if not isinstance(expr, str) or not expr.strip():
         raise ValueError(f"empty schedule; expected {EXAMPLES}")
+    return _parse_schedule(expr)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_schedule(expr: str) -> Schedule:
     text = " ".join(expr.split())
     body, jitter = _split_jitter(text)
     words = body.lower().split(" ")
@@ -124,7 +190,7 @@ def parse_schedule(expr: str) -> Schedule:
         return Schedule(expr, interval=interval, jitter=_bounded(jitter, interval, expr))
     if len(words) == 5:
         cron = _cron(body, expr)
-        return Schedule(expr, cron=cron, jitter=_bounded(jitter, _min_cron_gap(cron), expr))
+        return Schedule(expr, cron=cron, jitter=_bounded(jitter, _min_cron_gap(cron), expr) if jitter else 0.0)
     raise ValueError(f"unknown schedule {expr!r}; expected {EXAMPLES}")
 
 
@@ -194,6 +260,7 @@ def _cron(body: str, expr: str) -> str:
     return body
 
 
+@functools.lru_cache(maxsize=1024)
 def _min_cron_gap(cron: str) -> float:
     # Smallest gap between consecutive slots over a sample year: the jitter bound.
     from croniter import croniter
@@ -230,6 +297,7 @@ class Due:
     slot: datetime                 # the (latest) slot being served
 
 
+@functools.lru_cache(maxsize=8192)
 def jitter_offset(job_id: str, max_jitter: float) -> float:
     """A stable delay in [0, max_jitter) for this job: same job, same delay, every run and restart."""
     if max_jitter <= 0:
@@ -251,11 +319,18 @@ def due_slot(job: Job, last_run: datetime | None, now: datetime, tz: ZoneInfo) -
     retried every tick) or, for a job that never ran, when the scheduler first
     saw it. None means "no reference yet": not due, wait for the next slot.
     """
+    return due_window(job, last_run, now, tz)[0]
+
+
+def due_window(job: Job, last_run: datetime | None, now: datetime, tz: ZoneInfo) -> tuple[datetime | None, float]:
+    """(due_slot(...), until): with the same `last_run`, the answer holds for every instant in [now, until).
+
+    A scheduler keeps `until` and skips the job until then: one comparison per job per tick."""
     if last_run is None:
-        return None
-    delay = timedelta(seconds=jitter_offset(job.id, job.schedule.jitter))
-    slot = job.schedule.previous_slot(now - delay, tz)
-    return slot if last_run.timestamp() < slot.timestamp() else None
+        return None, now.timestamp()
+    delay = jitter_offset(job.id, job.schedule.jitter)
+    slot, until = job.schedule.previous_window(now - timedelta(seconds=delay), tz)
+    return (slot if last_run.timestamp() < slot.timestamp() else None), until + delay
 
 
 def due_jobs(jobs: Iterable[Job], last_runs: Mapping[str, datetime | None], now: datetime,

@@ -3,7 +3,10 @@
 The `schedule` library ticks (every second); at each tick the pure schedule
 math (drtool.schedule_math) decides which jobs are due from the last runs
 (catalog + this daemon's own attempt log), so a machine that was down runs
-each missed job once on start. Jobs run in a bounded thread pool under
+each missed job once on start. A job found not due is skipped until its next
+slot (or until it runs, finishes, or the settings reload), so a quiet tick is
+one comparison per job and reads nothing; the catalog is read once, grouped,
+only on ticks that evaluate some job. Jobs run in a bounded thread pool under
 conflict rules (see `conflicts`). Job execution goes through a dispatch table
 (kind -> callable) so the scheduling logic is tested with fakes.
 
@@ -39,7 +42,7 @@ from drtool.config.loader import Settings
 from drtool.errors import DrtoolError, LockError, UsageError
 from drtool.notify import Event, Notifier
 from drtool.report.prometheus import MetricsServer, PlaybookMetrics, PolicyMetrics, render, write_textfile
-from drtool.schedule_math import Due, Job, due_jobs, parse_schedule
+from drtool.schedule_math import KIND_ORDER, Due, Job, due_window, parse_schedule
 from drtool.secrets import redact
 
 log = logging.getLogger(__name__)
@@ -269,6 +272,9 @@ class Daemon:
         self._running: dict[str, Running] = {}
         self._retry_after: dict[str, datetime] = {}
         self._waiting: dict[str, datetime] = {}          # job id -> first slot it waited for
+        # job id -> (evaluated at, not due before) timestamps: a job found not due is skipped until its
+        # next slot; dropped when the job starts or finishes and on reload (its reference changes)
+        self._not_before: dict[str, tuple[float, float]] = {}
         self._reading: dict[str, int] = {}               # repository -> watchdog reads in progress
         self._stop = threading.Event()
         self._reload = threading.Event()
@@ -287,15 +293,19 @@ class Daemon:
         jobs = build_jobs(settings)                       # raises on a bad schedule: caller keeps the old
         tz = settings_timezone(settings)
         self.settings, self.jobs, self.tz = settings, jobs, tz
+        self._not_before = {}
         self.notifier = self._notifier_override or Notifier(settings.config.notifications)
 
     # ---------------------------------------------------------- evaluation
 
-    def last_runs(self, now: datetime) -> dict[str, datetime]:
-        """Reference time per job: newest of our attempt and the catalog's run; first sight if neither."""
+    def last_runs(self, now: datetime, jobs: list[JobInfo] | None = None) -> dict[str, datetime]:
+        """Reference time per job: newest of our attempt and the catalog's run; first sight if neither.
+
+        One catalog read for all the jobs (not a query per job)."""
+        catalog = self.catalog.last_started_by_job()
         refs: dict[str, datetime] = {}
-        for info in self.jobs:
-            known = [t for t in (self.state.get_time("attempts", info.job.id), self._catalog_time(info)) if t]
+        for info in self.jobs if jobs is None else jobs:
+            known = [t for t in (self.state.get_time("attempts", info.job.id), self._catalog_time(info, catalog)) if t]
             if known:
                 refs[info.job.id] = max(known, key=lambda t: t.timestamp())
                 continue
@@ -306,14 +316,9 @@ class Daemon:
             refs[info.job.id] = seen
         return refs
 
-    def _catalog_time(self, info: JobInfo) -> datetime | None:
-        if info.kind != "drill":
-            run = self.catalog.last_run(info.policy, info.kind)
-            return run.started_at if run else None
-        for run in self.catalog.runs(policy=info.policy, kind="drill", limit=20):
-            if run.details.get("playbook") == info.job.name:
-                return run.started_at
-        return None
+    @staticmethod
+    def _catalog_time(info: JobInfo, catalog: Mapping[tuple[str, str, str | None], datetime]) -> datetime | None:
+        return catalog.get((info.policy, info.kind, info.job.name if info.kind == "drill" else None))
 
     def tick(self, now: datetime | None = None) -> list[str]:
         """Start every due job that fits (concurrency limit, conflicts); return the ids started.
@@ -329,7 +334,7 @@ class Daemon:
         by_id = {i.job.id: i for i in self.jobs}
         started: list[str] = []
         with self._lock:
-            due = due_jobs([i.job for i in self.jobs], self.last_runs(now), now, self.tz)
+            due = self._due(now)
             due_ids = {d.job.id for d in due}
             self._waiting = {job_id: slot for job_id, slot in self._waiting.items() if job_id in due_ids}
             due.sort(key=lambda d: self._waiting.get(d.job.id, d.slot).timestamp())   # stable: kind order kept
@@ -345,6 +350,28 @@ class Daemon:
                     self._waiting.setdefault(info.job.id, item.slot)
                     waiting_ahead.append(info)
         return started
+
+    def _due(self, now: datetime) -> list[Due]:
+        """Due jobs, as schedule_math.due_jobs() finds them; a job known not to be due before some instant is skipped
+        without any schedule math or catalog read (a quiet tick is one comparison per job)."""
+        ts = now.timestamp()
+        not_before = self._not_before
+        candidates = [i for i in self.jobs
+                      if not ((w := not_before.get(i.job.id)) and w[0] <= ts < w[1])]
+        if not candidates:
+            return []
+        refs = self.last_runs(now, candidates)
+        due = []
+        for info in candidates:
+            job_id = info.job.id
+            slot, until = due_window(info.job, refs.get(job_id), now, self.tz)
+            if slot is None:
+                not_before[job_id] = (ts, until)
+            else:
+                not_before.pop(job_id, None)
+                due.append(Due(info.job, slot))
+        due.sort(key=lambda d: (d.slot.timestamp(), KIND_ORDER.get(d.job.kind, 9), d.job.id))
+        return due
 
     def _blocked(self, info: JobInfo, now: datetime, waiting_ahead: list[JobInfo]) -> str | None:
         """Why `info` may not start now (None: it may)."""
@@ -364,6 +391,7 @@ class Daemon:
     def _start(self, info: JobInfo, due: Due, now: datetime) -> None:
         previous = self.state.get_time("attempts", info.job.id)
         self.state.set("attempts", info.job.id, now)      # before running: a crash still counts as the attempt
+        self._not_before.pop(info.job.id, None)
         running = Running(info, threading.Event(), started=now)
         self._running[info.job.id] = running
         log.info("starting %s (slot %s)", info.job.id, due.slot.isoformat())
@@ -384,6 +412,7 @@ class Daemon:
         finally:
             with self._lock:
                 self._running.pop(info.job.id, None)
+                self._not_before.pop(info.job.id, None)   # its reference moved (or went back: locked)
                 self.history.append((info.job.id, running.started, self.clock(), outcome.status))
 
     def _call(self, running: Running) -> Outcome:

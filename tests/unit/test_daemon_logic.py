@@ -455,3 +455,43 @@ def test_drill_metrics_come_from_the_catalog_after_a_restart(tmp_path: Path) -> 
     assert 'drtool_drill_passed{playbook="pb",policy="db"} 1' in text
     assert 'drtool_drill_rto_achieved_seconds{playbook="pb",policy="db"} 12.5' in text
     assert 'drtool_drill_rto_target_seconds{playbook="pb",policy="db"} 3600' in text
+
+
+def test_catalog_grouped_read_matches_per_job_queries(tmp_path: Path) -> None:
+    from drtool.catalog import Catalog, RunRecord
+
+    catalog = Catalog(tmp_path / "state")
+    for i, (policy, kind, playbook) in enumerate([("db", "backup", None), ("db", "backup", None), ("db", "forget", None),
+                                                  ("web", "check", None), ("db", "drill", "pb"), ("db", "drill", "pb2"),
+                                                  ("db", "drill", "pb")]):
+        details = {"playbook": playbook} if playbook else {}
+        catalog.record(RunRecord(f"r{i}", policy, kind, "success", T0 + timedelta(minutes=i), details=details))
+    for n in range(3):                          # pb2's drill drops out of the newest-2 window
+        catalog.record(RunRecord(f"x{n}", "db", "drill", "success", T0 + timedelta(hours=1 + n),
+                                 details={"playbook": "pb"}))
+    got = catalog.last_started_by_job(drill_window=2)
+    assert got[("db", "backup", None)] == catalog.last_run("db", "backup").started_at == T0 + timedelta(minutes=1)
+    assert got[("db", "forget", None)] == T0 + timedelta(minutes=2)
+    assert got[("web", "check", None)] == T0 + timedelta(minutes=3)
+    assert got[("db", "drill", "pb")] == T0 + timedelta(hours=3)
+    assert ("db", "drill", "pb2") not in got and ("db", "drill", None) not in got
+
+
+def test_quiet_ticks_do_no_schedule_math_or_catalog_reads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fakes = Fakes()
+    daemon, _e, clock = make(tmp_path, fakes, policies={"db": "repository: offsite\nschedule: daily 02:00\n"})
+    reads: list[int] = []
+    real = daemon.catalog.last_started_by_job
+    monkeypatch.setattr(daemon.catalog, "last_started_by_job", lambda: reads.append(1) or real())
+    assert daemon.tick() == [] and reads == [1]            # first sight
+    for minutes in range(1, 600, 7):                        # T0 is 12:00 UTC: nothing due until 02:00
+        clock.now = T0 + timedelta(minutes=minutes)
+        assert daemon.tick() == []
+    assert reads == [1]
+    clock.now = T0 + timedelta(hours=14)                    # 02:00 next day
+    assert daemon.tick() == ["backup:db"] and reads == [1, 1]
+    settle(daemon)
+    clock.now = T0 + timedelta(hours=15)
+    assert daemon.tick() == [] and len(reads) == 3          # re-read once after the job finished
+    clock.now = T0 + timedelta(hours=16)
+    assert daemon.tick() == [] and len(reads) == 3

@@ -179,3 +179,49 @@ def test_to_cron_fields() -> None:
     assert to_cron_fields(parse_schedule("every 30m")) == "*/30 * * * *"
     with pytest.raises(ValueError, match="crontab"):
         to_cron_fields(parse_schedule("every 10s"))
+
+
+# ---------------------------------------------------------------- memoised slots (scheduler scale)
+
+@pytest.mark.parametrize("expr", ["daily 02:30", "30 2,3 * * *", "*/20 1-3 * * *", "15 3 * * *", "0 0 1 * *",
+                                  "hourly"])
+@pytest.mark.parametrize("start", [at(BERLIN, 2024, 3, 30, 20, 0), at(BERLIN, 2024, 10, 26, 20, 0)])
+def test_memoised_previous_slot_matches_a_fresh_computation_across_dst(expr: str, start: datetime) -> None:
+    memo = parse_schedule(expr)
+    fresh = memo._cron_previous_slot                 # the walk itself, no memo
+    t = start
+    while t < start + timedelta(hours=12):
+        slot, until = memo.previous_window(t, BERLIN)
+        assert slot == fresh(t, BERLIN) and slot.timestamp() <= t.timestamp() and until >= t.timestamp()
+        # the promise: the same answer for every instant before `until`
+        for probe in (t + timedelta(seconds=1), datetime.fromtimestamp(until - 1, timezone.utc)):
+            if t.timestamp() < probe.timestamp() < until:
+                assert fresh(probe, BERLIN) == slot
+        t += timedelta(minutes=7, seconds=13)
+
+
+def test_due_window_says_until_when_the_answer_holds() -> None:
+    from drtool.schedule_math import due_window
+
+    j = job("backup:db", "daily 02:00 jitter 30m")
+    last = at(UTC, 2024, 1, 1, 12, 0)
+    slot, until = due_window(j, last, at(UTC, 2024, 1, 1, 13, 0), UTC)
+    assert slot is None and until == pytest.approx(next_run(j, at(UTC, 2024, 1, 1, 13, 0), UTC).timestamp(), abs=1e-5)
+    assert due_jobs([j], {j.id: last}, datetime.fromtimestamp(until - 0.001, UTC), UTC) == []
+    assert due_jobs([j], {j.id: last}, datetime.fromtimestamp(until + 0.001, UTC), UTC) != []
+
+
+def test_parse_schedule_is_memoised_and_jitterless_cron_skips_the_gap_walk(monkeypatch: pytest.MonkeyPatch) -> None:
+    import drtool.schedule_math as sm
+
+    assert parse_schedule("17 4 * * 2") is parse_schedule("17 4 * * 2")
+    walked: list[str] = []
+    real = sm._min_cron_gap.__wrapped__
+    monkeypatch.setattr(sm, "_min_cron_gap", lambda cron: walked.append(cron) or real(cron))
+    sm._parse_schedule.cache_clear()
+    parse_schedule("18 4 * * 2")
+    assert walked == []
+    parse_schedule("18 4 * * 2 jitter 10m")
+    assert walked == ["18 4 * * 2"]
+    with pytest.raises(ValueError, match="shorter than"):
+        parse_schedule("*/5 * * * * jitter 10m")
