@@ -160,6 +160,15 @@ class DaemonState:
                 self.data[section][key] = value.isoformat() if isinstance(value, datetime) else value
             self._save()
 
+    def set_many(self, section: str, values: Mapping[str, Any]) -> None:
+        """Like set() for several keys, saved once."""
+        if not values:
+            return
+        with self._lock:
+            for key, value in values.items():
+                self.data[section][key] = value.isoformat() if isinstance(value, datetime) else value
+            self._save()
+
     def _save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd, tmp = tempfile.mkstemp(prefix=".daemon-state.", dir=self.path.parent)   # mkstemp: 0600
@@ -304,6 +313,7 @@ class Daemon:
         One catalog read for all the jobs (not a query per job)."""
         catalog = self.catalog.last_started_by_job()
         refs: dict[str, datetime] = {}
+        first_seen: dict[str, datetime] = {}
         for info in self.jobs if jobs is None else jobs:
             known = [t for t in (self.state.get_time("attempts", info.job.id), self._catalog_time(info, catalog)) if t]
             if known:
@@ -311,9 +321,9 @@ class Daemon:
                 continue
             seen = self.state.get_time("first_seen", info.job.id)
             if seen is None:
-                self.state.set("first_seen", info.job.id, now)
-                seen = now
+                first_seen[info.job.id] = seen = now
             refs[info.job.id] = seen
+        self.state.set_many("first_seen", first_seen)     # one write, not one per new job
         return refs
 
     @staticmethod
