@@ -43,8 +43,12 @@ class SnapshotSet:
 def snapshot_sets(restic: Restic, policy: Policy, source: Source, *,
                   listing: list[Snapshot] | None = None, no_lock: bool = False) -> list[SnapshotSet]:
     """Complete snapshot sets of one source, oldest first (from `listing` if already fetched)."""
-    snaps = listing if listing is not None else restic.snapshots(tags=policy_tags(policy, source.name),
-                                                                  no_lock=no_lock)
+    if listing is not None:
+        snaps = listing
+    elif no_lock:
+        snaps = restic.snapshots(tags=policy_tags(policy, source.name), no_lock=True)
+    else:   # `restic` may also be a cached listing (recover) that takes tags only
+        snaps = restic.snapshots(tags=policy_tags(policy, source.name))
     if source.kind == "files":
         return [_files_set(source.name, s) for s in snaps if s.tag("stream") is None or _is_tar(s)]
     by_run: dict[str, SnapshotSet] = {}
