@@ -208,10 +208,11 @@ def default_dispatch() -> dict[str, Callable[[JobRequest], Any]]:
                                 read_data_subset=req.read_data_subset, trigger="schedule", cancel=req.cancel)
 
     def drill(req: JobRequest) -> Any:
-        # run_drill takes no cancel event (yet): on SIGTERM a running drill finishes (its scratch
-        # instances are torn down as usual) within the grace periods.
+        # On SIGTERM the running step's processes are stopped, the rest skipped, scratch
+        # instances torn down, and the drill recorded as cancelled.
         from drtool.actions.drill import run_drill
-        return run_drill(req.settings, req.settings.playbook(req.info.job.name), trigger="schedule")
+        return run_drill(req.settings, req.settings.playbook(req.info.job.name), trigger="schedule",
+                         cancel=req.cancel)
 
     return {"backup": backup, "forget": forget, "check": check, "drill": drill}
 
