@@ -96,8 +96,9 @@ def bench_pgrestore(b, pg, reps: int, psql, jobs_scaling: bool = True) -> dict:
             _log(f"pgrestore drtool strategy={strategy} jobs={jobs} #{i}")
             target = pg.target()
             target.database = name
-            # a fresh reader each time, as a drill makes one (its size lookup is part of the cost)
-            reader = ResticStreamReader(handle.restic, chosen.streams)
+            # a fresh reader each time, as a drill makes one; the drill knows the stream sizes from
+            # fingerprint.json, which it reads in its own earlier phase
+            reader = ResticStreamReader(handle.restic, chosen.streams, sizes=sizes)
             start = time.perf_counter()
             result = db.restore(reader, target, strategy=strategy, jobs=jobs)
             elapsed = time.perf_counter() - start
@@ -118,6 +119,9 @@ def bench_pgrestore(b, pg, reps: int, psql, jobs_scaling: bool = True) -> dict:
                              env_producer=bare_env, env_consumer=pg_env), "restic dump | pg_restore")
         drop(name)
         return r
+
+    from drtool.actions.restore import read_fingerprint
+    sizes = read_fingerprint(handle, chosen).get("stream_bytes")
 
     from bench.runner import alternate
     # one unmeasured warm-up each (restic caches, page cache of the dump's packs)
