@@ -404,13 +404,19 @@ class PostgresDatabase:
         """restic dump | pg_restore: no temp copy; download, load and indexes overlap."""
         started = time.monotonic()
         argv = pg_restore_argv(ep.bin_dir, ep.conn, db, keep_owners=keep_owners)
+        copied = self._feed_pg_restore(reader, stream, ep, db, argv)
+        return [RestorePhase("download+load+index build (streamed)", time.monotonic() - started, copied)]
+
+    def _feed_pg_restore(self, reader: StreamReader, stream: str, ep: Endpoint, db: str, argv: list[str],
+                         copy_to: IO[bytes] | None = None) -> int:
+        """Relay the stream into pg_restore (and into `copy_to`); raise on either side's failure."""
         src = reader.open(stream)
         try:
             dst = self.runner.start(argv, env=ep.env, stdin=True)
         except BaseException:
             stop_process(src, grace=2)
             raise
-        copied, consumer_quit = _pipe(src, dst, RESTORE_TIMEOUT, f"{stream} -> pg_restore")
+        copied, consumer_quit = _pipe(src, dst, RESTORE_TIMEOUT, f"{stream} -> pg_restore", copy_to=copy_to)
         src_code = _wait(src, 60)
         dst_code = _wait(dst, RESTORE_TIMEOUT)
         # Whoever failed first is the cause: pg_restore quitting early makes us stop the
@@ -422,7 +428,7 @@ class PostgresDatabase:
                               f"{src.stderr_tail().strip()[-2000:] or 'no error text'}",
                               hint=f"{ep.where(db)} is partly restored; fix the cause and rerun with force")
         _check_pg_restore(dst_code, dst.stderr_tail(), dst.argv, ep.where(db))
-        return [RestorePhase("download+load+index build (streamed)", time.monotonic() - started, copied)]
+        return copied
 
     def _restore_overlap(self, reader: StreamReader, stream: str, ep: Endpoint, db: str,
                          keep_owners: bool, *, jobs: int, work_dir: str | None) -> list[RestorePhase]:
@@ -433,23 +439,8 @@ class PostgresDatabase:
             dump = tmp / stream
             started = time.monotonic()
             argv = pg_restore_argv(ep.bin_dir, ep.conn, db, sections=("pre-data", "data"), keep_owners=keep_owners)
-            src = reader.open(stream)
-            try:
-                dst = self.runner.start(argv, env=ep.env, stdin=True)
-            except BaseException:
-                stop_process(src, grace=2)
-                raise
             with open(dump, "wb") as copy:
-                copied, consumer_quit = _pipe(src, dst, RESTORE_TIMEOUT, f"{stream} -> pg_restore", copy_to=copy)
-            src_code = _wait(src, 60)
-            dst_code = _wait(dst, RESTORE_TIMEOUT)
-            if consumer_quit:
-                _check_pg_restore(dst_code, dst.stderr_tail(), dst.argv, ep.where(db))
-            if src_code != 0:
-                raise SourceError(f"reading {stream} from the snapshot failed (exit code {src_code}): "
-                                  f"{src.stderr_tail().strip()[-2000:] or 'no error text'}",
-                                  hint=f"{ep.where(db)} is partly restored; fix the cause and rerun with force")
-            _check_pg_restore(dst_code, dst.stderr_tail(), dst.argv, ep.where(db))
+                copied = self._feed_pg_restore(reader, stream, ep, db, argv, copy_to=copy)
             phases = [RestorePhase("download+decrypt+load (overlapped)", time.monotonic() - started, copied)]
             started = time.monotonic()
             argv = pg_restore_argv(ep.bin_dir, ep.conn, db, file=str(dump), jobs=jobs,
