@@ -161,50 +161,9 @@ def _restore_files(ctx: DrillContext, step: Step, chosen: SnapshotSet, runner: S
 def stream_tar_to_host(restic: Any, snapshot_id: str, path: str, runner: SshRunner, dest: str, *,
                        timeout: float) -> int:
     """`restic dump SNAP PATH` here, piped into `tar -x -C DEST` on the host. Returns the tar's size."""
-    dump, pw = restic.dump(snapshot_id, path)
-    untar = None
-    expired = threading.Event()
+    from drtool.engine.reader import extract_dump
 
-    def expire() -> None:
-        expired.set()
-        for proc in (dump, untar):
-            if proc is not None:
-                proc.kill()
-
-    watchdog = threading.Timer(timeout, expire)
-    watchdog.daemon = True
-    watchdog.start()
-    total = 0
-    try:
-        untar = runner.start(["tar", "-x", "-f", "-", "-C", dest, "--numeric-owner", "--same-permissions"],
-                             stdin=True)
-        assert untar.stdin is not None
-        try:
-            for chunk in iter(lambda: dump.stdout.read1(1 << 20), b""):
-                untar.stdin.write(chunk)
-                total += len(chunk)
-            untar.stdin.close()
-        except (BrokenPipeError, OSError, ValueError):
-            pass   # tar stopped reading: its exit status says why
-        tcode = untar.wait(timeout)
-        dcode = dump.wait(timeout)
-    except BaseException:
-        for proc in (dump, untar):
-            if proc is not None:
-                proc.kill()
-        raise
-    finally:
-        watchdog.cancel()
-        pw.close()
-    if expired.is_set():
-        raise CommandError(untar.argv, None, untar.stderr_tail(), what=f"restoring into {dest} on {runner.where}",
-                           hint=f"it took longer than {timeout:.0f}s")
-    if dcode != 0:
-        raise restic._error(dcode, dump.stderr_tail(), ["dump"])
-    if tcode != 0:
-        raise CommandError(untar.argv, tcode, untar.stderr_tail(), what=f"tar extracting into {dest} on {runner.where}",
-                           hint="the restore is incomplete; check free space and the target's file system there")
-    return total
+    return extract_dump(restic, snapshot_id, path, runner, dest, timeout=timeout, where=f"on {runner.where}")
 
 
 def _restore_database(ctx: DrillContext, step: Step, chosen: SnapshotSet, runner: SshRunner) -> Outcome:

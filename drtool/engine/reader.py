@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import threading
 from pathlib import Path
 
 from drtool.engine.restic import PasswordPipe, Restic, Snapshot
@@ -91,3 +92,56 @@ class ResticStreamReader:
 
 def free_bytes(path: Path) -> int:
     return shutil.disk_usage(path).free
+
+
+def extract_dump(restic: Restic, snapshot_id: str, path: str, runner, dest: str, *,  # noqa: ANN001 - a Runner
+                 timeout: float, where: str = "here") -> int:
+    """`restic dump SNAP PATH` (a tar archive) piped into `tar -x -C DEST` run by `runner`
+    (here or on a host). GNU tar strips leading `/` and refuses `..` members, so nothing lands
+    outside DEST; owners and modes are restored by number, as restic does. Returns the bytes."""
+    from drtool.errors import CommandError
+
+    dump, pw = restic.dump(snapshot_id, path)
+    untar = None
+    expired = threading.Event()
+
+    def expire() -> None:
+        expired.set()
+        for proc in (dump, untar):
+            if proc is not None:
+                proc.kill()
+
+    watchdog = threading.Timer(timeout, expire)
+    watchdog.daemon = True
+    watchdog.start()
+    total = 0
+    try:
+        untar = runner.start(["tar", "-x", "-f", "-", "-C", dest, "--numeric-owner", "--same-permissions"],
+                             stdin=True)
+        assert untar.stdin is not None
+        try:
+            for chunk in iter(lambda: dump.stdout.read(CHUNK), b""):
+                untar.stdin.write(chunk)
+                total += len(chunk)
+            untar.stdin.close()
+        except (BrokenPipeError, OSError, ValueError):
+            pass   # tar stopped reading: its exit status says why
+        tcode = untar.wait(timeout)
+        dcode = dump.wait(timeout)
+    except BaseException:
+        for proc in (dump, untar):
+            if proc is not None:
+                proc.kill()
+        raise
+    finally:
+        watchdog.cancel()
+        pw.close()
+    if expired.is_set():
+        raise CommandError(untar.argv, None, untar.stderr_tail(), what=f"restoring into {dest} {where}",
+                           hint=f"it took longer than {timeout:.0f}s")
+    if dcode != 0:
+        raise restic._error(dcode, dump.stderr_tail(), ["dump"])
+    if tcode != 0:
+        raise CommandError(untar.argv, tcode, untar.stderr_tail(), what=f"tar extracting into {dest} {where}",
+                           hint="the restore is incomplete; check free space and the target's file system")
+    return total

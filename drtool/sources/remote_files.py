@@ -329,36 +329,11 @@ def restore_tar(restic: Restic, snapshot_id: str, stream: str, target: Path, *, 
     GNU tar strips leading `/` and refuses members with `..`, so nothing lands
     outside `target`; owners and modes are restored by number, as restic does.
     """
+    from drtool.engine.reader import extract_dump
+
     check_target_dir(target, force=force)
     target.mkdir(parents=True, exist_ok=True, mode=0o700)
-    dump, pw = restic.dump(snapshot_id, "/" + stream)
-    untar = None
-    try:
-        untar = LocalRunner().start(["tar", "-x", "-f", "-", "-C", str(target), "--numeric-owner",
-                                     "--same-permissions"], stdin=True)
-        assert untar.stdin is not None
-        total = 0
-        try:
-            for chunk in iter(lambda: dump.stdout.read1(1 << 20), b""):
-                untar.stdin.write(chunk)
-                total += len(chunk)
-        except BrokenPipeError:
-            pass   # tar stopped reading: its exit status says why
-        untar.stdin.close()
-        tcode = untar.wait(timeout)
-        dcode = dump.wait(timeout)
-    except BaseException:
-        for proc in (dump, untar):
-            if proc is not None:
-                proc.kill()
-        raise
-    finally:
-        pw.close()
-    if dcode != 0:
-        raise restic._error(dcode, dump.stderr_tail(), ["dump"])
-    if tcode != 0:
-        raise CommandError(untar.argv, tcode, untar.stderr_tail(), what=f"tar extracting {stream} into {target}",
-                           hint="the restore is incomplete; check free space and the target's file system")
+    total = extract_dump(restic, snapshot_id, "/" + stream, LocalRunner(), str(target), timeout=timeout)
     return {"target": str(target), "bytes": total}
 
 
