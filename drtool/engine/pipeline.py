@@ -12,6 +12,8 @@ of defence any snapshot tagged with this run and stream is then forgotten.
 from __future__ import annotations
 
 import logging
+import os
+import stat
 import subprocess
 import threading
 import time
@@ -105,24 +107,46 @@ def _relay(producer: Process, restic_proc: Process, cancel: threading.Event | No
     src = producer.stdout
     dst = restic_proc.stdin
     assert dst is not None
-    total = 0
+    splice = _splice_fds(src, dst)
     read = getattr(src, "read1", src.read)
+    total = 0
     while True:
         if cancel is not None and cancel.is_set():
             producer.kill()
             break
-        chunk = read(CHUNK)
-        if not chunk:
-            break
         try:
-            dst.write(chunk)
+            if splice:
+                # pipe -> pipe inside the kernel: no copies through Python for local dumps.
+                moved = os.splice(splice[0], splice[1], CHUNK)
+            else:
+                chunk = read(CHUNK)
+                moved = len(chunk)
+                if moved:
+                    dst.write(chunk)
         except BrokenPipeError:
             # restic died: stop the producer; the caller reports restic's error.
             producer.kill()
             raise CommandError(restic_proc.argv, restic_proc.wait(30), restic_proc.stderr_tail(),
                                what="restic backup") from None
-        total += len(chunk)
+        if not moved:
+            break
+        total += moved
     return total
+
+
+def _splice_fds(src: object, dst: object) -> tuple[int, int] | None:
+    """Both ends as pipe fds when os.splice can join them (local processes, Linux), else None."""
+    if not hasattr(os, "splice"):
+        return None
+    try:
+        src_fd, dst_fd = src.fileno(), dst.fileno()  # type: ignore[attr-defined]
+    except (AttributeError, OSError, ValueError):
+        return None   # e.g. an SSH channel: relayed through Python
+    if any(not stat.S_ISFIFO(os.fstat(fd).st_mode) for fd in (src_fd, dst_fd)):
+        return None
+    # Nothing has read the producer's stdout before the relay, so no bytes sit in Python's
+    # buffer that splice would skip.
+    return src_fd, dst_fd
 
 
 def _abort(restic: Restic, proc: Process, producer: Process | None, tags: Sequence[str]) -> None:

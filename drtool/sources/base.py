@@ -17,6 +17,7 @@ counts what a restored database holds, for drills to compare.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,10 +38,22 @@ class DumpStream:
     database: str | None = None        # which database this stream holds, if any
 
 
-@dataclass
 class DumpSession:
-    fingerprint: Fingerprint
-    streams: list[DumpStream]
+    """The streams to back up and the fingerprint that describes exactly what they hold.
+
+    The fingerprint may be a Future: PostgreSQL counts rows in the exported snapshot while
+    pg_dump reads that same snapshot, instead of scanning every table before the dump starts.
+    The engine reads it only after every stream was consumed.
+    """
+
+    def __init__(self, fingerprint: "Fingerprint | Future[Fingerprint]", streams: list[DumpStream]) -> None:
+        self._fingerprint = fingerprint
+        self.streams = streams
+
+    @property
+    def fingerprint(self) -> Fingerprint:
+        fp = self._fingerprint
+        return fp.result() if isinstance(fp, Future) else fp
 
 
 @dataclass

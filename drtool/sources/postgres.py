@@ -30,6 +30,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 from typing import IO, Literal
@@ -249,24 +250,27 @@ class PostgresDatabase:
     @contextmanager
     def open_dump(self) -> Iterator[DumpSession]:
         src = self._source()
-        sessions: list[PsqlSession] = []
+        sessions: dict[str, PsqlSession] = {}
+        counter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pg-count")
         try:
-            databases: dict[str, dict[str, int]] = {}
             streams: list[DumpStream] = []
             version = 0
             for db in self.spec.database_names:
-                session = self._session(src, db)
-                sessions.append(session)
-                snapshot, version, counts = _snapshot_and_counts(session)
-                databases[db] = counts
+                session = sessions[db] = self._session(src, db)
+                snapshot, version = _export_snapshot(session)
                 streams.append(DumpStream(name=f"{db}{DUMP_SUFFIX}", database=db,
                                           start=partial(self._start_pg_dump, src, db, snapshot)))
             if self.spec.globals:
                 streams.append(DumpStream(name=GLOBALS_STREAM, start=partial(self._start_globals, src)))
-            fingerprint = {"kind": self.kind, "server_version_num": version, "databases": databases}
+            # Exact counts scan every table; they run in the exported snapshots while pg_dump
+            # reads the same snapshots (PostgreSQL synchronises the two sequential scans).
+            fingerprint = counter.submit(
+                lambda: {"kind": self.kind, "server_version_num": version,
+                         "databases": {db: _count_rows(s) for db, s in sessions.items()}})
             yield DumpSession(fingerprint, streams)
         finally:
-            for session in sessions:
+            counter.shutdown(wait=False, cancel_futures=True)
+            for session in sessions.values():
                 session.close()
 
     def _session(self, ep: Endpoint, database: str) -> PsqlSession:
@@ -476,13 +480,13 @@ class PostgresDatabase:
 
 # ------------------------------------------------------------------ helpers
 
-def _snapshot_and_counts(session: PsqlSession) -> tuple[str, int, dict[str, int]]:
-    """Open the dump transaction, export its snapshot, count rows in that same snapshot."""
+def _export_snapshot(session: PsqlSession) -> tuple[str, int]:
+    """Open the dump transaction and export its snapshot; rows are counted later in it."""
     session.query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
     # The first statement fixes the transaction's snapshot: the export must be it.
     snapshot = session.value("SELECT pg_export_snapshot()")
     version = int(session.value("SELECT current_setting('server_version_num')"))
-    return snapshot, version, _count_rows(session)
+    return snapshot, version
 
 
 def _count_rows(session: PsqlSession) -> dict[str, int]:
