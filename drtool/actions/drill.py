@@ -17,7 +17,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from drtool.actions.common import RepoHandle, open_repo
+from drtool.actions.common import RepoHandle, open_repo, publish_offsite
 from drtool.catalog import Catalog, RunRecord, new_run_id, utcnow
 from drtool.config.loader import Settings
 from drtool.config.models import Playbook, Policy, Targets
@@ -88,13 +88,7 @@ def _finish(settings: Settings, handle: RepoHandle, report: DrillReport, emit: E
     record = to_run_record(report)
     catalog = Catalog(settings.state_dir)
     catalog.record(record)
-    try:
-        handle.offsite().put_json(f"drills/{report.id}.json", signed(settings, report.to_dict()))
-        report.extra["offsite_record"] = True
-    except Exception as exc:  # noqa: BLE001 - the bucket may be the very thing that is down
-        report.extra["offsite_record"] = False
-        report.extra["offsite_record_error"] = str(exc)[:300]
-        emit({"event": "notice", "message": f"drill record kept locally only: {str(exc)[:200]}"})
+    publish_offsite(handle, f"drills/{report.id}.json", report.to_dict(), report.extra, emit)
     record.details = report.to_dict()
     catalog.record(record)
     emit({"event": "drill_done", "id": report.id, "passed": report.passed})
@@ -112,12 +106,3 @@ def to_run_record(report: DrillReport) -> RunRecord:
         record.finished_at = report.finished_at
         record.duration_s = (report.finished_at - report.started_at).total_seconds()
     return record
-
-
-def signed(settings: Settings, record: dict[str, Any]) -> dict[str, Any]:
-    """The record with an Ed25519 signature, when this build can sign."""
-    try:
-        from drtool.crypto.signing import load_or_create_signing_key, sign_record
-    except ImportError:
-        return record
-    return sign_record(record, load_or_create_signing_key(settings.state_dir))

@@ -49,7 +49,8 @@ class StepPrinter:
 def drill(ctx: click.Context, playbook: str, as_json: bool, junit_file: Path | None, report_dir: Path | None,
           keep: bool) -> None:
     """Run the restore drill PLAYBOOK (a name or a YAML file); exit 0 when it passed."""
-    from drtool.actions.drill import run_drill, signed
+    from drtool.actions.common import signed
+    from drtool.actions.drill import run_drill
     from drtool.errors import DrillFailed
     from drtool.report.drill import print_report, write_json, write_junit
 

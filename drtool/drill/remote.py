@@ -30,6 +30,7 @@ from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from drtool.drill.context import DrillContext, Restored
+from drtool.engine.reader import walk_dump_tar
 from drtool.errors import CommandError, RestoreRefused, UsageError
 from drtool.secrets import redact
 from drtool.sources.files import TreeDiff
@@ -113,12 +114,12 @@ def _absolute_remote(path: str, host: str) -> str:
     return str(PurePosixPath(path))
 
 
-def _dump_path(chosen: SnapshotSet) -> tuple[str, str, bool]:
-    """(snapshot id, path to dump, whether the snapshot is a tree): both kinds dump as a tar."""
+def _dump_path(chosen: SnapshotSet) -> tuple[str, str]:
+    """(snapshot id, path to dump): a tree snapshot and a tar-mode stream both dump as a tar."""
     if chosen.files is not None:
-        return chosen.files.id, "/", True
+        return chosen.files.id, "/"
     [(stream, snap)] = chosen.streams.items()
-    return snap.id, "/" + stream, False
+    return snap.id, "/" + stream
 
 
 def check_remote_dir(runner: SshRunner, dest: str, *, force: bool) -> None:
@@ -144,7 +145,7 @@ def _restore_files(ctx: DrillContext, step: Step, chosen: SnapshotSet, runner: S
     dest = _absolute_remote(spec.into, spec.host)
     check_remote_dir(runner, dest, force=spec.force)
     runner.run(["mkdir", "-p", "-m", "0700", "--", dest], timeout=300)
-    snapshot_id, path, _tree = _dump_path(chosen)
+    snapshot_id, path = _dump_path(chosen)
     timeout = (step.timeout + 5.0) if step.timeout else RESTORE_TIMEOUT_S
     started = time.monotonic()
     nbytes = stream_tar_to_host(ctx.restic, snapshot_id, path, runner, dest, timeout=timeout)
@@ -208,35 +209,14 @@ def verify_files(ctx: DrillContext, restored: RemoteRestored) -> TreeDiff:
     dest = str(restored.directory)
     remote = remote_listing(runner, dest)
     hashes = remote_hashes(runner, dest)
-    snapshot_id, path, tree = _dump_path(restored.chosen)
+    snapshot_id, path = _dump_path(restored.chosen)
     diff = TreeDiff()
-    seen: set[str] = set()
-    dump, pw = ctx.restic.dump(snapshot_id, path)
-    try:
-        with tarfile.open(fileobj=dump.stdout, mode="r|") as archive:
-            for member in archive:
-                rel = os.path.normpath(member.name).lstrip("/")
-                if rel in (".", ""):
-                    continue
-                seen.add(rel)
-                diff.checked += 1
-                _compare(archive, member, rel, remote.get(rel), hashes, diff)
-        code = dump.wait(600)
-    except tarfile.TarError as exc:
-        dump.kill()
-        raise CommandError(dump.argv, None, str(exc), what=f"reading snapshot {snapshot_id[:8]}") from None
-    finally:
-        if dump.poll() is None:
-            dump.kill()
-        pw.close()
-    if code != 0:
-        raise ctx.restic._error(code, dump.stderr_tail(), ["dump"])
-    if not tree:
-        # tar creates the parents of a tar-mode archive's members without them being members.
-        todo = {str(PurePosixPath(p).parent) for p in seen} - seen - {"."}
-        while todo:
-            seen |= todo
-            todo = {str(PurePosixPath(p).parent) for p in todo} - seen - {"."}
+
+    def visit(archive: tarfile.TarFile, member: tarfile.TarInfo, rel: str) -> None:
+        diff.checked += 1
+        _compare(archive, member, rel, remote.get(rel), hashes, diff)
+
+    seen = walk_dump_tar(ctx.restic, snapshot_id, path, visit, what=f"reading snapshot {snapshot_id[:8]}")
     for rel in sorted(set(remote) - seen):
         diff.add(f"/{rel}: present on host {restored.host} but not in the snapshot")
     return diff

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import posixpath
 import shutil
+import tarfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from drtool.engine.restic import PasswordPipe, Restic, Snapshot
-from drtool.errors import DrtoolError
+from drtool.errors import CommandError, DrtoolError
 from drtool.execute import LocalProcess
 
 CHUNK = 1 << 20
@@ -99,8 +103,6 @@ def extract_dump(restic: Restic, snapshot_id: str, path: str, runner, dest: str,
     """`restic dump SNAP PATH` (a tar archive) piped into `tar -x -C DEST` run by `runner`
     (here or on a host). GNU tar strips leading `/` and refuses `..` members, so nothing lands
     outside DEST; owners and modes are restored by number, as restic does. Returns the bytes."""
-    from drtool.errors import CommandError
-
     dump, pw = restic.dump(snapshot_id, path)
     untar = None
     expired = threading.Event()
@@ -145,3 +147,35 @@ def extract_dump(restic: Restic, snapshot_id: str, path: str, runner, dest: str,
         raise CommandError(untar.argv, tcode, untar.stderr_tail(), what=f"tar extracting into {dest} {where}",
                            hint="the restore is incomplete; check free space and the target's file system")
     return total
+
+
+def walk_dump_tar(restic: Restic, snapshot_id: str, path: str,
+                  visit: "Callable[[tarfile.TarFile, tarfile.TarInfo, str], None]", *, what: str) -> set[str]:
+    """Stream `restic dump SNAP PATH` as a tar archive, calling visit(archive, member, rel) for
+    each member (rel: normalised, no leading '/'). Returns every rel seen plus the parent
+    directories tar creates without them being members. Nothing is kept in memory."""
+    seen: set[str] = set()
+    dump, pw = restic.dump(snapshot_id, path)
+    try:
+        with tarfile.open(fileobj=dump.stdout, mode="r|") as archive:
+            for member in archive:
+                rel = os.path.normpath(member.name).lstrip("/")
+                if rel in (".", ""):
+                    continue
+                seen.add(rel)
+                visit(archive, member, rel)
+        code = dump.wait(600)
+    except tarfile.TarError as exc:
+        dump.kill()
+        raise CommandError(dump.argv, None, str(exc), what=what) from None
+    finally:
+        if dump.poll() is None:
+            dump.kill()
+        pw.close()
+    if code != 0:
+        raise restic._error(code, dump.stderr_tail(), ["dump"])
+    todo = {posixpath.dirname(p) for p in seen} - seen - {""}
+    while todo:
+        seen |= todo
+        todo = {posixpath.dirname(p) for p in todo} - seen - {""}
+    return seen

@@ -342,34 +342,16 @@ def verify_tar_tree(restic: Restic, snapshot_id: str, stream: str, target: Path)
 
     The archive is read once, streamed from `restic dump`; nothing is kept in memory.
     """
+    from drtool.engine.reader import walk_dump_tar
+
     diff = TreeDiff()
-    seen: set[str] = set()
-    dump, pw = restic.dump(snapshot_id, "/" + stream)
-    try:
-        with tarfile.open(fileobj=dump.stdout, mode="r|") as archive:
-            for member in archive:
-                rel = os.path.normpath(member.name).lstrip("/")
-                if rel in (".", ""):
-                    continue
-                seen.add("/" + rel)
-                diff.checked += 1
-                _compare_member(archive, member, rel, target, diff)
-        code = dump.wait(600)
-    except tarfile.TarError as exc:
-        dump.kill()
-        raise CommandError(dump.argv, None, str(exc), what=f"reading {stream} from snapshot {snapshot_id[:8]}") from None
-    finally:
-        if dump.poll() is None:
-            dump.kill()
-        pw.close()
-    if code != 0:
-        raise restic._error(code, dump.stderr_tail(), ["dump"])
-    # Parent directories of the backed-up paths are created by tar without being members.
-    parents = {str(Path(p).parent) for p in seen}
-    while parents - seen - {"/"}:
-        extra = parents - seen - {"/"}
-        seen |= extra
-        parents = {str(Path(p).parent) for p in extra}
+
+    def visit(archive: tarfile.TarFile, member: tarfile.TarInfo, rel: str) -> None:
+        diff.checked += 1
+        _compare_member(archive, member, rel, target, diff)
+
+    seen = {"/" + rel for rel in walk_dump_tar(restic, snapshot_id, "/" + stream, visit,
+                                               what=f"reading {stream} from snapshot {snapshot_id[:8]}")}
     for root, dirs, files in os.walk(target):
         for name in dirs + files:
             rel = "/" + os.path.relpath(os.path.join(root, name), target)
