@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import signal
 import statistics
 import subprocess
@@ -66,7 +67,7 @@ def bench_pgrestore(b, pg, reps: int, psql, jobs_scaling: bool = True) -> dict:
     policy = settings.policies["p"]
     source = policy.source("db")
     handle = open_repo(settings, policy.repository)
-    chosen = find_set(handle, policy, source, "latest")
+    chosen = find_set(handle, policy, source, "latest", host=settings.config.hostname or socket.gethostname())
     streams = [n for n in chosen.streams if n.endswith(".pgdump")]
     assert len(streams) == 1, chosen.streams
     stream = streams[0]

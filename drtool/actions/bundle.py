@@ -78,7 +78,7 @@ def build_bundle(settings: Settings, *, run_id: str | None = None, host: str | N
 
     for policy in settings.policies.values():
         repository = settings.config.repositories[policy.repository]
-        files[f"runbooks/{policy.name}.md"] = render_runbook(policy, repository).encode("utf-8")
+        files[f"runbooks/{policy.name}.md"] = render_runbook(policy, repository, host=host).encode("utf-8")
     manifest: dict[str, Any] = {
         "format": 1,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -204,19 +204,26 @@ class Bundle:
             raise BundleError(f"configuration bundle {self.snapshot.short_id} has no {name}") from None
 
 
-def latest_bundle_snapshot(restic: Restic, tags: tuple[str, ...] | list[str] = BUNDLE_TAGS) -> Snapshot:
-    snaps = restic.snapshots(tags=list(tags))
+def latest_bundle_snapshot(restic: Restic, tags: tuple[str, ...] | list[str] = BUNDLE_TAGS, *,
+                           host: str | None = None) -> Snapshot:
+    """The newest bundle of `host`; without a host, of the only host that stored bundles."""
+    snaps = restic.snapshots(tags=list(tags), host=host)
     if not snaps:
-        raise BundleError(f"no configuration bundle (snapshots tagged {','.join(tags)}) in {restic.access.url}",
+        whose = f" of host {host!r}" if host else ""
+        raise BundleError(f"no configuration bundle{whose} (snapshots tagged {','.join(tags)}) in {restic.access.url}",
                           hint="bundles are stored by every `drtool backup` run; run one, or recover with the "
                                "runbook and the repository alone")
+    hosts = sorted({s.hostname for s in snaps})
+    if len(hosts) > 1:
+        raise BundleError(f"{restic.access.url} holds configuration bundles of several hosts ({', '.join(hosts)})",
+                          hint="name the host whose backups to use with --host NAME")
     return snaps[-1]
 
 
 def read_config_bundle(restic: Restic, tags: tuple[str, ...] | list[str] = BUNDLE_TAGS,
-                       snapshot: Snapshot | None = None) -> Bundle:
-    """Fetch and unpack the latest (or given) bundle in memory."""
-    snap = snapshot or latest_bundle_snapshot(restic, tags)
+                       snapshot: Snapshot | None = None, *, host: str | None = None) -> Bundle:
+    """Fetch and unpack the latest bundle of `host` (or the given one) in memory."""
+    snap = snapshot or latest_bundle_snapshot(restic, tags, host=host)
     result = restic.run(["dump", snap.id, "/" + BUNDLE_FILENAME], timeout=600)
     if len(result.stdout) > MAX_BUNDLE_BYTES:
         raise BundleError(f"configuration bundle {snap.short_id} is larger than {MAX_BUNDLE_BYTES} bytes")
@@ -255,7 +262,8 @@ def _safe_name(name: str) -> bool:
     return len(parts) == 2 and parts[0] in _FOLDERS and parts[1] not in ("", ".", "..")
 
 
-def fetch_config_bundle(restic: Restic, dest_dir: Path, tags: tuple[str, ...] | list[str] = BUNDLE_TAGS) -> Path:
+def fetch_config_bundle(restic: Restic, dest_dir: Path, tags: tuple[str, ...] | list[str] = BUNDLE_TAGS, *,
+                        host: str | None = None) -> Path:
     """Write the latest bundle's files under `dest_dir` (0700 dirs, 0600 files); returns dest_dir/drtool.yaml.
 
     Refuses a non-empty `dest_dir`, so nothing is ever overwritten.
@@ -264,7 +272,7 @@ def fetch_config_bundle(restic: Restic, dest_dir: Path, tags: tuple[str, ...] | 
     if dest_dir.exists() and (not dest_dir.is_dir() or any(dest_dir.iterdir())):
         raise BundleError(f"{dest_dir} exists and is not an empty directory; nothing was written",
                           hint="give a new or empty directory")
-    bundle = read_config_bundle(restic, tags)
+    bundle = read_config_bundle(restic, tags, host=host)
     dest_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     for name, data in bundle.files.items():
         path = dest_dir / name

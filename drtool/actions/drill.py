@@ -39,7 +39,8 @@ def effective_targets(playbook: Playbook, policy: Policy) -> Targets:
 
 
 def run_drill(settings: Settings, playbook: Playbook, *, keep: bool = False, trigger: str = "manual",
-              on_event: EventFn | None = None, cancel: threading.Event | None = None) -> DrillReport:
+              on_event: EventFn | None = None, cancel: threading.Event | None = None,
+              host: str | None = None) -> DrillReport:
     emit = on_event or (lambda _event: None)
     policy = settings.policy(playbook.policy)
     targets = effective_targets(playbook, policy)
@@ -49,7 +50,9 @@ def run_drill(settings: Settings, playbook: Playbook, *, keep: bool = False, tri
     handle = open_repo(settings, policy.repository)
     emit({"event": "drill_start", "id": report.id, "playbook": playbook.name, "policy": policy.name})
     try:
-        with DrillContext(settings, policy, handle, keep=keep, playbook_path=playbook.path, cancel=cancel) as ctx:
+        with DrillContext(settings, policy, handle, keep=keep, playbook_path=playbook.path, cancel=cancel,
+                          host=host) as ctx:
+            report.extra["host"] = ctx.host
             try:
                 report.snapshot = ctx.choose(playbook.snapshot, sources_used(playbook), now=started)
                 _run_steps(ctx, playbook, report, emit)

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from drtool.actions.common import restic_host
 from drtool.config.loader import Settings
 from drtool.crypto.kit import (
     DEFAULT_LOG2_N,
@@ -106,7 +107,7 @@ def create_kit(settings: Settings, names: str | Sequence[str], out: Path, passph
             entries.append(entry)
         kit = Kit(repositories=entries, policies=scope.policies,
                   config_bundle=BundleLocation(repository=scope.repositories[0]),
-                  signing_public_key=public_key,
+                  signing_public_key=public_key, hostname=restic_host(settings),
                   notes=f"made by drtool on {settings.config.hostname or os.uname().nodename} "
                         f"from {settings.path}")
         sealed = seal(kit, passphrase, log2_n=log2_n)
@@ -261,8 +262,9 @@ class SnapshotListing:
         return [s for s in self.all if wanted <= set(s.tags) and (host is None or s.hostname == host)]
 
 
-def verify_kit(path: Path, passphrase: str) -> dict[str, Any]:
-    """Open each repository with the kit and report what can be recovered (read-only)."""
+def verify_kit(path: Path, passphrase: str, *, host: str | None = None) -> dict[str, Any]:
+    """Open each repository with the kit and report what `host` (default: the kit's host) can
+    recover from it (read-only)."""
     from drtool.actions.bundle import read_config_bundle
     from drtool.actions.select import snapshot_sets
 
@@ -275,8 +277,9 @@ def verify_kit(path: Path, passphrase: str) -> dict[str, Any]:
             info: dict[str, Any] = {"name": entry.name, "url": entry.url, "escrow_key_id": entry.escrow_key_id,
                                     "opens": True, "snapshots": len(listing.all), "policies": {}}
             try:
-                bundle = read_config_bundle(restic)
+                bundle = read_config_bundle(restic, host=host or kit.hostname)
                 bundle.verify(kit.signing_public_key)
+                info["host"] = wanted = host or kit.hostname or bundle.snapshot.hostname
                 settings = bundle.settings(Path(cache) / "bundle")
                 info["config_bundle"] = {"snapshot": bundle.snapshot.short_id,
                                          "time": bundle.snapshot.time.isoformat(),
@@ -291,7 +294,7 @@ def verify_kit(path: Path, passphrase: str) -> dict[str, Any]:
                         continue
                     sources = {}
                     for source in policy.sources:
-                        sets = snapshot_sets(listing, policy, source)  # type: ignore[arg-type]
+                        sets = snapshot_sets(listing, policy, source, host=wanted)  # type: ignore[arg-type]
                         sources[source.name] = {"kind": source.kind, "sets": len(sets),
                                                 "newest": sets[-1].time.isoformat() if sets else None,
                                                 "newest_run": sets[-1].run_id if sets else None}

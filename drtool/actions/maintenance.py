@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from datetime import timedelta
 
-from drtool.actions.common import open_repo, policy_tags
+from drtool.actions.common import open_repo, policy_tags, restic_host
 from drtool.actions.select import snapshot_sets
 from drtool.catalog import Catalog, RunRecord, new_run_id, utcnow
 from drtool.config.loader import Settings
@@ -28,13 +28,15 @@ def forget_policy(settings: Settings, policy: Policy, *, trigger: str = "manual"
     lock.acquire(run.id)
     try:
         handle = open_repo(settings, policy.repository)
+        host = restic_host(settings)        # never another host's snapshots, whatever the tags say
+        run.details["host"] = host
         now = utcnow()
         forget_ids: list[str] = []
         report: dict[str, dict[str, int]] = {}
         for source in policy.sources:
             retention = source.retention or policy.retention
-            listing = handle.restic.snapshots(tags=policy_tags(policy, source.name))
-            sets = snapshot_sets(handle.restic, policy, source, listing=listing)
+            listing = handle.restic.snapshots(tags=policy_tags(policy, source.name), host=host)
+            sets = snapshot_sets(handle.restic, policy, source, host=host, listing=listing)
             kept = keep_indices([s.time for s in sets], retention, now)
             drop = [s for i, s in enumerate(sets) if i not in kept]
             complete_runs = {s.run_id for s in sets}
@@ -45,7 +47,7 @@ def forget_policy(settings: Settings, policy: Policy, *, trigger: str = "manual"
                 forget_ids += [x.id for x in ([s.files] if s.files else s.streams.values())]
             forget_ids += [d.id for d in debris]
             report[source.name] = {"kept": len(kept), "forgotten": len(drop), "debris": len(debris)}
-        bundles = _old_bundles(handle)
+        bundles = _old_bundles(handle, host)
         forget_ids += bundles
         report["(configuration bundles)"] = {"kept": BUNDLES_KEPT, "forgotten": len(bundles), "debris": 0}
         run.details["sources"] = report
@@ -84,11 +86,11 @@ def check_repository(settings: Settings, policy: Policy, *, read_data_subset: st
     return run
 
 
-def _old_bundles(handle) -> list[str]:  # noqa: ANN001
-    """Configuration bundles beyond the newest BUNDLES_KEPT (one is stored per configuration change)."""
+def _old_bundles(handle, host: str) -> list[str]:  # noqa: ANN001
+    """This host's configuration bundles beyond the newest BUNDLES_KEPT (one per configuration change)."""
     from drtool.actions.bundle import BUNDLE_TAGS
 
-    snaps = handle.restic.snapshots(tags=list(BUNDLE_TAGS))
+    snaps = handle.restic.snapshots(tags=list(BUNDLE_TAGS), host=host)
     return [s.id for s in snaps[:-BUNDLES_KEPT]] if len(snaps) > BUNDLES_KEPT else []
 
 

@@ -57,6 +57,7 @@ class RecoverOptions:
     selector: str = "latest"                 # latest, a run id or snapshot id
     force: bool = False                      # restore over non-empty targets
     list_only: bool = False
+    host: str | None = None                  # whose backups; default the kit's host
 
 
 @dataclass
@@ -70,6 +71,7 @@ class RecoveryReport:
     problems: list[str] = field(default_factory=list)
     recovery_time_s: float = 0.0
     rto_target_s: float | None = None
+    host: str | None = None                   # whose backups were recovered
 
     @property
     def ok(self) -> bool:
@@ -80,7 +82,7 @@ class RecoveryReport:
         return None if self.rto_target_s is None else self.recovery_time_s <= self.rto_target_s
 
     def to_dict(self) -> dict[str, Any]:
-        return {"policy": self.policy, "ok": self.ok, "recovery_time_s": round(self.recovery_time_s, 3),
+        return {"policy": self.policy, "host": self.host, "ok": self.ok, "recovery_time_s": round(self.recovery_time_s, 3),
                 "rto_target_s": self.rto_target_s, "rto_met": self.rto_met, "steps": self.steps,
                 "sources": self.sources, "connections": self.connections, "problems": self.problems,
                 "recoverable": self.recoverable, "kit": self.kit}
@@ -119,12 +121,16 @@ def recover(kit_path: Path, passphrase: str, options: RecoverOptions | None = No
         bundle_tags = kit.config_bundle.tags if kit.config_bundle else ("drtool", "kind=config")
         if bundle_repo not in restics:
             raise DrtoolError(f"the kit names repository {bundle_repo!r} for the config bundle but holds no access to it")
+        wanted = options.host or kit.hostname
         bundle: Bundle = clock.step("read configuration bundle",
-                                    lambda: read_config_bundle(restics[bundle_repo], bundle_tags))
+                                    lambda: read_config_bundle(restics[bundle_repo], bundle_tags, host=wanted))
         bundle.verify(kit.signing_public_key)
+        # A repository may hold several hosts' backups of the same policy: only this one's count.
+        host = wanted or bundle.snapshot.hostname
+        report.host = host
         settings = bundle.settings(work_dir / "config")
         policies = _kit_policies(kit, settings, restics)
-        sets = clock.step("list snapshots", lambda: _catalog(policies, restics))
+        sets = clock.step("list snapshots", lambda: _catalog(policies, restics, host))
         report.recoverable = _describe(policies, sets)
         if options.list_only:
             report.recovery_time_s = time.monotonic() - started
@@ -153,11 +159,12 @@ def _kit_policies(kit: Kit, settings: Settings, restics: dict[str, Restic]) -> d
             if name in settings.policies and settings.policies[name].repository in restics}
 
 
-def _catalog(policies: dict[str, Policy], restics: dict[str, Restic]) -> dict[str, dict[str, list[SnapshotSet]]]:
-    """Complete snapshot sets of every source of every policy; one listing per repository."""
+def _catalog(policies: dict[str, Policy], restics: dict[str, Restic],
+             host: str) -> dict[str, dict[str, list[SnapshotSet]]]:
+    """Complete snapshot sets of `host` for every source of every policy; one listing per repository."""
     listings = {name: SnapshotListing(restic) for name, restic in restics.items()
                 if any(p.repository == name for p in policies.values())}
-    return {name: {s.name: snapshot_sets(listings[policy.repository], policy, s)  # type: ignore[arg-type]
+    return {name: {s.name: snapshot_sets(listings[policy.repository], policy, s, host=host)  # type: ignore[arg-type]
                    for s in policy.sources}
             for name, policy in policies.items()}
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
-from drtool.actions.common import RepoHandle, open_repo
+from drtool.actions.common import RepoHandle, open_repo, restic_host
 from drtool.actions.select import FINGERPRINT_STREAM, SnapshotSet, choose, snapshot_sets
 from drtool.config.loader import Settings
 from drtool.config.models import Policy, Source
@@ -31,8 +31,8 @@ class RestoreOutcome:
                 "target": self.target, **self.detail}
 
 
-def find_set(handle: RepoHandle, policy: Policy, source: Source, selector: Any) -> SnapshotSet:
-    return choose(snapshot_sets(handle.restic, policy, source), selector)
+def find_set(handle: RepoHandle, policy: Policy, source: Source, selector: Any, *, host: str) -> SnapshotSet:
+    return choose(snapshot_sets(handle.restic, policy, source, host=host), selector)
 
 
 def read_fingerprint(handle: RepoHandle, chosen: SnapshotSet) -> Fingerprint:
@@ -86,14 +86,15 @@ def parse_db_target(kind: str, target: str) -> DbTarget:
 
 
 def restore_source(settings: Settings, policy: Policy, source_name: str, *, target: str,
-                   selector: Any = "latest", force: bool = False) -> RestoreOutcome:
+                   selector: Any = "latest", force: bool = False, host: str | None = None) -> RestoreOutcome:
+    """`host`: restore another machine's backup on purpose; default this host's."""
     try:
         source = policy.source(source_name)
     except KeyError:
         names = ", ".join(s.name for s in policy.sources)
         raise UsageError(f"policy {policy.name!r} has no source {source_name!r} (it has: {names})") from None
     handle = open_repo(settings, policy.repository)
-    chosen = find_set(handle, policy, source, selector)
+    chosen = find_set(handle, policy, source, selector, host=host or restic_host(settings))
     if source.kind == "files":
         dest = Path(target).resolve()
         detail = restore_files_set(handle.restic, chosen, dest, force=force)

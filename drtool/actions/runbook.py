@@ -25,6 +25,7 @@ import posixpath
 import re
 import shlex
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from drtool.config.models import (
     FilesSource,
@@ -40,23 +41,29 @@ PG_JOBS = 4
 _Q = shlex.quote
 
 
-def render_runbook(policy: Policy, repository: Repository, *, snapshot_hint: str | None = None) -> str:
+def render_runbook(policy: Policy, repository: Repository, *, host: str | None,
+                   snapshot_hint: str | None = None) -> str:
     """Markdown runbook for `policy` stored in `repository`.
 
-    `snapshot_hint` is a backup run id (the `run=` tag): every command is then
+    `host` is the restic --host of the backups to recover: every restic command selects
+    that host's snapshots only (a shared repository holds other hosts' sets of the same
+    policy). `snapshot_hint` is a backup run id (the `run=` tag): every command is then
     pinned to that run instead of the latest snapshot of each stream, so all
     sources come back from the same night.
     """
     if snapshot_hint is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.:-]*", snapshot_hint):
         raise ValueError(f"snapshot_hint must be a run id (the run= tag), got {snapshot_hint!r}")
+    if host is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", host):
+        raise ValueError(f"host must be a host name, got {host!r}")
+    hint = _Hint(snapshot_hint, host)
     blocks = [
         _title(policy, repository, snapshot_hint),
         _tools(policy),
         _repository(repository),
-        _snapshots(policy, snapshot_hint),
+        _snapshots(policy, hint),
     ]
     for number, source in enumerate(policy.sources, start=len(blocks)):
-        blocks.append(_SOURCE_SECTIONS[source.kind](number, policy, source, snapshot_hint))
+        blocks.append(_SOURCE_SECTIONS[source.kind](number, policy, source, hint))
     blocks.append(_afterwards(policy))
     return "\n\n".join(blocks) + "\n"
 
@@ -129,16 +136,16 @@ def _repository(repository: Repository) -> str:
     return _section("2. Point restic at the repository", prose, cmds)
 
 
-def _snapshots(policy: Policy, hint: str | None) -> str:
-    tags = _tags(f"policy={policy.name}", f"run={hint}" if hint else None)
+def _snapshots(policy: Policy, hint: _Hint) -> str:
+    tags = hint.tags(f"policy={policy.name}")
     return _section("3. See what there is", [
         ("Each database stream and each files source is its own snapshot; the `run=` tag says which "
         "backup run made it. To recover an older run, add `,run=<id>` to every `--tag` below "
         "(or generate the runbook with that run id)."),
-    ], [f"restic snapshots --tag {tags}"])
+    ], [f"restic snapshots {hint.host_flag}--tag {tags}"])
 
 
-def _postgres(number: int, policy: Policy, source: Source, hint: str | None) -> str:
+def _postgres(number: int, policy: Policy, source: Source, hint: _Hint) -> str:
     spec = source.spec
     assert isinstance(spec, PostgresSource)
     prose = [
@@ -166,7 +173,7 @@ def _postgres(number: int, policy: Policy, source: Source, hint: str | None) -> 
     return _section(f"{number}. PostgreSQL source `{source.name}`", prose, cmds)
 
 
-def _mariadb(number: int, policy: Policy, source: Source, hint: str | None) -> str:
+def _mariadb(number: int, policy: Policy, source: Source, hint: _Hint) -> str:
     spec = source.spec
     assert isinstance(spec, MariadbSource)
     prose = [
@@ -187,7 +194,7 @@ def _mariadb(number: int, policy: Policy, source: Source, hint: str | None) -> s
     return _section(f"{number}. MariaDB source `{source.name}`", prose, cmds)
 
 
-def _sqlite(number: int, policy: Policy, source: Source, hint: str | None) -> str:
+def _sqlite(number: int, policy: Policy, source: Source, hint: _Hint) -> str:
     spec = source.spec
     assert isinstance(spec, SqliteSource)
     stream = posixpath.basename(spec.path)
@@ -203,17 +210,17 @@ def _sqlite(number: int, policy: Policy, source: Source, hint: str | None) -> st
     ])
 
 
-def _files(number: int, policy: Policy, source: Source, hint: str | None) -> str:
+def _files(number: int, policy: Policy, source: Source, hint: _Hint) -> str:
     spec = source.spec
     assert isinstance(spec, FilesSource)
-    tags = _tags(f"policy={policy.name}", f"source={source.name}", f"run={hint}" if hint else None)
+    tags = hint.tags(f"policy={policy.name}", f"source={source.name}")
     paths = ", ".join(f"`{p}`" for p in spec.paths)
     return _section(f"{number}. Files source `{source.name}`", [
         (f"{paths}, restored below `RESTORE_ROOT` with their full paths "
         "(`RESTORE_ROOT=/` puts them back in place)."),
     ], [
         'export RESTORE_ROOT="${RESTORE_ROOT:-/restore-root}"',
-        f'restic restore latest --tag {tags} --target "$RESTORE_ROOT"',
+        f'restic restore latest {hint.host_flag}--tag {tags} --target "$RESTORE_ROOT"',
     ])
 
 
@@ -228,7 +235,7 @@ def _afterwards(policy: Policy) -> str:
     ])
 
 
-_SOURCE_SECTIONS: dict[str, Callable[[int, Policy, Source, str | None], str]] = {
+_SOURCE_SECTIONS: dict[str, Callable[[int, Policy, Source, "_Hint"], str]] = {
     "postgres": _postgres,
     "mariadb": _mariadb,
     "sqlite": _sqlite,
@@ -237,6 +244,21 @@ _SOURCE_SECTIONS: dict[str, Callable[[int, Policy, Source, str | None], str]] = 
 
 
 # ---------------------------------------------------------------- pieces
+
+
+@dataclass(frozen=True)
+class _Hint:
+    """Which snapshots every command selects: this host's, of one run when pinned."""
+
+    run: str | None
+    host: str | None
+
+    def tags(self, *base: str) -> str:
+        return _tags(*base, f"run={self.run}" if self.run else None)
+
+    @property
+    def host_flag(self) -> str:
+        return f"--host {_Q(self.host)} " if self.host else ""
 
 
 def _section(title: str, prose: list[str], commands: list[str]) -> str:
@@ -248,10 +270,9 @@ def _tags(*tags: str | None) -> str:
     return _Q(",".join(t for t in tags if t))
 
 
-def _dump(policy: Policy, source: Source, stream: str, hint: str | None, redirect: str) -> str:
-    tags = _tags(f"policy={policy.name}", f"source={source.name}", f"stream={stream}",
-                 f"run={hint}" if hint else None)
-    return f"restic dump --tag {tags} latest {_Q('/' + stream)} {redirect}"
+def _dump(policy: Policy, source: Source, stream: str, hint: _Hint, redirect: str) -> str:
+    tags = hint.tags(f"policy={policy.name}", f"source={source.name}", f"stream={stream}")
+    return f"restic dump {hint.host_flag}--tag {tags} latest {_Q('/' + stream)} {redirect}"
 
 
 def _work_file(source: Source, stream: str) -> str:

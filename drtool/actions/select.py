@@ -34,21 +34,31 @@ class SnapshotSet:
             return self.files
         return self.streams.get(FINGERPRINT_STREAM) or next(iter(self.streams.values()))
 
+    @property
+    def host(self) -> str:
+        return self.primary.hostname
+
     def to_dict(self) -> dict[str, Any]:
-        return {"source": self.source, "run": self.run_id, "time": self.time.isoformat(),
+        return {"source": self.source, "run": self.run_id, "time": self.time.isoformat(), "host": self.host,
                 "id": self.primary.id, "short_id": self.primary.short_id,
                 "snapshots": sorted(s.id for s in ([self.files] if self.files else self.streams.values()))}
 
 
-def snapshot_sets(restic: Restic, policy: Policy, source: Source, *,
+def snapshot_sets(restic: Restic, policy: Policy, source: Source, *, host: str | None,
                   listing: list[Snapshot] | None = None, no_lock: bool = False) -> list[SnapshotSet]:
-    """Complete snapshot sets of one source, oldest first (from `listing` if already fetched)."""
+    """Complete snapshot sets of one source taken by `host`, oldest first (from `listing` if
+    already fetched).
+
+    `host` is required, and None (every host) must be asked for explicitly: several machines
+    may share one repository and policy name, and a set of another host restored, verified or
+    forgotten as if it were ours is how one host's retention deletes another's backups.
+    """
     if listing is not None:
-        snaps = listing
+        snaps = [s for s in listing if host is None or s.hostname == host]
     elif no_lock:
-        snaps = restic.snapshots(tags=policy_tags(policy, source.name), no_lock=True)
-    else:   # `restic` may also be a cached listing (recover) that takes tags only
-        snaps = restic.snapshots(tags=policy_tags(policy, source.name))
+        snaps = restic.snapshots(tags=policy_tags(policy, source.name), host=host, no_lock=True)
+    else:   # `restic` may also be a cached listing (recover) that takes tags and host only
+        snaps = restic.snapshots(tags=policy_tags(policy, source.name), host=host)
     if source.kind == "files":
         return [_files_set(source.name, s) for s in snaps if s.tag("stream") is None or _is_tar(s)]
     by_run: dict[str, SnapshotSet] = {}

@@ -17,7 +17,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from drtool.actions.common import open_repo
+from drtool.actions.common import open_repo, restic_host
 from drtool.actions.select import snapshot_sets
 from drtool.tags import policy_tags
 from drtool.catalog import Catalog, RunRecord, utcnow
@@ -32,11 +32,12 @@ def newest_snapshot_time(settings: Settings, policy: Policy) -> datetime | None:
     handle = open_repo(settings, policy.repository)
     # One lock-free listing for the whole policy: this runs every few minutes in the daemon's
     # watchdog and must stay cheap; it only reads.
-    listing = handle.restic.snapshots(tags=policy_tags(policy), no_lock=True)
+    host = restic_host(settings)           # this host's sets prove this host's RPO, no other's
+    listing = handle.restic.snapshots(tags=policy_tags(policy), host=host, no_lock=True)
     newest: list[datetime] = []
     for source in policy.sources:
         mine = [s for s in listing if s.tag("source") == source.name]
-        sets = snapshot_sets(handle.restic, policy, source, listing=mine)
+        sets = snapshot_sets(handle.restic, policy, source, host=host, listing=mine)
         if not sets:
             return None
         newest.append(sets[-1].time)

@@ -59,23 +59,29 @@ def _print_run(run) -> None:  # noqa: ANN001
 
 @click.command()
 @click.argument("name", required=False)
+@click.option("--host", help="Another host's sets (restic --host); default this machine's.")
+@click.option("--all-hosts", is_flag=True, help="Sets of every host that writes to the repository.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def snapshots(ctx: click.Context, name: str | None, as_json: bool) -> None:
-    """List complete snapshot sets per source (all policies, or NAME)."""
+def snapshots(ctx: click.Context, name: str | None, host: str | None, all_hosts: bool, as_json: bool) -> None:
+    """List this host's complete snapshot sets per source (all policies, or NAME)."""
     from drtool.actions.snapshots import list_sets
+    from drtool.errors import UsageError
 
+    if host and all_hosts:
+        raise UsageError("give --host NAME or --all-hosts, not both")
     settings = _settings(ctx)
-    rows = list_sets(settings, [settings.policy(name)] if name else list(settings.policies.values()))
+    rows = list_sets(settings, [settings.policy(name)] if name else list(settings.policies.values()),
+                     host=host, all_hosts=all_hosts)
     if as_json:
         emit_json(rows)
         return
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("policy", "source", "kind", "time (UTC)", "run", "id")
+    table = Table("policy", "source", "kind", "host", "time (UTC)", "run", "id")
     for r in rows:
-        table.add_row(r["policy"], r["source"], r["kind"], r["time"][:19], r["run"], r["short_id"])
+        table.add_row(r["policy"], r["source"], r["kind"], r["host"], r["time"][:19], r["run"], r["short_id"])
     Console().print(table)
 
 
@@ -86,16 +92,17 @@ def snapshots(ctx: click.Context, name: str | None, as_json: bool) -> None:
 @click.option("--target", required=True,
               help="Directory for files; postgresql://user@host:port/db, mysql://... or a file path for databases.")
 @click.option("--force", is_flag=True, help="Restore over a non-empty target.")
+@click.option("--host", help="Restore another machine's backup (its restic --host); default this machine's.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def restore(ctx: click.Context, name: str, source_name: str, snapshot: str, target: str, force: bool,
-            as_json: bool) -> None:
+            host: str | None, as_json: bool) -> None:
     """Restore one source of policy NAME into TARGET."""
     from drtool.actions.restore import restore_source
 
     settings = _settings(ctx)
     outcome = restore_source(settings, settings.policy(name), source_name, target=target,
-                             selector=snapshot, force=force)
+                             selector=snapshot, force=force, host=host)
     if as_json:
         emit_json(outcome.to_dict())
     else:

@@ -45,9 +45,10 @@ class StepPrinter:
 @click.option("--report-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Also write <id>.json and <id>.junit.xml into DIR.")
 @click.option("--keep", is_flag=True, help="Leave scratch instances running and print how to reach them.")
+@click.option("--host", help="Drill another machine's backups (its restic --host); default this machine's.")
 @click.pass_context
 def drill(ctx: click.Context, playbook: str, as_json: bool, junit_file: Path | None, report_dir: Path | None,
-          keep: bool) -> None:
+          keep: bool, host: str | None) -> None:
     """Run the restore drill PLAYBOOK (a name or a YAML file); exit 0 when it passed."""
     from drtool.actions.common import signed
     from drtool.actions.drill import run_drill
@@ -58,7 +59,7 @@ def drill(ctx: click.Context, playbook: str, as_json: bool, junit_file: Path | N
     book = settings.playbook(playbook)
     if not as_json:
         click.echo(f"drill {book.name}: policy {book.policy}, snapshot {book.snapshot!r}", err=True)
-    report = run_drill(settings, book, keep=keep, on_event=StepPrinter(as_json))
+    report = run_drill(settings, book, keep=keep, on_event=StepPrinter(as_json), host=host)
     data = report.to_dict()
     if junit_file:
         write_junit(data, junit_file)

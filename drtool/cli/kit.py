@@ -110,13 +110,14 @@ def kit_create(ctx: click.Context, names: tuple[str, ...], out: Path, armor: boo
 @kit.command("verify")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @_passphrase_fd
+@click.option("--host", help="Whose backups (restic --host); default the host the kit was made on.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def kit_verify(ctx: click.Context, file: Path, passphrase_fd: int | None, as_json: bool) -> None:
+def kit_verify(ctx: click.Context, file: Path, passphrase_fd: int | None, host: str | None, as_json: bool) -> None:
     """Open the repositories with kit FILE (read-only) and list what it can recover."""
     from drtool.actions.kit import verify_kit
 
-    report = verify_kit(file, read_passphrase(passphrase_fd))
+    report = verify_kit(file, read_passphrase(passphrase_fd), host=host)
     if as_json:
         emit_json(report)
     else:
@@ -174,19 +175,21 @@ def kit_revoke(ctx: click.Context, ref: str, passphrase_fd: int | None) -> None:
 @click.option("--snapshot", default="latest", show_default=True, help="latest, a run id or a snapshot id.")
 @click.option("--force", is_flag=True, help="Restore over non-empty targets.")
 @click.option("--list", "list_only", is_flag=True, help="Only list what the kit can recover.")
+@click.option("--host", help="Whose backups (restic --host); default the host the kit was made on.")
 @_passphrase_fd
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def recover(ctx: click.Context, kit_file: Path, policy: str | None, target_root: Path | None,
             to_original_paths: bool, pg_target: str | None, snapshot: str, force: bool, list_only: bool,
-            passphrase_fd: int | None, as_json: bool) -> None:
+            host: str | None, passphrase_fd: int | None, as_json: bool) -> None:
     """Recover a policy on a fresh machine from the recovery kit alone (no drtool.yaml needed)."""
     from drtool.actions.recover import RecoverOptions
     from drtool.actions.recover import recover as run_recover
 
     passphrase = read_passphrase(passphrase_fd)
     options = RecoverOptions(policy=policy, target_root=target_root, original_paths=to_original_paths,
-                             pg_target=pg_target, selector=snapshot, force=force, list_only=list_only)
+                             pg_target=pg_target, selector=snapshot, force=force, list_only=list_only,
+                             host=host)
 
     def progress(event: dict[str, Any]) -> None:
         if not as_json and event.get("event") == "step_done":
@@ -232,15 +235,18 @@ def _print_recover(report: Any) -> None:
 @click.argument("name")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write the Markdown here (default: stdout).")
 @click.option("--run", "run_id", help="Pin every command to this run id (default: latest).")
+@click.option("--host", help="Whose backups (restic --host); default this machine's.")
 @click.pass_context
-def runbook(ctx: click.Context, name: str, out: Path | None, run_id: str | None) -> None:
+def runbook(ctx: click.Context, name: str, out: Path | None, run_id: str | None, host: str | None) -> None:
     """Write a Markdown runbook to recover policy NAME with bare restic / pg_restore / mariadb."""
+    from drtool.actions.common import restic_host
     from drtool.actions.runbook import render_runbook
     from drtool.config import load_settings
 
     settings = load_settings(ctx.obj["config"])
     policy = settings.policy(name)
-    text = render_runbook(policy, settings.config.repositories[policy.repository], snapshot_hint=run_id)
+    text = render_runbook(policy, settings.config.repositories[policy.repository],
+                          host=host or restic_host(settings), snapshot_hint=run_id)
     if out is None:
         click.echo(text)
     else:

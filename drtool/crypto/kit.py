@@ -99,6 +99,9 @@ class Kit:
     policies: list[str] = field(default_factory=list)
     config_bundle: BundleLocation | None = None
     signing_public_key: str | None = None      # Ed25519, base64 of the raw 32 bytes
+    # The restic --host of the backups this kit recovers: a repository may hold several
+    # hosts' snapshots of the same policy. None in kits made before drtool recorded it.
+    hostname: str | None = None
     notes: str = ""
     created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     version: int = KIT_VERSION
@@ -120,6 +123,7 @@ class Kit:
             "config_bundle": None if self.config_bundle is None else {
                 "repository": self.config_bundle.repository, "tags": list(self.config_bundle.tags)},
             "signing_public_key": self.signing_public_key,
+            "hostname": self.hostname,
             "notes": self.notes,
         }
 
@@ -135,6 +139,7 @@ class Kit:
             "config_bundle": None if self.config_bundle is None else {
                 "repository": self.config_bundle.repository, "tags": list(self.config_bundle.tags)},
             "signing_public_key": self.signing_public_key,
+            "hostname": self.hostname,
         }
 
     @classmethod
@@ -156,6 +161,7 @@ class Kit:
                 repository=_get(bundle, "repository", str, "config_bundle"),
                 tags=tuple(_get(bundle, "tags", list, "config_bundle"))),
             signing_public_key=data.get("signing_public_key"),
+            hostname=data.get("hostname") if isinstance(data.get("hostname"), str) else None,
             notes=str(data.get("notes") or ""),
         )
 

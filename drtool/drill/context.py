@@ -20,7 +20,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from drtool.actions.common import RepoHandle
+from drtool.actions.common import RepoHandle, restic_host
 from drtool.actions.select import FINGERPRINT_STREAM, SnapshotSet, choose, snapshot_sets
 from drtool.config.loader import Settings
 from drtool.config.models import Playbook, Policy, Source
@@ -49,8 +49,12 @@ class Restored:
 
 class DrillContext:
     def __init__(self, settings: Settings, policy: Policy, handle: RepoHandle, *, keep: bool = False,
-                 playbook_path: str | None = None, cancel: threading.Event | None = None) -> None:
+                 playbook_path: str | None = None, cancel: threading.Event | None = None,
+                 host: str | None = None) -> None:
         self.settings = settings
+        # Whose backups are drilled: this host's unless asked otherwise (a shared repository
+        # holds other hosts' sets of the same policy, with fingerprints of their own).
+        self.host = host or restic_host(settings)
         self.cancel = cancel                 # set by the daemon on SIGTERM
         self.playbook_path = playbook_path   # relative paths in steps are resolved beside it
         self.policy = policy
@@ -82,7 +86,8 @@ class DrillContext:
         for name in source_names:
             try:
                 source = self.policy.source(name)
-                self.sets[name] = choose(snapshot_sets(self.restic, self.policy, source), selector, now=now)
+                self.sets[name] = choose(snapshot_sets(self.restic, self.policy, source, host=self.host),
+                                         selector, now=now)
             except DrtoolError as exc:
                 self.set_errors[name] = exc
         if not self.sets:

@@ -285,10 +285,10 @@ def kit(ctx: DrillContext, step: Step) -> Outcome:
         # A kit is only as good as the configuration it leads to: the bundle must be there
         # and signed by the key the kit names.
         from drtool.actions.bundle import read_config_bundle
-        read_config_bundle(with_kit).verify(opened.signing_public_key)
+        read_config_bundle(with_kit, host=ctx.host).verify(opened.signing_public_key)
     recoverable = {}
     for source in ctx.policy.sources:
-        sets = snapshot_sets(with_kit, ctx.policy, source)
+        sets = snapshot_sets(with_kit, ctx.policy, source, host=ctx.host)
         recoverable[source.name] = {"sets": len(sets), "newest": sets[-1].time.isoformat() if sets else None}
     missing = [name for name, info in recoverable.items() if not info["sets"]]
     summary = ", ".join(f"{n}: {i['sets']} sets" for n, i in recoverable.items())

@@ -203,13 +203,14 @@ def _repo_env(handle: RepoHandle) -> dict[str, str]:
             "RESTIC_PROGRESS_FPS": "1", **access.env}
 
 
-def _parent_snapshot(handle: RepoHandle, base_tags: list[str]) -> str | None:
+def _parent_snapshot(handle: RepoHandle, base_tags: list[str], host: str) -> str | None:
     """The latest tree snapshot of this source: lets restic skip unchanged files by metadata.
 
     Named explicitly because restic would otherwise pick a parent by host name
-    and paths, which may be another machine's backup of the same paths.
+    and paths, which may be another machine's backup of the same paths. `host` is the
+    snapshot host of this run: another host's tree is never the parent.
     """
-    snaps = [s for s in handle.restic.snapshots(tags=base_tags)
+    snaps = [s for s in handle.restic.snapshots(tags=base_tags, host=host)
              if s.tag("stream") is None and s.tag("run")]
     return snaps[-1].id if snaps else None
 
@@ -217,7 +218,7 @@ def _parent_snapshot(handle: RepoHandle, base_tags: list[str]) -> str | None:
 def _backup_with_remote_restic(runner: Runner, source: Source, handle: RepoHandle, run: RunRecord, host: str,
                                emit: EventFn, cancel: threading.Event | None, *, base_tags: list[str],
                                tags: list[str]) -> dict[str, Any]:
-    parent = _parent_snapshot(handle, base_tags)
+    parent = _parent_snapshot(handle, base_tags, host)
     cache_dir = runner.run(["mktemp", "-d", "-t", "drtool-restic-cache.XXXXXXXXXX"], timeout=PROBE_TIMEOUT).text.strip()
     if not cache_dir.startswith("/"):
         raise RemoteError(f"mktemp on {runner.name} printed {cache_dir[:100]!r}, not a directory path",

@@ -37,6 +37,8 @@ SQLITE = {"name": "app", "sqlite": {"path": "/var/lib/app/app.sqlite"}}
 FILES = {"name": "docs", "files": {"paths": ["/srv/docs", "/etc/app"]}}
 ALL = policy(PG, MARIA, SQLITE, FILES)
 
+HOST = "records-01"
+
 
 def command_lines(text: str) -> list[str]:
     return [line for line in extract_script(text).splitlines()[1:] if line.strip()]
@@ -49,16 +51,16 @@ def index_of(lines: list[str], prefix: str) -> int:
 
 
 def test_postgres_commands_exact_and_in_order() -> None:
-    lines = command_lines(render_runbook(ALL, s3_repo()))
+    lines = command_lines(render_runbook(ALL, s3_repo(), host=HOST))
     order = [
         "export RESTIC_REPOSITORY=s3:http://127.0.0.1:9000/dr/prod",
-        "restic snapshots --tag policy=siak",
-        "restic dump --tag policy=siak,source=db,stream=globals.sql latest /globals.sql > \"$RECOVERY_DIR\"/db-globals.sql",
+        "restic snapshots --host records-01 --tag policy=siak",
+        "restic dump --host records-01 --tag policy=siak,source=db,stream=globals.sql latest /globals.sql > \"$RECOVERY_DIR\"/db-globals.sql",
         "grep -vE ",
-        "restic dump --tag policy=siak,source=db,stream=siak.pgdump latest /siak.pgdump > \"$RECOVERY_DIR\"/db-siak.pgdump",
+        "restic dump --host records-01 --tag policy=siak,source=db,stream=siak.pgdump latest /siak.pgdump > \"$RECOVERY_DIR\"/db-siak.pgdump",
         "createdb siak",
         "pg_restore --exit-on-error --no-tablespaces -j 4 -d siak \"$RECOVERY_DIR\"/db-siak.pgdump",
-        "restic dump --tag policy=siak,source=db,stream=arsip.pgdump latest /arsip.pgdump",
+        "restic dump --host records-01 --tag policy=siak,source=db,stream=arsip.pgdump latest /arsip.pgdump",
         "createdb arsip",
         "pg_restore --exit-on-error --no-tablespaces -j 4 -d arsip",
     ]
@@ -68,25 +70,25 @@ def test_postgres_commands_exact_and_in_order() -> None:
 
 
 def test_mariadb_creates_database_then_pipes_dump() -> None:
-    lines = command_lines(render_runbook(ALL, s3_repo()))
+    lines = command_lines(render_runbook(ALL, s3_repo(), host=HOST))
     create = index_of(lines, 'mariadb --host="$MARIADB_HOST" --port="$MARIADB_PORT" --user="$MARIADB_USER" -e')
     assert shlex.split(lines[create])[-1] == "CREATE DATABASE IF NOT EXISTS `toko`"
-    pipe = index_of(lines, "restic dump --tag policy=siak,source=shop,stream=toko.sql latest /toko.sql | mariadb ")
+    pipe = index_of(lines, "restic dump --host records-01 --tag policy=siak,source=shop,stream=toko.sql latest /toko.sql | mariadb ")
     assert create < pipe and lines[pipe].endswith(" toko")
     assert 'MARIADB_PORT="${MARIADB_PORT:-3307}"' in lines[create - 1]
 
 
 def test_sqlite_and_files_commands() -> None:
-    lines = command_lines(render_runbook(ALL, s3_repo()))
-    assert ('restic dump --tag policy=siak,source=app,stream=app.sqlite latest /app.sqlite > '
+    lines = command_lines(render_runbook(ALL, s3_repo(), host=HOST))
+    assert ('restic dump --host records-01 --tag policy=siak,source=app,stream=app.sqlite latest /app.sqlite > '
             '"$RESTORE_ROOT"/var/lib/app/app.sqlite.part && mv "$RESTORE_ROOT"/var/lib/app/app.sqlite.part '
             '"$RESTORE_ROOT"/var/lib/app/app.sqlite') in lines
     assert 'mkdir -p "$RESTORE_ROOT"/var/lib/app' in lines
-    assert 'restic restore latest --tag policy=siak,source=docs --target "$RESTORE_ROOT"' in lines
+    assert 'restic restore latest --host records-01 --tag policy=siak,source=docs --target "$RESTORE_ROOT"' in lines
 
 
 def test_sections_follow_the_policy_source_order() -> None:
-    text = render_runbook(ALL, s3_repo())
+    text = render_runbook(ALL, s3_repo(), host=HOST)
     titles = re.findall(r"^## (\d+)\. (.*)$", text, flags=re.MULTILINE)
     assert [t[1] for t in titles[3:]] == ["PostgreSQL source `db`", "MariaDB source `shop`",
                                           "SQLite source `app`", "Files source `docs`"]
@@ -96,7 +98,7 @@ def test_sections_follow_the_policy_source_order() -> None:
 def test_no_secret_value_is_in_the_runbook(monkeypatch: pytest.MonkeyPatch) -> None:
     for name, value in SECRET_VALUES.items():
         monkeypatch.setenv(name, value)
-    text = render_runbook(ALL, s3_repo())       # the command ref would fail if it were resolved
+    text = render_runbook(ALL, s3_repo(), host=HOST)       # the command ref would fail if it were resolved
     for value in SECRET_VALUES.values():
         assert value not in text
     # ...but it says where each secret comes from.
@@ -107,7 +109,7 @@ def test_no_secret_value_is_in_the_runbook(monkeypatch: pytest.MonkeyPatch) -> N
 
 def test_snapshot_hint_pins_every_restic_read_to_that_run() -> None:
     run = "20240101T000000Z-backup-abc123"
-    lines = command_lines(render_runbook(ALL, s3_repo(), snapshot_hint=run))
+    lines = command_lines(render_runbook(ALL, s3_repo(), host=HOST, snapshot_hint=run))
     reads = [line for line in lines if line.startswith(("restic dump", "restic restore", "restic snapshots"))]
     assert len(reads) == 7
     for line in reads:
@@ -118,31 +120,31 @@ def test_snapshot_hint_pins_every_restic_read_to_that_run() -> None:
 @pytest.mark.parametrize("hint", ["a b", "x;rm -rf /", "", "-tag"])
 def test_snapshot_hint_that_is_not_a_run_id_is_refused(hint: str) -> None:
     with pytest.raises(ValueError, match="run id"):
-        render_runbook(ALL, s3_repo(), snapshot_hint=hint)
+        render_runbook(ALL, s3_repo(), host=HOST, snapshot_hint=hint)
 
 
 def test_awkward_names_are_quoted_for_the_shell() -> None:
     pol = policy({"name": "db", "postgres": {"database": "it's a db"}},
                  {"name": "shop", "mariadb": {"database": "we`ird"}},
                  {"name": "app", "sqlite": {"path": "/var/lib/my app/x y.db"}})
-    lines = command_lines(render_runbook(pol, local_repo()))
+    lines = command_lines(render_runbook(pol, local_repo(), host=HOST))
     assert shlex.split(lines[index_of(lines, "createdb ")]) == ["createdb", "it's a db"]
     create = shlex.split(lines[index_of(lines, "mariadb --host")])
     assert create[-1] == "CREATE DATABASE IF NOT EXISTS `we``ird`"
-    dump = shlex.split(lines[index_of(lines, "restic dump --tag 'policy=siak,source=app")])
-    assert dump[3:6] == ["policy=siak,source=app,stream=x y.db", "latest", "/x y.db"]
+    dump = shlex.split(lines[index_of(lines, "restic dump --host records-01 --tag 'policy=siak,source=app")])
+    assert dump[5:8] == ["policy=siak,source=app,stream=x y.db", "latest", "/x y.db"]
 
 
 def test_script_is_valid_bash() -> None:
     pol = policy({"name": "db", "postgres": {"database": "it's"}}, MARIA, SQLITE, FILES)
     for repo in (s3_repo(), local_repo()):
-        proc = subprocess.run(["bash", "-n"], input=extract_script(render_runbook(pol, repo)).encode(),
+        proc = subprocess.run(["bash", "-n"], input=extract_script(render_runbook(pol, repo, host=HOST)).encode(),
                               capture_output=True, timeout=10, check=False)
         assert proc.returncode == 0, proc.stderr.decode()
 
 
 def test_only_the_needed_tools_are_installed() -> None:
-    text = render_runbook(policy(FILES), local_repo())
+    text = render_runbook(policy(FILES), local_repo(), host=HOST)
     assert "apt-get install -y restic" in text
     assert "postgresql-client" not in text and "mariadb-client" not in text
     assert "AWS_" not in text                   # a local repository needs no S3 credentials
@@ -155,7 +157,7 @@ def _repository_block(text: str) -> str:
 
 def test_password_prompt_writes_an_owner_only_file(tmp_path) -> None:
     # Runs the runbook's own repository block in bash, typing the password on stdin.
-    block = _repository_block(render_runbook(policy(FILES), local_repo()))
+    block = _repository_block(render_runbook(policy(FILES), local_repo(), host=HOST))
     env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path)}
     proc = subprocess.run(["bash", "-euc", block + '\necho "$RESTIC_REPOSITORY|$RESTIC_PASSWORD_FILE"'],
                           input=b"typed-password-1\n", env=env, capture_output=True, timeout=10, check=False)
@@ -169,7 +171,7 @@ def test_password_prompt_writes_an_owner_only_file(tmp_path) -> None:
 
 
 def test_preset_variables_skip_the_prompts(tmp_path) -> None:
-    block = _repository_block(render_runbook(policy(FILES), s3_repo()))
+    block = _repository_block(render_runbook(policy(FILES), s3_repo(), host=HOST))
     (tmp_path / "pw").write_text("x\n")
     env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "RESTIC_PASSWORD_FILE": str(tmp_path / "pw"),
            "AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s"}
@@ -178,3 +180,19 @@ def test_preset_variables_skip_the_prompts(tmp_path) -> None:
     assert proc.returncode == 0, proc.stderr.decode()
     assert proc.stdout.decode().strip() == "k eu-west-1"
     assert (tmp_path / "pw").read_text() == "x\n"
+
+
+def test_every_restic_read_selects_the_policy_host_only() -> None:
+    # Two hosts may share a repository and a policy name: `latest` must be this host's.
+    lines = command_lines(render_runbook(ALL, s3_repo(), host="host-a"))
+    reads = [line for line in lines if line.startswith(("restic dump", "restic restore", "restic snapshots"))]
+    assert len(reads) == 7
+    for line in reads:
+        argv = shlex.split(line.split(" > ")[0].split(" | ")[0])
+        assert argv[argv.index("--host") + 1] == "host-a"
+
+
+@pytest.mark.parametrize("host", ["a b", "x;rm", "-h", ""])
+def test_host_that_is_not_a_host_name_is_refused(host: str) -> None:
+    with pytest.raises(ValueError, match="host name"):
+        render_runbook(ALL, s3_repo(), host=host)
