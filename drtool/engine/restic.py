@@ -2,9 +2,16 @@
 
 The repository password reaches restic through an anonymous pipe
 (RESTIC_PASSWORD_FILE=/dev/fd/N): never argv, never the environment, never a
-file on disk. restic 0.14 (Debian 12) reports most failures as exit code 1,
-so besides the documented codes (newer restic: 10 no repository, 11 locked,
-12 wrong password) the stderr text is matched as well.
+file on disk. Failures become typed errors (drtool/engine/restic_errors.py).
+
+Two failures are handled here rather than reported at once:
+- a throttling or unreachable storage (503 SlowDown, connection refused...) is
+  waited out with exponential backoff for read-only commands, up to the
+  repository's `wait_unavailable` (restic itself retries a request only ~15 s);
+- a lock left by a restic process that died on this host (drtool killed, power
+  cut) is removed with plain `restic unlock` (which removes only stale locks: of
+  dead processes on this host, or not refreshed for 30 minutes) and the command
+  tried once more. Locks of live processes, here or on other hosts, are kept.
 """
 
 from __future__ import annotations
@@ -21,7 +28,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from drtool.errors import Cancelled, CommandError, RepositoryError
+from drtool.engine.restic_errors import classify, clean_stderr
+from drtool.errors import Cancelled, CommandError, DrtoolError, RepositoryError, RepositoryLocked, RepositoryMissing
 from drtool.execute import LocalProcess, LocalRunner, Result, stop_process
 from drtool.secrets import Secret, redact
 
@@ -34,6 +42,10 @@ _SCRUB = ("RESTIC_PASSWORD", "RESTIC_PASSWORD_COMMAND", "RESTIC_PASSWORD_FILE", 
           "RESTIC_REPOSITORY_FILE")
 
 ProgressFn = Callable[[dict[str, Any]], None]
+DEFAULT_WAIT_UNAVAILABLE = 300.0         # seconds a throttling/unreachable storage is waited out
+_BACKOFF_FIRST, _BACKOFF_CAP = 2.0, 30.0
+# Commands that only read: safe to run again after a transient failure.
+_RETRYABLE = frozenset({"cat", "snapshots", "ls", "stats", "list", "key", "unlock", "version"})
 
 
 @dataclass(frozen=True)
@@ -90,26 +102,20 @@ def parse_restic_time(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
-def classify_failure(code: int | None, stderr: str, url: str) -> RepositoryError | None:
-    """Map restic's exit code and message to a clear error, or None if unknown."""
-    low = stderr.lower()
-    if code == 12 or "wrong password" in low:
-        return RepositoryError(f"restic could not open repository {url}: wrong password or no key found",
-                               hint="check the repository password reference in drtool.yaml (or the recovery kit)")
-    if code == 10 or "is there a repository at the following location" in low or "repository does not exist" in low:
-        return RepositoryError(f"no restic repository at {url}",
-                               hint="run `drtool init-repo NAME` (or a first `drtool backup`, which initialises it)")
-    if code == 11 or "repository is already locked" in low or "unable to create lock" in low:
-        return RepositoryError(f"repository {url} is locked by another restic process",
-                               hint="wait for the other run to finish; a lock of a dead process is removed with `restic unlock` (never --remove-all while others may run)")
-    for marker in ("connection refused", "no such host", "i/o timeout", "dial tcp", "connect: "):
-        if marker in low:
-            return RepositoryError(f"cannot reach the storage of repository {url} ({marker.strip(': ')})",
-                                   hint="check the endpoint address and that the S3 server is up")
-    if "access denied" in low or "invalidaccesskeyid" in low or "signaturedoesnotmatch" in low or "forbidden" in low:
-        return RepositoryError(f"storage of repository {url} rejected the credentials",
-                               hint="check access_key_id / secret_access_key in drtool.yaml")
-    return None
+def classify_failure(code: int | None, stderr: str, url: str) -> DrtoolError | None:
+    """Map restic's exit code and message to a typed error, or None if unknown."""
+    return classify(code, redact(stderr), url)
+
+
+def restic_error(code: int | None, stderr: str, *, args: Sequence[str], argv: Sequence[str],
+                 url: str) -> DrtoolError:
+    """The error for a failed `restic ARGS` (full command line `argv`): a typed one for a known
+    cause, else restic's own last lines (never a Go stack dump)."""
+    stderr = redact(stderr)
+    known = classify(code, stderr, url)
+    if known is not None:
+        return known
+    return CommandError(argv, code, clean_stderr(stderr) or stderr[-2000:], what=f"restic {_command(args)}".strip())
 
 
 class PasswordPipe:
@@ -141,19 +147,33 @@ class PasswordPipe:
 
 
 def _base_env(access: RepoAccess) -> dict[str, str]:
-    for key in _SCRUB:
-        os.environ.pop(key, None)   # never let the caller's variables override ours
     env = {"RESTIC_REPOSITORY": access.url, "RESTIC_PROGRESS_FPS": "2"}
     env.update(access.env)
     return env
 
 
+def backoff_delays(total: float, first: float = _BACKOFF_FIRST, cap: float = _BACKOFF_CAP) -> list[float]:
+    """Waits between attempts (2, 4, 8, ... capped at 30 s) that add up to at most `total` seconds."""
+    delays, spent, delay = [], 0.0, first
+    while spent + delay <= total:
+        delays.append(delay)
+        spent += delay
+        delay = min(cap, delay * 2)
+    return delays
+
+
 class Restic:
-    def __init__(self, access: RepoAccess, *, binary: str = RESTIC, cache_dir: Path | None = None) -> None:
+    def __init__(self, access: RepoAccess, *, binary: str = RESTIC, cache_dir: Path | None = None,
+                 wait_unavailable: float = DEFAULT_WAIT_UNAVAILABLE,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
         self.access = access
         self.binary = binary
         self.cache_dir = cache_dir
-        self._runner = LocalRunner()
+        self.wait_unavailable = wait_unavailable
+        self._sleep = sleep
+        # The caller's RESTIC_* variables would override the password we pass through the pipe.
+        self._runner = LocalRunner(drop_env=_SCRUB)
+        self.unlocked_stale = 0              # stale locks removed by this instance (for run records)
 
     # -- plumbing ---------------------------------------------------------
 
@@ -161,8 +181,33 @@ class Restic:
         extra = ["--cache-dir", str(self.cache_dir)] if self.cache_dir else []
         return [self.binary, *extra, *args]
 
+    def error(self, code: int | None, stderr: str, args: Sequence[str]) -> DrtoolError:
+        """The typed error for a failed run of `restic ARGS` (public: the pipeline uses it too)."""
+        return restic_error(code, stderr, args=args, argv=self.argv(args), url=self.access.url)
+
     def run(self, args: Sequence[str], *, timeout: float = 600.0, input: bytes | None = None,
             cancel: threading.Event | None = None) -> Result:
+        """Run restic to the end; a stale lock is removed and a read-only command waits out
+        a throttling or unreachable storage (see the module docstring)."""
+        delays = backoff_delays(self.wait_unavailable) if _command(args) in _RETRYABLE else []
+        unlocked = False
+        while True:
+            try:
+                return self._run_once(args, timeout=timeout, input=input, cancel=cancel)
+            except RepositoryLocked:
+                if unlocked or _command(args) == "unlock":
+                    raise
+                unlocked = True
+                self.unlock_stale()
+            except DrtoolError as exc:
+                if not exc.transient or not delays:
+                    raise
+                delay = delays.pop(0)
+                log.info("restic %s: %s; trying again in %.0fs", _command(args), exc.message.splitlines()[0], delay)
+                self._sleep(delay)
+
+    def _run_once(self, args: Sequence[str], *, timeout: float, input: bytes | None,
+                  cancel: threading.Event | None) -> Result:
         if cancel is not None:
             return self._run_cancellable(args, timeout=timeout, cancel=cancel)
         with PasswordPipe(self.access.password) as pw:
@@ -170,9 +215,9 @@ class Restic:
                 result = self._runner.run(self.argv(args), env={**_base_env(self.access), **pw.env},
                                           timeout=timeout, input=input, check=False, pass_fds=(pw.read_fd,))
             except CommandError as exc:
-                raise self._error(exc.returncode, exc.stderr_tail, args) from None
+                raise self.error(exc.returncode, exc.stderr_tail, args) from None
         if result.returncode != 0:
-            raise self._error(result.returncode, result.stderr.decode("utf-8", "replace"), args)
+            raise self.error(result.returncode, result.stderr.decode("utf-8", "replace"), args)
         return result
 
     def _run_cancellable(self, args: Sequence[str], *, timeout: float, cancel: threading.Event) -> Result:
@@ -197,7 +242,7 @@ class Restic:
             pw.close()
         reader.join(30)
         if code != 0:
-            raise self._error(code, proc.stderr_tail(), args)
+            raise self.error(code, proc.stderr_tail(), args)
         return Result(self.argv(args), code, b"".join(out), proc.stderr_tail().encode())
 
     def start(self, args: Sequence[str], *, stdin: bool = False) -> tuple[LocalProcess, PasswordPipe]:
@@ -210,13 +255,6 @@ class Restic:
             pw.close()
             raise
         return proc, pw
-
-    def _error(self, code: int | None, stderr: str, args: Sequence[str]) -> Exception:
-        stderr = redact(stderr)
-        known = classify_failure(code, stderr, self.access.url)
-        if known is not None:
-            return known
-        return CommandError(self.argv(args), code, stderr[-4000:], what=f"restic {args[0] if args else ''}".strip())
 
     def run_json(self, args: Sequence[str], *, timeout: float = 600.0) -> Any:
         result = self.run([*args, "--json"], timeout=timeout)
@@ -237,13 +275,13 @@ class Restic:
     # -- repository -------------------------------------------------------
 
     def exists(self) -> bool:
+        """True if the repository opens; False only when it is really missing (any other
+        failure, e.g. the storage is down or the password is wrong, is raised)."""
         try:
             self.run(["cat", "config"], timeout=120)
             return True
-        except RepositoryError as exc:
-            if "no restic repository" in exc.message:
-                return False
-            raise
+        except RepositoryMissing:
+            return False
 
     def init(self) -> None:
         self.run(["init"], timeout=300)
@@ -283,8 +321,29 @@ class Restic:
             self.run(["forget", *ids], timeout=600)
 
     def unlock_stale(self) -> None:
-        # Plain `restic unlock` removes only locks whose process is gone; never --remove-all.
+        """Remove stale locks: of dead processes on this host, or not refreshed for 30 minutes.
+
+        Plain `restic unlock` (never --remove-all): a live process's lock, here or on another
+        host, is refreshed every 5 minutes and is never stale."""
         self.run(["unlock"], timeout=120)
+        self.unlocked_stale += 1
+
+    def locks(self) -> list[dict[str, Any]]:
+        """The repository's locks (id, time, exclusive, hostname, pid), read without taking one."""
+        ids = self.run(["--no-lock", "list", "locks"], timeout=120).text.split()
+        found = []
+        for lock_id in ids:
+            try:
+                data = json.loads(self.run(["--no-lock", "cat", "lock", lock_id], timeout=120).text)
+            except (DrtoolError, ValueError):
+                continue      # removed meanwhile
+            found.append({"id": lock_id, **{k: data.get(k) for k in ("time", "exclusive", "hostname", "pid",
+                                                                       "username")}})
+        return found
+
+    def remove_all_locks(self) -> None:
+        """`restic unlock --remove-all`: only after the admin confirmed no restic runs anywhere."""
+        self.run(["unlock", "--remove-all"], timeout=120)
 
     def ls(self, snapshot_id: str) -> Iterator[dict[str, Any]]:
         """Stream the nodes of a snapshot, one dict at a time (bounded memory)."""
@@ -304,7 +363,7 @@ class Restic:
                 proc.wait(30)
             pw.close()
         if code != 0:
-            raise self._error(code, proc.stderr_tail(), ["ls"])
+            raise self.error(code, proc.stderr_tail(), ["ls"])
 
     def dump(self, snapshot_id: str, path: str) -> tuple[LocalProcess, PasswordPipe]:
         # --no-lock: a dump only reads; creating and removing a lock object costs ~0.3 s per
@@ -314,7 +373,8 @@ class Restic:
         return self.start(["--no-lock", "dump", snapshot_id, path])
 
     def restore(self, snapshot_id: str, target: Path, *, include: Sequence[str] = (),
-                on_progress: ProgressFn | None = None, timeout: float = 24 * 3600) -> dict[str, Any]:
+                timeout: float = 24 * 3600) -> dict[str, Any]:
+        # restic 0.14's restore has no --json progress (0.16 added it): no progress callback.
         args = ["restore", snapshot_id, "--target", str(target)]
         for inc in include:
             args += ["--include", inc]
@@ -374,3 +434,23 @@ def repo_access(settings: Any, repo_name: str) -> RepoAccess:
             env["AWS_SECRET_ACCESS_KEY"] = repo.s3.secret_access_key.resolve().reveal()
         env["AWS_DEFAULT_REGION"] = repo.s3.region
     return RepoAccess(repo.url, repo.password.resolve(), env)
+
+
+def _command(args: Sequence[str]) -> str:
+    """The restic subcommand in ARGS (after global flags such as --no-lock)."""
+    return next((a for a in args if not a.startswith("-")), "")
+
+
+def summary_snapshot_id(stdout: str) -> str | None:
+    """The snapshot id from `restic backup --json` output (its summary message), or None."""
+    for line in reversed(stdout.splitlines()):
+        line = line.strip()
+        if not line.startswith("{"):
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if obj.get("message_type") == "summary":
+            return obj.get("snapshot_id")
+    return None

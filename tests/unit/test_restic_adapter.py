@@ -8,7 +8,11 @@ from datetime import timezone
 import pytest
 
 from drtool.engine.pipeline import backup_args, stdin_backup_args
-from drtool.engine.restic import PasswordPipe, Snapshot, classify_failure, parse_restic_time
+from drtool.engine.restic import (PasswordPipe, Snapshot, backoff_delays, classify_failure, parse_restic_time,
+                                 restic_error, summary_snapshot_id)
+from drtool.engine.restic_errors import cause_line, clean_stderr
+from drtool.errors import (AccessDenied, RepositoryLocked, RepositoryMissing, StorageThrottled, StorageUnreachable,
+                           WrongPassword)
 from drtool.secrets import Secret, redact
 
 URL = "s3:http://127.0.0.1:9000/b/p"
@@ -21,25 +25,79 @@ def test_stdin_backup_argv_is_exact():
     assert "--stdin" not in backup_args(["drtool"], "h")
 
 
-@pytest.mark.parametrize("code, stderr, expect", [
-    (12, "", "wrong password"),
-    (1, "Fatal: wrong password or no key found\n", "wrong password"),
-    (10, "", "no restic repository"),
-    (1, "Fatal: unable to open config file: Stat: The specified key does not exist.\n"
-        "Is there a repository at the following location?\n", "no restic repository"),
-    (11, "", "locked"),
-    (1, "unable to create lock in backend: repository is already locked by PID 7", "locked"),
-    (1, "Fatal: create repository failed: dial tcp 127.0.0.1:1: connect: connection refused", "cannot reach"),
-    (1, "The AWS Access Key Id you provided does not exist (InvalidAccessKeyId)", "rejected the credentials"),
+GO_TRACE = """config file has zero size, invalid repository?
+main.open
+	github.com/restic/restic/cmd/restic/global.go:760
+main.OpenRepository
+	github.com/restic/restic/cmd/restic/global.go:432
+github.com/spf13/cobra.(*Command).ExecuteC
+	github.com/spf13/cobra/command.go:1044
+runtime.main
+	runtime/proc.go:250
+"""
+QUESTION = "\nIs there a repository at the following location?\n" + URL + "\n"
+
+
+# What restic 0.14 really printed, measured against rclone S3 through tests/support/faultproxy.py.
+@pytest.mark.parametrize("code, stderr, kind", [
+    (12, "", WrongPassword),
+    (1, "Fatal: wrong password or no key found\n", WrongPassword),
+    (10, "", RepositoryMissing),
+    (1, "Fatal: unable to open config file: Stat: The specified key does not exist." + QUESTION, RepositoryMissing),
+    (1, "Fatal: unable to open config file: stat /srv/repo/config: no such file or directory" + QUESTION,
+     RepositoryMissing),
+    (11, "", RepositoryLocked),
+    (1, "unable to create lock in backend: repository is already locked by PID 7", RepositoryLocked),
+    (1, "Fatal: unable to open config file: Stat: Get \"http://127.0.0.1:1/bkt/?location=\": dial tcp "
+        "127.0.0.1:1: connect: connection refused" + QUESTION, StorageUnreachable),
+    (1, "Fatal: unable to open config file: Stat: Get \"http://127.0.0.1:9/bkt/?location=\": Connection closed "
+        "by foreign host http://127.0.0.1:9/bkt/?location=. Retry again." + QUESTION, StorageUnreachable),
+    (1, "Fatal: unable to open config file: Stat: unexpected EOF" + QUESTION, StorageUnreachable),
+    (1, "Fatal: unable to open config file: Stat: Please reduce your request rate." + QUESTION, StorageThrottled),
+    (1, "Fatal: unable to open config file: Stat: We encountered an internal error. Please try again." + QUESTION,
+     StorageThrottled),
+    (1, "Fatal: unable to open config file: Stat: The request signature we calculated does not match the "
+        "signature you provided. Check your key and signing method." + QUESTION, AccessDenied),
+    (1, "The AWS Access Key Id you provided does not exist (InvalidAccessKeyId)", AccessDenied),
 ])
-def test_known_failures_are_mapped(code, stderr, expect):
+def test_known_failures_are_typed_by_their_cause_not_by_the_repository_question(code, stderr, kind):
     err = classify_failure(code, stderr, URL)
-    assert err is not None and expect in err.message and URL in err.message
-    assert err.hint
+    assert type(err) is kind, err
+    assert URL in err.message and err.hint
+    assert "Is there a repository" not in str(err)
+    assert err.transient == kind.transient
 
 
-def test_unknown_failure_is_not_guessed():
+def test_transient_causes_are_marked():
+    assert StorageThrottled.transient and StorageUnreachable.transient and RepositoryLocked.transient
+    assert not WrongPassword.transient and not RepositoryMissing.transient and not AccessDenied.transient
+
+
+def test_unknown_failure_is_not_guessed_and_keeps_restics_lines_without_go_frames():
     assert classify_failure(1, "Fatal: something new happened", URL) is None
+    assert classify_failure(1, GO_TRACE, URL) is None
+    err = restic_error(1, GO_TRACE, args=["cat", "config"], argv=["restic", "cat", "config"], url=URL)
+    assert "config file has zero size, invalid repository?" in err.message
+    assert "global.go" not in err.message and "main.open" not in err.message and "cobra" not in err.message
+    assert err.message.startswith("restic cat exited with code 1")
+
+
+def test_clean_stderr_drops_the_question_and_its_url():
+    assert clean_stderr("Fatal: x" + QUESTION) == "Fatal: x"
+    assert cause_line("warning: a\nFatal: the cause\n") == "the cause"
+
+
+def test_backoff_adds_up_to_the_wait_and_is_capped():
+    assert backoff_delays(0) == []
+    assert backoff_delays(30) == [2, 4, 8, 16]
+    delays = backoff_delays(300)
+    assert sum(delays) <= 300 and max(delays) == 30 and delays[:4] == [2, 4, 8, 16]
+
+
+def test_summary_snapshot_id_reads_the_summary_message_only():
+    out = '{"message_type":"status","percent_done":1}\n{"message_type":"summary","snapshot_id":"abc"}\n'
+    assert summary_snapshot_id(out) == "abc"
+    assert summary_snapshot_id('{"message_type":"status","summary":"no"}\n') is None
 
 
 def test_restic_time_with_nanoseconds():
