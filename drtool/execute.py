@@ -3,6 +3,18 @@
 `Runner` is the one interface for "run this program somewhere": `LocalRunner`
 here, `drtool.remote.ssh.SshRunner` over SSH. Sources and scratch instances
 take a Runner, so every source works locally and remotely alike.
+
+Children die with drtool: every local child gets PR_SET_PDEATHSIG (SIGKILL), so
+when drtool is killed (SIGKILL, OOM, power) no restic it was gating lives on to see
+EOF and commit a truncated stream, and no dump keeps running as an orphan. The
+signal is tied to the *thread* that started the child, so a program meant to outlive
+the thread that started it (a scratch database server) is started with `detach=True`.
+
+Programs drtool does not control (hooks, drill `command:` steps) run with
+`contain=True`: under `drtool/supervise.py`, a subreaper that kills everything they
+leave behind (double-forked daemons included) when they exit, time out or when drtool
+dies; and with a clean environment (`inherit_env=False`) so drtool's secrets never
+reach them.
 """
 
 from __future__ import annotations
@@ -10,15 +22,17 @@ from __future__ import annotations
 import collections
 import contextlib
 import contextvars
+import ctypes
 import logging
 import os
 import shutil
 import signal
 import subprocess
+import sys
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import IO, Protocol
+from typing import IO, Any, Protocol
 
 from drtool.errors import CommandError
 from drtool.secrets import redact
@@ -76,7 +90,12 @@ class Process(Protocol):
 
 
 class Runner(Protocol):
+    """Where a program runs. `LocalRunner` and `drtool.remote.ssh.SshRunner` implement all of it."""
+
     name: str
+
+    @property
+    def where(self) -> str: ...          # for messages: "this machine", "host records-db (10.0.0.5)"
 
     def run(
         self,
@@ -87,6 +106,7 @@ class Runner(Protocol):
         timeout: float = DEFAULT_TIMEOUT,
         check: bool = True,
         cwd: str | None = None,
+        pass_fds: Sequence[int] = (),
     ) -> Result: ...
 
     def start(
@@ -96,9 +116,14 @@ class Runner(Protocol):
         env: Mapping[str, str] | None = None,
         stdin: bool = False,
         cwd: str | None = None,
+        pass_fds: Sequence[int] = (),
     ) -> Process: ...
 
     def which(self, program: str) -> str | None: ...
+
+    def connect(self) -> None: ...       # reach the place now (an SSH host key check); no-op locally
+
+    def close(self) -> None: ...         # release what the runner holds (an SSH connection)
 
 
 class StderrTail:
@@ -170,8 +195,21 @@ class LocalProcess:
         return self._tail.text()
 
 
-def child_env(env: Mapping[str, str] | None) -> dict[str, str]:
-    merged = dict(os.environ)
+# What a program drtool does not control gets from drtool's own environment: enough to
+# run (PATH, locale, HOME, TZ, TMPDIR), nothing else. The secrets drtool resolves from
+# {env: NAME} references live in its environment and must not reach hooks or commands.
+CLEAN_ENV_KEYS = ("PATH", "HOME", "LANG", "LANGUAGE", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "USER",
+                  "LOGNAME", "SHELL", "TERM")
+
+
+def child_env(env: Mapping[str, str] | None, *, inherit: bool = True,
+              drop: Sequence[str] = ()) -> dict[str, str]:
+    """The environment of a child: drtool's (or only CLEAN_ENV_KEYS of it), minus `drop`, plus `env`."""
+    if inherit:
+        merged = {k: v for k, v in os.environ.items() if k not in drop}
+    else:
+        merged = {k: os.environ[k] for k in CLEAN_ENV_KEYS if k in os.environ}
+        merged.setdefault("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
     # Never let a caller's terminal locale change the output formats we parse.
     merged.setdefault("LC_ALL", "C.UTF-8")
     if env:
@@ -179,18 +217,75 @@ def child_env(env: Mapping[str, str] | None) -> dict[str, str]:
     return merged
 
 
+# ---------------------------------------------------------------- dying with drtool
+
+_PR_SET_PDEATHSIG = 1
+try:
+    _libc_prctl = ctypes.CDLL(None, use_errno=True).prctl
+except (OSError, AttributeError):   # not Linux: children are still stopped on every normal exit path
+    _libc_prctl = None
+SUPERVISOR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "supervise.py")
+
+
+def _die_with_parent(sig: int) -> Callable[[], None]:
+    """A preexec_fn: the child gets `sig` when the thread that started it ends (drtool died).
+
+    Resolved before fork so the child only makes one libc call. If drtool already died
+    between fork and prctl, the child is now an orphan: it exits at once.
+    """
+    parent = os.getpid()
+    prctl = _libc_prctl
+
+    def preexec() -> None:
+        if prctl is not None:
+            prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
+        if os.getppid() != parent:
+            os._exit(125)
+
+    return preexec
+
+
 class LocalRunner:
     name = "local"
+    where = "this machine"
 
-    def __init__(self, user: str | None = None) -> None:
+    def __init__(self, user: str | None = None, *, contain: bool = False, inherit_env: bool = True,
+                 drop_env: Sequence[str] = ()) -> None:
         # `user`: run as this OS user via runuser (initdb/pg_ctl refuse root).
+        # `contain`: under the supervisor, which kills whatever the program leaves behind.
+        # `inherit_env`: False gives children only CLEAN_ENV_KEYS of drtool's environment.
+        # `drop_env`: variables of drtool's environment its children never see.
         self.user = user
+        self.contain = contain
+        self.inherit_env = inherit_env
+        self.drop_env = tuple(drop_env)
 
-    def _argv(self, argv: Sequence[str]) -> list[str]:
+    def argv_for(self, argv: Sequence[str]) -> list[str]:
+        """The argv as it is executed: through runuser and/or the supervisor when configured."""
         argv = [str(a) for a in argv]
         if self.user and os.geteuid() == 0:
-            return ["runuser", "-u", self.user, "--", *argv]
+            argv = ["runuser", "-u", self.user, "--", *argv]
+        if self.contain:
+            argv = [sys.executable, "-I", "-S", SUPERVISOR, *argv]
         return argv
+
+    _argv = argv_for   # older name, used by scratch/postgres.py
+
+    def _popen(self, full: list[str], *, stdin: Any, env: Mapping[str, str] | None, cwd: str | None,
+               pass_fds: Sequence[int], detach: bool) -> subprocess.Popen[bytes]:
+        # Own session: a Ctrl-C on the terminal reaches drtool, which then decides how each
+        # child stops (restic must not commit); and a timeout can kill the whole group.
+        # The supervisor gets SIGTERM when drtool dies (it then kills its tree); others SIGKILL.
+        preexec = None if detach else _die_with_parent(signal.SIGTERM if self.contain else signal.SIGKILL)
+        try:
+            return subprocess.Popen(
+                full, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                env=child_env(env, inherit=self.inherit_env, drop=self.drop_env), cwd=cwd, pass_fds=tuple(pass_fds),
+                start_new_session=True, preexec_fn=preexec,
+            )
+        except FileNotFoundError:
+            raise CommandError(full, 127, f"{full[0]}: command not found",
+                               hint=f"install {full[0]} or put it on PATH") from None
 
     def run(
         self,
@@ -202,31 +297,20 @@ class LocalRunner:
         check: bool = True,
         cwd: str | None = None,
         pass_fds: Sequence[int] = (),
+        detach: bool = False,
     ) -> Result:
-        full = self._argv(argv)
+        full = self.argv_for(argv)
         log.debug("run: %s", redact(" ".join(full)))
-        try:
-            popen = subprocess.Popen(
-                full,
-                stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                env=child_env(env),
-                cwd=cwd,
-                pass_fds=tuple(pass_fds),
-            )
-        except FileNotFoundError:
-            raise CommandError(full, 127, f"{full[0]}: command not found", hint=f"install {argv[0]} or put it on PATH") from None
+        popen = self._popen(full, stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL, env=env,
+                            cwd=cwd, pass_fds=pass_fds, detach=detach)
         _track(popen.pid)
         try:
             stdout, stderr = popen.communicate(input, timeout=timeout)
         except subprocess.TimeoutExpired:
-            popen.kill()
-            _, stderr = popen.communicate()
+            stderr = _kill_group_and_drain(popen, contained=self.contain)
             raise CommandError(full, None, _tail(stderr), hint=f"it took longer than {timeout:.0f}s") from None
         except BaseException:
-            popen.kill()
-            popen.wait()
+            _kill_group_and_drain(popen, contained=self.contain)
             raise
         result = Result(full, popen.returncode, stdout, stderr)
         if check and popen.returncode != 0:
@@ -241,32 +325,51 @@ class LocalRunner:
         stdin: bool = False,
         cwd: str | None = None,
         pass_fds: Sequence[int] = (),
+        detach: bool = False,
     ) -> LocalProcess:
-        full = self._argv(argv)
+        full = self.argv_for(argv)
         log.debug("start: %s", redact(" ".join(full)))
-        try:
-            popen = subprocess.Popen(
-                full,
-                stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                env=child_env(env),
-                cwd=cwd,
-                pass_fds=tuple(pass_fds),
-                # Own process group: a Ctrl-C on the terminal reaches drtool, which
-                # then decides how each child stops (restic must not commit).
-                start_new_session=True,
-            )
-        except FileNotFoundError:
-            raise CommandError(full, 127, f"{full[0]}: command not found", hint=f"install {argv[0]} or put it on PATH") from None
+        popen = self._popen(full, stdin=subprocess.PIPE if stdin else subprocess.DEVNULL, env=env, cwd=cwd,
+                            pass_fds=pass_fds, detach=detach)
         _track(popen.pid)
         return LocalProcess(popen, full)
 
     def which(self, program: str) -> str | None:
         return shutil.which(program)
 
+    def connect(self) -> None:
+        """Nothing to reach locally; SshRunner verifies the host key here."""
+
     def close(self) -> None:
         """Nothing to release locally; SshRunner closes its connection here."""
+
+
+def _kill_group_and_drain(popen: subprocess.Popen[bytes], grace: float = 5.0, *, contained: bool = False) -> bytes:
+    """Kill the child's whole process group, then read what is left of its stderr.
+
+    The group, not only the child: a shell's background jobs hold the pipes open, and
+    reading to EOF would then wait for them. A contained child (the supervisor) is asked
+    first with SIGTERM: it then kills its whole tree, including what left the group. If
+    something still holds a pipe after `grace` seconds, the pipes are closed instead."""
+    if contained and popen.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            popen.send_signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            popen.wait(grace)
+    try:
+        os.killpg(popen.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        popen.kill()
+    try:
+        _, stderr = popen.communicate(timeout=grace)
+    except subprocess.TimeoutExpired:
+        for pipe in (popen.stdout, popen.stderr, popen.stdin):
+            if pipe is not None:
+                with contextlib.suppress(OSError):
+                    pipe.close()
+        popen.wait(grace)
+        stderr = b""
+    return stderr or b""
 
 
 def _tail(data: bytes | None, limit: int = 4000) -> str:

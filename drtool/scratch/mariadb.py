@@ -170,7 +170,9 @@ class ScratchMariadb:
         self._install()
         self.port = free_port()
         argv = server_argv(_find(["mariadbd", "mysqld"]), self.home, self.port, as_root=self._as_root)
-        self.proc = self._runner.start(argv)
+        # detach: the server outlives the drill step's thread that starts it (a child started
+        # with PR_SET_PDEATHSIG would die with that thread); teardown stops it.
+        self.proc = self._runner.start(argv, detach=True)
         self._wait_ready()
         self._create_tcp_user()
 
