@@ -3,12 +3,25 @@
 Every run, success or failure, becomes a RunRecord. The local SQLite file
 answers "when did P last succeed" quickly; the offsite copy (next to the
 restic repository) lets history survive the server.
+
+A run is recorded as "running" when it starts, with its pid and the pid's start
+time; a later run that finds such a record whose process is gone marks it
+"interrupted" (drtool was killed, the machine lost power). The `debris` table
+lists snapshots a run could not remove (the storage was down during a rollback,
+or the run was killed mid-stream); the next backup of the repository removes them.
+
+The catalog is a cache of what the signed offsite records hold: a file that is
+not a database any more is moved aside (catalog.db.corrupt-TIME) and a new one
+started, loudly; a catalog that cannot be written (locked, disk full) raises
+StateError, and the run goes on to record itself offsite and alert.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import time
 import secrets as _random
 import sqlite3
 from contextlib import closing
@@ -17,7 +30,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from drtool.errors import StateError
 from drtool.secrets import redact
+
+log = logging.getLogger(__name__)
 
 SCHEMA = """
 create table if not exists runs (
@@ -36,7 +52,17 @@ create table if not exists runs (
     details text
 );
 create index if not exists runs_policy_kind on runs(policy, kind, started_at);
+create index if not exists runs_status on runs(status);
+create table if not exists debris (
+    run_id text not null,
+    repository text not null,
+    tags text not null,
+    reason text not null,
+    created_at text not null,
+    primary key (run_id, repository, tags)
+);
 """
+LOCK_TIMEOUT_S = 10.0
 
 
 def utcnow() -> datetime:
@@ -52,8 +78,8 @@ def new_run_id(kind: str, when: datetime | None = None) -> str:
 class RunRecord:
     id: str
     policy: str
-    kind: str                           # backup | forget | check | drill
-    status: str                         # running | success | failed | cancelled
+    kind: str                           # backup | forget | check | drill | kit-verify | recover
+    status: str                         # running | success | failed | cancelled | interrupted
     started_at: datetime
     finished_at: datetime | None = None
     duration_s: float | None = None
@@ -92,28 +118,85 @@ class RunRecord:
 
 
 class Catalog:
-    def __init__(self, state_dir: Path) -> None:
-        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    def __init__(self, state_dir: Path, *, lock_timeout: float = LOCK_TIMEOUT_S) -> None:
         self.path = state_dir / "catalog.db"
+        self.lock_timeout = lock_timeout
+        self.recovered_from: Path | None = None     # where a corrupt catalog was moved
+        try:
+            state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self._create()
+        except sqlite3.DatabaseError as exc:
+            if not _is_corrupt(exc):
+                raise _state_error(self.path, exc) from None
+            self._quarantine(exc)
+        except OSError as exc:
+            raise _state_error(self.path, exc) from None
+
+    def _create(self) -> None:
         with closing(self._connect()) as db:
             db.executescript(SCHEMA)
         os.chmod(self.path, 0o600)
 
+    def _quarantine(self, exc: sqlite3.DatabaseError) -> None:
+        aside = self.path.with_name(f"catalog.db.corrupt-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
+        log.error("catalog %s is damaged (%s); moved aside to %s, starting a new one "
+                  "(run history stays readable from the signed records offsite)", self.path, exc, aside)
+        try:
+            os.replace(self.path, aside)
+            self._create()
+        except (OSError, sqlite3.DatabaseError) as again:
+            raise _state_error(self.path, again) from None
+        self.recovered_from = aside
+
     def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, timeout=30)
+        db = sqlite3.connect(self.path, timeout=self.lock_timeout)
         db.row_factory = sqlite3.Row
         return db
+
+    def _write(self, sql: str, args: Any = ()) -> None:
+        try:
+            with closing(self._connect()) as db, db:
+                db.execute(sql, args)
+        except (sqlite3.DatabaseError, OSError) as exc:
+            raise _state_error(self.path, exc) from None
 
     def record(self, run: RunRecord) -> None:
         row = run.to_dict()
         row["snapshots"] = json.dumps(run.snapshots)
         row["details"] = json.dumps(run.details, default=str)
-        with closing(self._connect()) as db, db:
-            db.execute(
-                "insert or replace into runs values (:id, :policy, :kind, :status, :started_at, :finished_at,"
-                " :duration_s, :bytes_added, :files_new, :snapshots, :error, :trigger, :details)",
-                row,
-            )
+        self._write(
+            "insert or replace into runs values (:id, :policy, :kind, :status, :started_at, :finished_at,"
+            " :duration_s, :bytes_added, :files_new, :snapshots, :error, :trigger, :details)",
+            row,
+        )
+
+    def running(self) -> list[RunRecord]:
+        """Runs recorded as running (live ones, and dead ones not yet marked interrupted)."""
+        return self._select("select * from runs where status = 'running' order by started_at", ())
+
+    # ------------------------------------------------------------ debris
+
+    def add_debris(self, run_id: str, repository: str, tags: list[str], reason: str) -> None:
+        self._write("insert or replace into debris values (?, ?, ?, ?, ?)",
+                    (run_id, repository, json.dumps(sorted(tags)), reason, utcnow().isoformat()))
+
+    def debris(self, repository: str) -> list[dict[str, Any]]:
+        rows = self._select_rows("select * from debris where repository = ? order by created_at", (repository,))
+        return [{**r, "tags": json.loads(r["tags"])} for r in rows]
+
+    def clear_debris(self, run_id: str, repository: str, tags: list[str]) -> None:
+        self._write("delete from debris where run_id = ? and repository = ? and tags = ?",
+                    (run_id, repository, json.dumps(sorted(tags))))
+
+    def _select(self, sql: str, args: Any) -> list[RunRecord]:
+        return [_from_row(r) for r in self._select_rows(sql, args)]
+
+    def _select_rows(self, sql: str, args: Any) -> list[dict[str, Any]]:
+        try:
+            with closing(self._connect()) as db:
+                return [dict(r) for r in db.execute(sql, args)]
+        except (sqlite3.DatabaseError, OSError) as exc:
+            raise _state_error(self.path, exc) from None
 
     def runs(self, policy: str | None = None, kind: str | None = None, limit: int = 50,
              status: str | None = None) -> list[RunRecord]:
@@ -124,8 +207,7 @@ class Catalog:
                 args.append(value)
         query += " order by started_at desc limit ?"
         args.append(limit)
-        with closing(self._connect()) as db:
-            return [_from_row(r) for r in db.execute(query, args)]
+        return self._select(query, args)
 
     def last_run(self, policy: str, kind: str, status: str | None = None) -> RunRecord | None:
         found = self.runs(policy=policy, kind=kind, status=status, limit=1)
@@ -136,28 +218,42 @@ class Catalog:
         each (policy, kind, None), and for drills (policy, "drill", playbook) from the policy's newest
         `drill_window` drill runs (as a scan of `runs(policy, "drill", limit=drill_window)` finds it)."""
         found: dict[tuple[str, str, str | None], datetime] = {}
-        with closing(self._connect()) as db:
-            for row in db.execute("select policy, kind, max(started_at) as started_at from runs"
-                                  " where kind != 'drill' group by policy, kind"):
-                found[(row["policy"], row["kind"], None)] = datetime.fromisoformat(row["started_at"])
-            rows = db.execute(
-                "select policy, started_at, details from (select policy, started_at, details, row_number() over"
-                " (partition by policy order by started_at desc) as n from runs where kind = 'drill') where n <= ?"
-                " order by started_at desc", (drill_window,))
-            for row in rows:
-                playbook = json.loads(row["details"] or "{}").get("playbook")
-                key = (row["policy"], "drill", playbook)
-                if playbook is not None and key not in found:
-                    found[key] = datetime.fromisoformat(row["started_at"])
+        for row in self._select_rows("select policy, kind, max(started_at) as started_at from runs"
+                                     " where kind != 'drill' group by policy, kind", ()):
+            found[(row["policy"], row["kind"], None)] = datetime.fromisoformat(row["started_at"])
+        rows = self._select_rows(
+            "select policy, started_at, details from (select policy, started_at, details, row_number() over"
+            " (partition by policy order by started_at desc) as n from runs where kind = 'drill') where n <= ?"
+            " order by started_at desc", (drill_window,))
+        for row in rows:
+            playbook = json.loads(row["details"] or "{}").get("playbook")
+            key = (row["policy"], "drill", playbook)
+            if playbook is not None and key not in found:
+                found[key] = datetime.fromisoformat(row["started_at"])
         return found
 
     def get(self, run_id: str) -> RunRecord | None:
-        with closing(self._connect()) as db:
-            row = db.execute("select * from runs where id = ?", (run_id,)).fetchone()
-        return _from_row(row) if row else None
+        found = self._select("select * from runs where id = ?", (run_id,))
+        return found[0] if found else None
 
 
-def _from_row(row: sqlite3.Row) -> RunRecord:
+def _is_corrupt(exc: sqlite3.DatabaseError) -> bool:
+    text = str(exc).lower()
+    return "not a database" in text or "malformed" in text or "file is encrypted" in text
+
+
+def _state_error(path: Path, exc: BaseException) -> StateError:
+    text = getattr(exc, "strerror", None) or str(exc)
+    if "locked" in text.lower() or "busy" in text.lower():
+        hint = "another process holds the catalog; find it with `fuser` and let it finish"
+    elif "no space" in text.lower() or "disk is full" in text.lower() or "full" in text.lower():
+        hint = f"free space on the file system of {path.parent} (state_dir)"
+    else:
+        hint = f"check permissions and free space of {path.parent} (state_dir)"
+    return StateError(f"the local catalog {path} cannot be used: {text}", hint=hint)
+
+
+def _from_row(row: sqlite3.Row | dict[str, Any]) -> RunRecord:
     data = dict(row)
     data["snapshots"] = json.loads(data["snapshots"] or "[]")
     data["details"] = json.loads(data["details"] or "{}")

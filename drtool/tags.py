@@ -10,6 +10,9 @@ when taken from a remote host without restic.
 
 from __future__ import annotations
 
+# Written last for a database source: its presence marks the run's set of streams complete.
+FINGERPRINT_STREAM = "fingerprint.json"
+
 
 def policy_tags(policy, source: str | None = None, *, run_id: str | None = None,  # noqa: ANN001 - Policy
                 stream: str | None = None) -> list[str]:

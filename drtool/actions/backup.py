@@ -1,29 +1,46 @@
-"""Use case: take a policy's snapshots (files and database dumps) into its repository."""
+"""Use case: take a policy's snapshots (files and database dumps) into its repository.
+
+    backup_policy(settings, policy) -> RunRecord
+
+Under the policy lock and inside the run lifecycle (drtool/actions/lifecycle.py):
+reach the host, probe the repository (a wrong password or a missing repository
+stops the run before any dump starts; a throttling storage is waited out), remove
+the debris of earlier runs, run the before-hooks, then back up every source. A
+source is all or nothing. A source that failed for a transient cause (storage
+throttled or unreachable, a lock) is tried again, up to `retries` times, and only
+the failed sources run again: one run, several attempts, all in its record.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
+import os
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
-from collections.abc import Callable
 from typing import Any
 
-from drtool.actions.common import RepoHandle, open_repo, policy_tags, preflight_once, publish_offsite, restic_host
+from drtool.actions.common import RepoHandle, open_repo, policy_tags, preflight_once, restic_host
+from drtool.actions.debris import clean_debris, record_rollback_debris
 from drtool.actions.hooks import run_hooks
-from drtool.catalog import Catalog, RunRecord, new_run_id, utcnow
+from drtool.actions.lifecycle import RunLifecycle
+from drtool.catalog import RunRecord, new_run_id, utcnow
 from drtool.config.loader import Settings
 from drtool.config.models import Policy, Source
 from drtool.engine.pipeline import Cancelled, backup_bytes, backup_paths, stream_to_restic
-from drtool.errors import DrtoolError
+from drtool.errors import DrtoolError, SourceError
 from drtool.locking import PolicyLock
+from drtool.tags import FINGERPRINT_STREAM
 
 log = logging.getLogger(__name__)
 
 EventFn = Callable[[dict[str, Any]], None]
-FINGERPRINT_STREAM = "fingerprint.json"
+
+
+class BackupFailed(DrtoolError):
+    """Some sources of the run failed; the others' snapshots stand on their own."""
 
 
 def plan(settings: Settings, policy: Policy) -> dict[str, Any]:
@@ -36,6 +53,7 @@ def plan(settings: Settings, policy: Policy) -> dict[str, Any]:
         "sources": [_describe_source(s) for s in policy.sources],
         "hooks": {"before": len(policy.hooks.before), "after": len(policy.hooks.after),
                   "on_failure": len(policy.hooks.on_failure)},
+        "retries": policy.retries,
     }
 
 
@@ -52,50 +70,75 @@ def backup_policy(settings: Settings, policy: Policy, *, dry_run: bool = False, 
                   trigger: str = "manual", on_event: EventFn | None = None,
                   cancel: threading.Event | None = None) -> RunRecord:
     emit = on_event or (lambda _e: None)
-    catalog = Catalog(settings.state_dir)
-    run = RunRecord(new_run_id("backup"), policy.name, "backup", "running", utcnow(), trigger=trigger)
+    run_id = new_run_id("backup")
     if dry_run:
+        run = RunRecord(run_id, policy.name, "backup", "running", utcnow(), trigger=trigger)
         run.details["plan"] = plan(settings, policy)
         return run.finish("success")
-    # Secrets are resolved first: a bad reference is a config error (exit 2), nothing touched.
-    handle: RepoHandle = open_repo(settings, policy.repository)
     lock = PolicyLock(settings.state_dir, policy.name, wait=wait)
-    lock.acquire(run.id)
+    lock.acquire(run_id)
     try:
-        try:
-            _warm_up_offsite(handle)
-            _reach_host(settings, policy)
-            run.details["preflight"] = preflight_once(handle, on_event=emit)
-            run_hooks("before", policy.hooks.before, timeout=policy.hooks.timeout, env=_hook_env(policy, run))
-            failures = _backup_sources(settings, policy, handle, run, emit, cancel)
-            if not failures:   # a failed run adds nothing to the repository but its record
-                failures += _store_bundle(settings, handle, run, emit)
-            if failures:
-                raise DrtoolError(f"{len(failures)} of {len(policy.sources)} sources failed: "
-                                  + "; ".join(failures))
-            run_hooks("after", policy.hooks.after, timeout=policy.hooks.timeout, env=_hook_env(policy, run))
-            run.finish("success")
-        except Cancelled as exc:
-            run.finish("cancelled", str(exc))
-        except DrtoolError as exc:
-            run.finish("failed", str(exc))
-        except KeyboardInterrupt:
-            run.finish("cancelled", "interrupted")
-        if run.status != "success":
-            _on_failure_hooks(policy, run)
-        _store_record(catalog, handle, run, emit)
+        with RunLifecycle(settings, "backup", policy.name, trigger=trigger, emit=emit, run_id=run_id) as lc:
+            lc.on_failure.append(lambda run: _on_failure_hooks(policy, run))
+            # Secrets resolve here, inside the run: a reference that does not resolve tonight is a
+            # recorded, alerted failure (exit 2: configuration), not a silent unit failure.
+            lc.handle = open_repo(settings, policy.repository)
+            _run(settings, policy, lc.handle, lc, emit, cancel)
+        return lc.record
     finally:
         lock.release()
-    return run
 
 
-def _backup_sources(settings: Settings, policy: Policy, handle: RepoHandle, run: RunRecord,
-                    emit: EventFn, cancel: threading.Event | None) -> list[str]:
-    failures: list[str] = []
+def _run(settings: Settings, policy: Policy, handle: RepoHandle, lc: RunLifecycle, emit: EventFn,
+         cancel: threading.Event | None) -> None:
+    run = lc.record
+    _warm_up_offsite(handle)
+    _reach_host(settings, policy)
+    run.details["preflight"] = preflight_once(handle, on_event=emit)
+    if lc.catalog is not None:
+        removed = clean_debris(lc.catalog, handle, restic_host(settings), emit)
+        if removed:
+            run.details["debris_removed"] = removed
+    run_hooks("before", policy.hooks.before, timeout=policy.hooks.timeout, env=_hook_env(policy, run))
+    failures = _with_retries(settings, policy, handle, lc, emit, cancel)
+    if not failures:   # a failed run adds nothing to the repository but its record
+        failures = _store_bundle(settings, handle, run, emit)
+    if failures:
+        done = [s.name for s in policy.sources if s.name not in failures]
+        raise BackupFailed(f"{len(failures)} of {len(policy.sources)} sources failed: "
+                           + "; ".join(f"{name}: {_one_line(exc)}" for name, exc in failures.items())
+                           + (f" (complete: {', '.join(done)})" if done else ""))
+    run_hooks("after", policy.hooks.after, timeout=policy.hooks.timeout, env=_hook_env(policy, run))
+
+
+def _with_retries(settings: Settings, policy: Policy, handle: RepoHandle, lc: RunLifecycle, emit: EventFn,
+                  cancel: threading.Event | None) -> dict[str, DrtoolError]:
+    """Back up every source; retry the ones that failed for a transient cause. Returns the failures."""
+    run = lc.record
+    pending = list(policy.sources)
+    attempts: list[dict[str, Any]] = []
+    run.details["attempts"] = attempts
+    while True:
+        failures = _backup_sources(settings, policy, handle, run, pending, emit, cancel)
+        attempts.append({"attempt": len(attempts) + 1, "sources": [s.name for s in pending],
+                         "failed": {name: _one_line(exc) for name, exc in failures.items()}})
+        retry = failures and all(exc.transient for exc in failures.values()) and len(attempts) <= policy.retries
+        if not retry:
+            return failures
+        emit({"event": "notice", "message": f"{', '.join(failures)} failed for a transient cause; trying again in "
+                                            f"{policy.retry_wait:.0f}s (attempt {len(attempts) + 1} of "
+                                            f"{policy.retries + 1})"})
+        if (cancel or threading.Event()).wait(policy.retry_wait):
+            raise Cancelled("cancelled while waiting to retry")
+        pending = [s for s in pending if s.name in failures]
+
+
+def _backup_sources(settings: Settings, policy: Policy, handle: RepoHandle, run: RunRecord, sources: list[Source],
+                    emit: EventFn, cancel: threading.Event | None) -> dict[str, DrtoolError]:
+    failures: dict[str, DrtoolError] = {}
     host = restic_host(settings)
-    results: dict[str, Any] = {}
-    run.details["sources"] = results
-    for source in policy.sources:
+    results: dict[str, Any] = run.details.setdefault("sources", {})
+    for source in sources:
         if cancel is not None and cancel.is_set():
             raise Cancelled("cancelled before all sources were backed up")
         emit({"event": "source_start", "source": source.name, "kind": source.kind})
@@ -108,37 +151,39 @@ def _backup_sources(settings: Settings, policy: Policy, handle: RepoHandle, run:
         except Cancelled:
             raise
         except DrtoolError as exc:
-            results[source.name] = {"status": "failed", "error": str(exc)}
-            failures.append(f"{source.name}: {exc.message.splitlines()[0]}"
-                            + (f" ({exc.hint})" if exc.hint else ""))
+            results[source.name] = {"status": "failed", "error": str(exc), "transient": exc.transient}
+            failures[source.name] = exc
             emit({"event": "source_failed", "source": source.name, "error": str(exc)})
     return failures
 
 
-def _store_bundle(settings: Settings, handle: RepoHandle, run: RunRecord, emit: EventFn) -> list[str]:
+def _one_line(exc: DrtoolError) -> str:
+    return exc.message.splitlines()[0] + (f" ({exc.hint})" if exc.hint else "")
+
+
+def _store_bundle(settings: Settings, handle: RepoHandle, run: RunRecord, emit: EventFn) -> dict[str, DrtoolError]:
     """Keep the configuration (drtool.yaml, policies, playbooks; secrets by reference) in the
     repository too, so recovery needs no file from the lost server."""
-    try:
-        from drtool.actions.bundle import store_config_bundle
-    except ImportError:  # recovery-kit support not built in
-        return []
+    from drtool.actions.bundle import store_config_bundle
+
     marker, digest = _bundle_marker(settings, handle)
     if marker.exists() and marker.read_text() == digest:
         run.details["config_bundle"] = {"unchanged": True}   # the stored one is still current
-        return []
+        return {}
     try:
         run.details["config_bundle"] = store_config_bundle(settings, handle, host=restic_host(settings),
                                                            run_id=run.id)
     except DrtoolError as exc:
         emit({"event": "notice", "message": f"configuration bundle not stored: {exc.message}"})
-        return [f"config bundle: {exc.message.splitlines()[0]}"]
+        return {"config bundle": exc}
     marker.write_text(digest)
-    return []
+    return {}
 
 
 def _bundle_marker(settings: Settings, handle: RepoHandle):  # noqa: ANN202
     """(marker file, digest of the configuration as loaded) for this repository."""
     import hashlib
+    from pathlib import Path
 
     from drtool.actions.common import state_path
 
@@ -161,6 +206,11 @@ def _backup_files(settings: Settings, policy: Policy, source: Source, handle: Re
     if policy.host:
         from drtool.sources.remote_files import backup_remote_files
         return backup_remote_files(settings, policy, source, handle, run, host, emit, cancel)
+    missing = [p for p in spec.paths if not os.path.lexists(p)]
+    if missing:
+        # restic only warns "does not exist, skipping" and exits 0: a backup with a hole.
+        raise SourceError(f"files source {source.name!r}: {', '.join(missing)} does not exist; nothing was backed up",
+                          hint="fix the path in the policy, or remove it if the data moved")
     tags = policy_tags(policy, source.name, run_id=run.id)
     snap, summary = backup_paths(
         handle.restic, spec.paths, excludes=spec.exclude, one_file_system=spec.one_file_system,
@@ -195,6 +245,7 @@ def _backup_database(settings: Settings, policy: Policy, source: Source, handle:
                     handle.restic, stream.start, filename=stream.name,
                     tags=policy_tags(policy, source.name, run_id=run.id, stream=stream.name),
                     host=host, what=f"{source.kind} dump of {source.name}/{stream.name}", cancel=cancel,
+                    check=getattr(stream, "check", None),
                     on_progress=lambda obj, s=stream.name: emit({"event": "progress", "source": source.name,
                                                                  "stream": s, **obj}),
                 )
@@ -212,7 +263,7 @@ def _backup_database(settings: Settings, policy: Policy, source: Source, handle:
                                    filename=FINGERPRINT_STREAM, host=host,
                                    tags=policy_tags(policy, source.name, run_id=run.id, stream=FINGERPRINT_STREAM))
     except BaseException:
-        _roll_back(handle, policy_tags(policy, source.name, run_id=run.id))
+        _roll_back(settings, handle, policy_tags(policy, source.name, run_id=run.id), run.id)
         raise
     snapshots.append(fp_snap)
     run.snapshots.extend(snapshots)
@@ -221,9 +272,6 @@ def _backup_database(settings: Settings, policy: Policy, source: Source, handle:
 
 
 def _runner(settings: Settings, policy: Policy):  # noqa: ANN202 - a Runner
-    if policy.host is None:
-        from drtool.execute import LocalRunner
-        return LocalRunner()
     from drtool.remote import runner_for
     return runner_for(settings, policy.host)
 
@@ -242,12 +290,15 @@ def _reach_host(settings: Settings, policy: Policy) -> None:
         runner.close()
 
 
-def _roll_back(handle: RepoHandle, tags: list[str]) -> None:
-    """A source is all or nothing: forget the streams of this run that did commit."""
+def _roll_back(settings: Settings, handle: RepoHandle, tags: list[str], run_id: str) -> None:
+    """A source is all or nothing: forget the streams of this run that did commit. If the storage
+    cannot be reached now (it may be why the source failed), the next backup removes them."""
     try:
         handle.restic.forget_ids([snap.id for snap in handle.restic.snapshots(tags=tags)])
-    except DrtoolError:
-        log.warning("could not remove the committed streams of a failed source", exc_info=True)
+    except DrtoolError as exc:
+        log.warning("could not remove the committed streams of a failed source (%s); the next backup will",
+                    exc.message.splitlines()[0])
+        record_rollback_debris(settings, handle, run_id, tags)
 
 
 def _in_pairs(fn, items):  # noqa: ANN001, ANN202
@@ -282,9 +333,7 @@ def _warm_up_offsite(handle: RepoHandle) -> None:
 
 def _quietly(fn) -> None:  # noqa: ANN001
     try:
-        store = getattr(fn(), "_store", None)
-        if store is not None:
-            store.client()
+        fn().warm_up()
     except Exception:  # noqa: BLE001 - only a warm-up; the real upload reports errors
         log.debug("offsite warm-up failed", exc_info=True)
 
@@ -299,10 +348,3 @@ def _on_failure_hooks(policy: Policy, run: RunRecord) -> None:
         run_hooks("on_failure", policy.hooks.on_failure, timeout=policy.hooks.timeout, env=_hook_env(policy, run))
     except DrtoolError as exc:
         run.details["on_failure_hook_error"] = str(exc)
-
-
-def _store_record(catalog: Catalog, handle: RepoHandle, run: RunRecord, emit: EventFn) -> None:
-    """Local first (always possible), then offsite; an offsite failure is noted, not fatal."""
-    catalog.record(run)
-    publish_offsite(handle, f"runs/{run.id}.json", run.to_dict(), run.details, emit)
-    catalog.record(run)

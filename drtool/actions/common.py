@@ -11,7 +11,7 @@ from pathlib import Path
 
 from drtool.config.loader import Settings
 from drtool.engine.restic import Restic, repo_access
-from drtool.errors import DrtoolError
+from drtool.errors import RepositoryMissing
 from drtool.tags import policy_tags
 
 __all__ = ["RepoHandle", "open_repo", "policy_tags", "preflight", "preflight_once", "publish_offsite",
@@ -43,7 +43,9 @@ class RepoHandle:
 
 def open_repo(settings: Settings, repo_name: str) -> RepoHandle:
     cache = settings.state_dir / "restic-cache"
-    return RepoHandle(repo_name, Restic(repo_access(settings, repo_name), cache_dir=cache), settings)
+    repo = settings.config.repositories[repo_name]
+    restic = Restic(repo_access(settings, repo_name), cache_dir=cache, wait_unavailable=repo.wait_unavailable)
+    return RepoHandle(repo_name, restic, settings)
 
 
 def restic_host(settings: Settings) -> str:
@@ -56,15 +58,18 @@ def _known_marker(handle: RepoHandle) -> Path:
 
 
 def preflight_once(handle: RepoHandle, *, on_event=None) -> dict:  # noqa: ANN001
-    """Full preflight the first time a repository is used from this machine, then skip it.
+    """Full preflight (bucket, repository, init) the first time a repository is used from this
+    machine; afterwards one `restic cat config`.
 
-    Each check costs a restic key derivation or a boto3 round trip (about a
-    second together, per run); once the repository is known to exist, a
-    later failure is reported by restic itself and mapped to a clear error.
+    That probe (a key derivation, ~0.5 s) is never skipped: a wrong password or a missing
+    repository must stop the run before any dump starts, not after it, and a throttling or
+    briefly unreachable storage is waited out here (the repository's `wait_unavailable`),
+    before the run commits to anything.
     """
     marker = _known_marker(handle)
     if marker.exists():
-        return {"checked": "earlier"}
+        handle.restic.run(["cat", "config"], timeout=120)
+        return {"checked": "probe"}
     info = preflight(handle, create=True, on_event=on_event)
     marker.write_text(handle.repository.url + "\n")
     return info
@@ -84,8 +89,8 @@ def preflight(handle: RepoHandle, *, create: bool, on_event=None) -> dict:  # no
                 on_event({"event": "notice", "message": f"created bucket for {repo.url}"})
     if not handle.restic.exists():
         if not create:
-            raise DrtoolError(f"no restic repository at {repo.url}",
-                              hint=f"run `drtool init-repo {handle.name}` first")
+            raise RepositoryMissing(f"no restic repository at {repo.url}",
+                                    hint=f"run `drtool init-repo {handle.name}` first")
         handle.restic.init()
         info["initialised"] = True
         if on_event:
@@ -101,10 +106,8 @@ def state_path(settings: Settings, *parts: str) -> Path:
 
 def signed(settings: Settings, record: dict) -> dict:
     """The record with an Ed25519 signature, so an auditor can trust the offsite copy."""
-    try:
-        from drtool.crypto.signing import load_or_create_signing_key, sign_record
-    except ImportError:  # signing not available in this build
-        return record
+    from drtool.crypto.signing import load_or_create_signing_key, sign_record
+
     return sign_record(record, load_or_create_signing_key(settings.state_dir))
 
 

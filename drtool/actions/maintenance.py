@@ -5,12 +5,13 @@ from __future__ import annotations
 import threading
 from datetime import timedelta
 
-from drtool.actions.common import open_repo, policy_tags, restic_host
+from drtool.actions.common import RepoHandle, open_repo, policy_tags, restic_host
+from drtool.actions.lifecycle import RunLifecycle
 from drtool.actions.select import snapshot_sets
-from drtool.catalog import Catalog, RunRecord, new_run_id, utcnow
+from drtool.catalog import RunRecord, new_run_id, utcnow
 from drtool.config.loader import Settings
 from drtool.config.models import Policy
-from drtool.errors import Cancelled, DrtoolError
+from drtool.errors import Cancelled
 from drtool.locking import PolicyLock
 from drtool.retention import keep_indices
 
@@ -22,68 +23,63 @@ BUNDLES_KEPT = 30
 
 def forget_policy(settings: Settings, policy: Policy, *, trigger: str = "manual", prune: bool = True,
                   dry_run: bool = False, wait: bool = True, cancel: threading.Event | None = None) -> RunRecord:
-    run = RunRecord(new_run_id("forget"), policy.name, "forget", "running", utcnow(), trigger=trigger)
-    catalog = Catalog(settings.state_dir)
+    """Apply the policy's retention to this host's sets (never another host's), then prune."""
+    run_id = new_run_id("forget")
     lock = PolicyLock(settings.state_dir, policy.name, wait=wait, timeout=6 * 3600)
-    lock.acquire(run.id)
+    lock.acquire(run_id)
     try:
-        handle = open_repo(settings, policy.repository)
-        host = restic_host(settings)        # never another host's snapshots, whatever the tags say
-        run.details["host"] = host
-        now = utcnow()
-        forget_ids: list[str] = []
-        report: dict[str, dict[str, int]] = {}
-        for source in policy.sources:
-            retention = source.retention or policy.retention
-            listing = handle.restic.snapshots(tags=policy_tags(policy, source.name), host=host)
-            sets = snapshot_sets(handle.restic, policy, source, host=host, listing=listing)
-            kept = keep_indices([s.time for s in sets], retention, now)
-            drop = [s for i, s in enumerate(sets) if i not in kept]
-            complete_runs = {s.run_id for s in sets}
-            debris = [snap for snap in listing
-                      if snap.tag("run") not in complete_runs and source.kind != "files"
-                      and now - snap.time > DEBRIS_AGE]
-            for s in drop:
-                forget_ids += [x.id for x in ([s.files] if s.files else s.streams.values())]
-            forget_ids += [d.id for d in debris]
-            report[source.name] = {"kept": len(kept), "forgotten": len(drop), "debris": len(debris)}
-        bundles = _old_bundles(handle, host)
-        forget_ids += bundles
-        report["(configuration bundles)"] = {"kept": BUNDLES_KEPT, "forgotten": len(bundles), "debris": 0}
-        run.details["sources"] = report
-        run.details["forgotten_ids"] = len(forget_ids)
-        if not dry_run:
-            _stop_if(cancel)
-            handle.restic.forget_ids(forget_ids)
-            if prune and forget_ids:
-                _stop_if(cancel)
-                handle.restic.run(["prune"], timeout=12 * 3600, cancel=cancel)
-        run.finish("success")
-    except Cancelled as exc:
-        run.finish("cancelled", str(exc))
-    except DrtoolError as exc:
-        run.finish("failed", str(exc))
+        with RunLifecycle(settings, "forget", policy.name, trigger=trigger, run_id=run_id) as lc:
+            lc.handle = open_repo(settings, policy.repository)
+            _forget(settings, policy, lc.handle, lc.record, prune=prune, dry_run=dry_run, cancel=cancel)
+        return lc.record
     finally:
         lock.release()
-    catalog.record(run)
-    return run
+
+
+def _forget(settings: Settings, policy: Policy, handle: RepoHandle, run: RunRecord, *, prune: bool, dry_run: bool,
+            cancel: threading.Event | None) -> None:
+    host = restic_host(settings)        # never another host's snapshots, whatever the tags say
+    run.details["host"] = host
+    now = utcnow()
+    forget_ids: list[str] = []
+    report: dict[str, dict[str, int]] = {}
+    for source in policy.sources:
+        retention = source.retention or policy.retention
+        listing = handle.restic.snapshots(tags=policy_tags(policy, source.name), host=host)
+        sets = snapshot_sets(handle.restic, policy, source, host=host, listing=listing)
+        kept = keep_indices([s.time for s in sets], retention, now)
+        drop = [s for i, s in enumerate(sets) if i not in kept]
+        complete_runs = {s.run_id for s in sets}
+        debris = [snap for snap in listing
+                  if snap.tag("run") not in complete_runs and source.kind != "files"
+                  and now - snap.time > DEBRIS_AGE]
+        for s in drop:
+            forget_ids += [x.id for x in ([s.files] if s.files else s.streams.values())]
+        forget_ids += [d.id for d in debris]
+        report[source.name] = {"kept": len(kept), "forgotten": len(drop), "debris": len(debris)}
+    bundles = _old_bundles(handle, host)
+    forget_ids += bundles
+    report["(configuration bundles)"] = {"kept": BUNDLES_KEPT, "forgotten": len(bundles), "debris": 0}
+    run.details["sources"] = report
+    run.details["forgotten_ids"] = len(forget_ids)
+    run.details["dry_run"] = dry_run
+    if dry_run:
+        return
+    _stop_if(cancel)
+    handle.restic.forget_ids(forget_ids)
+    if prune and forget_ids:
+        _stop_if(cancel)
+        handle.restic.run(["prune"], timeout=12 * 3600, cancel=cancel)
 
 
 def check_repository(settings: Settings, policy: Policy, *, read_data_subset: str | None = None,
                      trigger: str = "manual", cancel: threading.Event | None = None) -> RunRecord:
-    run = RunRecord(new_run_id("check"), policy.name, "check", "running", utcnow(), trigger=trigger)
-    try:
-        handle = open_repo(settings, policy.repository)
+    with RunLifecycle(settings, "check", policy.name, trigger=trigger) as lc:
+        lc.record.details["read_data_subset"] = read_data_subset
+        lc.handle = handle = open_repo(settings, policy.repository)
         output = handle.restic.check(read_data_subset, cancel=cancel)
-        run.details["read_data_subset"] = read_data_subset
-        run.details["output_tail"] = output[-1500:]
-        run.finish("success")
-    except Cancelled as exc:
-        run.finish("cancelled", str(exc))
-    except DrtoolError as exc:
-        run.finish("failed", str(exc))
-    Catalog(settings.state_dir).record(run)
-    return run
+        lc.record.details["output_tail"] = output[-1500:]
+    return lc.record
 
 
 def _old_bundles(handle, host: str) -> list[str]:  # noqa: ANN001

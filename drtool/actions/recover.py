@@ -319,7 +319,7 @@ def _restore_database(handle: RepoHandle, source: Source, chosen: SnapshotSet, p
 
 def _scratch_postgres(source: Source, fingerprint: dict[str, Any], cleanup: ExitStack,
                       report: RecoveryReport) -> tuple[Any, dict[str, Any]]:
-    from drtool.drill.context import pg_major
+    from drtool.actions.drill.context import pg_major
     from drtool.scratch.postgres import ScratchPostgres
 
     # The server stays running after drtool exits, so TCP needs a password (no trust on 127.0.0.1).

@@ -13,9 +13,15 @@ from drtool.actions.select import FINGERPRINT_STREAM, SnapshotSet, choose, snaps
 from drtool.config.loader import Settings
 from drtool.config.models import Policy, Source
 from drtool.engine.reader import ResticStreamReader
+from drtool.engine.restic import Restic
 from drtool.errors import UsageError
+from drtool.execute import Runner
+from drtool.report.units import human_bytes
 from drtool.secrets import Secret
 from drtool.sources.base import DbTarget, Fingerprint
+
+
+RESTORE_TIMEOUT_S = 24 * 3600.0
 
 
 @dataclass
@@ -48,6 +54,59 @@ def restore_files_set(restic, chosen: SnapshotSet, dest: Path, *, force: bool = 
     from drtool.sources.remote_files import restore_tar
     [(stream, snap)] = chosen.streams.items()
     return restore_tar(restic, snap.id, stream, dest, force=force)
+
+
+def dump_path(chosen: SnapshotSet) -> tuple[str, str]:
+    """(snapshot id, path to dump): a tree snapshot and a tar-mode stream both dump as a tar."""
+    if chosen.files is not None:
+        return chosen.files.id, "/"
+    [(stream, snap)] = chosen.streams.items()
+    return snap.id, "/" + stream
+
+
+@dataclass(frozen=True)
+class FilesRestored:
+    bytes: int
+    files: int | None            # known for restores on this machine
+    how: str                     # what wrote and checked the files
+
+    def describe(self) -> str:
+        count = f"{self.files} files, " if self.files is not None else ""
+        return f"{count}{human_bytes(self.bytes)}"
+
+
+def restore_files_to(restic: Restic, chosen: SnapshotSet, dest: str, runner: Runner, *, force: bool = False,
+                     timeout: float = RESTORE_TIMEOUT_S) -> FilesRestored:
+    """Restore a files set into `dest` on the runner's machine.
+
+    Here: `restic restore --verify` (tree snapshots) or the tar relay (tar sets). On a
+    host: `restic dump SNAP /` streamed into `tar -x -C DEST` there over the channel."""
+    if runner.name == "local":
+        from drtool.sources.files import tree_size
+        restore_files_set(restic, chosen, Path(dest), force=force)
+        files, nbytes = tree_size(Path(dest))
+        how = ("restic restore --verify: content hashes re-read and verified by restic" if chosen.files is not None
+               else "restic dump | tar -x: restic checked every blob while reading")
+        return FilesRestored(nbytes, files, how)
+    from drtool.engine.reader import extract_dump
+    from drtool.sources.tree_remote import check_remote_dir
+
+    check_remote_dir(runner, dest, force=force)
+    runner.run(["mkdir", "-p", "-m", "0700", "--", dest], timeout=300)
+    snapshot_id, path = dump_path(chosen)
+    nbytes = extract_dump(restic, snapshot_id, path, runner, dest, timeout=timeout, where=f"on {runner.where}")
+    return FilesRestored(nbytes, None, f"restic dump | tar -x on {runner.where}: restic checked every blob while "
+                                       "reading")
+
+
+def verify_files_at(restic: Restic, chosen: SnapshotSet, dest: str, runner: Runner):  # noqa: ANN201 - TreeDiff
+    """Compare a restored tree, here or on a host, with its snapshot."""
+    if runner.name == "local":
+        return verify_files_set(restic, chosen, Path(dest))
+    from drtool.sources.tree_remote import verify_remote_tree
+
+    snapshot_id, path = dump_path(chosen)
+    return verify_remote_tree(restic, snapshot_id, path, runner, dest, runner.where)
 
 
 def verify_files_set(restic, chosen: SnapshotSet, dest: Path):  # noqa: ANN001, ANN201 - TreeDiff

@@ -16,8 +16,8 @@ from drtool.actions.common import policy_tags
 from drtool.config.models import Policy, Source
 from drtool.engine.restic import Restic, Snapshot
 from drtool.errors import DrtoolError, UsageError
+from drtool.tags import FINGERPRINT_STREAM
 
-FINGERPRINT_STREAM = "fingerprint.json"
 
 
 @dataclass

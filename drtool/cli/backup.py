@@ -12,6 +12,13 @@ def _settings(ctx: click.Context):  # noqa: ANN202
     return load_settings(ctx.obj["config"])
 
 
+def run_exit_code(run) -> int:  # noqa: ANN001 - a RunRecord
+    """0 for a run that succeeded and is recorded; else the class of its error (2: configuration)."""
+    if not run.ok:
+        return int(run.details.get("exit_code") or 1)
+    return 1 if run.details.get("local_record_error") else 0
+
+
 @click.command()
 @click.argument("name", required=False)
 @click.option("--all", "all_", is_flag=True, help="Back up every policy.")
@@ -28,7 +35,7 @@ def backup(ctx: click.Context, name: str | None, all_: bool, dry_run: bool, wait
         raise UsageError("give a policy NAME or --all (not both)")
     settings = _settings(ctx)
     policies = list(settings.policies.values()) if all_ else [settings.policy(name)]
-    failed = 0
+    code = 0
     for policy in policies:
         printer = ProgressPrinter(as_json)
         if not as_json:
@@ -37,12 +44,12 @@ def backup(ctx: click.Context, name: str | None, all_: bool, dry_run: bool, wait
             run = backup_policy(settings, policy, dry_run=dry_run, wait=wait, on_event=printer)
         finally:
             printer.close()
-        failed += not run.ok
+        code = max(code, run_exit_code(run))
         if as_json:
             emit_json({"event": "run", **run.to_dict()})
         else:
             _print_run(run)
-    ctx.exit(1 if failed else 0)
+    ctx.exit(code)
 
 
 def _print_run(run) -> None:  # noqa: ANN001
@@ -55,6 +62,8 @@ def _print_run(run) -> None:  # noqa: ANN001
                f"added {human_bytes(run.bytes_added)}  snapshots {len(run.snapshots)}")
     if run.error:
         click.echo(f"  error: {run.error}", err=True)
+    if run.details.get("local_record_error"):
+        click.echo(f"  error: {run.details['local_record_error']}", err=True)
 
 
 @click.command()
@@ -134,7 +143,7 @@ def forget(ctx: click.Context, name: str, dry_run: bool, no_prune: bool, as_json
             click.echo(f"{src}: keep {counts['kept']}, forget {counts['forgotten']}, debris {counts['debris']}")
         if run.error:
             click.echo(f"error: {run.error}", err=True)
-    ctx.exit(0 if run.ok else 1)
+    ctx.exit(run_exit_code(run))
 
 
 @click.command()
@@ -152,7 +161,7 @@ def check(ctx: click.Context, name: str, read_data_subset: str | None, as_json: 
         emit_json(run.to_dict())
     else:
         click.echo(("OK " if run.ok else "FAILED ") + (run.error or "repository is consistent"))
-    ctx.exit(0 if run.ok else 1)
+    ctx.exit(run_exit_code(run))
 
 
 @click.command("init-repo")

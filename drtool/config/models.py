@@ -39,6 +39,9 @@ class Repository(Model):
     url: str
     password: SecretRef
     s3: S3Settings | None = None
+    # How long a throttling (503 SlowDown) or unreachable storage is waited out, with
+    # exponential backoff, before a run gives up on it.
+    wait_unavailable: Duration = 300.0
 
     @field_validator("url")
     @classmethod
@@ -67,9 +70,19 @@ class Host(Model):
     files_mode: Literal["auto", "restic", "tar"] = "auto"
 
 
+# A URL that carries a token (a webhook path, a healthchecks uuid, an ntfy topic) may be
+# given by reference like any other secret: {env: NAME}, {file: PATH}, {command: [...]}.
+UrlOrRef = str | SecretRef
+RunKind = Literal["backup", "forget", "check", "drill", "kit-verify", "recover"]
+
+
 class Webhook(Model):
-    url: str
+    url: UrlOrRef
     events: list[str] | None = None
+    method: Literal["POST", "PUT"] = "POST"
+    headers: dict[str, UrlOrRef] = {}      # e.g. Authorization: {env: HOOK_TOKEN}
+    body: str | None = None                # Jinja2 template (sandboxed); default: the event as JSON
+    content_type: str = "application/json"
 
 
 class Email(Model):
@@ -84,20 +97,33 @@ class Email(Model):
 
 
 class Healthcheck(Model):
-    url: str                               # base ping URL; /start and /fail are appended
+    url: UrlOrRef                          # base ping URL; /start and /fail are appended
     policy: str | None = None
+    kinds: list[RunKind] = ["backup"]      # which runs ping this check
+
+
+class AppriseTarget(Model):
+    """Any service Apprise speaks: ntfy://, slack://, tgram://, matrix://, gotify://, mailto://..."""
+    url: UrlOrRef
+    events: list[str] | None = None
+    title: str | None = None               # Jinja2 templates; defaults: the event's subject and text
+    body: str | None = None
 
 
 class Notifications(Model):
     webhooks: list[Webhook] = []
     email: list[Email] = []
     healthchecks: list[Healthcheck] = []
+    apprise: list[AppriseTarget] = []
     on_success: bool = False
+    timeout: Duration = 10.0               # per delivery attempt
+    attempts: int = Field(3, ge=1, le=10)  # per channel, with exponential backoff
 
 
 class Metrics(Model):
     textfile: str | None = None            # node_exporter textfile collector path
     port: int | None = Field(None, ge=1, le=65535)
+    pushgateway: str | None = None         # e.g. http://127.0.0.1:9091, for hosts without node_exporter
 
 
 class Config(Model):
@@ -234,6 +260,11 @@ class Policy(Model):
     repository: Name
     host: Name | None = None
     schedule: str | None = None
+    # A backup that failed for a transient cause (storage throttled or unreachable, a lock
+    # held) is tried again, up to `retries` times, `retry_wait` apart; only the sources that
+    # failed run again, and the run keeps one record with every attempt.
+    retries: int = Field(1, ge=0, le=10)
+    retry_wait: Duration = 60.0
     targets: Targets = Targets()
     retention: Retention = Retention()
     sources: Annotated[list[Source], Field(min_length=1)]

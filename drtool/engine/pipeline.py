@@ -12,8 +12,6 @@ of defence any snapshot tagged with this run and stream is then forgotten.
 from __future__ import annotations
 
 import logging
-import os
-import stat
 import subprocess
 import threading
 import time
@@ -21,15 +19,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from drtool.engine.restic import JsonLineReader, ProgressFn, Restic
-from drtool.errors import Cancelled, CommandError, DrtoolError, ProducerFailed
+from drtool.engine.relay import RelayResult, StreamCheck, relay
+from drtool.engine.restic import JsonLineReader, ProgressFn, Restic, summary_snapshot_id
+from drtool.errors import Cancelled, CommandError, DrtoolError, ProducerFailed, SourceError
+from drtool.execute import Process, stop_process
 
 __all__ = ["Cancelled", "stream_to_restic", "backup_paths", "backup_bytes"]
-from drtool.execute import Process, stop_process
 
 log = logging.getLogger(__name__)
 
-CHUNK = 1 << 20
+DEFAULT_STALL_S = 600.0              # a dump that sends nothing for 10 minutes is stuck
+DEFAULT_STREAM_TIMEOUT_S = 24 * 3600.0
 
 
 @dataclass
@@ -65,36 +65,43 @@ def stream_to_restic(
     what: str,
     on_progress: ProgressFn | None = None,
     cancel: threading.Event | None = None,
+    check: StreamCheck | None = None,
+    stall: float | None = DEFAULT_STALL_S,
+    timeout: float | None = DEFAULT_STREAM_TIMEOUT_S,
 ) -> StreamResult:
-    """Back up one producer's stdout as `filename`; commit only if the producer succeeded."""
+    """Back up one producer's stdout as `filename`; commit only if the producer succeeded.
+
+    `check` sees every byte on the way (e.g. proves a pg_dump archive is complete) and may
+    veto the commit; `stall` / `timeout` stop a dump that hangs (no byte for `stall`
+    seconds, or longer than `timeout` in all)."""
     started = time.monotonic()
     proc, pw = restic.start(stdin_backup_args(filename, tags, host), stdin=True)
     reader = JsonLineReader(proc, on_progress)
     producer: Process | None = None
     try:
         producer = producer_start()
-        relayed = _relay(producer, proc, cancel)
+        # stop_dst=False: on a stall or cancel only the producer is killed here; restic is then
+        # interrupted by _abort with its stdin still open, so it never commits.
+        moved = relay(producer, proc, what=what, cancel=cancel, stall=stall, timeout=timeout, check=check,
+                      close_dst=False, stop_dst=False)
+        if moved.consumer_quit:
+            # restic died: stop the producer; report restic's own error.
+            producer.kill()
+            raise restic.error(proc.wait(30), proc.stderr_tail(), ["backup"])
         code = producer.wait(60)
-        if cancel is not None and cancel.is_set():
-            raise Cancelled(f"{what}: cancelled; the partial stream was not kept")
-        if code != 0:
-            raise ProducerFailed(producer.argv, code, producer.stderr_tail(), what=what,
-                                 hint="no snapshot was kept for this stream; fix the cause and run again")
-        if relayed == 0:
-            raise ProducerFailed(producer.argv, code, "the dump was empty (0 bytes)", what=what,
-                                 hint="an empty dump is never a valid backup; check the source")
+        _refuse_incomplete(moved, producer, code, what, check)
         # The gate: only now may restic see EOF and commit.
         assert proc.stdin is not None
         proc.stdin.close()
         rcode = proc.wait(3600)
         reader.join(30)
         if rcode != 0:
-            raise restic._error(rcode, proc.stderr_tail(), ["backup"])
+            raise restic.error(rcode, proc.stderr_tail(), ["backup"])
         summary = reader.summary or {}
         snap = summary.get("snapshot_id")
         if not snap:
             raise CommandError(proc.argv, rcode, "restic finished without reporting a snapshot id", what="restic backup")
-        return StreamResult(filename, snap, relayed, int(summary.get("data_added", 0)), time.monotonic() - started)
+        return StreamResult(filename, snap, moved.copied, int(summary.get("data_added", 0)), time.monotonic() - started)
     except BaseException:
         _abort(restic, proc, producer, tags)
         raise
@@ -102,51 +109,31 @@ def stream_to_restic(
         pw.close()
 
 
-def _relay(producer: Process, restic_proc: Process, cancel: threading.Event | None) -> int:
-    """Copy producer stdout to restic stdin; returns bytes copied. Never closes restic's stdin."""
-    src = producer.stdout
-    dst = restic_proc.stdin
-    assert dst is not None
-    splice = _splice_fds(src, dst)
-    read = getattr(src, "read1", src.read)
-    total = 0
-    while True:
-        if cancel is not None and cancel.is_set():
-            producer.kill()
-            break
+def _refuse_incomplete(moved: RelayResult, producer: Process, code: int, what: str,
+                       check: StreamCheck | None) -> None:
+    """Raise unless the stream is whole: the relay ran to EOF, the producer exited 0 with at
+    least one byte, and the stream check (if any) is satisfied."""
+    if moved.stopped == "cancelled":
+        raise Cancelled(f"{what}: cancelled; the partial stream was not kept")
+    if moved.stopped in ("stalled", "timeout"):
+        why = ("no data arrived for too long (the dump stalled)" if moved.stopped == "stalled"
+               else "it ran longer than its time limit")
+        raise ProducerFailed(producer.argv, None, f"{what} stopped: {why}", what=what,
+                             hint="no snapshot was kept for this stream; see the source's stall_timeout / "
+                                  "timeout settings, and why the dump hangs (locks, a dead server)")
+    if code != 0:
+        raise ProducerFailed(producer.argv, code, producer.stderr_tail(), what=what,
+                             hint="no snapshot was kept for this stream; fix the cause and run again")
+    if moved.copied == 0:
+        raise ProducerFailed(producer.argv, code, "the dump was empty (0 bytes)", what=what,
+                             hint="an empty dump is never a valid backup; check the source")
+    if check is not None:
         try:
-            if splice:
-                # pipe -> pipe inside the kernel: no copies through Python for local dumps.
-                moved = os.splice(splice[0], splice[1], CHUNK)
-            else:
-                chunk = read(CHUNK)
-                moved = len(chunk)
-                if moved:
-                    dst.write(chunk)
-        except BrokenPipeError:
-            # restic died: stop the producer; the caller reports restic's error.
-            producer.kill()
-            raise CommandError(restic_proc.argv, restic_proc.wait(30), restic_proc.stderr_tail(),
-                               what="restic backup") from None
-        if not moved:
-            break
-        total += moved
-    return total
-
-
-def _splice_fds(src: object, dst: object) -> tuple[int, int] | None:
-    """Both ends as pipe fds when os.splice can join them (local processes, Linux), else None."""
-    if not hasattr(os, "splice"):
-        return None
-    try:
-        src_fd, dst_fd = src.fileno(), dst.fileno()  # type: ignore[attr-defined]
-    except (AttributeError, OSError, ValueError):
-        return None   # e.g. an SSH channel: relayed through Python
-    if any(not stat.S_ISFIFO(os.fstat(fd).st_mode) for fd in (src_fd, dst_fd)):
-        return None
-    # Nothing has read the producer's stdout before the relay, so no bytes sit in Python's
-    # buffer that splice would skip.
-    return src_fd, dst_fd
+            check.finish()
+        except DrtoolError as exc:
+            raise ProducerFailed(producer.argv, code, f"the dump exited 0 but is not complete: {exc.message}",
+                                 what=what, hint="no snapshot was kept for this stream; the dump was cut short "
+                                                 "(disk, network or a killed server process)") from None
 
 
 def _abort(restic: Restic, proc: Process, producer: Process | None, tags: Sequence[str]) -> None:
@@ -172,11 +159,10 @@ def _abort(restic: Restic, proc: Process, producer: Process | None, tags: Sequen
 def backup_bytes(restic: Restic, data: bytes, *, filename: str, tags: Sequence[str], host: str) -> str:
     """Store a small blob (fingerprint, config bundle) as its own snapshot; returns the id."""
     result = restic.run(stdin_backup_args(filename, tags, host), input=data, timeout=600)
-    for line in reversed(result.text.splitlines()):
-        if '"summary"' in line:
-            import json
-            return json.loads(line)["snapshot_id"]
-    raise CommandError(result.argv, 0, "restic did not report a snapshot id", what="restic backup")
+    snapshot_id = summary_snapshot_id(result.text)
+    if not snapshot_id:
+        raise CommandError(result.argv, 0, "restic did not report a snapshot id", what="restic backup")
+    return snapshot_id
 
 
 def backup_paths(
@@ -227,10 +213,17 @@ def backup_paths(
         raise CommandError(proc.argv, code, f"some files could not be read: {detail}", what="restic backup",
                            hint="the snapshot is incomplete; fix permissions or exclude the paths")
     if code != 0:
-        raise restic._error(code, proc.stderr_tail(), ["backup"])
+        raise restic.error(code, proc.stderr_tail(), ["backup"])
     snap = summary.get("snapshot_id")
     if not snap:
         raise CommandError(proc.argv, code, "restic finished without reporting a snapshot id", what="restic backup")
+    vanished = [line.removesuffix(" does not exist, skipping").strip()
+                for line in proc.stderr_tail().splitlines() if line.endswith("does not exist, skipping")]
+    if vanished:
+        # restic exits 0 when a path is missing: that snapshot has a hole and must not stand.
+        restic.forget_ids([snap])
+        raise SourceError(f"{', '.join(vanished)} did not exist when restic read it; the snapshot was removed",
+                          hint="a path of the files source is missing: fix the policy or the file system")
     return snap, summary
 
 

@@ -70,7 +70,7 @@ class ResticStreamReader:
                 proc.kill()
                 proc.wait(30)
         if code != 0:
-            raise self.restic._error(code, proc.stderr_tail(), ["dump"])
+            raise self.restic.error(code, proc.stderr_tail(), ["dump"])
         return total
 
     def read_bytes(self, name: str, limit: int = 64 << 20) -> bytes:
@@ -78,7 +78,7 @@ class ResticStreamReader:
         data = proc.stdout.read(limit + 1)
         code = proc.wait(600)
         if code != 0:
-            raise self.restic._error(code, proc.stderr_tail(), ["dump"])
+            raise self.restic.error(code, proc.stderr_tail(), ["dump"])
         if len(data) > limit:
             raise DrtoolError(f"stream {name} is larger than expected")
         return data
@@ -142,7 +142,7 @@ def extract_dump(restic: Restic, snapshot_id: str, path: str, runner, dest: str,
         raise CommandError(untar.argv, None, untar.stderr_tail(), what=f"restoring into {dest} {where}",
                            hint=f"it took longer than {timeout:.0f}s")
     if dcode != 0:
-        raise restic._error(dcode, dump.stderr_tail(), ["dump"])
+        raise restic.error(dcode, dump.stderr_tail(), ["dump"])
     if tcode != 0:
         raise CommandError(untar.argv, tcode, untar.stderr_tail(), what=f"tar extracting into {dest} {where}",
                            hint="the restore is incomplete; check free space and the target's file system")
@@ -173,7 +173,7 @@ def walk_dump_tar(restic: Restic, snapshot_id: str, path: str,
             dump.kill()
         pw.close()
     if code != 0:
-        raise restic._error(code, dump.stderr_tail(), ["dump"])
+        raise restic.error(code, dump.stderr_tail(), ["dump"])
     todo = {posixpath.dirname(p) for p in seen} - seen - {""}
     while todo:
         seen |= todo

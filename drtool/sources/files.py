@@ -105,3 +105,17 @@ def _find_extra(target: Path, seen: set[str], diff: TreeDiff) -> None:
             rel = "/" + os.path.relpath(os.path.join(root, name), target)
             if rel not in seen:
                 diff.add(f"{rel}: present after restore but not in the snapshot")
+
+
+def tree_size(root: Path) -> tuple[int, int]:
+    """(files, bytes) under root, symlinks not followed."""
+    files = total = 0
+    for folder, _dirs, names in os.walk(root):
+        for name in names:
+            try:
+                st = os.lstat(os.path.join(folder, name))
+            except OSError:
+                continue
+            files += 1
+            total += st.st_size
+    return files, total

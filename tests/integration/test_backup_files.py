@@ -66,7 +66,7 @@ def test_files_backup_restore_roundtrip_identical(tmp_path, s3_server, bucket, d
 
     # A second restore into the now non-empty target is refused, nothing written.
     again = ws.drtool("restore", "scans", "--source", "scans", "--target", str(target))
-    assert again.returncode == 1 and "not empty" in again.stderr
+    assert again.returncode == 2 and "not empty" in again.stderr     # refused: exit 2, nothing touched
 
     # The snapshot is a plain restic snapshot with drtool's tags: bare restic can read it.
     snaps = json.loads(ws.restic("snapshots", "--json").stdout)

@@ -64,7 +64,7 @@ def test_postgres_backup_and_restore_via_cli(tmp_path, s3_server, bucket, pg, si
                 db="siak_restored") == psql(pg, "select count(*), md5(string_agg(nik || nama || encode(foto, 'hex'), "
                                                 "',' order by nik)) from penduduk", db="siak")
     again = ws.drtool("restore", "siak", "--source", "siak-db", "--target", url)
-    assert again.returncode == 1 and "nothing was changed" in again.stderr
+    assert again.returncode == 2 and "nothing was changed" in again.stderr   # refused: nothing touched
 
 
 def test_pg_dump_killed_mid_stream_leaves_no_snapshot(tmp_path, s3_server, bucket, pg, siak):

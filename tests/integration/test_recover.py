@@ -214,7 +214,7 @@ def test_recover_refuses_non_empty_target_and_writes_nothing(site, tmp_path, pri
     (busy / "someone-elses.txt").write_text("keep me")
     proc = run_cli(["recover", "--kit", str(site["kit"]), "--target-root", str(target)],
                    env=fresh_env(tmp_path, tmp=private_tmp), cwd=tmp_path)
-    assert proc.returncode == 1 and "not empty; nothing was written" in proc.stderr
+    assert proc.returncode == 2 and "not empty; nothing was written" in proc.stderr
     assert [p.name for p in busy.iterdir()] == ["someone-elses.txt"] and list(private_tmp.iterdir()) == []
 
 

@@ -165,7 +165,7 @@ def servers_under(base: Path) -> set[int]:
 
 
 def child_pids() -> set[int]:
-    from drtool.drill.timing import descendants
+    from drtool.actions.drill.timing import descendants
     return descendants(os.getpid())
 
 

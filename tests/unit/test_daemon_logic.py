@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from drtool.actions.daemon import Daemon, JobInfo, JobRequest, build_jobs, conflicts, next_subset
+from drtool.catalog import RunRecord
 from drtool.config import load_settings
 from drtool.errors import LockError
 from drtool.schedule_math import Job, parse_schedule
@@ -42,11 +43,9 @@ repositories:
     return root / "drtool.yaml"
 
 
-@dataclass
-class FakeRecord:
-    status: str
-    error: str | None = None
-    id: str = "run-1"
+def fake_record(job_id: str, status: str, error: str | None = None) -> RunRecord:
+    kind, policy = job_id.split(":", 1)
+    return RunRecord(f"run-{job_id}", policy, kind, "running", T0).finish(status, error)
 
 
 @dataclass
@@ -61,7 +60,7 @@ class Fakes:
     def table(self) -> dict[str, Any]:
         return {kind: self._job for kind in ("backup", "forget", "check", "drill")}
 
-    def _job(self, req: JobRequest) -> FakeRecord:
+    def _job(self, req: JobRequest) -> RunRecord:
         self.calls.append(req)
         job_id = req.info.job.id
         if job_id in self.raise_lock:
@@ -70,9 +69,9 @@ class Fakes:
         if gate is not None:
             while not gate.wait(0.01):
                 if req.cancel.is_set():
-                    return FakeRecord("cancelled", "stopped by shutdown")
+                    return fake_record(job_id, "cancelled", "stopped by shutdown")
         status = self.status.get(job_id, "success")
-        return FakeRecord(status, None if status == "success" else "pg_dump exited with code 1")
+        return fake_record(job_id, status, None if status == "success" else "pg_dump exited with code 1")
 
     def ids(self) -> list[str]:
         return [c.info.job.id for c in self.calls]
@@ -208,17 +207,21 @@ def test_drill_never_overlaps_its_policys_backup(tmp_path: Path) -> None:
     assert len(spans) == 3
 
 
-def test_failure_gives_exactly_one_failure_event(tmp_path: Path) -> None:
+def test_a_recorded_failure_is_logged_not_notified_again(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # The run lifecycle inside the action already notified it (tests/integration/test_lifecycle.py);
+    # the daemon adds one log line with the outcome and never a second alert.
     fakes = Fakes(status={"backup:db": "failed"})
     daemon, events, clock = make(tmp_path, fakes)
     daemon.tick()
     clock.now = T0 + timedelta(seconds=10)
-    daemon.tick()
-    settle(daemon)
+    with caplog.at_level("INFO", logger="drtool.actions.daemon.loop"):
+        daemon.tick()
+        settle(daemon)
     for _ in range(3):
         daemon.tick()
-    assert events.kinds() == ["backup_started", "backup_failed"]
-    assert "pg_dump exited with code 1" in events.sent[1].message
+    assert events.kinds() == []
+    lines = [r.getMessage() for r in caplog.records if "backup:db failed in" in r.getMessage()]
+    assert len(lines) == 1 and "pg_dump exited with code 1" in lines[0] and "run run-backup:db" in lines[0]
 
 
 def test_crashing_job_is_recorded_as_failure_and_scheduler_survives(tmp_path: Path) -> None:
@@ -255,7 +258,8 @@ def test_shutdown_waits_grace_then_cancels(tmp_path: Path) -> None:
     daemon.tick()
     daemon.shutdown()                                       # grace 0.2s: the held job is cancelled
     assert daemon.running() == [] and fakes.calls[0].cancel.is_set()
-    assert events.kinds() == ["backup_started", "backup_cancelled"]
+    assert daemon.history[-1][0] == "backup:db" and daemon.history[-1][3] == "cancelled"
+    assert events.kinds() == []                             # the job's own lifecycle reports it
     clock.now = T0 + timedelta(seconds=30)
     assert daemon.tick() == []                              # stopped: nothing new starts
 
@@ -269,7 +273,7 @@ def test_shutdown_lets_quick_jobs_finish(tmp_path: Path) -> None:
     daemon.tick()
     threading.Timer(0.1, fakes.hold["backup:db"].set).start()
     daemon.shutdown()
-    assert not fakes.calls[0].cancel.is_set() and events.kinds()[-1] == "backup_succeeded"
+    assert not fakes.calls[0].cancel.is_set() and daemon.history[-1][3] == "success"
 
 
 def test_check_rotation_is_persisted_and_advances_on_success(tmp_path: Path) -> None:
@@ -423,7 +427,11 @@ def test_real_dispatch_passes_cancel_and_schedule_trigger(monkeypatch: pytest.Mo
     got: dict[str, dict[str, Any]] = {}
 
     def fake(kind: str) -> Any:
-        return lambda settings, target, **kw: got.setdefault(kind, {"target": target.name, **kw})
+        def call(settings: Any, target: Any, **kw: Any) -> Any:
+            got.setdefault(kind, {"target": target.name, **kw})
+            record = fake_record(f"{kind}:{target.name}", "success")
+            return type("Report", (), {"record": record})() if kind == "drill" else record
+        return call
 
     monkeypatch.setattr(backup, "backup_policy", fake("backup"))
     monkeypatch.setattr(maintenance, "forget_policy", fake("forget"))

@@ -7,8 +7,8 @@ import xml.etree.ElementTree as ET
 from datetime import datetime, timedelta, timezone
 
 from drtool.actions.status import verdict
-from drtool.drill.context import pg_major
-from drtool.drill.model import (
+from drtool.actions.drill.context import pg_major
+from drtool.actions.drill.model import (
     DrillReport,
     StepResult,
     check_expect,
@@ -17,7 +17,7 @@ from drtool.drill.model import (
     rto_achieved,
     target_met,
 )
-from drtool.drill.steps import expected_for
+from drtool.actions.drill.verify_step import expected_for
 from drtool.report.drill import junit_xml
 
 T0 = datetime(2026, 11, 17, 1, 0, 0, tzinfo=timezone.utc)

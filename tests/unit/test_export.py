@@ -5,8 +5,6 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-import urllib.error
-import urllib.request
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -17,8 +15,6 @@ from drtool.actions.schedule import crontab, drtool_executable, export_systemd, 
 from drtool.cli import main
 from drtool.config import load_settings
 from drtool.errors import UsageError
-from drtool.report.prometheus import MetricsServer, PlaybookMetrics, PolicyMetrics, render, write_textfile
-from tests.support.services import free_port
 from tests.unit.test_daemon_logic import write_setup
 
 POLICY = ("repository: offsite\nschedule: daily 02:00 jitter 10m\nforget_schedule: weekly sun 04:00\n"
@@ -124,52 +120,3 @@ def test_cli_export_needs_exactly_one_target(settings, capsys: pytest.CaptureFix
     assert "exactly one of --systemd DIR or --cron" in capsys.readouterr().err
     assert main(["--config", str(settings.path), "schedule", "show"]) == 0
     assert "backup:db" in capsys.readouterr().out
-
-
-# ---------------------------------------------------------------- Prometheus text
-
-NOW = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
-
-
-def sample_text() -> str:
-    return render([PolicyMetrics('we"ird\\name', "offsite", NOW - timedelta(hours=2), 12.5, 2048, True,
-                                 NOW - timedelta(hours=30), 86400.0),
-                   PolicyMetrics("never", "offsite", rpo_target_s=3600.0)],
-                  [PlaybookMetrics("pb", "db", NOW, 95.0, 60.0, False)], NOW)
-
-
-def test_prometheus_text_parses_and_holds_the_values() -> None:
-    parser = pytest.importorskip("prometheus_client.parser")
-    families = {f.name: f for f in parser.text_string_to_metric_families(sample_text())}
-    def value(name: str, **labels: str) -> float:
-        return next(s.value for s in families[name].samples if all(s.labels.get(k) == v for k, v in labels.items()))
-    assert value("drtool_snapshot_age_seconds", policy='we"ird\\name') == 30 * 3600
-    assert value("drtool_rpo_breached", policy='we"ird\\name') == 1
-    assert value("drtool_rpo_breached", policy="never") == 1                  # no snapshot at all
-    assert value("drtool_drill_passed", playbook="pb") == 0
-    assert value("drtool_drill_rto_achieved_seconds", playbook="pb") == 95
-    # Unknown values are left out, not written as 0.
-    assert all(s.labels["policy"] != "never" for s in families["drtool_backup_last_duration_seconds"].samples)
-
-
-def test_write_textfile_is_atomic_replace(tmp_path: Path) -> None:
-    target = tmp_path / "collector" / "drtool.prom"
-    write_textfile(target, "old\n")
-    before = target.stat().st_ino
-    write_textfile(target, sample_text())
-    assert target.read_text() == sample_text() and target.stat().st_ino != before   # renamed over, not rewritten
-    assert [p.name for p in target.parent.iterdir()] == ["drtool.prom"]
-
-
-def test_metrics_endpoint_serves_on_loopback_only() -> None:
-    with pytest.raises(ValueError, match="loopback"):
-        MetricsServer(free_port(), sample_text, host="0.0.0.0")
-    server = MetricsServer(free_port(), sample_text).start()
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics", timeout=5) as response:
-            assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
-            assert b"drtool_drill_passed" in response.read()
-        with pytest.raises(urllib.error.HTTPError):
-            urllib.request.urlopen(f"http://127.0.0.1:{server.port}/other", timeout=5)
-    finally:
-        server.stop()

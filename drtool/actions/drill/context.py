@@ -1,10 +1,10 @@
-"""What a drill holds while it runs: the chosen snapshot sets, what was restored
-where, and the scratch instances, torn down like `always:`.
+"""What a drill holds while it runs: the chosen snapshot sets, what was restored where, the
+runners of the hosts it works on, and the scratch instances, torn down like `always:`.
 
-Every scratch instance and temp directory is entered into one ExitStack;
-leaving the `with DrillContext(...)` block (normally, on error or on Ctrl-C)
-tears them all down in reverse order, unless `keep` is set, in which case
-`kept` says how to reach each one.
+Every scratch instance, temp directory and SSH connection is entered into one ExitStack;
+leaving the `with DrillContext(...)` block (normally, on error or on Ctrl-C) tears them
+all down in reverse order, unless `keep` is set, in which case `kept` says how to reach
+each scratch instance.
 """
 
 from __future__ import annotations
@@ -17,34 +17,42 @@ import threading
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 from drtool.actions.common import RepoHandle, restic_host
-from drtool.actions.select import FINGERPRINT_STREAM, SnapshotSet, choose, snapshot_sets
+from drtool.actions.select import SnapshotSet, choose, snapshot_sets
 from drtool.config.loader import Settings
-from drtool.config.models import Playbook, Policy, Source
+from drtool.config.models import Policy, Source
 from drtool.engine.reader import ResticStreamReader
 from drtool.engine.restic import Restic
 from drtool.errors import DrtoolError
+from drtool.execute import LocalRunner, Runner
 from drtool.scratch.common import private_dir
 from drtool.sources.base import DatabaseSource, DbTarget, Fingerprint
+from drtool.tags import FINGERPRINT_STREAM
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class Restored:
-    """One source restored by this drill."""
+    """One source restored by this drill, here (host None) or on a host over SSH."""
 
     source: Source
     chosen: SnapshotSet
-    target: DbTarget | None = None          # databases
-    directory: Path | None = None           # files
+    target: DbTarget | None = None          # databases (as the restoring host sees them)
+    directory: PurePath | None = None       # files (a path on that host)
     databases: list[str] = field(default_factory=list)
     db: DatabaseSource | None = None
     fingerprint: Fingerprint | None = None
     scratch: bool = True
+    host: str | None = None                 # None: this machine
+    runner: Runner | None = None            # how to reach `host` (verify steps use it)
+
+    @property
+    def where(self) -> str:
+        return f"host {self.host}" if self.host else "this machine"
 
 
 class DrillContext:
@@ -52,19 +60,20 @@ class DrillContext:
                  playbook_path: str | None = None, cancel: threading.Event | None = None,
                  host: str | None = None) -> None:
         self.settings = settings
-        # Whose backups are drilled: this host's unless asked otherwise (a shared repository
-        # holds other hosts' sets of the same policy, with fingerprints of their own).
-        self.host = host or restic_host(settings)
         self.cancel = cancel                 # set by the daemon on SIGTERM
         self.playbook_path = playbook_path   # relative paths in steps are resolved beside it
         self.policy = policy
         self.handle = handle
         self.keep = keep
+        # Whose backups are drilled: this host's unless asked otherwise (a shared repository
+        # holds other hosts' sets of the same policy, with fingerprints of their own).
+        self.host = host or restic_host(settings)
         self.sets: dict[str, SnapshotSet] = {}
         self.set_errors: dict[str, DrtoolError] = {}
         self.restored: dict[str, Restored] = {}
         self.kept: list[str] = []
         self._fingerprints: dict[str, Fingerprint] = {}
+        self._runners: dict[str, Runner] = {}
         self._stack = ExitStack()
         self._lock = threading.Lock()
 
@@ -78,6 +87,24 @@ class DrillContext:
     def __exit__(self, *exc: object) -> None:
         with self._lock:
             self._stack.close()
+
+    # ------------------------------------------------------------ where steps run
+
+    def runner(self, host: str | None, *, untrusted: bool = False) -> Runner:
+        """Where a step acts: this machine (host None) or a configured host over SSH.
+
+        One SSH connection per host for the whole drill, closed when the drill ends.
+        `untrusted` (a `command:` step): locally the program runs contained and with a clean
+        environment; over SSH the channel carries only the variables the step is given."""
+        if host is None:
+            return LocalRunner(contain=True, inherit_env=False) if untrusted else LocalRunner()
+        with self._lock:
+            if host not in self._runners:
+                from drtool.remote import ssh_runner
+                runner = ssh_runner(self.settings, host)
+                self._runners[host] = runner
+                self._stack.callback(runner.close)
+            return self._runners[host]
 
     # ------------------------------------------------------------ snapshots
 
@@ -129,21 +156,16 @@ class DrillContext:
             self.kept.append(f"{source_name}: {instance.connection_hint()}")
         return instance
 
-    def scratch_postgres(self, source_name: str, fingerprint: Fingerprint) -> DbTarget:
-        from drtool.scratch.postgres import ScratchPostgres
-        return self._enter(ScratchPostgres(min_major=pg_major(fingerprint), keep=self.keep), source_name).target()
-
-    def scratch_mariadb(self, source_name: str) -> DbTarget:
-        from drtool.scratch.mariadb import ScratchMariadb
-        return self._enter(ScratchMariadb(keep=self.keep), source_name).target()
-
-    def scratch_sqlite(self, source_name: str) -> DbTarget:
-        try:
-            from drtool.scratch.sqlite import ScratchSqlite
-        except ImportError:
-            path = self.scratch_dir(source_name) / f"{source_name}.sqlite"
-            return DbTarget(kind="sqlite", host=None, path=path, env={"DRTOOL_SQLITE_PATH": str(path)})
-        return self._enter(ScratchSqlite(keep=self.keep), source_name).target()
+    def scratch_target(self, source: Source, fingerprint: Fingerprint) -> DbTarget:
+        """A throwaway instance of the source's kind on this machine, torn down with the drill."""
+        if source.kind == "postgres":
+            from drtool.scratch.postgres import ScratchPostgres
+            return self._enter(ScratchPostgres(min_major=pg_major(fingerprint), keep=self.keep), source.name).target()
+        if source.kind == "mariadb":
+            from drtool.scratch.mariadb import ScratchMariadb
+            return self._enter(ScratchMariadb(keep=self.keep), source.name).target()
+        from drtool.scratch.sqlite import ScratchSqlite
+        return self._enter(ScratchSqlite(keep=self.keep), source.name).target()
 
     def scratch_dir(self, source_name: str) -> Path:
         path = private_dir(f"drill-{_safe(source_name)}")
@@ -184,9 +206,9 @@ def pg_major(fingerprint: Fingerprint) -> int | None:
     return num // 10000
 
 
-def sources_used(playbook: Playbook) -> list[str]:
+def sources_used(steps: list[Any]) -> list[str]:
     names: list[str] = []
-    for step in playbook.steps:
+    for step in steps:
         name = getattr(step.spec, "source", None)
         if name and name not in names:
             names.append(name)

@@ -17,8 +17,27 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
+from drtool.errors import DrillFailed
+
 Status = Literal["passed", "failed", "timed_out", "skipped"]
 RECOVERY_KINDS = ("restore",)
+
+
+@dataclass
+class Outcome:
+    """What a step function returns when it passed: one line, the timed phases, extra data."""
+
+    detail: str
+    phases: list[dict[str, Any]] = field(default_factory=list)
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+class StepFailed(DrillFailed):
+    """A step ran and its check did not hold."""
+
+    def __init__(self, message: str, *, data: dict[str, Any] | None = None, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.data = data or {}
 
 
 @dataclass
@@ -160,6 +179,8 @@ class DrillReport:
     error: str | None = None                         # a failure outside any step
     kept: list[str] = field(default_factory=list)    # how to reach instances left running (--keep)
     extra: dict[str, Any] = field(default_factory=dict)
+    cancelled: bool = False                          # stopped on request (SIGTERM, Ctrl-C), not failed
+    record: Any = None                               # the RunRecord the lifecycle kept (set at the end)
 
     @property
     def snapshot_time(self) -> datetime | None:

@@ -1,29 +1,30 @@
 """Use case: run a restore drill and record its verdict.
 
-    run_drill(settings, playbook) -> DrillReport
+    run_drill(settings, playbook) -> DrillReport      (report.record: its RunRecord)
 
-Opens the policy's repository, picks one snapshot set per source (the
-playbook's `snapshot:` selector), runs the steps in order inside a
-DrillContext (scratch instances torn down afterwards, also on Ctrl-C, unless
-keep), then records the report: the local catalog (RunRecord kind "drill")
-and offsite as drills/<id>.json, signed when signing is available.
+Opens the policy's repository, picks one snapshot set per source (the playbook's
+`snapshot:` selector, this host's sets), runs the steps in order inside a
+DrillContext (scratch instances and SSH connections torn down afterwards, also on
+Ctrl-C, unless keep), and records the report through the run lifecycle: the local
+catalog (kind "drill"), the signed report offsite as drills/<id>.json,
+notifications, metrics.
 """
 
 from __future__ import annotations
 
-import threading
-
 import logging
+import threading
 from collections.abc import Callable
 from typing import Any
 
-from drtool.actions.common import RepoHandle, open_repo, publish_offsite
-from drtool.catalog import Catalog, RunRecord, new_run_id, utcnow
+from drtool.actions.common import RepoHandle, open_repo
+from drtool.actions.drill.context import DrillContext, sources_used
+from drtool.actions.drill.model import DrillReport, skipped_after
+from drtool.actions.drill.steps import run_step
+from drtool.actions.lifecycle import RunLifecycle
+from drtool.catalog import RunRecord, new_run_id, utcnow
 from drtool.config.loader import Settings
 from drtool.config.models import Playbook, Policy, Targets
-from drtool.drill.context import DrillContext, sources_used
-from drtool.drill.model import DrillReport, skipped_after
-from drtool.drill.steps import run_step
 from drtool.errors import DrtoolError
 
 log = logging.getLogger(__name__)
@@ -44,29 +45,42 @@ def run_drill(settings: Settings, playbook: Playbook, *, keep: bool = False, tri
     emit = on_event or (lambda _event: None)
     policy = settings.policy(playbook.policy)
     targets = effective_targets(playbook, policy)
-    started = utcnow()
-    report = DrillReport(new_run_id("drill", started), playbook.name, policy.name, started, trigger=trigger,
+    drill_id = new_run_id("drill")
+    report = DrillReport(drill_id, playbook.name, policy.name, utcnow(), trigger=trigger,
                          playbook_path=playbook.path, rto_target_s=targets.rto, rpo_target_s=targets.rpo)
-    handle = open_repo(settings, policy.repository)
-    emit({"event": "drill_start", "id": report.id, "playbook": playbook.name, "policy": policy.name})
+    lifecycle = RunLifecycle(settings, "drill", policy.name, trigger=trigger, emit=emit, run_id=drill_id,
+                             playbook=playbook.name, offsite_path=f"drills/{drill_id}.json",
+                             offsite_body=lambda _run: report.to_dict())
+    with lifecycle:
+        report.started_at = lifecycle.record.started_at
+        lifecycle.handle = handle = open_repo(settings, policy.repository)
+        emit({"event": "drill_start", "id": report.id, "playbook": playbook.name, "policy": policy.name})
+        try:
+            _drill(settings, playbook, policy, handle, report, emit, keep=keep, cancel=cancel, host=host)
+        except KeyboardInterrupt:
+            report.error, report.cancelled = "interrupted (Ctrl-C) before the drill finished", True
+            _conclude(lifecycle, report)
+            raise
+        _conclude(lifecycle, report)
+    report.record = lifecycle.record
+    emit({"event": "drill_done", "id": report.id, "passed": report.passed})
+    return report
+
+
+def _drill(settings: Settings, playbook: Playbook, policy: Policy, handle: RepoHandle, report: DrillReport,
+           emit: EventFn, *, keep: bool, cancel: threading.Event | None, host: str | None) -> None:
     try:
         with DrillContext(settings, policy, handle, keep=keep, playbook_path=playbook.path, cancel=cancel,
                           host=host) as ctx:
             report.extra["host"] = ctx.host
             try:
-                report.snapshot = ctx.choose(playbook.snapshot, sources_used(playbook), now=started)
+                report.snapshot = ctx.choose(playbook.snapshot, sources_used(playbook.steps), now=report.started_at)
                 _run_steps(ctx, playbook, report, emit)
             finally:
                 report.kept = list(ctx.kept)
                 emit({"event": "teardown", "keep": keep})
-    except KeyboardInterrupt:
-        report.error = "interrupted (Ctrl-C) before the drill finished"
-        _finish(settings, handle, report, emit)
-        raise
     except DrtoolError as exc:
         report.error = f"the drill could not run to the end: {exc}"
-    _finish(settings, handle, report, emit)
-    return report
 
 
 def _run_steps(ctx: DrillContext, playbook: Playbook, report: DrillReport, emit: EventFn) -> None:
@@ -74,7 +88,7 @@ def _run_steps(ctx: DrillContext, playbook: Playbook, report: DrillReport, emit:
     for step in playbook.steps:
         if not stopped_by and ctx.cancel is not None and ctx.cancel.is_set():
             stopped_by = "the drill was cancelled (drtool is shutting down)"
-            report.error = "interrupted: cancelled before the drill finished"
+            report.error, report.cancelled = "cancelled before the drill finished", True
         if stopped_by:
             report.steps.append(skipped_after(step.name, step.kind, stopped_by))
             continue
@@ -86,26 +100,22 @@ def _run_steps(ctx: DrillContext, playbook: Playbook, report: DrillReport, emit:
             stopped_by = f"step {step.name!r} {result.status.replace('_', ' ')} (on_failure: stop)"
 
 
-def _finish(settings: Settings, handle: RepoHandle, report: DrillReport, emit: EventFn) -> None:
+def _conclude(lifecycle: RunLifecycle, report: DrillReport) -> None:
+    """The drill's verdict becomes the run's status; the report is the run's details. A recovery
+    slower than its target is also its own alert (`rto_breach`), beside the drill's outcome."""
     report.finished_at = utcnow()
-    record = to_run_record(report)
-    catalog = Catalog(settings.state_dir)
-    catalog.record(record)
-    publish_offsite(handle, f"drills/{report.id}.json", report.to_dict(), report.extra, emit)
-    record.details = report.to_dict()
-    catalog.record(record)
-    emit({"event": "drill_done", "id": report.id, "passed": report.passed})
+    fill_record(lifecycle.record, report)
+    status = "success" if report.passed else ("cancelled" if report.cancelled else "failed")
+    lifecycle.conclude(status, None if report.passed else "; ".join(report.failures)[:2000])
+    achieved, target = report.rto_achieved_s, report.rto_target_s
+    if report.rto_met is False and achieved is not None and target is not None:
+        lifecycle.notify("rto_breach", f"drill {report.playbook}: recovery took {achieved:.0f}s, target is "
+                         f"{target:.0f}s", details={"rto_achieved_s": achieved, "rto_target_s": target})
 
 
-def to_run_record(report: DrillReport) -> RunRecord:
-    snaps = sorted({sid for src in (report.snapshot or {}).get("sources", {}).values()
-                    for sid in src.get("snapshots", [])})
-    record = RunRecord(report.id, report.policy, "drill", "running", report.started_at, trigger=report.trigger,
-                       snapshots=snaps, details=report.to_dict())
-    status = "success" if report.passed else ("cancelled" if report.error and "interrupted" in report.error
-                                              else "failed")
-    record.finish(status, None if report.passed else "; ".join(report.failures)[:2000])
-    if report.finished_at:
-        record.finished_at = report.finished_at
-        record.duration_s = (report.finished_at - report.started_at).total_seconds()
-    return record
+def fill_record(record: RunRecord, report: DrillReport) -> None:
+    record.snapshots = sorted({sid for src in (report.snapshot or {}).get("sources", {}).values()
+                               for sid in src.get("snapshots", [])})
+    keep = {k: v for k, v in record.details.items() if k in ("process", "notifications", "local_record_error",
+                                                               "catalog_recovered_from")}
+    record.details = {**report.to_dict(), **keep}

@@ -1,0 +1,89 @@
+"""The daemon's jobs, from the settings, and the pure rules about them.
+
+Every scheduled job is backup/forget/check of a policy or the drill of a playbook.
+`conflicts` says what may not run side by side; `next_subset` rotates `n/N` checks.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from drtool.config.loader import Settings
+from drtool.errors import ConfigError
+from drtool.schedule_math import Job, parse_schedule
+
+MAINTENANCE = ("forget", "check")
+
+
+@dataclass(frozen=True)
+class JobInfo:
+    job: Job
+    policy: str                          # the policy the job works on (a drill's playbook.policy)
+    repository: str
+
+    @property
+    def kind(self) -> str:
+        return self.job.kind
+
+
+def settings_timezone(settings: Settings) -> ZoneInfo:
+    """config.timezone, else the machine's local zone (TZ, /etc/localtime), else UTC."""
+    name = settings.config.timezone or os.environ.get("TZ") or _localtime_name()
+    try:
+        return ZoneInfo(name) if name else ZoneInfo("UTC")
+    except (ValueError, OSError, ZoneInfoNotFoundError):
+        raise ConfigError(f"unknown timezone {name!r}", hint="use an IANA name such as Asia/Jakarta in drtool.yaml "
+                          "`timezone:`") from None
+
+
+def _localtime_name() -> str | None:
+    try:
+        target = os.readlink("/etc/localtime")
+    except OSError:
+        return None
+    return target.split("zoneinfo/", 1)[1] if "zoneinfo/" in target else None
+
+
+def build_jobs(settings: Settings) -> list[JobInfo]:
+    """Every scheduled job: backup/forget/check per policy, drill per playbook."""
+    jobs: list[JobInfo] = []
+    for policy in settings.policies.values():
+        for kind, expr in (("backup", policy.schedule), ("forget", policy.forget_schedule),
+                           ("check", policy.check.schedule)):
+            if expr:
+                jobs.append(JobInfo(Job(f"{kind}:{policy.name}", parse_schedule(expr)), policy.name, policy.repository))
+    for playbook in settings.playbooks.values():
+        if playbook.schedule and playbook.policy in settings.policies:
+            repo = settings.policies[playbook.policy].repository
+            jobs.append(JobInfo(Job(f"drill:{playbook.name}", parse_schedule(playbook.schedule)), playbook.policy, repo))
+    return jobs
+
+
+def conflicts(a: JobInfo, b: JobInfo) -> bool:
+    """May `a` not start while `b` runs?
+
+    - the same job never runs twice at once;
+    - a drill of policy P never overlaps P's backup (it would restore a snapshot being made);
+    - forget/check never run beside anything else on the same repository
+      (prune rewrites packs that a backup, restore or check is reading).
+    """
+    if a.job.id == b.job.id:
+        return True
+    if {a.kind, b.kind} == {"backup", "drill"} and a.policy == b.policy:
+        return True
+    return (a.kind in MAINTENANCE or b.kind in MAINTENANCE) and a.repository == b.repository
+
+
+def next_subset(configured: str | None, last: int) -> tuple[str | None, int]:
+    """The read-data subset for the next check: 'n/N' rotates 1/N, 2/N... so a cycle reads all data."""
+    if not configured:
+        return None, last
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", configured)
+    if not match or int(match.group(2)) < 1:
+        return configured, last                          # 5%, 500M: restic picks; nothing to rotate
+    total = int(match.group(2))
+    n = last % total + 1
+    return f"{n}/{total}", n

@@ -1,0 +1,181 @@
+"""The one byte relay: a producer's stdout into a consumer's stdin, for every stream drtool moves.
+
+    result = relay(pg_dump, restic, what="pg_dump of siak", close_dst=False,
+                   cancel=event, stall=600, timeout=86400, check=archive_check)
+
+Used by the backup pipeline (dump -> restic, whose stdin stays open: closing it is the
+commit gate's decision, not the relay's), restores (restic dump -> pg_restore / mariadb /
+tar) and remote restores (over an SSH channel). What it does for all of them:
+
+- copies with os.splice (pipe to pipe inside the kernel) when both ends are local pipes
+  and nobody needs to see the bytes; otherwise through Python in 1 MiB chunks;
+- tees the bytes into a file (`tee`) and/or a stream check (`check.feed`, e.g. a parser
+  that proves a pg_dump custom archive is complete) when asked;
+- a watchdog thread stops both ends when `cancel` is set, when no byte moved for `stall`
+  seconds, or when `timeout` seconds passed; the result says which (`stopped`);
+- a consumer that stops reading (BrokenPipe) ends the copy, or, with a tee, only the
+  forwarding (the tee still needs the whole stream).
+
+It never raises for those events: the caller knows what a stall or a quitting consumer
+means for its guarantee (the backup pipeline must not commit; a restore reports it).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import IO, Protocol
+
+from drtool.execute import Process, stop_process
+
+CHUNK = 1 << 20
+WATCH_INTERVAL = 0.5
+
+
+class StreamCheck(Protocol):
+    """Sees every byte of a stream as it passes; `finish` raises if the stream is not whole."""
+
+    def feed(self, data: bytes) -> None: ...
+
+    def finish(self) -> None: ...
+
+
+@dataclass
+class RelayResult:
+    copied: int
+    consumer_quit: bool = False          # the consumer stopped reading before the end
+    stopped: str | None = None           # "cancelled", "stalled" or "timeout" when the watchdog stopped it
+
+    @property
+    def complete(self) -> bool:
+        return not self.consumer_quit and self.stopped is None
+
+
+class _Watchdog:
+    def __init__(self, stop: Callable[[], None], *, cancel: threading.Event | None, stall: float | None,
+                 timeout: float | None) -> None:
+        self.stopped: str | None = None
+        self._stop, self._cancel, self._stall, self._timeout = stop, cancel, stall, timeout
+        self._started = self._last = time.monotonic()
+        self._done = threading.Event()
+        self._thread: threading.Thread | None = None
+        if cancel is not None or stall or timeout:
+            self._thread = threading.Thread(target=self._watch, name="relay-watchdog", daemon=True)
+            self._thread.start()
+
+    def progress(self) -> None:
+        self._last = time.monotonic()
+
+    def _watch(self) -> None:
+        while not self._done.wait(WATCH_INTERVAL):
+            now = time.monotonic()
+            if self._cancel is not None and self._cancel.is_set():
+                reason = "cancelled"
+            elif self._timeout and now - self._started > self._timeout:
+                reason = "timeout"
+            elif self._stall and now - self._last > self._stall:
+                reason = "stalled"
+            else:
+                continue
+            self.stopped = reason
+            self._stop()
+            return
+
+    def close(self) -> None:
+        self._done.set()
+        if self._thread is not None:
+            self._thread.join(5)
+
+
+def relay(src: Process, dst: Process, *, what: str = "stream", cancel: threading.Event | None = None,
+          stall: float | None = None, timeout: float | None = None, tee: IO[bytes] | None = None,
+          check: StreamCheck | None = None, close_dst: bool = True, stop_dst: bool = True) -> RelayResult:
+    """Copy src.stdout into dst.stdin until EOF (see the module docstring). `stop_dst=False` leaves
+    the consumer running when the watchdog fires (the caller stops it its own way)."""
+    assert dst.stdin is not None
+    out = dst.stdin
+
+    def stop() -> None:
+        src.kill()
+        if stop_dst:
+            stop_process(dst, grace=5)
+
+    watchdog = _Watchdog(stop, cancel=cancel, stall=stall, timeout=timeout)
+    result = RelayResult(0)
+    try:
+        fds = None if (tee is not None or check is not None) else splice_fds(src.stdout, out)
+        if fds is not None:
+            result.copied, result.consumer_quit = _splice(fds, watchdog)
+        else:
+            result.copied, result.consumer_quit = _copy(src, out, watchdog, tee, check)
+        if close_dst and not result.consumer_quit:
+            try:
+                out.close()
+            except (BrokenPipeError, OSError, ValueError):
+                result.consumer_quit = True
+    finally:
+        watchdog.close()
+    result.stopped = watchdog.stopped
+    if result.consumer_quit and tee is None:
+        stop_process(src, grace=2)
+    return result
+
+
+def _splice(fds: tuple[int, int], watchdog: _Watchdog) -> tuple[int, bool]:
+    total = 0
+    while True:
+        try:
+            moved = os.splice(fds[0], fds[1], CHUNK)
+        except BrokenPipeError:
+            return total, True
+        if not moved:
+            return total, False
+        total += moved
+        watchdog.progress()
+
+
+def _copy(src: Process, out: IO[bytes], watchdog: _Watchdog, tee: IO[bytes] | None,
+          check: StreamCheck | None) -> tuple[int, bool]:
+    read = getattr(src.stdout, "read1", src.stdout.read)
+    total, quit_ = 0, False
+    while True:
+        try:
+            chunk = read(CHUNK)
+        except (OSError, ValueError):
+            break                                    # the producer's pipe was closed under us (killed)
+        if not chunk:
+            break
+        total += len(chunk)
+        watchdog.progress()
+        if tee is not None:
+            tee.write(chunk)
+        if check is not None:
+            check.feed(chunk)
+        if quit_:
+            continue                                 # only completing the tee
+        try:
+            out.write(chunk)
+        except (BrokenPipeError, OSError, ValueError):
+            quit_ = True
+            if tee is None:
+                break
+    return total, quit_
+
+
+def splice_fds(src: object, dst: object) -> tuple[int, int] | None:
+    """Both ends as pipe fds when os.splice can join them (local processes, Linux), else None."""
+    if not hasattr(os, "splice"):
+        return None
+    try:
+        src_fd, dst_fd = src.fileno(), dst.fileno()  # type: ignore[attr-defined]
+    except (AttributeError, OSError, ValueError):
+        return None   # e.g. an SSH channel: relayed through Python
+    if any(not stat.S_ISFIFO(os.fstat(fd).st_mode) for fd in (src_fd, dst_fd)):
+        return None
+    # Nothing has read the producer's stdout before the relay, so no bytes sit in Python's
+    # buffer that splice would skip.
+    return src_fd, dst_fd
