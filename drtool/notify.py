@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 FAILURE_KINDS = frozenset({
     "backup_failed", "backup_cancelled", "forget_failed", "check_failed", "drill_failed",
     "drill_cancelled", "rpo_breach", "rto_breach",
+    "unit_failed",                             # a systemd unit / cron line failed (schedule on-failure)
 })
 SUCCESS_KINDS = frozenset({
     "backup_succeeded", "forget_succeeded", "check_succeeded", "drill_succeeded", "rpo_recovered",

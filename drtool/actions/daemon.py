@@ -35,7 +35,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from drtool.catalog import Catalog
 from drtool.config.loader import Settings
@@ -44,6 +43,7 @@ from drtool.notify import Event, Notifier
 from drtool.report.prometheus import MetricsServer, PlaybookMetrics, PolicyMetrics, render, write_textfile
 from drtool.schedule_math import KIND_ORDER, Due, Job, due_window, parse_schedule
 from drtool.secrets import redact
+from drtool.timezones import settings_timezone  # one effective zone for daemon, show and exports
 
 log = logging.getLogger(__name__)
 
@@ -66,24 +66,6 @@ class JobInfo:
     @property
     def kind(self) -> str:
         return self.job.kind
-
-
-def settings_timezone(settings: Settings) -> ZoneInfo:
-    """config.timezone, else the machine's local zone (TZ, /etc/localtime), else UTC."""
-    name = settings.config.timezone or os.environ.get("TZ") or _localtime_name()
-    try:
-        return ZoneInfo(name) if name else ZoneInfo("UTC")
-    except (ValueError, OSError):
-        raise DrtoolError(f"unknown timezone {name!r}", hint="use an IANA name such as Asia/Jakarta in drtool.yaml "
-                          "`timezone:`") from None
-
-
-def _localtime_name() -> str | None:
-    try:
-        target = os.readlink("/etc/localtime")
-    except OSError:
-        return None
-    return target.split("zoneinfo/", 1)[1] if "zoneinfo/" in target else None
 
 
 def build_jobs(settings: Settings) -> list[JobInfo]:

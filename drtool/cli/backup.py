@@ -140,14 +140,23 @@ def forget(ctx: click.Context, name: str, dry_run: bool, no_prune: bool, as_json
 @click.command()
 @click.argument("name")
 @click.option("--read-data-subset", metavar="N%|n/t", help="Also read this part of the pack data.")
+@click.option("--rotate", is_flag=True,
+              help="Read the next n/N part of the policy's check.read_data_subset (position kept in state_dir).")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def check(ctx: click.Context, name: str, read_data_subset: str | None, as_json: bool) -> None:
+def check(ctx: click.Context, name: str, read_data_subset: str | None, rotate: bool, as_json: bool) -> None:
     """Check the integrity of policy NAME's repository."""
     from drtool.actions.maintenance import check_repository
+    from drtool.errors import UsageError
 
+    if rotate and read_data_subset:
+        raise UsageError("give --rotate or --read-data-subset, not both")
     settings = _settings(ctx)
-    run = check_repository(settings, settings.policy(name), read_data_subset=read_data_subset)
+    if rotate:
+        from drtool.actions.rotate import check_with_rotation
+        run = check_with_rotation(settings, settings.policy(name))
+    else:
+        run = check_repository(settings, settings.policy(name), read_data_subset=read_data_subset)
     if as_json:
         emit_json(run.to_dict())
     else:

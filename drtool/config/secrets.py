@@ -6,11 +6,16 @@ import os
 import stat
 import subprocess
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
 from drtool.errors import ConfigError
 from drtool.secrets import Secret
+
+
+SECRET_EXPECTED = ("a secret reference {env: NAME}, {file: PATH} or {command: [argv...]} was expected; "
+                   "the value is not shown")
 
 
 class SecretRef(BaseModel):
@@ -19,6 +24,24 @@ class SecretRef(BaseModel):
     env: str | None = None
     file: str | None = None
     command: list[str] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _reference_only(cls, data: Any) -> Any:
+        # Whatever stands here may be a password typed inline: errors must never quote it,
+        # so wrong shapes are refused here with messages that carry no input.
+        if isinstance(data, cls):
+            return data
+        if not isinstance(data, dict):
+            raise ValueError(SECRET_EXPECTED)
+        for key in ("env", "file"):
+            if key in data and not isinstance(data[key], str):
+                raise ValueError(f"{key}: expects a {'variable name' if key == 'env' else 'file path'}; "
+                                 "the value is not shown")
+        argv = data.get("command")
+        if argv is not None and not (isinstance(argv, list) and all(isinstance(a, str) for a in argv)):
+            raise ValueError("command: expects an argv list such as [pass, show, drtool/offsite]; the value is not shown")
+        return data
 
     @model_validator(mode="after")
     def _exactly_one(self) -> "SecretRef":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shlex
 import shutil
 import subprocess
 import urllib.error
@@ -13,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from drtool.actions.daemon import build_jobs
-from drtool.actions.schedule import crontab, drtool_executable, export_systemd, show
+from drtool.actions.schedule import crontab, drtool_executable, show
+from drtool.actions.systemd import export_systemd
 from drtool.cli import main
 from drtool.config import load_settings
 from drtool.errors import UsageError
@@ -42,13 +44,16 @@ def test_export_systemd_writes_service_and_timer_per_job(settings, tmp_path: Pat
     out = tmp_path / "units"
     files = export_systemd(settings, out, program="/usr/local/bin/drtool")
     assert sorted(p.name for p in files) == sorted(
-        f"drtool-{job}.{ext}" for job in ("backup-db", "forget-db", "check-db", "drill-pb") for ext in ("service", "timer"))
+        [f"drtool-{job}.{ext}" for job in ("backup-db", "forget-db", "check-db", "drill-pb") for ext in ("service", "timer")]
+        + ["drtool-daemon.service", "drtool-failure@.service"])
     timer = (out / "drtool-backup-db.timer").read_text()
     assert unit_value(timer, "OnCalendar") == "*-*-* 02:00:00 UTC"
     assert unit_value(timer, "Persistent") == "true" and unit_value(timer, "RandomizedDelaySec") == "600"
     service = (out / "drtool-check-db.service").read_text()
+    # 1/4 stays a rotation: the unit asks for the next quarter, the position is kept in state_dir.
     assert unit_value(service, "ExecStart") == (
-        f'/usr/local/bin/drtool --config "{settings.path.resolve()}" check db --read-data-subset 25%%')
+        f'/usr/local/bin/drtool --config "{settings.path.resolve()}" check db --rotate')
+    assert unit_value(service, "OnFailure") == "drtool-failure@%n.service"
     assert unit_value((out / "drtool-drill-pb.timer").read_text(), "OnCalendar") == "Mon,Tue,Wed,Thu,Fri *-*-* 05:30:00 UTC"
 
 
@@ -102,8 +107,11 @@ def test_crontab_quotes_commands(settings) -> None:  # noqa: ANN001
     lines = [line for line in text.splitlines() if not line.startswith(("#", "CRON_TZ"))]
     assert len(lines) == 4
     backup = next(line for line in lines if line.endswith("# backup:db"))
-    assert backup.startswith("0 2 * * * '/opt/dr tool/bin/drtool' --config ")
-    assert "check db --read-data-subset 25\\%" in text
+    env_file = shlex.quote(str(settings.path.parent / "drtool.env"))
+    assert backup.startswith(f"0 2 * * * set -a && . {env_file} && set +a && '/opt/dr tool/bin/drtool' --config ")
+    assert backup.endswith(" || '/opt/dr tool/bin/drtool' --config "
+                           f"{shlex.quote(str(settings.path))} schedule on-failure backup:db  # backup:db")
+    assert "check db --rotate" in text and "%" not in text.replace("\\%", "")
     with pytest.raises(UsageError, match="crontab"):
         crontab(load_settings(str(write_setup(settings.path.parent.parent / "s",
                                               policies={"db": "repository: offsite\nschedule: every 10s\n"}))),
