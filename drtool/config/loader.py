@@ -26,7 +26,8 @@ M = TypeVar("M", bound=BaseModel)
 __all__ = ["Document", "Settings", "find_config", "load_settings", "parse_document", "read_document", "validate"]
 
 
-def _loc_text(loc: tuple) -> str:
+def loc_text(loc: tuple) -> str:
+    """('sources', 0, 'files') -> 'sources[0].files'."""
     out = ""
     for part in loc:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
@@ -70,7 +71,7 @@ def format_validation_error(exc: ValidationError, doc: Document) -> list[str]:
             msg = f"a name is {NAME_RULE}; found {_found(err['input'])}"
         elif "input" in err and err["type"] not in ("value_error", "assertion_error"):
             msg = f"{msg}; found {_found(err['input'])}"
-        line = f"{doc.where(loc)}: at '{_loc_text(loc)}': {msg}"
+        line = f"{doc.where(loc)}: at '{loc_text(loc)}': {msg}"
         if line not in seen:
             seen.add(line)
             lines.append(line)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import stat
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +61,7 @@ class SecretRef(BaseModel):
             return f"file:{self.file}"
         return f"command:{(self.command or ['?'])[0]}"
 
-    def resolve(self) -> Secret:
+    def resolve(self, *, timeout: float = 60.0) -> Secret:
         if self.env is not None:
             value = os.environ.get(self.env)
             if value is None:
@@ -71,14 +70,25 @@ class SecretRef(BaseModel):
         if self.file is not None:
             return Secret(_read_secret_file(Path(self.file)))
         assert self.command is not None
-        try:
-            proc = subprocess.run(self.command, capture_output=True, timeout=60, stdin=subprocess.DEVNULL)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise ConfigError(f"secret command {self.command[0]} could not run: {type(exc).__name__}") from None
-        if proc.returncode != 0:
-            # stderr is not shown: a password helper may echo what it was given.
-            raise ConfigError(f"secret command {self.command[0]} exited with code {proc.returncode}")
-        return Secret(proc.stdout.decode().rstrip("\r\n"))
+        return Secret(_run_secret_command(self.command, timeout))
+
+
+def _run_secret_command(argv: list[str], timeout: float) -> str:
+    from drtool.errors import CommandError
+    from drtool.execute import LocalRunner
+
+    try:
+        result = LocalRunner().run(argv, timeout=timeout, check=False)
+    except CommandError as exc:
+        # Neither stderr nor stdout is shown: a password helper may echo what it was given.
+        why = f"took longer than {timeout:g}s" if exc.returncode is None else "could not run (not found?)"
+        raise ConfigError(f"secret command {argv[0]} {why}") from None
+    if result.returncode != 0:
+        raise ConfigError(f"secret command {argv[0]} exited with code {result.returncode}")
+    value = result.stdout.decode("utf-8", "replace").rstrip("\r\n")
+    if not value:
+        raise ConfigError(f"secret command {argv[0]} printed nothing")
+    return value
 
 
 def _read_secret_file(path: Path) -> str:
