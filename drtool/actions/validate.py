@@ -55,6 +55,7 @@ class Report:
 def validate_setup(config_path: str | None, *, offline: bool = False, static: bool = False) -> Report:
     loaded = load_all(config_path)
     report = Report(loaded.path, sorted(loaded.policies), sorted(loaded.playbooks), list(loaded.problems))
+    locations = s3_locations(loaded, report)
     if static:
         report.notes.append("--static: secrets, paths and servers were not checked")
         return report
@@ -63,7 +64,7 @@ def validate_setup(config_path: str | None, *, offline: bool = False, static: bo
     if offline:
         report.notes.append("--offline: S3 endpoints and SSH hosts were not contacted")
     elif loaded.config is not None:
-        _check_network(loaded, report)
+        _check_network(loaded, report, locations)
     return report
 
 
@@ -77,13 +78,14 @@ def _models(loaded: Loaded) -> list[tuple[Any, str]]:
 
 
 def _check_secrets(loaded: Loaded, report: Report) -> None:
-    results: dict[SecretRef, str | None] = {}       # each reference is resolved once, reported where used
+    results: dict[str, str | None] = {}       # each reference is resolved once, reported where it is used
     for model, path in _models(loaded):
         for loc, ref in secret_refs(model):
-            if ref not in results:
-                results[ref] = secret_problem(ref)
-            if results[ref]:
-                report.problems.append(f"{_where(path, loc)}: at '{loc_text(loc)}': {results[ref]}")
+            key = ref.model_dump_json()
+            if key not in results:
+                results[key] = secret_problem(ref)
+            if results[key]:
+                report.problems.append(f"{_where(path, loc)}: at '{loc_text(loc)}': {results[key]}")
     report.secrets_checked = len(results)
 
 
@@ -140,20 +142,26 @@ def _check_paths(loaded: Loaded, report: Report) -> None:
 
 # ---------------------------------------------------------------- network
 
-def _check_network(loaded: Loaded, report: Report) -> None:
+def s3_locations(loaded: Loaded, report: Report) -> dict[str, Any]:
+    """Each S3 repository's parsed URL; a URL restic would refuse is a problem (checked even with --static)."""
+    from drtool.errors import StorageError
+    from drtool.storage.s3 import parse_s3_url
+
+    found: dict[str, Any] = {}
+    for name, repo in (loaded.config.repositories.items() if loaded.config else ()):
+        if repo.is_s3:
+            try:
+                found[name] = parse_s3_url(repo.url)
+            except StorageError as exc:
+                report.problems.append(f"{_where(str(loaded.path), ('repositories', name, 'url'))}: "
+                                       f"at 'repositories.{name}.url': {exc.message}")
+    return found
+
+
+def _check_network(loaded: Loaded, report: Report, locations: dict[str, Any]) -> None:
     config = loaded.config
     assert config is not None
-    for name, repo in config.repositories.items():
-        if not repo.is_s3:
-            continue
-        from drtool.errors import StorageError
-        from drtool.storage.s3 import parse_s3_url
-
-        try:
-            location = parse_s3_url(repo.url)
-        except StorageError as exc:
-            report.problems.append(f"{_where(str(loaded.path), ('repositories', name, 'url'))}: {exc.message}")
-            continue
+    for name, location in locations.items():
         parts = urlsplit(location.endpoint_url)
         problem = tcp_problem(parts.hostname or "", parts.port or (443 if location.secure else 80))
         if problem:

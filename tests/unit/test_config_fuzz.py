@@ -24,7 +24,7 @@ from drtool.cli import main
 
 FILES = {
     "drtool.yaml": "state_dir: ./state\ntimezone: Asia/Jakarta\nrepositories:\n  offsite:\n"
-                   "    url: s3:http://127.0.0.1:9/b/p\n    password: {file: /nonexistent/pw}\n"
+                   "    url: s3:http://127.0.0.1:9/bkt/p\n    password: {file: /nonexistent/pw}\n"
                    "    s3: {access_key_id: {env: K}, secret_access_key: {env: S}}\n"
                    "hosts:\n  db1: {address: 127.0.0.1, port: 2222, connect_timeout: 5s}\n"
                    "notifications:\n  webhooks: [{url: 'http://127.0.0.1:9/hook'}]\n",
