@@ -70,7 +70,8 @@ def service_section(settings: Settings, exec_start: str, env_file: Path | None) 
     lines = ["[Service]", f"ExecStart={exec_start}"]
     if env_file is not None:
         lines.append(f"EnvironmentFile={env_file}")
-    return lines + HARDENING + [f"ReadWritePaths={' '.join(writable_paths(settings))}"]
+    # One line per path (assignments add up), quoted: systemd splits the value on whitespace.
+    return lines + HARDENING + [f"ReadWritePaths={_exec_quote(p)}" for p in writable_paths(settings)]
 
 
 def job_units(settings: Settings, info: JobInfo, program: str, zone_name: str, env_file: Path | None) -> dict[str, str]:
