@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from drtool.cli import complete
 from drtool.cli.render import ProgressPrinter, emit_json, human_bytes
 
 
@@ -13,7 +14,7 @@ def _settings(ctx: click.Context):  # noqa: ANN202
 
 
 @click.command()
-@click.argument("name", required=False)
+@click.argument("name", required=False, shell_complete=complete.policies)
 @click.option("--all", "all_", is_flag=True, help="Back up every policy.")
 @click.option("--dry-run", is_flag=True, help="Show what would be backed up; touch nothing.")
 @click.option("--wait", is_flag=True, help="Queue behind a running backup of the same policy instead of refusing.")
@@ -58,7 +59,7 @@ def _print_run(run) -> None:  # noqa: ANN001
 
 
 @click.command()
-@click.argument("name", required=False)
+@click.argument("name", required=False, shell_complete=complete.policies)
 @click.option("--host", help="Another host's sets (restic --host); default this machine's.")
 @click.option("--all-hosts", is_flag=True, help="Sets of every host that writes to the repository.")
 @click.option("--json", "as_json", is_flag=True)
@@ -86,7 +87,7 @@ def snapshots(ctx: click.Context, name: str | None, host: str | None, all_hosts:
 
 
 @click.command()
-@click.argument("name")
+@click.argument("name", shell_complete=complete.policies)
 @click.option("--source", "source_name", required=True, help="Which source of the policy to restore.")
 @click.option("--snapshot", default="latest", show_default=True, help="latest, a snapshot id or a run id.")
 @click.option("--target", required=True,
@@ -116,7 +117,7 @@ def restore(ctx: click.Context, name: str, source_name: str, snapshot: str, targ
 
 
 @click.command()
-@click.argument("name")
+@click.argument("name", shell_complete=complete.policies)
 @click.option("--dry-run", is_flag=True, help="Show what would be forgotten.")
 @click.option("--no-prune", is_flag=True, help="Forget only; prune later.")
 @click.option("--json", "as_json", is_flag=True)
@@ -138,7 +139,7 @@ def forget(ctx: click.Context, name: str, dry_run: bool, no_prune: bool, as_json
 
 
 @click.command()
-@click.argument("name")
+@click.argument("name", shell_complete=complete.policies)
 @click.option("--read-data-subset", metavar="N%|n/t", help="Also read this part of the pack data.")
 @click.option("--rotate", is_flag=True,
               help="Read the next n/N part of the policy's check.read_data_subset (position kept in state_dir).")
@@ -165,7 +166,7 @@ def check(ctx: click.Context, name: str, read_data_subset: str | None, rotate: b
 
 
 @click.command("init-repo")
-@click.argument("name")
+@click.argument("name", shell_complete=complete.repositories)
 @click.pass_context
 def init_repo(ctx: click.Context, name: str) -> None:
     """Create the bucket (if allowed) and initialise repository NAME."""

@@ -82,7 +82,7 @@ def export(ctx: click.Context, systemd_dir: str | None, cron: bool, env_file: Pa
 @click.option("--unit-dir", type=click.Path(file_okay=False, path_type=Path), default="/etc/systemd/system",
               show_default=True, help="Where the unit files go.")
 @click.option("--systemctl", "systemctl", default="systemctl", show_default=True, metavar="PROGRAM",
-              help="The systemctl to run (e.g. `systemctl --user` sites use a wrapper).")
+              help="The systemctl program to run (a path, e.g. a wrapper).")
 @click.option("--daemon", "use_daemon", is_flag=True, help="Enable drtool-daemon.service instead of the timers.")
 @click.option("--env-file", type=click.Path(dir_okay=False, path_type=Path), help=ENV_FILE_HELP)
 @click.option("--dry-run", is_flag=True, help="Print every step; change nothing.")

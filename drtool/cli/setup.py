@@ -56,6 +56,16 @@ def demo(workdir: Path | None, as_json: bool) -> None:
     raise SystemExit(0 if ok else 1)
 
 
+@click.command()
+@click.argument("kind", type=click.Choice(["config", "policy", "playbook"]))
+@click.option("--path", "show_path", is_flag=True, help="Print where the shipped copy is instead (for editors).")
+def schema(kind: str, show_path: bool) -> None:
+    """Print the JSON Schema of drtool.yaml (config), a policy or a playbook."""
+    from drtool.config.schema import schema_text, shipped_path
+
+    click.echo(str(shipped_path(kind)) if show_path else schema_text(kind), nl=show_path)
+
+
 def register(group: click.Group) -> None:
-    for command in (init, validate, demo):
+    for command in (init, validate, schema, demo):
         group.add_command(command)
