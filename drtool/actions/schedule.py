@@ -23,17 +23,14 @@ import shlex
 import shutil
 import stat
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
-
 from drtool.actions.daemon import JobInfo, build_jobs
 from drtool.config.loader import Settings
-from drtool.config.secrets import SecretRef
+from drtool.config.secrets import secret_refs
 from drtool.errors import DrtoolError, UsageError
 from drtool.schedule_math import next_run, to_cron_fields
 from drtool.timezones import EffectiveZone, ZoneError, settings_zone
@@ -118,21 +115,6 @@ def scheduled_jobs(settings: Settings) -> list[JobInfo]:
 
 
 # ---------------------------------------------------------------- secrets for unattended runs
-
-def secret_refs(value: Any, loc: tuple = ()) -> Iterator[tuple[tuple, SecretRef]]:
-    """Every secret reference inside a model, with its key path (aliases as written in the file)."""
-    if isinstance(value, SecretRef):
-        yield loc, value
-    elif isinstance(value, BaseModel):
-        for name, info in type(value).model_fields.items():
-            yield from secret_refs(getattr(value, name), (*loc, info.alias or name))
-    elif isinstance(value, (list, tuple)):
-        for i, item in enumerate(value):
-            yield from secret_refs(item, (*loc, i))
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            yield from secret_refs(item, (*loc, key))
-
 
 def env_secret_names(settings: Settings) -> list[str]:
     """The environment variables the setup's `env:` references need, sorted."""

@@ -22,10 +22,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from drtool.actions.schedule import secret_refs
 from drtool.config.loader import Loaded, load_all
 from drtool.config.loader import loc_text
-from drtool.config.secrets import SecretRef
+from drtool.config.secrets import SecretRef, secret_refs
 from drtool.config.yaml_doc import read_document
 from drtool.errors import ConfigError
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -104,3 +105,18 @@ def _read_secret_file(path: Path) -> str:
     if not value:
         raise ConfigError(f"secret file {path} is empty")
     return value
+
+
+def secret_refs(value: Any, loc: tuple = ()) -> Iterator[tuple[tuple, SecretRef]]:
+    """Every secret reference inside a model, with its key path (aliases as written in the file)."""
+    if isinstance(value, SecretRef):
+        yield loc, value
+    elif isinstance(value, BaseModel):
+        for name, info in type(value).model_fields.items():
+            yield from secret_refs(getattr(value, name), (*loc, info.alias or name))
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            yield from secret_refs(item, (*loc, i))
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from secret_refs(item, (*loc, key))
