@@ -126,7 +126,7 @@ def default_env_file(settings: Settings) -> Path:
     return settings.path.resolve().parent / ENV_FILE_NAME
 
 
-def env_file_instructions(names: list[str], env_file: Path) -> list[str]:
+def env_file_instructions(names: list[str], env_file: Path, config: Path | None = None) -> list[str]:
     """How an admin creates the env file: names only, never values."""
     if not names:
         return ["secrets: the configuration uses no env: references; no environment file is needed"]
@@ -134,7 +134,8 @@ def env_file_instructions(names: list[str], env_file: Path) -> list[str]:
              f"  install -m 600 -o root -g root /dev/null {shlex.quote(str(env_file))}",
              f"  $EDITOR {shlex.quote(str(env_file))}      # one line each, the value in single quotes:"]
     lines += [f"      {name}='...'" for name in names]
-    lines.append(f"then check it: drtool schedule check-env --env-file {shlex.quote(str(env_file))}")
+    config_arg = f"--config {shlex.quote(str(config))} " if config else ""
+    lines.append(f"then check it: drtool {config_arg}schedule check-env --env-file {shlex.quote(str(env_file))}")
     return lines
 
 

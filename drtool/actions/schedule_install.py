@@ -18,7 +18,7 @@ from pathlib import Path
 from drtool.actions.schedule import default_env_file, env_file_instructions, env_file_problems, env_secret_names
 from drtool.actions.systemd import DAEMON_UNIT, all_units, is_generated
 from drtool.config.loader import Settings
-from drtool.errors import UsageError
+from drtool.errors import DrtoolError, UsageError
 
 UNIT_DIR = Path("/etc/systemd/system")
 
@@ -86,7 +86,7 @@ def install(settings: Settings, *, unit_dir: Path = UNIT_DIR, systemctl: str = "
     problems = env_file_problems(names, env_file)
     if problems and not dry_run:
         raise UsageError("the units would fail on their first run; nothing was installed:\n  " + "\n  ".join(problems),
-                         hint="\n".join(env_file_instructions(names, env_file)))
+                         hint="\n".join(env_file_instructions(names, env_file, settings.path)))
     if not dry_run:
         carry_out(steps)
     return steps
@@ -105,12 +105,16 @@ def carry_out(steps: list[Step], run: Callable[[Sequence[str]], object] | None =
         runner = LocalRunner()
         run = lambda argv: runner.run(list(argv), timeout=120)   # noqa: E731 - CommandError names the failed step
     for step in steps:
-        if step.action == "write":
-            path = Path(step.target)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(step.text)
-            path.chmod(0o644)
-        elif step.action == "remove":
-            Path(step.target).unlink(missing_ok=True)
-        else:
-            run(step.argv)
+        try:
+            if step.action == "write":
+                path = Path(step.target)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(step.text)
+                path.chmod(0o644)
+            elif step.action == "remove":
+                Path(step.target).unlink(missing_ok=True)
+            else:
+                run(step.argv)
+        except OSError as exc:
+            raise DrtoolError(f"cannot {step.action} {step.target}: {exc.strerror}",
+                              hint="run as root (the unit directory belongs to root), or pass --unit-dir") from None

@@ -74,7 +74,7 @@ def export(ctx: click.Context, systemd_dir: str | None, cron: bool, env_file: Pa
         click.echo("install: `drtool schedule install` (or copy them to /etc/systemd/system, then "
                    "`systemctl daemon-reload` and `systemctl enable --now drtool-*.timer`)", err=True)
     click.echo(f"times in {settings_zone(settings).describe()}", err=True)
-    for line in env_file_instructions(env_secret_names(settings), env_file):
+    for line in env_file_instructions(env_secret_names(settings), env_file, settings.path):
         click.echo(line, err=True)
 
 
@@ -132,7 +132,7 @@ def check_env(ctx: click.Context, env_file: Path | None) -> None:
     names = env_secret_names(settings)
     problems = env_file_problems(names, env_file)
     if problems:
-        raise UsageError("\n".join(problems), hint="\n".join(env_file_instructions(names, env_file)))
+        raise UsageError("\n".join(problems), hint="\n".join(env_file_instructions(names, env_file, settings.path)))
     click.echo(f"{env_file}: ok ({', '.join(names)})" if names else "no env: secrets are used; no env file is needed")
 
 

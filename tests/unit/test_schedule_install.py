@@ -124,3 +124,15 @@ def test_check_env_names_missing_variables_without_values(tmp_path: Path, capsys
     env_file.write_text("# nothing yet\n")
     assert main(["-c", str(settings.path), "schedule", "check-env", "--env-file", str(env_file)]) == 2
     assert "does not define DRTOOL_TEST_PW" in capsys.readouterr().err
+
+
+def test_unwritable_unit_dir_is_one_clear_error(tmp_path: Path, systemctl: tuple[str, Path],
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    program, _log = systemctl
+    settings, env_file = ready(tmp_path)
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert main(["-c", str(settings.path), "schedule", "install", "--unit-dir", str(blocker / "units"),
+                 "--systemctl", program, "--env-file", str(env_file)]) == 1
+    err = capsys.readouterr().err
+    assert "cannot write" in err and "Traceback" not in err
