@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 RUN_KINDS = ("backup", "forget", "check", "drill", "kit-verify", "recover")
 FAILURE_KINDS = frozenset(
     {f"{k}_{s}" for k in RUN_KINDS for s in ("failed", "cancelled", "interrupted")}
-    | {"rpo_breach", "rto_breach", "forecast_breach", "state_failed"})
+    | {"rpo_breach", "rto_breach", "forecast_breach", "state_failed", "unit_failed"})
 SUCCESS_KINDS = frozenset({f"{k}_succeeded" for k in RUN_KINDS} | {"rpo_recovered"})
 START_KINDS = frozenset({f"{k}_started" for k in RUN_KINDS})
 KINDS = FAILURE_KINDS | SUCCESS_KINDS | START_KINDS

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -126,6 +127,7 @@ def parse_db_target(kind: str, target: str) -> DbTarget:
     history); use PGPASSWORD / MYSQL_PWD in the environment instead.
     """
     if kind == "sqlite":
+        check_path_target(kind, target)
         return DbTarget(kind="sqlite", path=Path(target))
     url = urlparse(target)
     schemes = {"postgres": ("postgres", "postgresql"), "mariadb": ("mysql", "mariadb")}[kind]
@@ -144,6 +146,16 @@ def parse_db_target(kind: str, target: str) -> DbTarget:
                     password=password, database=url.path.lstrip("/") or None)
 
 
+def check_path_target(kind: str, target: str) -> None:
+    """Files and SQLite targets are paths: `sqlite:/srv/x.db` would become a ./sqlite:/srv tree."""
+    scheme = re.match(r"([A-Za-z][A-Za-z0-9+.-]*):", target)
+    if kind in ("files", "sqlite") and scheme:
+        raise UsageError(f"--target for a {kind} source is a {'file' if kind == 'sqlite' else 'directory'} path, "
+                         f"not a URL; got {target!r}",
+                         hint=f"write the path itself, e.g. {target[scheme.end():] or '/srv/restore'} "
+                              f"(or ./{target} if you really mean a relative name with a colon)")
+
+
 def restore_source(settings: Settings, policy: Policy, source_name: str, *, target: str,
                    selector: Any = "latest", force: bool = False, host: str | None = None) -> RestoreOutcome:
     """`host`: restore another machine's backup on purpose; default this host's."""
@@ -152,6 +164,7 @@ def restore_source(settings: Settings, policy: Policy, source_name: str, *, targ
     except KeyError:
         names = ", ".join(s.name for s in policy.sources)
         raise UsageError(f"policy {policy.name!r} has no source {source_name!r} (it has: {names})") from None
+    check_path_target(source.kind, target)
     handle = open_repo(settings, policy.repository)
     chosen = find_set(handle, policy, source, selector, host=host or restic_host(settings))
     if source.kind == "files":

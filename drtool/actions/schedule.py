@@ -1,11 +1,18 @@
-"""Use cases: `drtool schedule show` and `drtool schedule export --systemd DIR | --cron`.
+"""Use cases: `drtool schedule show` and `drtool schedule export --cron`; what every export shares.
 
-The exports are for sites that prefer systemd timers or cron to `drtool daemon`.
-They run the same CLI commands the daemon's jobs run. What timers cannot do
-that the daemon does: keep a drill off its policy's running backup (the
-engine's policy lock still keeps one run per policy) and rotate `n/N` check
-subsets (an exported check reads a random 1/N share instead, which covers all
-data only on average).
+The exports (here: cron; systemd units in drtool.actions.systemd) are for sites
+that prefer systemd timers or cron to `drtool daemon`. They run the same CLI
+commands the daemon's jobs run, in the same effective time zone
+(drtool.timezones), and rotate `n/N` check subsets the same way
+(`drtool check --rotate`, position kept in state_dir). What they cannot do that
+the daemon does: keep a drill off its policy's running backup (the engine's
+policy lock still keeps one run per policy).
+
+Secrets: `file:` and `command:` references work unchanged under systemd and cron
+(drtool runs as root and reads them itself); `env:` references need the
+variables, which a unit or a cron line gets from one root-only 0600 file
+(`EnvironmentFile=` / `. FILE`). drtool names the variables and never writes
+their values anywhere.
 """
 
 from __future__ import annotations
@@ -14,18 +21,24 @@ import os
 import re
 import shlex
 import shutil
+import stat
 import sys
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
-from drtool.actions.daemon import JobInfo, build_jobs, settings_timezone
+from drtool.actions.daemon import JobInfo, build_jobs
 from drtool.config.loader import Settings
+from drtool.config.secrets import secret_refs
 from drtool.errors import DrtoolError, UsageError
-from drtool.schedule_math import next_run, to_cron_fields, to_oncalendar
+from drtool.schedule_math import next_run, to_cron_fields
+from drtool.timezones import EffectiveZone, ZoneError, settings_zone
 
 DESCRIPTIONS = {"backup": "back up policy", "forget": "apply retention of policy",
                 "check": "check the repository of policy", "drill": "restore drill of playbook"}
+ENV_FILE_NAME = "drtool.env"
+_ROTATING = re.compile(r"\s*\d+\s*/\s*\d+\s*")
 
 
 @dataclass(frozen=True)
@@ -34,21 +47,33 @@ class Planned:
     schedule: str
     next_local: datetime
     next_utc: datetime
+    zone: str = "UTC"
+    zone_source: str = "default"
 
     def to_dict(self) -> dict[str, str]:
         return {"job": self.job, "schedule": self.schedule, "next_local": self.next_local.isoformat(),
-                "next_utc": self.next_utc.isoformat()}
+                "next_utc": self.next_utc.isoformat(), "timezone": self.zone, "timezone_source": self.zone_source}
 
 
 def show(settings: Settings, now: datetime | None = None) -> list[Planned]:
     """The next start (jitter included) of every scheduled job, soonest first."""
     now = now or datetime.now(timezone.utc)
-    tz = settings_timezone(settings)
+    zone = settings_zone(settings)
     planned = []
     for info in build_jobs(settings):
-        nxt = next_run(info.job, now, tz)
-        planned.append(Planned(info.job.id, info.job.schedule.expr, nxt.astimezone(tz), nxt.astimezone(timezone.utc)))
+        nxt = next_run(info.job, now, zone.tz)
+        planned.append(Planned(info.job.id, info.job.schedule.expr, nxt.astimezone(zone.tz),
+                               nxt.astimezone(timezone.utc), zone.name, zone.source))
     return sorted(planned, key=lambda p: (p.next_utc, p.job))
+
+
+def export_zone(settings: Settings, what: str) -> tuple[EffectiveZone, str]:
+    """The effective zone and the name `what` (systemd, cron) is given; UsageError if it has none."""
+    zone = settings_zone(settings)
+    try:
+        return zone, zone.require_export_name(what)
+    except ZoneError as exc:
+        raise UsageError(str(exc)) from None
 
 
 # ---------------------------------------------------------------- the command each job runs
@@ -65,101 +90,94 @@ def drtool_executable() -> str:
                       hint="install drtool (pip install drtool) so that `drtool` is on PATH, then export again")
 
 
+def base_argv(settings: Settings, program: str) -> list[str]:
+    return [program, "--config", str(settings.path.resolve())]
+
+
 def job_argv(settings: Settings, info: JobInfo, program: str) -> list[str]:
-    base = [program, "--config", str(settings.path.resolve())]
+    base = base_argv(settings, program)
     if info.kind == "check":
-        subset = _stateless_subset(settings.policies[info.policy].check.read_data_subset)
+        subset = settings.policies[info.policy].check.read_data_subset
+        if subset and _ROTATING.fullmatch(subset):
+            return base + ["check", info.policy, "--rotate"]     # n/N: the next part, kept in state_dir
         return base + ["check", info.policy] + (["--read-data-subset", subset] if subset else [])
     if info.kind == "drill":
         return base + ["drill", info.job.name]
     return base + [info.kind, info.policy]
 
 
-def _stateless_subset(configured: str | None) -> str | None:
-    # A timer has no memory to rotate n/N; a random share of the same size is the closest.
-    match = re.fullmatch(r"\s*\d+\s*/\s*(\d+)\s*", configured or "")
-    if match and int(match.group(1)) > 0:
-        return f"{100 / int(match.group(1)):.4g}%"
-    return configured
-
-
-# ---------------------------------------------------------------- systemd
-
-def unit_name(info: JobInfo) -> str:
-    return f"drtool-{info.kind}-{info.job.name}"
-
-
-def _exec_quote(arg: str) -> str:
-    # systemd's ExecStart= splits on whitespace and understands C-style double quotes;
-    # '%' is a specifier and '$' an environment expansion, both escaped.
-    arg = arg.replace("%", "%%").replace("$", "$$")
-    if re.search(r'[\s"\'\\;]', arg):
-        return '"' + arg.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    return arg
-
-
-def systemd_units(settings: Settings, info: JobInfo, program: str) -> dict[str, str]:
-    """The .service and .timer text of one job."""
-    tz = settings.config.timezone
-    calendar = to_oncalendar(info.job.schedule, tz)
-    what = f"drtool: {DESCRIPTIONS[info.kind]} {info.job.name}"
-    name = unit_name(info)
-    service = "\n".join([
-        "[Unit]", f"Description={what}", "Wants=network-online.target", "After=network-online.target", "",
-        "[Service]", "Type=oneshot", f"ExecStart={' '.join(_exec_quote(a) for a in job_argv(settings, info, program))}",
-        # SIGINT first: drtool aborts restic cleanly (no partial snapshot) and records "cancelled".
-        "KillSignal=SIGINT", "TimeoutStopSec=300", "UMask=0077", "",
-    ])
-    timer_lines = ["[Unit]", f"Description={what} ({info.job.schedule.expr})", "", "[Timer]",
-                   f"OnCalendar={calendar}", "Persistent=true", f"Unit={name}.service"]
-    if info.job.schedule.jitter:
-        timer_lines += [f"RandomizedDelaySec={int(info.job.schedule.jitter)}", "FixedRandomDelay=true"]
-    timer_lines += ["", "[Install]", "WantedBy=timers.target", ""]
-    return {f"{name}.service": service, f"{name}.timer": "\n".join(timer_lines)}
-
-
-def export_systemd(settings: Settings, out_dir: Path, *, program: str | None = None) -> list[Path]:
-    """Write one .service and one .timer per scheduled job into out_dir; return the files."""
-    program = program or drtool_executable()
-    units = _all_units(settings, program)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for filename, text in units.items():
-        path = out_dir / filename
-        path.write_text(text)
-        path.chmod(0o644)       # units hold commands and paths, never secrets
-        written.append(path)
-    return written
-
-
-def _all_units(settings: Settings, program: str) -> dict[str, str]:
-    # Translate everything before writing anything: a bad schedule leaves the directory untouched.
-    units: dict[str, str] = {}
-    problems = []
+def scheduled_jobs(settings: Settings) -> list[JobInfo]:
     jobs = build_jobs(settings)
     if not jobs:
         raise UsageError("no policy or playbook has a schedule: nothing to export",
                          hint="add `schedule: daily 02:00` to a policy")
-    for info in jobs:
-        try:
-            units.update(systemd_units(settings, info, program))
-        except ValueError as exc:
-            problems.append(f"{info.job.id}: {exc}")
-    if problems:
-        raise UsageError("cannot export to systemd:\n  " + "\n  ".join(problems))
-    return units
+    return jobs
+
+
+# ---------------------------------------------------------------- secrets for unattended runs
+
+def env_secret_names(settings: Settings) -> list[str]:
+    """The environment variables the setup's `env:` references need, sorted."""
+    models: list[Any] = [settings.config, *settings.policies.values(), *settings.playbooks.values()]
+    return sorted({ref.env for model in models for _loc, ref in secret_refs(model) if ref.env is not None})
+
+
+def default_env_file(settings: Settings) -> Path:
+    return settings.path.resolve().parent / ENV_FILE_NAME
+
+
+def env_file_instructions(names: list[str], env_file: Path, config: Path | None = None) -> list[str]:
+    """How an admin creates the env file: names only, never values."""
+    if not names:
+        return ["secrets: the configuration uses no env: references; no environment file is needed"]
+    lines = [f"secrets: the units read {len(names)} variable(s) from {env_file}; create it once, as root:",
+             f"  install -m 600 -o root -g root /dev/null {shlex.quote(str(env_file))}",
+             f"  $EDITOR {shlex.quote(str(env_file))}      # one line each, the value in single quotes:"]
+    lines += [f"      {name}='...'" for name in names]
+    config_arg = f"--config {shlex.quote(str(config))} " if config else ""
+    lines.append(f"then check it: drtool {config_arg}schedule check-env --env-file {shlex.quote(str(env_file))}")
+    return lines
+
+
+def env_file_problems(names: list[str], env_file: Path) -> list[str]:
+    """What is wrong with the env file (missing, readable by others, names missing); values are not read out."""
+    if not names:
+        return []
+    try:
+        st = env_file.stat()
+        text = env_file.read_text()
+    except OSError as exc:
+        return [f"{env_file}: cannot be read: {exc.strerror}"]
+    problems = []
+    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        problems.append(f"{env_file}: readable by others (mode {stat.S_IMODE(st.st_mode):04o}); chmod 600 {env_file}")
+    if st.st_uid != os.geteuid():
+        problems.append(f"{env_file}: owned by uid {st.st_uid}, not by the user the units run as (uid {os.geteuid()})")
+    defined = {m.group(1) for m in re.finditer(r"^\s*([A-Za-z_][A-Za-z0-9_]*)=", text, re.M)}
+    missing = [n for n in names if n not in defined]
+    if missing:
+        problems.append(f"{env_file}: does not define {', '.join(missing)}")
+    return problems
 
 
 # ---------------------------------------------------------------- cron
 
-def crontab(settings: Settings, *, program: str | None = None) -> str:
-    """A crontab: one line per job, commands shell-quoted (cron hands lines to /bin/sh)."""
+def crontab(settings: Settings, *, program: str | None = None, env_file: Path | None = None) -> str:
+    """A crontab: one line per job, commands shell-quoted (cron hands lines to /bin/sh).
+
+    Each line loads the env file (when env: secrets are used), runs the job, and on failure
+    runs `schedule on-failure`, the cron twin of systemd's OnFailure=."""
     program = program or drtool_executable()
-    jobs = build_jobs(settings)
+    jobs = scheduled_jobs(settings)
+    zone, zone_name = export_zone(settings, "cron")
+    names = env_secret_names(settings)
+    env_file = env_file or default_env_file(settings)
     lines = ["# drtool schedule, generated by `drtool schedule export --cron`; install with `crontab FILE`.",
-             "# cron runs on the system clock; intervals keep their length, their phase may differ from the daemon's."]
-    if settings.config.timezone:
-        lines.append(f"CRON_TZ={settings.config.timezone}")
+             f"# times in {zone.describe()}; intervals keep their length, their phase may differ from the daemon's.",
+             f"CRON_TZ={zone_name}"]
+    if names:
+        lines.append(f"# secrets ({', '.join(names)}) come from {env_file} (root only, mode 0600)")
+    prefix = f"set -a && . {shlex.quote(str(env_file))} && set +a && " if names else ""
     problems = []
     for info in jobs:
         try:
@@ -167,11 +185,9 @@ def crontab(settings: Settings, *, program: str | None = None) -> str:
         except ValueError as exc:
             problems.append(f"{info.job.id}: {exc}")
             continue
-        command = shlex.join(job_argv(settings, info, program)).replace("%", "\\%")   # % is newline to cron
-        lines.append(f"{fields} {command}  # {info.job.id}")
+        alert = shlex.join(base_argv(settings, program) + ["schedule", "on-failure", info.job.id])
+        command = f"{prefix}{shlex.join(job_argv(settings, info, program))} || {alert}"
+        lines.append(f"{fields} {command.replace('%', chr(92) + '%')}  # {info.job.id}")   # % is newline to cron
     if problems:
         raise UsageError("cannot export to cron:\n  " + "\n  ".join(problems))
-    if not jobs:
-        raise UsageError("no policy or playbook has a schedule: nothing to export",
-                         hint="add `schedule: daily 02:00` to a policy")
     return "\n".join(lines) + "\n"

@@ -18,7 +18,7 @@ from drtool.errors import DrtoolError
 
 # Topic modules, in help order. Each defines register(group).
 COMMAND_MODULES = [
-    "drtool.cli.setup",      # init, validate, demo
+    "drtool.cli.setup",      # init, validate, schema, demo
     "drtool.cli.backup",     # backup, snapshots, restore, forget, check, init-repo, runs
     "drtool.cli.drill",      # drill, drills, status
     "drtool.cli.schedule",   # daemon, schedule show/export

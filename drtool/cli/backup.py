@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from drtool.cli import complete
 from drtool.cli.render import ProgressPrinter, emit_json, human_bytes
 
 
@@ -20,7 +21,7 @@ def run_exit_code(run) -> int:  # noqa: ANN001 - a RunRecord
 
 
 @click.command()
-@click.argument("name", required=False)
+@click.argument("name", required=False, shell_complete=complete.policies)
 @click.option("--all", "all_", is_flag=True, help="Back up every policy.")
 @click.option("--dry-run", is_flag=True, help="Show what would be backed up; touch nothing.")
 @click.option("--wait", is_flag=True, help="Queue behind a running backup of the same policy instead of refusing.")
@@ -67,7 +68,7 @@ def _print_run(run) -> None:  # noqa: ANN001
 
 
 @click.command()
-@click.argument("name", required=False)
+@click.argument("name", required=False, shell_complete=complete.policies)
 @click.option("--host", help="Another host's sets (restic --host); default this machine's.")
 @click.option("--all-hosts", is_flag=True, help="Sets of every host that writes to the repository.")
 @click.option("--json", "as_json", is_flag=True)
@@ -95,7 +96,7 @@ def snapshots(ctx: click.Context, name: str | None, host: str | None, all_hosts:
 
 
 @click.command()
-@click.argument("name")
+@click.argument("name", shell_complete=complete.policies)
 @click.option("--source", "source_name", required=True, help="Which source of the policy to restore.")
 @click.option("--snapshot", default="latest", show_default=True, help="latest, a snapshot id or a run id.")
 @click.option("--target", required=True,
@@ -125,7 +126,7 @@ def restore(ctx: click.Context, name: str, source_name: str, snapshot: str, targ
 
 
 @click.command()
-@click.argument("name")
+@click.argument("name", shell_complete=complete.policies)
 @click.option("--dry-run", is_flag=True, help="Show what would be forgotten.")
 @click.option("--no-prune", is_flag=True, help="Forget only; prune later.")
 @click.option("--json", "as_json", is_flag=True)
@@ -147,16 +148,25 @@ def forget(ctx: click.Context, name: str, dry_run: bool, no_prune: bool, as_json
 
 
 @click.command()
-@click.argument("name")
+@click.argument("name", shell_complete=complete.policies)
 @click.option("--read-data-subset", metavar="N%|n/t", help="Also read this part of the pack data.")
+@click.option("--rotate", is_flag=True,
+              help="Read the next n/N part of the policy's check.read_data_subset (position kept in state_dir).")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def check(ctx: click.Context, name: str, read_data_subset: str | None, as_json: bool) -> None:
+def check(ctx: click.Context, name: str, read_data_subset: str | None, rotate: bool, as_json: bool) -> None:
     """Check the integrity of policy NAME's repository."""
     from drtool.actions.maintenance import check_repository
+    from drtool.errors import UsageError
 
+    if rotate and read_data_subset:
+        raise UsageError("give --rotate or --read-data-subset, not both")
     settings = _settings(ctx)
-    run = check_repository(settings, settings.policy(name), read_data_subset=read_data_subset)
+    if rotate:
+        from drtool.actions.rotate import check_with_rotation
+        run = check_with_rotation(settings, settings.policy(name))
+    else:
+        run = check_repository(settings, settings.policy(name), read_data_subset=read_data_subset)
     if as_json:
         emit_json(run.to_dict())
     else:
@@ -165,7 +175,7 @@ def check(ctx: click.Context, name: str, read_data_subset: str | None, as_json: 
 
 
 @click.command("init-repo")
-@click.argument("name")
+@click.argument("name", shell_complete=complete.repositories)
 @click.pass_context
 def init_repo(ctx: click.Context, name: str) -> None:
     """Create the bucket (if allowed) and initialise repository NAME."""

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from drtool.cli import complete
 from drtool.cli.render import emit_json
 
 
@@ -38,7 +39,7 @@ class StepPrinter:
 
 
 @click.command()
-@click.argument("playbook")
+@click.argument("playbook", shell_complete=complete.playbooks)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
 @click.option("--junit", "junit_file", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write a JUnit XML report to FILE.")

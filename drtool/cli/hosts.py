@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from drtool.cli import complete
+
 
 def _settings(ctx: click.Context):
     from drtool.config import load_settings
@@ -16,7 +18,7 @@ def hosts() -> None:
 
 
 @hosts.command()
-@click.argument("name")
+@click.argument("name", shell_complete=complete.hosts)
 @click.option("--yes", "-y", is_flag=True, help="Record the offered key without asking.")
 @click.pass_context
 def trust(ctx: click.Context, name: str, yes: bool) -> None:
@@ -44,7 +46,7 @@ def trust(ctx: click.Context, name: str, yes: bool) -> None:
 
 
 @hosts.command()
-@click.argument("name", required=False)
+@click.argument("name", required=False, shell_complete=complete.hosts)
 @click.pass_context
 def check(ctx: click.Context, name: str | None) -> None:
     """Connect to NAME (or every host) and report remote tool versions and policy needs."""

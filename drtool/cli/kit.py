@@ -16,6 +16,7 @@ from typing import Any
 
 import click
 
+from drtool.cli import complete
 from drtool.cli.render import emit_json
 
 MAX_PASSPHRASE_BYTES = 4096
@@ -76,7 +77,7 @@ def kit() -> None:
 
 
 @kit.command("create")
-@click.argument("names", nargs=-1, required=True, metavar="NAME...")
+@click.argument("names", nargs=-1, required=True, metavar="NAME...", shell_complete=complete.policies)
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Kit file to write (0600; never overwritten).")
 @click.option("--armor", is_flag=True, help="Write printable text with per-line checksums (for paper or a safe).")
@@ -232,7 +233,7 @@ def _print_recover(report: Any) -> None:
 # ---------------------------------------------------------------- runbook, verify-report
 
 @click.command()
-@click.argument("name")
+@click.argument("name", shell_complete=complete.policies)
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write the Markdown here (default: stdout).")
 @click.option("--run", "run_id", help="Pin every command to this run id (default: latest).")
 @click.option("--host", help="Whose backups (restic --host); default this machine's.")

@@ -1,8 +1,12 @@
-"""daemon, schedule show, schedule export."""
+"""daemon, schedule show/export/install/uninstall/check-env/on-failure."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
+
+ENV_FILE_HELP = "The root-only 0600 file the units read env: secrets from (default: drtool.env beside drtool.yaml)."
 
 
 @click.command()
@@ -18,22 +22,25 @@ def daemon(ctx: click.Context, metrics_port: int | None) -> None:
 
 @click.group()
 def schedule() -> None:
-    """Show the schedule, or export it as systemd timers or a crontab."""
+    """Show the schedule, export it as systemd units or a crontab, install or remove the units."""
 
 
 @schedule.command()
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def show(ctx: click.Context, as_json: bool) -> None:
-    """Next run of every scheduled job, in local time and UTC."""
+    """Next run of every scheduled job, in the effective time zone and UTC."""
     from drtool.actions.schedule import show as plan
     from drtool.cli.render import emit_json
     from drtool.config import load_settings
+    from drtool.timezones import settings_zone
 
-    planned = plan(load_settings(ctx.obj["config"]))
+    settings = load_settings(ctx.obj["config"])
+    planned = plan(settings)
     if as_json:
         emit_json([p.to_dict() for p in planned])
         return
+    click.echo(f"times in {settings_zone(settings).describe()}")
     if not planned:
         click.echo("no scheduled jobs (add `schedule:` to a policy or playbook)")
     for p in planned:
@@ -43,27 +50,102 @@ def show(ctx: click.Context, as_json: bool) -> None:
 
 @schedule.command()
 @click.option("--systemd", "systemd_dir", metavar="DIR", type=click.Path(file_okay=False),
-              help="Write a .service and a .timer per job into DIR.")
+              help="Write a .service and a .timer per job, drtool-daemon.service and drtool-failure@.service into DIR.")
 @click.option("--cron", is_flag=True, help="Print a crontab.")
+@click.option("--env-file", type=click.Path(dir_okay=False, path_type=Path), help=ENV_FILE_HELP)
 @click.pass_context
-def export(ctx: click.Context, systemd_dir: str | None, cron: bool) -> None:
+def export(ctx: click.Context, systemd_dir: str | None, cron: bool, env_file: Path | None) -> None:
     """Export the schedule for systemd or cron (instead of running `drtool daemon`)."""
-    from pathlib import Path
-
-    from drtool.actions.schedule import crontab, export_systemd
+    from drtool.actions.schedule import crontab, default_env_file, env_file_instructions, env_secret_names
+    from drtool.actions.systemd import export_systemd
     from drtool.config import load_settings
     from drtool.errors import UsageError
+    from drtool.timezones import settings_zone
 
     if bool(systemd_dir) == cron:
         raise UsageError("give exactly one of --systemd DIR or --cron")
     settings = load_settings(ctx.obj["config"])
+    env_file = env_file or default_env_file(settings)
     if cron:
-        click.echo(crontab(settings), nl=False)
-        return
-    for path in export_systemd(settings, Path(systemd_dir)):
-        click.echo(str(path))
-    click.echo("install: copy to /etc/systemd/system, then `systemctl daemon-reload` and "
-               "`systemctl enable --now drtool-*.timer`", err=True)
+        click.echo(crontab(settings, env_file=env_file), nl=False)
+    else:
+        for path in export_systemd(settings, Path(systemd_dir), env_file=env_file):
+            click.echo(str(path))
+        click.echo("install: `drtool schedule install` (or copy them to /etc/systemd/system, then "
+                   "`systemctl daemon-reload` and `systemctl enable --now drtool-*.timer`)", err=True)
+    click.echo(f"times in {settings_zone(settings).describe()}", err=True)
+    for line in env_file_instructions(env_secret_names(settings), env_file, settings.path):
+        click.echo(line, err=True)
+
+
+@schedule.command()
+@click.option("--unit-dir", type=click.Path(file_okay=False, path_type=Path), default="/etc/systemd/system",
+              show_default=True, help="Where the unit files go.")
+@click.option("--systemctl", "systemctl", default="systemctl", show_default=True, metavar="PROGRAM",
+              help="The systemctl program to run (a path, e.g. a wrapper).")
+@click.option("--daemon", "use_daemon", is_flag=True, help="Enable drtool-daemon.service instead of the timers.")
+@click.option("--env-file", type=click.Path(dir_okay=False, path_type=Path), help=ENV_FILE_HELP)
+@click.option("--dry-run", is_flag=True, help="Print every step; change nothing.")
+@click.pass_context
+def install(ctx: click.Context, unit_dir: Path, systemctl: str, use_daemon: bool, env_file: Path | None,
+            dry_run: bool) -> None:
+    """Write the units, reload systemd and enable the timers (or the daemon)."""
+    from drtool.actions.schedule_install import install as do_install
+    from drtool.config import load_settings
+
+    steps = do_install(load_settings(ctx.obj["config"]), unit_dir=unit_dir, systemctl=systemctl, daemon=use_daemon,
+                       env_file=env_file, dry_run=dry_run)
+    _print_steps(steps, dry_run)
+
+
+@schedule.command()
+@click.option("--unit-dir", type=click.Path(file_okay=False, path_type=Path), default="/etc/systemd/system",
+              show_default=True, help="Where the unit files are.")
+@click.option("--systemctl", "systemctl", default="systemctl", show_default=True, metavar="PROGRAM")
+@click.option("--dry-run", is_flag=True, help="Print every step; change nothing.")
+def uninstall(unit_dir: Path, systemctl: str, dry_run: bool) -> None:
+    """Disable and remove every unit `schedule install` wrote (and only those)."""
+    from drtool.actions.schedule_install import uninstall as do_uninstall
+
+    steps = do_uninstall(unit_dir=unit_dir, systemctl=systemctl, dry_run=dry_run)
+    if not steps:
+        click.echo(f"no drtool units in {unit_dir}")
+    _print_steps(steps, dry_run)
+
+
+def _print_steps(steps, dry_run: bool) -> None:  # noqa: ANN001
+    for step in steps:
+        click.echo(("would " if dry_run else "") + step.describe())
+
+
+@schedule.command("check-env")
+@click.option("--env-file", type=click.Path(dir_okay=False, path_type=Path), help=ENV_FILE_HELP)
+@click.pass_context
+def check_env(ctx: click.Context, env_file: Path | None) -> None:
+    """Check the env file the units read: mode 0600, every needed variable named (values are not shown)."""
+    from drtool.actions.schedule import default_env_file, env_file_instructions, env_file_problems, env_secret_names
+    from drtool.config import load_settings
+    from drtool.errors import UsageError
+
+    settings = load_settings(ctx.obj["config"])
+    env_file = env_file or default_env_file(settings)
+    names = env_secret_names(settings)
+    problems = env_file_problems(names, env_file)
+    if problems:
+        raise UsageError("\n".join(problems), hint="\n".join(env_file_instructions(names, env_file, settings.path)))
+    click.echo(f"{env_file}: ok ({', '.join(names)})" if names else "no env: secrets are used; no env file is needed")
+
+
+@schedule.command("on-failure")
+@click.argument("unit")
+@click.pass_context
+def on_failure(ctx: click.Context, unit: str) -> None:
+    """Notify that UNIT failed (run by the units' OnFailure= and the crontab's `||`)."""
+    from drtool.actions.unit_failure import report_failure
+
+    code, line = report_failure(ctx.obj["config"], unit)
+    click.echo(line, err=True)
+    ctx.exit(code)
 
 
 def register(group: click.Group) -> None:

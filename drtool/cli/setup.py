@@ -20,21 +20,28 @@ def init(directory: Path, force: bool) -> None:
 
 
 @click.command()
+@click.option("--offline", is_flag=True, help="Do not contact S3 endpoints or SSH hosts (secrets and paths are still checked).")
+@click.option("--static", is_flag=True,
+              help="Check only the files (syntax, types, references between them): no secrets, paths or servers.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def validate(ctx: click.Context, as_json: bool) -> None:
-    """Check drtool.yaml, every policy and every playbook; report all problems with file:line."""
-    from drtool.config import load_settings
+def validate(ctx: click.Context, offline: bool, static: bool, as_json: bool) -> None:
+    """Check drtool.yaml, every policy and playbook, every secret and path; report all problems with file:line:col."""
+    from drtool.actions.validate import validate_setup
+    from drtool.errors import ConfigError
 
-    settings = load_settings(ctx.obj["config"])
-    summary = {"config": str(settings.path), "policies": sorted(settings.policies),
-               "playbooks": sorted(settings.playbooks), "valid": True}
+    report = validate_setup(ctx.obj["config"], offline=offline, static=static)
     if as_json:
         from drtool.cli.render import emit_json
-        emit_json(summary)
-        return
-    click.echo(f"{settings.path}: ok — {len(settings.policies)} policies ({', '.join(summary['policies']) or 'none'}), "
-               f"{len(settings.playbooks)} playbooks ({', '.join(summary['playbooks']) or 'none'})")
+        emit_json(report.to_dict())
+        ctx.exit(0 if report.valid else 2)
+    for note in report.notes:
+        click.echo(f"note: {note}", err=True)
+    if not report.valid:
+        raise ConfigError(report.problems)
+    click.echo(f"{report.config}: ok — {len(report.policies)} policies ({', '.join(report.policies) or 'none'}), "
+               f"{len(report.playbooks)} playbooks ({', '.join(report.playbooks) or 'none'})"
+               + ("" if static else f", {report.secrets_checked} secret reference(s) resolved"))
 
 
 @click.command()
@@ -49,6 +56,16 @@ def demo(workdir: Path | None, as_json: bool) -> None:
     raise SystemExit(0 if ok else 1)
 
 
+@click.command()
+@click.argument("kind", type=click.Choice(["config", "policy", "playbook"]))
+@click.option("--path", "show_path", is_flag=True, help="Print where the shipped copy is instead (for editors).")
+def schema(kind: str, show_path: bool) -> None:
+    """Print the JSON Schema of drtool.yaml (config), a policy or a playbook."""
+    from drtool.config.schema import schema_text, shipped_path
+
+    click.echo(str(shipped_path(kind)) if show_path else schema_text(kind), nl=show_path)
+
+
 def register(group: click.Group) -> None:
-    for command in (init, validate, demo):
+    for command in (init, validate, schema, demo):
         group.add_command(command)

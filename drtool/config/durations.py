@@ -8,11 +8,19 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _PART = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
 
 
-def parse_duration(value: object) -> float:
-    """Seconds from '24h', '1h30m', '45s' or a bare number of seconds."""
+UNITS_HINT = "write it with a unit: 90s, 30m, 24h, 7d or 1h30m"
+
+
+def parse_duration(value: object, *, bare_numbers: bool = True) -> float:
+    """Seconds from '24h', '1h30m', '45s'; a bare number is seconds only when `bare_numbers`.
+
+    Config files are read with bare_numbers=False: `rpo: 24` meant 24 hours to its author
+    and would silently be 24 seconds, so a number without a unit is refused there."""
     if isinstance(value, bool):
         raise ValueError(f"expected a duration like 30m or 24h, got {value!r}")
     if isinstance(value, (int, float)):
+        if not bare_numbers:
+            raise ValueError(f"{value} has no unit; {UNITS_HINT}")
         if value < 0:
             raise ValueError(f"a duration cannot be negative, got {value}")
         return float(value)
@@ -28,6 +36,8 @@ def parse_duration(value: object) -> float:
         total += float(match.group(1)) * _UNITS[match.group(2)]
         pos = match.end()
     if pos != len(text):
+        if re.fullmatch(r"\d+(?:\.\d+)?", text):
+            raise ValueError(f"{value!r} has no unit; {UNITS_HINT}")
         raise ValueError(f"expected a duration like 30m, 24h or 1h30m, got {value!r}")
     return total
 

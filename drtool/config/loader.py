@@ -1,116 +1,33 @@
-"""YAML loading with positions: every problem is reported as file:line:col.
+"""Loading the whole setup: every problem is reported as file:line:col, all at once.
 
-PyYAML's composer gives each node a start mark; we build plain Python data
-and, beside it, a map from the key path (e.g. ('sources', 0, 'postgres',
-'port')) to the node's position. Pydantic's error `loc` is then looked up in
-that map, so the message points at the offending line.
+YAML documents with positions come from `yaml_doc`; pydantic validates them
+(with context {"file": True}, see models.Duration) and its error `loc` is looked
+up in the document's position map. Cross-file rules (a policy's repository, a
+playbook's policy and sources) are checked here, after every file was read, so
+one run of `validate` lists every problem.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-import yaml
 from pydantic import BaseModel, ValidationError
 
-from drtool.config.models import Config, Playbook, Policy, beside
+from drtool.config.models import NAME_PATTERN, NAME_RULE, Config, Playbook, Policy, beside
+from drtool.config.yaml_doc import Document, parse_document, read_document
 from drtool.errors import ConfigError
 
 M = TypeVar("M", bound=BaseModel)
-Pos = tuple[int, int]
-MAX_YAML_BYTES = 4 * 1024 * 1024
+
+__all__ = ["Document", "Settings", "find_config", "load_settings", "parse_document", "read_document", "validate"]
 
 
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that keeps node positions and forbids duplicate keys."""
-
-
-@dataclass
-class Document:
-    path: Path
-    data: Any
-    positions: dict[tuple, Pos] = field(default_factory=dict)
-
-    def where(self, loc: tuple) -> str:
-        # Walk up the path until a position is known (a missing key has none).
-        for n in range(len(loc), -1, -1):
-            pos = self.positions.get(tuple(loc[:n]))
-            if pos:
-                return f"{self.path}:{pos[0]}:{pos[1]}"
-        return f"{self.path}:1:1"
-
-
-def read_document(path: Path) -> Document:
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-    if len(raw) > MAX_YAML_BYTES:
-        raise ConfigError(f"{path}: file is larger than {MAX_YAML_BYTES} bytes; is it really a drtool YAML file?")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}:1:1: not UTF-8 text (byte {exc.start})") from None
-    return parse_document(text, path)
-
-
-def parse_document(text: str, path: Path) -> Document:
-    try:
-        node = yaml.compose(text, Loader=_Loader)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        problem = exc.problem or exc.context or "invalid YAML"
-        raise ConfigError(f"{path}:{line}:{col}: YAML syntax error: {problem}",
-                          hint="check indentation, colons and quotes around this spot") from None
-    except (yaml.YAMLError, RecursionError, ValueError) as exc:
-        raise ConfigError(f"{path}:1:1: YAML syntax error: {type(exc).__name__}") from None
-    doc = Document(path, None)
-    if node is None:
-        return doc
-    try:
-        doc.data = _build(node, (), doc.positions, path, depth=0)
-    except RecursionError:
-        raise ConfigError(f"{path}:1:1: YAML nesting is too deep") from None
-    return doc
-
-
-def _build(node: yaml.Node, loc: tuple, positions: dict[tuple, Pos], path: Path, depth: int) -> Any:
-    if depth > 64:
-        raise ConfigError(f"{path}:{node.start_mark.line + 1}:{node.start_mark.column + 1}: YAML nesting is too deep")
-    positions.setdefault(loc, (node.start_mark.line + 1, node.start_mark.column + 1))
-    if isinstance(node, yaml.MappingNode):
-        out: dict[Any, Any] = {}
-        for key_node, value_node in node.value:
-            key = _scalar(key_node, path) if isinstance(key_node, yaml.ScalarNode) else None
-            where = f"{path}:{key_node.start_mark.line + 1}:{key_node.start_mark.column + 1}"
-            if key is None or isinstance(key, (list, dict)):
-                raise ConfigError(f"{where}: mapping keys must be plain names")
-            if key == "<<":
-                raise ConfigError(f"{where}: YAML merge keys (<<) are not supported; write the keys out")
-            if key in out:
-                raise ConfigError(f"{where}: duplicate key {key!r}", hint="remove one of the two")
-            positions[(*loc, key)] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
-            out[key] = _build(value_node, (*loc, key), positions, path, depth + 1)
-        return out
-    if isinstance(node, yaml.SequenceNode):
-        return [_build(item, (*loc, i), positions, path, depth + 1) for i, item in enumerate(node.value)]
-    return _scalar(node, path)
-
-
-def _scalar(node: yaml.Node, path: Path) -> Any:
-    try:
-        return _Loader.construct_object(_Loader(""), node)  # type: ignore[arg-type]
-    except (yaml.YAMLError, ValueError, OverflowError):
-        mark = node.start_mark
-        raise ConfigError(f"{path}:{mark.line + 1}:{mark.column + 1}: cannot read value {node.value!r}") from None
-
-
-def _loc_text(loc: tuple) -> str:
+def loc_text(loc: tuple) -> str:
+    """('sources', 0, 'files') -> 'sources[0].files'."""
     out = ""
     for part in loc:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
@@ -135,7 +52,7 @@ def validate(model: type[M], doc: Document, *, what: str) -> M:
         raise ConfigError(f"{doc.path}:1:1: expected a mapping of {what} settings, found {found}")
     data = {**doc.data, "path": str(doc.path)} if "path" in model.model_fields else doc.data
     try:
-        return model.model_validate(data)
+        return model.model_validate(data, context={"file": True})
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, doc)) from None
 
@@ -150,9 +67,11 @@ def format_validation_error(exc: ValidationError, doc: Document) -> list[str]:
             msg = "unknown key (typo?); allowed keys are listed in the configuration reference"
         elif err["type"] == "missing":
             msg = "required field is missing"
+        elif err["type"] == "string_pattern_mismatch" and (err.get("ctx") or {}).get("pattern") == NAME_PATTERN:
+            msg = f"a name is {NAME_RULE}; found {_found(err['input'])}"
         elif "input" in err and err["type"] not in ("value_error", "assertion_error"):
             msg = f"{msg}; found {_found(err['input'])}"
-        line = f"{doc.where(loc)}: at '{_loc_text(loc)}': {msg}"
+        line = f"{doc.where(loc)}: at '{loc_text(loc)}': {msg}"
         if line not in seen:
             seen.add(line)
             lines.append(line)
@@ -229,38 +148,77 @@ def _yaml_files(folder: Path) -> Iterator[Path]:
         yield from sorted(p for p in folder.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
 
 
+@dataclass
+class Loaded:
+    """Everything that could be read, and every problem found: what `validate` reports from."""
+
+    path: Path
+    config: Config | None                   # None: drtool.yaml itself is invalid
+    policies: dict[str, Policy]
+    playbooks: dict[str, Playbook]
+    problems: list[str]
+    invalid: dict[str, set[str]]            # names of policies/playbooks whose files are invalid
+
+
 def load_settings(option: str | None = None) -> Settings:
     """Load everything and report every problem at once (as one ConfigError)."""
+    loaded = load_all(option)
+    if loaded.problems or loaded.config is None:
+        raise ConfigError(loaded.problems)
+    return Settings(loaded.path, loaded.config, loaded.policies, loaded.playbooks)
+
+
+def load_all(option: str | None = None) -> Loaded:
+    """Read drtool.yaml, every policy and every playbook; keep going past each problem."""
     path = find_config(option)
-    config = validate(Config, read_document(path), what="drtool.yaml")
     problems: list[str] = []
-    policies: dict[str, Policy] = {}
-    playbooks: dict[str, Playbook] = {}
-    settings = Settings(path, config, policies, playbooks)
-    for file in _yaml_files(settings.policies_dir):
-        _collect(file, Policy, "policy", policies, problems)
-    for file in _yaml_files(settings.playbooks_dir):
-        _collect(file, Playbook, "playbook", playbooks, problems)
-    for policy in policies.values():
-        problems += check_policy(policy, config)
-    for playbook in playbooks.values():
-        problems += check_playbook(playbook, policies)
-    if problems:
-        raise ConfigError(problems)
-    return settings
-
-
-def _collect(file: Path, model: type[M], what: str, into: dict[str, Any], problems: list[str]) -> None:
+    config, raw = None, {}
     try:
-        item = validate(model, read_document(file), what=what)
+        doc = read_document(path)
+        raw = doc.data if isinstance(doc.data, dict) else {}
+        config = validate(Config, doc, what="drtool.yaml")
     except ConfigError as exc:
         problems.extend(exc.problems)
+    loaded = Loaded(path, config, {}, {}, problems, {"policy": set(), "playbook": set()})
+    for key, model, what, into in (("policies_dir", Policy, "policy", loaded.policies),
+                                   ("playbooks_dir", Playbook, "playbook", loaded.playbooks)):
+        configured = getattr(config, key) if config else raw.get(key)   # even an invalid drtool.yaml says where
+        folder = beside(path, configured if isinstance(configured, str) else None, key.removesuffix("_dir"))
+        for file in _yaml_files(folder):
+            _collect(file, model, what, into, loaded)
+    for policy in loaded.policies.values():
+        problems += check_policy(policy, config)
+    for playbook in loaded.playbooks.values():
+        problems += check_playbook(playbook, loaded.policies, loaded.invalid["policy"])
+    return loaded
+
+
+def _collect(file: Path, model: type[M], what: str, into: dict[str, Any], loaded: Loaded) -> None:
+    try:
+        doc = read_document(file)
+        item = validate(model, doc, what=what)
+    except ConfigError as exc:
+        loaded.problems.extend(exc.problems)
+        name = _raw_name(file)
+        if name:
+            loaded.invalid[what].add(name)
         return
     name = item.name  # type: ignore[attr-defined]
     if name in into:
-        problems.append(f"{file}:1:1: {what} name {name!r} is also used by {into[name].path}")
+        loaded.problems.append(f"{file}:1:1: {what} name {name!r} is also used by {into[name].path}")
     else:
         into[name] = item
+
+
+def _raw_name(file: Path) -> str | None:
+    """The name an invalid file meant to define (its `name:` if readable, else the file's stem)."""
+    try:
+        data = read_document(file).data
+    except ConfigError:
+        data = None
+    if isinstance(data, dict) and isinstance(data.get("name"), str):
+        return data["name"]
+    return file.stem
 
 
 def _field_pos(path: str | None, loc: tuple) -> str:
@@ -272,13 +230,14 @@ def _field_pos(path: str | None, loc: tuple) -> str:
         return f"{path}:1:1"
 
 
-def check_policy(policy: Policy, config: Config) -> list[str]:
+def check_policy(policy: Policy, config: Config | None) -> list[str]:
+    """Cross-file rules of one policy; with an invalid drtool.yaml (None) only its own rules."""
     problems = []
-    if policy.repository not in config.repositories:
+    if config is not None and policy.repository not in config.repositories:
         known = ", ".join(sorted(config.repositories)) or "none"
         problems.append(f"{_field_pos(policy.path, ('repository',))}: at 'repository': "
                         f"no repository named {policy.repository!r} in drtool.yaml (known: {known})")
-    if policy.host and policy.host not in config.hosts:
+    if config is not None and policy.host and policy.host not in config.hosts:
         problems.append(f"{_field_pos(policy.path, ('host',))}: at 'host': no host named {policy.host!r} in drtool.yaml")
     for loc, expr in ((("schedule",), policy.schedule), (("forget_schedule",), policy.forget_schedule),
                       (("check", "schedule"), policy.check.schedule)):
@@ -288,8 +247,11 @@ def check_policy(policy: Policy, config: Config) -> list[str]:
     return problems
 
 
-def check_playbook(playbook: Playbook, policies: dict[str, Policy]) -> list[str]:
+def check_playbook(playbook: Playbook, policies: dict[str, Policy], invalid: set[str] = frozenset()) -> list[str]:
     policy = policies.get(playbook.policy)
+    if policy is None and playbook.policy in invalid:
+        return [f"{_field_pos(playbook.path, ('policy',))}: at 'policy': "
+                f"policy {playbook.policy!r} is invalid (see above)"]
     if policy is None:
         known = ", ".join(sorted(policies)) or "none"
         return [f"{_field_pos(playbook.path, ('policy',))}: at 'policy': no policy named {playbook.policy!r} (known: {known})"]
@@ -309,10 +271,8 @@ def check_playbook(playbook: Playbook, policies: dict[str, Policy]) -> list[str]
 def _schedule_problem(expr: str | None) -> str | None:
     if not expr:
         return None
-    try:
-        from drtool.schedule_math import parse_schedule
-    except ImportError:  # scheduler not built yet: nothing to check against
-        return None
+    from drtool.schedule_math import parse_schedule
+
     try:
         parse_schedule(expr)
     except ValueError as exc:

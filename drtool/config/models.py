@@ -11,13 +11,25 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, WithJsonSchema, field_validator,
+                      model_validator)
 
 from drtool.config.durations import parse_duration
 from drtool.config.secrets import SecretRef
 
-Duration = Annotated[float, BeforeValidator(parse_duration)]
-Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+
+def _duration(value: object, info: ValidationInfo) -> float:
+    # Files are validated with context {"file": True}: there a bare number is refused (no unit);
+    # Python callers may still pass seconds.
+    return parse_duration(value, bare_numbers=not (info.context or {}).get("file"))
+
+
+DURATION_PATTERN = r"^\s*(\d+(\.\d+)?\s*[smhdwSMHDW]\s*)+$"
+Duration = Annotated[float, BeforeValidator(_duration), WithJsonSchema(
+    {"type": "string", "pattern": DURATION_PATTERN, "description": "a duration with a unit: 90s, 30m, 24h, 7d, 1h30m"})]
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+NAME_RULE = "ASCII letters, digits, `_ . -`, up to 64 characters, starting with a letter or digit"
+Name = Annotated[str, Field(pattern=NAME_PATTERN, description=f"a name: {NAME_RULE}")]
 Argv = Annotated[list[str], Field(min_length=1)]
 
 
@@ -131,12 +143,20 @@ class Config(Model):
     hostname: str | None = None            # restic --host; default: this machine's name
     policies_dir: str | None = None        # default: policies/ beside drtool.yaml
     playbooks_dir: str | None = None       # default: playbooks/ beside drtool.yaml
-    timezone: str | None = None
+    timezone: str | None = None            # IANA name; default TZ, then the system zone (drtool.timezones)
     max_concurrent_jobs: int = Field(1, ge=1, le=64)
     repositories: dict[Name, Repository]
     hosts: dict[Name, Host] = {}
     notifications: Notifications = Notifications()
     metrics: Metrics = Metrics()
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, name: str | None) -> str | None:
+        if name is not None:
+            from drtool.timezones import iana_zone
+            iana_zone(name)        # ZoneError (a ValueError) names the closest zones
+        return name
 
 
 # ---------------------------------------------------------------- policies

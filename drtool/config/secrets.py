@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import os
 import stat
-import subprocess
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
 from drtool.errors import ConfigError
 from drtool.secrets import Secret
+
+
+SECRET_EXPECTED = ("a secret reference {env: NAME}, {file: PATH} or {command: [argv...]} was expected; "
+                   "the value is not shown")
 
 
 class SecretRef(BaseModel):
@@ -19,6 +24,24 @@ class SecretRef(BaseModel):
     env: str | None = None
     file: str | None = None
     command: list[str] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _reference_only(cls, data: Any) -> Any:
+        # Whatever stands here may be a password typed inline: errors must never quote it,
+        # so wrong shapes are refused here with messages that carry no input.
+        if isinstance(data, cls):
+            return data
+        if not isinstance(data, dict):
+            raise ValueError(SECRET_EXPECTED)
+        for key in ("env", "file"):
+            if key in data and not isinstance(data[key], str):
+                raise ValueError(f"{key}: expects a {'variable name' if key == 'env' else 'file path'}; "
+                                 "the value is not shown")
+        argv = data.get("command")
+        if argv is not None and not (isinstance(argv, list) and all(isinstance(a, str) for a in argv)):
+            raise ValueError("command: expects an argv list such as [pass, show, drtool/offsite]; the value is not shown")
+        return data
 
     @model_validator(mode="after")
     def _exactly_one(self) -> "SecretRef":
@@ -39,7 +62,7 @@ class SecretRef(BaseModel):
             return f"file:{self.file}"
         return f"command:{(self.command or ['?'])[0]}"
 
-    def resolve(self) -> Secret:
+    def resolve(self, *, timeout: float = 60.0) -> Secret:
         if self.env is not None:
             value = os.environ.get(self.env)
             if value is None:
@@ -48,14 +71,25 @@ class SecretRef(BaseModel):
         if self.file is not None:
             return Secret(_read_secret_file(Path(self.file)))
         assert self.command is not None
-        try:
-            proc = subprocess.run(self.command, capture_output=True, timeout=60, stdin=subprocess.DEVNULL)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise ConfigError(f"secret command {self.command[0]} could not run: {type(exc).__name__}") from None
-        if proc.returncode != 0:
-            # stderr is not shown: a password helper may echo what it was given.
-            raise ConfigError(f"secret command {self.command[0]} exited with code {proc.returncode}")
-        return Secret(proc.stdout.decode().rstrip("\r\n"))
+        return Secret(_run_secret_command(self.command, timeout))
+
+
+def _run_secret_command(argv: list[str], timeout: float) -> str:
+    from drtool.errors import CommandError
+    from drtool.execute import LocalRunner
+
+    try:
+        result = LocalRunner().run(argv, timeout=timeout, check=False)
+    except CommandError as exc:
+        # Neither stderr nor stdout is shown: a password helper may echo what it was given.
+        why = f"took longer than {timeout:g}s" if exc.returncode is None else "could not run (not found?)"
+        raise ConfigError(f"secret command {argv[0]} {why}") from None
+    if result.returncode != 0:
+        raise ConfigError(f"secret command {argv[0]} exited with code {result.returncode}")
+    value = result.stdout.decode("utf-8", "replace").rstrip("\r\n")
+    if not value:
+        raise ConfigError(f"secret command {argv[0]} printed nothing")
+    return value
 
 
 def _read_secret_file(path: Path) -> str:
@@ -71,3 +105,18 @@ def _read_secret_file(path: Path) -> str:
     if not value:
         raise ConfigError(f"secret file {path} is empty")
     return value
+
+
+def secret_refs(value: Any, loc: tuple = ()) -> Iterator[tuple[tuple, SecretRef]]:
+    """Every secret reference inside a model, with its key path (aliases as written in the file)."""
+    if isinstance(value, SecretRef):
+        yield loc, value
+    elif isinstance(value, BaseModel):
+        for name, info in type(value).model_fields.items():
+            yield from secret_refs(getattr(value, name), (*loc, info.alias or name))
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            yield from secret_refs(item, (*loc, i))
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from secret_refs(item, (*loc, key))

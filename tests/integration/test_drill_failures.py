@@ -88,7 +88,7 @@ def test_on_failure_continue_runs_the_later_steps(env, drill_tmp):
 
 
 def test_rto_target_too_small_is_a_breach(env, drill_tmp):
-    code, report, err = drill(env, "rto-breach", {"targets": {"rto": 0.01}, "steps": [
+    code, report, err = drill(env, "rto-breach", {"targets": {"rto": "0.01s"}, "steps": [
         RESTORE_DB, {"name": "database matches backup", "verify": {"source": "siak-db"}}]})
     assert code == 1
     assert all(s["status"] == "passed" for s in report["steps"])

@@ -100,7 +100,7 @@ def workspace(tmp_path: Path, s3_server, bucket: str, server: SshServer, pg, pro
     env = make_env(tmp_path / "ws", s3_server, bucket)
     config = yaml.safe_load(env.config.read_text())
     config["hosts"] = {"standby": {"address": "127.0.0.1", "port": server.port, "key_file": str(server.client_key),
-                                   "connect_timeout": 5}}
+                                   "connect_timeout": "5s"}}
     env.config.write_text(yaml.safe_dump(config, sort_keys=False))
     env.env["PGPASSWORD"] = STANDBY_PW      # for the standby's server; never in argv or the playbook
     data = make_tree(prod)

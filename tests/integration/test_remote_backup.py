@@ -137,7 +137,7 @@ def workspace(tmp_path: Path, s3_server, bucket: str, server: SshServer, srv: Pa
               *, database: str = "siak", files: bool = True) -> Workspace:
     ws = make_workspace(tmp_path / "ws", s3_server, bucket)
     config = yaml.safe_load(ws.config.read_text())
-    common = {"address": "127.0.0.1", "key_file": str(server.client_key), "connect_timeout": 5}
+    common = {"address": "127.0.0.1", "key_file": str(server.client_key), "connect_timeout": "5s"}
     config["hosts"] = {"db1": {**common, "port": server.port}, "db2": {**common, "port": server.alt_port}}
     ws.config.write_text(yaml.safe_dump(config, sort_keys=False))
     sources = [{"name": "siak", "postgres": {"database": database, "host": "127.0.0.1", "port": pg.port,

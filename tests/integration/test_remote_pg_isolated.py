@@ -130,7 +130,7 @@ def test_postgres_only_reachable_through_ssh_is_backed_up_and_restored(tmp_path,
     ws = make_workspace(tmp_path / "ws", s3_server, bucket)
     config = yaml.safe_load(ws.config.read_text())
     config["hosts"] = {"dbns": {"address": "127.0.0.1", "port": server.port, "key_file": str(server.client_key),
-                                "connect_timeout": 5}}
+                                "connect_timeout": "5s"}}
     ws.config.write_text(yaml.safe_dump(config, sort_keys=False))
     ws.policy("isolated", [{"name": "siak", "postgres": {"database": "siak", "host": str(sock),
                                                           "user": "postgres", "bin_dir": PG_BIN}}], host="dbns")

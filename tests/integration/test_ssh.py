@@ -255,7 +255,7 @@ state_dir: {state}
 repositories:
   main: {{url: {tmp_path / 'repo'}, password: {{env: DRTOOL_TEST_REPO_PW}}}}
 hosts:
-  db1: {{address: 127.0.0.1, port: {sshd.port}, key_file: {sshd.client_key}, connect_timeout: 5}}
+  db1: {{address: 127.0.0.1, port: {sshd.port}, key_file: {sshd.client_key}, connect_timeout: 5s}}
 """)
     if policies:
         (tmp_path / "policies").mkdir()

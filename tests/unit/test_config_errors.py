@@ -89,3 +89,92 @@ def test_durations(text, seconds):
 def test_bad_durations(bad):
     with pytest.raises(ValueError):
         parse_duration(bad)
+
+
+# ---------------------------------------------------------------- issue 10 item 11, issue 11 item 5, issue 19
+
+BOMB = ("name: p\nrepository: offsite\n"
+        "a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n"
+        "c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]\n"
+        "e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d]\nf: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e]\n"
+        "g: &g [*f, *f, *f, *f, *f, *f, *f, *f, *f]\nh: &h [*g, *g, *g, *g, *g, *g, *g, *g, *g]\n")
+
+
+def test_alias_bomb_is_refused_quickly_with_position(tmp_path, capsys):
+    import time
+
+    cfg = _setup(tmp_path, BOMB)
+    started = time.monotonic()
+    assert main(["-c", str(cfg), "validate", "--static"]) == 2
+    elapsed = time.monotonic() - started
+    err = capsys.readouterr().err
+    assert "p.yaml:" in err and "anchors and aliases" in err and "Traceback" not in err
+    assert elapsed < 1.0, f"alias bomb took {elapsed:.2f}s"       # 6-18 s before the bound
+
+
+def test_a_few_aliases_still_work(tmp_path):
+    cfg = _setup(tmp_path, "name: p\nrepository: offsite\nsources:\n  - name: f\n    files: &f {paths: [/x]}\n"
+                           "  - name: g\n    files: *f\n")
+    assert load_settings(str(cfg)).policies["p"].sources[1].files.paths == ["/x"]
+
+
+@pytest.mark.parametrize("value", ["24", "'24'", "0.5"])
+def test_duration_without_unit_is_refused(tmp_path, value):
+    cfg = _setup(tmp_path, f"name: p\nrepository: offsite\ntargets: {{rpo: {value}}}\nsources:\n"
+                           "  - name: f\n    files: {paths: [/x]}\n")
+    with pytest.raises(ConfigError, match=r"p.yaml:3:\d+: at 'targets.rpo': .* has no unit; write it with a unit: "
+                                          r"90s, 30m, 24h, 7d or 1h30m"):
+        load_settings(str(cfg))
+
+
+def test_python_callers_may_still_pass_seconds():
+    from drtool.config.models import Retention, Targets
+    assert Targets(rpo=3600).rpo == 3600 and Retention(within=60).within == 60
+
+
+@pytest.mark.parametrize("inline", ["hunter2", "'hunter2'", "[hunter2]", "{value: hunter2}", "{env: [hunter2]}",
+                                    "{command: hunter2}", "!!binary aHVudGVyMg=="])
+def test_inline_password_is_never_echoed(tmp_path, capsys, inline):
+    cfg = _setup(tmp_path, "name: p\nrepository: offsite\nsources:\n  - name: db\n"
+                           f"    postgres: {{database: x, password: {inline}}}\n")
+    assert main(["-c", str(cfg), "validate", "--static"]) == 2
+    err = capsys.readouterr().err
+    assert "hunter2" not in err and "aHVudGVyMg" not in err
+    assert "p.yaml:5:" in err and "sources[0].postgres.password" in err
+
+
+def test_plain_string_secret_names_the_reference_kinds(tmp_path):
+    cfg = _setup(tmp_path, "name: p\nrepository: offsite\nsources:\n  - name: db\n"
+                           "    postgres: {database: x, password: hunter2}\n")
+    with pytest.raises(ConfigError, match=r"a secret reference \{env: NAME\}, \{file: PATH\} or \{command: "
+                                          r"\[argv\.\.\.\]\} was expected; the value is not shown"):
+        load_settings(str(cfg))
+
+
+def test_name_rule_is_said_in_words(tmp_path):
+    cfg = _setup(tmp_path, "name: 'p q!'\nrepository: offsite\nsources:\n  - name: f\n    files: {paths: [/x]}\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings(str(cfg))
+    text = str(info.value)
+    assert "a name is ASCII letters, digits, `_ . -`, up to 64 characters" in text and "[A-Za-z" not in text
+
+
+def test_playbook_of_an_invalid_policy_says_see_above(tmp_path):
+    cfg = _setup(tmp_path, "name: siak\nrepository: offsite\ntargets: {rpo: 24}\nsources:\n"
+                           "  - name: f\n    files: {paths: [/x]}\n")
+    (tmp_path / "playbooks").mkdir()
+    (tmp_path / "playbooks" / "d.yaml").write_text("name: d\npolicy: siak\nsteps:\n  - name: r\n    restore: {source: f}\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings(str(cfg))
+    problems = info.value.problems
+    assert len(problems) == 2 and "targets.rpo" in problems[0]
+    assert problems[1].endswith("d.yaml:2:1: at 'policy': policy 'siak' is invalid (see above)")
+
+
+def test_invalid_drtool_yaml_does_not_hide_policy_problems(tmp_path):
+    cfg = _setup(tmp_path, "name: p\nrepository: offsite\nsources:\n  - name: f\n    files: {paths: [relative]}\n")
+    cfg.write_text(CONFIG + "colour: red\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings(str(cfg))
+    text = str(info.value)
+    assert "drtool.yaml:6:1: at 'colour': unknown key" in text and "p.yaml:5:" in text and "must be absolute" in text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shlex
 import shutil
 import subprocess
 from datetime import datetime, timedelta, timezone
@@ -11,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from drtool.actions.daemon import build_jobs
-from drtool.actions.schedule import crontab, drtool_executable, export_systemd, show
+from drtool.actions.schedule import crontab, drtool_executable, show
+from drtool.actions.systemd import export_systemd
 from drtool.cli import main
 from drtool.config import load_settings
 from drtool.errors import UsageError
@@ -38,13 +40,16 @@ def test_export_systemd_writes_service_and_timer_per_job(settings, tmp_path: Pat
     out = tmp_path / "units"
     files = export_systemd(settings, out, program="/usr/local/bin/drtool")
     assert sorted(p.name for p in files) == sorted(
-        f"drtool-{job}.{ext}" for job in ("backup-db", "forget-db", "check-db", "drill-pb") for ext in ("service", "timer"))
+        [f"drtool-{job}.{ext}" for job in ("backup-db", "forget-db", "check-db", "drill-pb") for ext in ("service", "timer")]
+        + ["drtool-daemon.service", "drtool-failure@.service"])
     timer = (out / "drtool-backup-db.timer").read_text()
     assert unit_value(timer, "OnCalendar") == "*-*-* 02:00:00 UTC"
     assert unit_value(timer, "Persistent") == "true" and unit_value(timer, "RandomizedDelaySec") == "600"
     service = (out / "drtool-check-db.service").read_text()
+    # 1/4 stays a rotation: the unit asks for the next quarter, the position is kept in state_dir.
     assert unit_value(service, "ExecStart") == (
-        f'/usr/local/bin/drtool --config "{settings.path.resolve()}" check db --read-data-subset 25%%')
+        f'/usr/local/bin/drtool --config "{settings.path.resolve()}" check db --rotate')
+    assert unit_value(service, "OnFailure") == "drtool-failure@%n.service"
     assert unit_value((out / "drtool-drill-pb.timer").read_text(), "OnCalendar") == "Mon,Tue,Wed,Thu,Fri *-*-* 05:30:00 UTC"
 
 
@@ -65,7 +70,8 @@ def test_exported_units_pass_systemd_analyze_verify(settings, tmp_path: Path) ->
     files = export_systemd(settings, out, program=drtool_executable())
     proc = subprocess.run(["systemd-analyze", "verify", "--man=no", *map(str, files)],
                           capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 0, proc.stderr
+    # verify exits 0 on ignored settings (a relative ReadWritePaths=, an unknown key): warnings count too.
+    assert proc.returncode == 0 and str(out) not in proc.stderr, proc.stderr
     # The check can fail: a broken calendar spec is refused.
     bad = out / "drtool-backup-db.timer"
     bad.write_text(bad.read_text().replace("*-*-* 02:00:00 UTC", "every full moon"))
@@ -98,8 +104,11 @@ def test_crontab_quotes_commands(settings) -> None:  # noqa: ANN001
     lines = [line for line in text.splitlines() if not line.startswith(("#", "CRON_TZ"))]
     assert len(lines) == 4
     backup = next(line for line in lines if line.endswith("# backup:db"))
-    assert backup.startswith("0 2 * * * '/opt/dr tool/bin/drtool' --config ")
-    assert "check db --read-data-subset 25\\%" in text
+    env_file = shlex.quote(str(settings.path.parent / "drtool.env"))
+    assert backup.startswith(f"0 2 * * * set -a && . {env_file} && set +a && '/opt/dr tool/bin/drtool' --config ")
+    assert backup.endswith(" || '/opt/dr tool/bin/drtool' --config "
+                           f"{shlex.quote(str(settings.path))} schedule on-failure backup:db  # backup:db")
+    assert "check db --rotate" in text and "%" not in text.replace("\\%", "")
     with pytest.raises(UsageError, match="crontab"):
         crontab(load_settings(str(write_setup(settings.path.parent.parent / "s",
                                               policies={"db": "repository: offsite\nschedule: every 10s\n"}))),
@@ -120,3 +129,30 @@ def test_cli_export_needs_exactly_one_target(settings, capsys: pytest.CaptureFix
     assert "exactly one of --systemd DIR or --cron" in capsys.readouterr().err
     assert main(["--config", str(settings.path), "schedule", "show"]) == 0
     assert "backup:db" in capsys.readouterr().out
+
+
+def test_services_carry_secrets_hardening_and_failure_alerts(settings, tmp_path: Path) -> None:  # noqa: ANN001
+    env_file = tmp_path / "secrets" / "drtool.env"
+    out = tmp_path / "units"
+    export_systemd(settings, out, program="/usr/local/bin/drtool", env_file=env_file)
+    backup = (out / "drtool-backup-db.service").read_text()
+    assert unit_value(backup, "EnvironmentFile") == str(env_file)
+    for line in ("ProtectSystem=full", "PrivateTmp=true", "UMask=0077", "Nice=10", "IOSchedulingClass=best-effort",
+                 "KillSignal=SIGINT", "Type=oneshot"):
+        assert f"\n{line}\n" in backup
+    assert f'ReadWritePaths="-{settings.state_dir.resolve()}"\n' in backup        # quoted: "cfg dir" has a space
+    daemon = (out / "drtool-daemon.service").read_text()
+    assert unit_value(daemon, "ExecStart") == f'/usr/local/bin/drtool --config "{settings.path.resolve()}" daemon'
+    assert unit_value(daemon, "ExecReload") == "/bin/kill -HUP $MAINPID" and "WantedBy=multi-user.target" in daemon
+    failure = (out / "drtool-failure@.service").read_text()
+    assert unit_value(failure, "ExecStart").endswith(" schedule on-failure %i")
+    assert "OnFailure" not in failure                                   # never a loop of failure units
+    assert unit_value(daemon, "OnFailure") == "drtool-failure@%n.service"
+
+
+def test_no_env_file_when_no_env_secrets(tmp_path: Path) -> None:
+    path = write_setup(tmp_path, policies={"db": "repository: offsite\nschedule: daily 02:00\n"})
+    (tmp_path / "pw").write_text("x")
+    path.write_text(path.read_text().replace("{env: DRTOOL_TEST_PW}", f"{{file: {tmp_path / 'pw'}}}"))
+    files = export_systemd(load_settings(str(path)), tmp_path / "units", program="/bin/true")
+    assert not any("EnvironmentFile=" in p.read_text() for p in files)

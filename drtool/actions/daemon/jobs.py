@@ -1,18 +1,14 @@
 """The daemon's jobs, from the settings, and the pure rules about them.
 
 Every scheduled job is backup/forget/check of a policy or the drill of a playbook.
-`conflicts` says what may not run side by side; `next_subset` rotates `n/N` checks.
+`conflicts` says what may not run side by side.
 """
 
 from __future__ import annotations
 
-import os
-import re
 from dataclasses import dataclass
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from drtool.config.loader import Settings
-from drtool.errors import ConfigError
 from drtool.schedule_math import Job, parse_schedule
 
 MAINTENANCE = ("forget", "check")
@@ -27,24 +23,6 @@ class JobInfo:
     @property
     def kind(self) -> str:
         return self.job.kind
-
-
-def settings_timezone(settings: Settings) -> ZoneInfo:
-    """config.timezone, else the machine's local zone (TZ, /etc/localtime), else UTC."""
-    name = settings.config.timezone or os.environ.get("TZ") or _localtime_name()
-    try:
-        return ZoneInfo(name) if name else ZoneInfo("UTC")
-    except (ValueError, OSError, ZoneInfoNotFoundError):
-        raise ConfigError(f"unknown timezone {name!r}", hint="use an IANA name such as Asia/Jakarta in drtool.yaml "
-                          "`timezone:`") from None
-
-
-def _localtime_name() -> str | None:
-    try:
-        target = os.readlink("/etc/localtime")
-    except OSError:
-        return None
-    return target.split("zoneinfo/", 1)[1] if "zoneinfo/" in target else None
 
 
 def build_jobs(settings: Settings) -> list[JobInfo]:
@@ -75,15 +53,3 @@ def conflicts(a: JobInfo, b: JobInfo) -> bool:
     if {a.kind, b.kind} == {"backup", "drill"} and a.policy == b.policy:
         return True
     return (a.kind in MAINTENANCE or b.kind in MAINTENANCE) and a.repository == b.repository
-
-
-def next_subset(configured: str | None, last: int) -> tuple[str | None, int]:
-    """The read-data subset for the next check: 'n/N' rotates 1/N, 2/N... so a cycle reads all data."""
-    if not configured:
-        return None, last
-    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", configured)
-    if not match or int(match.group(2)) < 1:
-        return configured, last                          # 5%, 500M: restic picks; nothing to rotate
-    total = int(match.group(2))
-    n = last % total + 1
-    return f"{n}/{total}", n

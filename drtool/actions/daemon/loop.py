@@ -33,7 +33,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from drtool.actions.daemon.dispatch import Dispatch, JobRequest, default_dispatch
-from drtool.actions.daemon.jobs import MAINTENANCE, JobInfo, build_jobs, next_subset, settings_timezone
+from drtool.actions.daemon.jobs import MAINTENANCE, JobInfo, build_jobs
 from drtool.actions.daemon.planner import Busy, Queue
 from drtool.actions.daemon.state import DaemonState
 from drtool.actions.daemon.watchdog import RpoWatchdog, SnapshotTime, default_snapshot_time
@@ -41,7 +41,9 @@ from drtool.catalog import Catalog, RunRecord
 from drtool.config.loader import Settings
 from drtool.errors import DrtoolError, LockError, UsageError
 from drtool.notify import Event, Notifier
+from drtool.rotation import RotationState
 from drtool.secrets import redact
+from drtool.timezones import settings_timezone, settings_zone
 
 log = logging.getLogger(__name__)
 
@@ -166,10 +168,10 @@ class Daemon:
 
     def _call(self, running: Running, previous: datetime | None) -> str:
         info = running.info
-        subset, rotation = None, 0
+        subset, position = None, 0
+        rotation = RotationState(self.settings.state_dir)     # shared with `check --rotate` of exported units
         if info.kind == "check":
-            configured = self.settings.policies[info.policy].check.read_data_subset
-            subset, rotation = next_subset(configured, int(self.state.data["check_rotation"].get(info.policy, 0)))
+            subset, position = rotation.next(info.policy, self.settings.policies[info.policy].check.read_data_subset)
         try:
             record = self.dispatch[info.kind](JobRequest(info, self.settings, running.cancel, subset))
         except LockError as exc:
@@ -188,8 +190,8 @@ class Daemon:
                              playbook=info.job.name if info.kind == "drill" else None))
             return "failed"
         self._log_outcome(info, record)
-        if info.kind == "check" and record.status == "success" and subset:
-            self.state.set("check_rotation", info.policy, rotation)    # advance only once a part was read
+        if info.kind == "check" and record.status == "success" and subset and position:
+            rotation.advance(info.policy, position)                  # advance only once a part was read
         return record.status
 
     def _log_outcome(self, info: JobInfo, record: RunRecord) -> None:
@@ -311,7 +313,7 @@ class Daemon:
         scheduler = schedule.Scheduler()
         scheduler.every(self.tick_seconds).seconds.do(self._guarded, self.tick)
         scheduler.every(self.watchdog_seconds).seconds.do(self._guarded, self._watchdog_async)
-        log.info("drtool daemon: %d job(s), timezone %s", len(self.jobs), self.tz.key)
+        log.info("drtool daemon: %d job(s), times in %s", len(self.jobs), settings_zone(self.settings).describe())
         self._guarded(self.tick)                          # catch-up right away, not a tick later
         self._guarded(self._watchdog_async)
         try:

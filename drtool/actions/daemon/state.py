@@ -2,8 +2,9 @@
 
 0600 JSON in state_dir: the first sight of each job (so a new job waits for its first
 slot instead of running at once) and the last *attempt* of each job (written before the
-job runs, so a job that crashed drtool before recording itself is not retried in a loop),
-and the rotation of `n/N` checks. The catalog stays the record of runs.
+job runs, so a job that crashed drtool before recording itself is not retried in a loop).
+The catalog stays the record of runs; the `n/N` check rotation is drtool/rotation.py,
+shared with exported units.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ class DaemonState:
     def __init__(self, state_dir: Path) -> None:
         self.path = state_dir / "daemon-state.json"
         self._lock = threading.Lock()
-        self.data: dict[str, dict[str, Any]] = {"first_seen": {}, "attempts": {}, "check_rotation": {}}
+        self.data: dict[str, dict[str, Any]] = {"first_seen": {}, "attempts": {}}
         try:
             loaded = json.loads(self.path.read_text())
             for key in self.data:

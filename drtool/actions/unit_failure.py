@@ -1,0 +1,126 @@
+"""Use case: `drtool schedule on-failure UNIT`, what systemd's OnFailure= (and a cron line's `||`) runs.
+
+A failed backup normally tells someone itself; this is the net under it, for the
+failures a run cannot report: a configuration that no longer loads, a missing
+secret, drtool killed by a timeout or the OOM killer. It sends one failure event
+through the configured notifications, with the last recorded error of that job
+when there is one. When even the configuration cannot load, nobody can be
+notified: it then prints one line that names the unit and the cause (the journal
+or cron's mail keeps it) and exits 1.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from drtool.errors import UsageError
+
+KIND_EVENTS = {"backup": "backup_failed", "forget": "forget_failed", "check": "check_failed", "drill": "drill_failed"}
+
+
+@dataclass(frozen=True)
+class FailedUnit:
+    unit: str                      # as systemd names it, or the job id from a cron line
+    kind: str                      # backup | forget | check | drill | daemon
+    name: str | None               # policy or playbook
+
+    @property
+    def event_kind(self) -> str:
+        return KIND_EVENTS.get(self.kind, "unit_failed")
+
+
+def parse_unit(text: str) -> FailedUnit:
+    """drtool-backup-siak.service, drtool-daemon.service or backup:siak (pure)."""
+    job = re.fullmatch(r"(backup|forget|check|drill):(.+)", text)
+    if job:
+        return FailedUnit(text, job.group(1), job.group(2))
+    if re.fullmatch(r"drtool-daemon(\.service)?", text):
+        return FailedUnit(text, "daemon", None)
+    unit = re.fullmatch(r"drtool-(backup|forget|check|drill)-(.+?)(\.service)?", text)
+    if unit:
+        return FailedUnit(text, unit.group(1), unit.group(2))
+    raise UsageError(f"{text!r} is not a drtool unit or job",
+                     hint="expected e.g. drtool-backup-siak.service, drtool-daemon.service or backup:siak")
+
+
+def report_failure(config_path: str | None, text: str) -> tuple[int, str]:
+    """Notify about the failed unit; returns (exit code, the one line for the journal)."""
+    failed = parse_unit(text)
+    from drtool.config import load_settings
+    from drtool.errors import DrtoolError
+
+    try:
+        settings = load_settings(config_path)
+    except DrtoolError as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return 1, (f"drtool: unit {failed.unit} failed, and nobody could be notified: the configuration does not "
+                   f"load ({first}); run `drtool validate`")
+    reported = _already_reported(settings, failed)
+    if reported:
+        # The run recorded its failure and its own alert went out: one failure, one alert.
+        return 0, f"drtool: {failed.unit} failed; run {reported} already recorded and notified it"
+    cause = _last_error(settings, failed)
+    message = f"{failed.unit} failed" + (f": {cause}" if cause else f" (see `journalctl -u {failed.unit}`)")
+    from drtool.notify import Event, Notifier
+
+    policy, playbook = _subject(settings, failed)
+    deliveries = Notifier(settings.config.notifications).send(
+        Event(failed.event_kind, message, policy=policy, playbook=playbook, details={"unit": failed.unit}))
+    sent = sum(d.ok for d in deliveries)
+    if not deliveries:
+        return 1, f"drtool: {message}; no notification channel is configured for {failed.event_kind}"
+    if sent < len(deliveries):
+        return 1, f"drtool: {message}; notified {sent} of {len(deliveries)} channel(s)"
+    return 0, f"drtool: {message}; notified {sent} channel(s)"
+
+
+def _subject(settings, failed: FailedUnit) -> tuple[str | None, str | None]:  # noqa: ANN001
+    if failed.kind == "drill":
+        playbook = settings.playbooks.get(failed.name)
+        return (playbook.policy if playbook else None), failed.name
+    return failed.name, None
+
+
+ALREADY_REPORTED_WITHIN_S = 600.0
+
+
+def _already_reported(settings, failed: FailedUnit) -> str | None:  # noqa: ANN001
+    """The id of the job's last run if it failed moments ago and its failure alert was delivered."""
+    if failed.kind == "daemon":
+        return None
+    from drtool.catalog import Catalog, utcnow
+
+    policy, playbook = _subject(settings, failed)
+    try:
+        runs = Catalog(settings.state_dir).runs(policy=policy, kind=failed.kind, limit=10)
+    except Exception:  # noqa: BLE001 - a broken catalog must not stop the alert
+        return None
+    for run in runs:
+        if playbook and run.details.get("playbook") not in (None, playbook):
+            continue
+        recent = run.finished_at is not None and (utcnow() - run.finished_at).total_seconds() < ALREADY_REPORTED_WITHIN_S
+        delivered = any(d.get("ok") and d.get("event", "").endswith(("_failed", "_cancelled"))
+                        for d in run.details.get("notifications", []))
+        return run.id if run.status != "success" and recent and delivered else None
+    return None
+
+
+def _last_error(settings, failed: FailedUnit) -> str | None:  # noqa: ANN001
+    """The first line of the job's last recorded error, if its last run failed."""
+    if failed.kind == "daemon":
+        return None
+    from drtool.catalog import Catalog
+
+    policy, playbook = _subject(settings, failed)
+    try:
+        runs = Catalog(settings.state_dir).runs(policy=policy, kind=failed.kind, limit=10)
+    except Exception:  # noqa: BLE001 - a broken catalog must not stop the alert
+        return None
+    for run in runs:
+        if playbook and run.details.get("playbook") not in (None, playbook):
+            continue
+        if run.status != "success" and run.error:
+            return run.error.splitlines()[0]
+        return None
+    return None
