@@ -100,6 +100,11 @@ class Metrics(Model):
     port: int | None = Field(None, ge=1, le=65535)
 
 
+class ForecastSettings(Model):
+    # `status` and alerts flag a policy whose forecast RTO exceeds its target within this horizon.
+    horizon: Duration = 90 * 86400.0
+
+
 class Config(Model):
     state_dir: str = "/var/lib/drtool"
     hostname: str | None = None            # restic --host; default: this machine's name
@@ -111,6 +116,7 @@ class Config(Model):
     hosts: dict[Name, Host] = {}
     notifications: Notifications = Notifications()
     metrics: Metrics = Metrics()
+    forecast: ForecastSettings = ForecastSettings()
 
 
 # ---------------------------------------------------------------- policies
