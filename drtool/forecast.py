@@ -434,7 +434,7 @@ def forecast(policy: str, target_s: float | None, drills: list[DrillPoint], size
     model = fit_restore(drills)
     last = drills[-1]
     growth = fit_growth(sizes, now, float(last.restored_bytes))
-    scale = _size_scale(growth, last)
+    scale = _size_scale(sizes, growth, last)
     predict = _predictor(model, growth, scale)
     predictions = [predict(days, now) for days in horizons]
     result = Forecast(policy, target_s, "ok", "", drills_used=model.n, predictions=predictions,
@@ -448,10 +448,12 @@ def forecast(policy: str, target_s: float | None, drills: list[DrillPoint], size
     return result
 
 
-def _size_scale(growth: Growth, last: DrillPoint) -> float:
-    """Restored bytes per backed-up byte, from the last drill: the backup counts (dump stream bytes,
-    file bytes read) and the restore counts measure the same data in slightly different ways."""
-    backed_up = growth.bytes_at(last.at) if growth.line is not None else growth.bytes_now
+def _size_scale(sizes: list[SizePoint], growth: Growth, last: DrillPoint) -> float:
+    """Restored bytes per backed-up byte, from the last drill and the backup it restored (the newest
+    before the drill): backup counts (dump stream bytes, file bytes read) and restore counts measure
+    the same data in slightly different ways, and a drill may restore only some sources."""
+    before = [p for p in sizes if p.at <= last.at]
+    backed_up = float(before[-1].bytes) if before else growth.bytes_at(last.at)
     return last.restored_bytes / backed_up if backed_up > 0 else 1.0
 
 

@@ -26,36 +26,14 @@ from drtool.catalog import Catalog
 from drtool.config.loader import Settings
 from drtool.config.models import Policy
 from drtool.errors import DrtoolError
+from drtool.records import HistoryRecord, check_signature
 
 log = logging.getLogger(__name__)
 
-Origin = Literal["catalog", "offsite"]
-Signature = Literal["local", "valid", "invalid", "unsigned"]
 OffsiteMode = Literal["auto", "always", "never"]
 
 DRILL_LIMIT = 200          # newest drills considered per policy
 RUN_LIMIT = 400            # newest backup/forget/check records per policy (about a year of nightly runs)
-
-
-@dataclass
-class HistoryRecord:
-    """One run record (RunRecord.to_dict()) or drill report (DrillReport.to_dict())."""
-    data: dict[str, Any]
-    origin: Origin
-    signature: Signature = "local"
-    signature_detail: str = ""
-
-    @property
-    def usable(self) -> bool:
-        return self.signature in ("local", "valid")
-
-    @property
-    def id(self) -> str:
-        return str(self.data.get("id", ""))
-
-    @property
-    def started_at(self) -> str:
-        return str(self.data.get("started_at", ""))
 
 
 @dataclass
@@ -102,23 +80,6 @@ class OffsiteCache:
             if isinstance(data, dict):
                 found.append(check_signature(data, self.expected_key))
         return found
-
-
-def check_signature(data: dict[str, Any], expected_key: str | None) -> HistoryRecord:
-    """An offsite record with the outcome of its signature check."""
-    from drtool.crypto.signing import SignatureInvalid, key_fingerprint, verify_record
-
-    block = data.get("signature")
-    if block is None:
-        return HistoryRecord(data, "offsite", "unsigned", "the record is not signed")
-    try:
-        verify_record(data, expected_key)
-    except SignatureInvalid as exc:
-        return HistoryRecord(data, "offsite", "invalid", exc.message)
-    signer = key_fingerprint(block["public_key"])
-    detail = (f"signed by this installation's key {signer}" if expected_key
-              else f"intact, signed by key {signer} (no local key to compare: check it against the recovery kit)")
-    return HistoryRecord(data, "offsite", "valid", detail)
 
 
 def local_public_key(settings: Settings) -> str | None:

@@ -20,7 +20,7 @@ from drtool.errors import DrtoolError
 COMMAND_MODULES = [
     "drtool.cli.setup",      # init, validate, demo
     "drtool.cli.backup",     # backup, snapshots, restore, forget, check, init-repo, runs
-    "drtool.cli.drill",      # drill, drills, status
+    "drtool.cli.drill",      # drill, drills, status, dashboard
     "drtool.cli.schedule",   # daemon, schedule show/export
     "drtool.cli.hosts",      # hosts check/trust
     "drtool.cli.kit",        # kit create/verify/revoke, recover, runbook, verify-report

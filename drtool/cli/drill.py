@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from drtool.cli.render import emit_json, human_bytes
+from drtool.cli.render import emit_json
+from drtool.report.text import forecast_lines
 
 
 def _settings(ctx: click.Context):  # noqa: ANN202
@@ -44,16 +45,18 @@ class StepPrinter:
               help="Also write a JUnit XML report to FILE.")
 @click.option("--report-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Also write <id>.json and <id>.junit.xml into DIR.")
+@click.option("--html", "html_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write a self-contained HTML report to FILE.")
 @click.option("--keep", is_flag=True, help="Leave scratch instances running and print how to reach them.")
 @click.option("--host", help="Drill another machine's backups (its restic --host); default this machine's.")
 @click.pass_context
 def drill(ctx: click.Context, playbook: str, as_json: bool, junit_file: Path | None, report_dir: Path | None,
-          keep: bool, host: str | None) -> None:
+          html_file: Path | None, keep: bool, host: str | None) -> None:
     """Run the restore drill PLAYBOOK (a name or a YAML file); exit 0 when it passed."""
     from drtool.actions.common import signed
     from drtool.actions.drill import run_drill
     from drtool.errors import DrillFailed
-    from drtool.report.drill import print_report, write_json, write_junit
+    from drtool.report.drill import print_report, write_junit
 
     settings = _settings(ctx)
     book = settings.playbook(playbook)
@@ -63,8 +66,9 @@ def drill(ctx: click.Context, playbook: str, as_json: bool, junit_file: Path | N
     data = report.to_dict()
     if junit_file:
         write_junit(data, junit_file)
+    if report_dir or html_file:
+        _write_reports(settings, signed(settings, data), report_dir, html_file)
     if report_dir:
-        write_json(signed(settings, data), report_dir / f"{report.id}.json")
         write_junit(data, report_dir / f"{report.id}.junit.xml")
     if as_json:
         emit_json(data)
@@ -73,6 +77,42 @@ def drill(ctx: click.Context, playbook: str, as_json: bool, junit_file: Path | N
     if not report.passed:
         # An error, not ctx.exit(1): exit code 1 and one line on stderr naming what failed.
         raise DrillFailed(f"drill {book.name} failed: " + "; ".join(report.failures)[:1500])
+
+
+def _write_reports(settings, record: dict, report_dir: Path | None, html_file: Path | None) -> None:  # noqa: ANN001
+    """The signed JSON and the HTML rendered from it (which shows that signature's check)."""
+    from drtool.actions.history import local_public_key
+    from drtool.report.drill import write_json
+    from drtool.report.html import write_drill_html
+
+    key = local_public_key(settings)
+    if report_dir:
+        write_json(record, report_dir / f"{record['id']}.json")
+        write_drill_html(record, report_dir / f"{record['id']}.html", key)
+    if html_file:
+        write_drill_html(record, html_file, key)
+
+
+@click.command()
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Directory for index.html, one page per policy and the recent drill reports.")
+@click.option("--offsite", "offsite", flag_value="always", default="auto",
+              help="Also read the signed records offsite (default: only when the local catalog has no drills).")
+@click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
+@click.pass_context
+def dashboard(ctx: click.Context, out_dir: Path, offsite: str, as_json: bool) -> None:
+    """Write the static HTML dashboard (works from file://, no network, no JavaScript)."""
+    from drtool.actions.dashboard import build_dashboard
+
+    dash = build_dashboard(_settings(ctx), out_dir, offsite=offsite)  # type: ignore[arg-type]
+    summary = {"out": str(out_dir), "index": str(out_dir / "index.html"), "origins": dash.origins,
+               "policies": {p.name: {"page": str(out_dir / p.filename), "problems": p.row["problems"],
+                                     "invalid_records": p.signatures.invalid} for p in dash.policies}}
+    if as_json:
+        emit_json(summary)
+        return
+    click.echo(f"wrote {summary['index']} ({len(dash.policies)} policies"
+               f"{', ' + str(dash.invalid_records) + ' records with an INVALID signature' if dash.invalid_records else ''})")
 
 
 @click.command()
@@ -109,9 +149,8 @@ def drills(ctx: click.Context, policy: str | None, limit: int, as_json: bool) ->
 
 def _of_target(achieved: float | None, target: float | None) -> str:
     """RTO achieved as a share of the target: '72 % of 30m' reads without a scale bar."""
-    if achieved is None or not target:
-        return "-"
-    return f"{100 * achieved / target:.0f} %"
+    from drtool.report.html import pct
+    return pct(achieved, target)
 
 
 def _signature_word(row: dict) -> str:
@@ -130,33 +169,6 @@ def _print_forecasts(ctx: click.Context, settings, names: list[str]) -> None:  #
         result = policy_forecast(settings, policy, load_history(settings, policy, catalog, cache=cache))
         for line in forecast_lines(result.to_dict()):
             click.echo(line)
-
-
-def forecast_lines(data: dict) -> list[str]:
-    """The forecast as text with units (the terminal view of what the dashboard charts)."""
-    head = f"forecast {data['policy']}:"
-    if data["status"] == "insufficient":
-        return [f"{head} {data['message']}"]
-    preds = {p["days"]: p for p in data["predictions"]}
-    parts = []
-    for days, p in sorted(preds.items()):
-        when = "now" if days == 0 else f"+{days}d"
-        parts.append(f"{when} {_fmt(p['rto_s'])} ({_fmt(p['low_s'])}-{_fmt(p['high_s'])})")
-    target = f"target {_fmt(data['target_s'])}" if data.get("target_s") else "no RTO target"
-    lines = [f"{head} RTO {', '.join(parts)}; {target}; 95 % band in brackets"]
-    if data.get("breach_at"):
-        pess = f" (pessimistic {data['breach_at_pessimistic'][:10]})" if data.get("breach_at_pessimistic") else ""
-        lines.append(f"  predicted breach: {data['breach_at'][:10]}{pess} [{data['status']}]")
-    elif data.get("target_s"):
-        lines.append(f"  {data['message']}")
-    growth = data.get("growth") or {}
-    if growth:
-        lines.append(f"  data: {human_bytes(growth.get('bytes_now'))} now, "
-                     f"{human_bytes(growth.get('bytes_per_day'))}/day")
-    if data.get("dominant_phase"):
-        lines.append(f"  dominant phase: {data['dominant_phase']}: {data['advice']}")
-    lines += [f"  note: {n}" for n in data.get("notes", [])]
-    return lines
 
 
 @click.command()
@@ -257,5 +269,5 @@ def _num(value: float | None) -> str:
 
 
 def register(group: click.Group) -> None:
-    for command in (drill, drills, status):
+    for command in (drill, drills, status, dashboard):
         group.add_command(command)
