@@ -7,7 +7,6 @@ from pathlib import Path
 import click
 
 from drtool.cli.render import emit_json
-from drtool.report.text import forecast_lines
 
 
 def _settings(ctx: click.Context):  # noqa: ANN202
@@ -167,6 +166,7 @@ def _print_forecasts(ctx: click.Context, settings, names: list[str]) -> None:  #
     for name in names:
         policy = settings.policy(name)
         result = policy_forecast(settings, policy, load_history(settings, policy, catalog, cache=cache))
+        from drtool.report.text import forecast_lines
         for line in forecast_lines(result.to_dict()):
             click.echo(line)
 
@@ -209,6 +209,7 @@ def _status_rows(ctx: click.Context, horizon: str | None) -> list[dict]:
 
 def _print_status(rows: list[dict]) -> None:
     from drtool.cli.render import print_table
+    from drtool.report.text import forecast_lines
 
     table, styles = [], []
     for r in rows:

@@ -53,16 +53,17 @@ def test_too_few_drills_is_honest():
 
 
 def test_linear_growth_predicts_breach_date():
-    # 60 s fixed + 120 s/GiB; data 10 GiB now growing 0.05 GiB/day; target 30 min.
+    # 60 s fixed + 120 s/GiB; data 10 GiB now growing 0.05 GiB/day; target 29 min.
     drills = [drill(d, 10 - 0.05 * d) for d in (60, 40, 20, 0)]
-    result = forecast("siak", 1800, drills, sizes_linear(10, 0.05), NOW)
+    result = forecast("siak", 1740, drills, sizes_linear(10, 0.05), NOW)
     now = result.prediction(0)
     assert now.rto_s == pytest.approx(60 + 120 * 10, rel=0.02)
     assert result.prediction(365).rto_s == pytest.approx(60 + 120 * (10 + 0.05 * 365), rel=0.02)
-    # 60 + 120 * (10 + 0.05 d) = 1800  ->  d = 90
+    # 60 + 120 * (10 + 0.05 d) = 1740  ->  d = 80
     assert result.breach_at is not None
-    assert abs((result.breach_at - NOW).days - 90) <= 2
-    assert result.status == "breach-forecast"          # 90 days is within the default horizon
+    assert abs((result.breach_at - NOW).days - 80) <= 2
+    assert result.status == "breach-forecast"          # 80 days is within the default 90-day horizon
+    assert forecast("siak", 1740, drills, sizes_linear(10, 0.05), NOW, alert_days=30).status == "ok"
     assert result.breach_at_pessimistic is not None and result.breach_at_pessimistic <= result.breach_at
     assert result.dominant_phase == "transfer" and "bucket" in result.advice
 
