@@ -70,7 +70,11 @@ def rto_chart(drills: list[dict[str, Any]], forecast: dict[str, Any] | None, tar
     unit, per = duration_unit(peak)
     chart = _chart("Recovery time (RTO) per drill, target and forecast", f"RTO ({unit})",
                    lambda v: f"{v:.3g} {unit}")
-    chart.add("RTO achieved", [(d["at"], round(d["rto_s"] / per, 3)) for d in drills])
+    # Each dot carries the exact seconds and the drill's id, for people (label) and for machines.
+    chart.add("RTO achieved", [{"value": (d["at"], d["rto_s"] / per),
+                                "label": f"{'passed' if d.get('passed') else 'FAILED'}, {d['rto_s']:.1f} s",
+                                "node": {"data-rto-s": str(d["rto_s"]), "data-drill": str(d.get("id") or "")}}
+                               for d in drills])
     if preds:
         upper = [(_dt(p["at"]), round(p["high_s"] / per, 3)) for p in preds]
         lower = [(_dt(p["at"]), round(p["low_s"] / per, 3)) for p in preds]
