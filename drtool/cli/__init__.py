@@ -74,7 +74,10 @@ def wants_json(argv: list[str]) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from drtool.cli.render import reset_output
+
     _register_all()
+    reset_output()
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         # standalone_mode=False returns ctx.exit()'s code instead of raising SystemExit.
@@ -96,10 +99,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _fail(args: list[str], exc: BaseException, text: str, code: int) -> int:
-    """One clear line on stderr; with --json also one JSON object on stdout (what a script parses)."""
+    """One clear line on stderr; with --json also one JSON object on stdout (what a script parses),
+    unless the command already printed its JSON result (a failed drill prints its report)."""
+    from drtool.cli.render import emit_json, error_json, printed_json
+
     click.echo(text, err=True)
-    if wants_json(args):
-        from drtool.cli.render import emit_json, error_json
+    if wants_json(args) and not printed_json():
         if isinstance(exc, click.ClickException):
             exc.message = exc.format_message()   # type: ignore[attr-defined]
         emit_json(error_json(exc, code))

@@ -10,8 +10,23 @@ from typing import Any
 import click
 
 
+class _Output:
+    """Whether this invocation already printed JSON: a command that printed its result (a failed
+    drill's report) gets no second object; one that failed before printing gets the error as JSON."""
+    json_lines = 0
+
+
 def emit_json(obj: Any) -> None:
+    _Output.json_lines += 1
     click.echo(json.dumps(obj, default=str, sort_keys=False))
+
+
+def reset_output() -> None:
+    _Output.json_lines = 0
+
+
+def printed_json() -> bool:
+    return _Output.json_lines > 0
 
 
 class ProgressPrinter:
