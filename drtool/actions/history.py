@@ -34,6 +34,8 @@ OffsiteMode = Literal["auto", "always", "never"]
 
 DRILL_LIMIT = 200          # newest drills considered per policy
 RUN_LIMIT = 400            # newest backup/forget/check records per policy (about a year of nightly runs)
+OFFSITE_LIMITS = {"drills": 500, "runs": 1500}   # newest objects read per repository folder
+OFFSITE_READERS = 8
 
 
 @dataclass
@@ -63,23 +65,24 @@ class OffsiteCache:
         self._records: dict[tuple[str, str], list[HistoryRecord]] = {}
         self.expected_key = local_public_key(settings)
 
-    def records(self, repo_name: str, folder: str, name_filter: str = "", limit: int = 2000) -> list[HistoryRecord]:
+    def records(self, repo_name: str, folder: str, name_filter: str = "") -> list[HistoryRecord]:
         key = (repo_name, folder + "|" + name_filter)
         if key not in self._records:
-            self._records[key] = self._read(repo_name, folder, name_filter, limit)
+            self._records[key] = self._read(repo_name, folder, name_filter, OFFSITE_LIMITS.get(folder, 500))
         return self._records[key]
 
     def _read(self, repo_name: str, folder: str, name_filter: str, limit: int) -> list[HistoryRecord]:
         from drtool.offsite import OffsiteRecords
 
+        from concurrent.futures import ThreadPoolExecutor
+
         store = OffsiteRecords(self.settings.config.repositories[repo_name])
+        # Names start with the run's UTC time: the newest `limit` are the last ones.
         names = [n for n in store.list(folder) if name_filter in n.rsplit("/", 1)[-1]][-limit:]
-        found = []
-        for name in names:
-            data = store.get_json(name)
-            if isinstance(data, dict):
-                found.append(check_signature(data, self.expected_key))
-        return found
+        # Small objects, one GET each: a few at a time (the S3 client is thread-safe).
+        with ThreadPoolExecutor(max_workers=OFFSITE_READERS, thread_name_prefix="offsite-read") as pool:
+            documents = list(pool.map(store.get_json, names))
+        return [check_signature(d, self.expected_key) for d in documents if isinstance(d, dict)]
 
 
 def local_public_key(settings: Settings) -> str | None:

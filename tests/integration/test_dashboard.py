@@ -168,6 +168,8 @@ def test_status_exit_codes_nagios_and_pipes(drilled, tmp_path):
     env, reports, root = drilled
     code, rows, _ = env.run_json("status")
     assert code == 0 and rows[0]["problems"] == [] and rows[0]["forecast"]["status"] == "ok"
+    from drtool.actions.forecast import forecast_alerts
+    assert forecast_alerts(env.settings()) == []            # 3 quick drills, a 10 min target: no alert
     long_name = "records-of-the-civil-registry-office-palembang-" + "x" * 14
     with data_root() as prod:
         (prod / "f.txt").write_text("never backed up")
@@ -192,6 +194,8 @@ def test_status_exit_codes_nagios_and_pipes(drilled, tmp_path):
 
 def test_json_errors_and_json_logs(drilled):
     env, _reports, _root = drilled
+    code, doc, err = env.run_json("status", "--horizon", "soon")
+    assert code == 2 and doc["error"]["type"] == "UsageError" and "--horizon" in doc["error"]["message"]
     code, doc, err = env.run_json("drill", "no-such-playbook")
     assert code == 2 and doc["error"]["type"] in ("UsageError", "ConfigError") and "no-such-playbook" in doc["error"]["message"]
     assert "drtool: error:" in err

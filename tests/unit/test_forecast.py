@@ -7,9 +7,9 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
+from drtool.fitting import fit_line, last_regime
 from drtool.forecast import (
-    MIN_DRILLS, DrillPoint, SizePoint, drill_point, fit_growth, fit_line, fit_restore, forecast,
-    last_regime, phase_category, size_series,
+    MIN_DRILLS, DrillPoint, SizePoint, drill_point, fit_growth, fit_restore, forecast, phase_category, size_series,
 )
 
 NOW = datetime(2026, 12, 1, tzinfo=timezone.utc)
@@ -153,3 +153,16 @@ def test_fit_restore_phase_split_when_size_is_constant():
     assert model.method == "phase split"
     assert model.fixed_s == pytest.approx(60) and model.s_per_byte * GIB == pytest.approx(120)
     assert model.breakdown(5 * GIB)["transfer"] == pytest.approx(360)
+
+
+def test_alert_for_names_the_breach_and_what_would_help():
+    from drtool.actions.forecast import alert_for
+
+    drills = [drill(d, 10 - 0.05 * d) for d in (60, 40, 20, 0)]
+    alert = alert_for(forecast("siak", 1740, drills, sizes_linear(10, 0.05), NOW))
+    assert alert is not None and alert.status == "breach-forecast" and alert.policy == "siak"
+    assert alert.breach_at is not None and alert.dominant_phase == "transfer"
+    assert alert.message.startswith("siak: RTO forecast to exceed the target on ") and "bucket" in alert.message
+    assert alert.to_dict()["breach_at"] == alert.breach_at.isoformat()
+    assert alert_for(forecast("siak", 1740, drills, sizes_linear(10, 0.05), NOW, alert_days=30)) is None
+    assert alert_for(forecast("siak", 1740, drills[:2], [], NOW)) is None          # insufficient: no alert
