@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import sqlite3
 import uuid
 from html.parser import HTMLParser
 from pathlib import Path
@@ -57,20 +58,35 @@ def drilled(s3_server, tmp_path_factory):
     with data_root() as prod:
         data = prod / "scans"
         data.mkdir()
-        env.policy("arsip", [{"name": "scans", "files": {"paths": [str(data)]}}], targets={"rpo": "1h", "rto": "10m"})
+        queue = sqlite3.connect(prod / "queue.sqlite")
+        queue.execute("create table antrian (id integer primary key, nik text)")
+        env.policy("arsip", [{"name": "scans", "files": {"paths": [str(data)]}},
+                             {"name": "queue", "sqlite": {"path": str(prod / "queue.sqlite")}}],
+                   targets={"rpo": "1h", "rto": "10m"})
         env.playbook("arsip-drill", {"policy": "arsip", "steps": [
             {"name": "restore scans", "restore": {"source": "scans", "into": "scratch"}},
             {"name": "scans match backup", "verify": {"source": "scans"}},
+            {"name": "restore queue", "restore": {"source": "queue"}},
+            {"name": "queue has rows", "sql": {"source": "queue", "query": "select count(*) from antrian",
+                                               "expect": {"min": 1}}},
         ]})
+        # A quick check with its own, tighter RTO target: its drills never count as the policy's RTO.
+        env.playbook("arsip-quick", {"policy": "arsip", "targets": {"rto": "5m"}, "steps": [
+            {"name": "restore queue", "restore": {"source": "queue"}}]})
         reports = []
         for n in range(DRILLS):
             (data / f"scan-{n}.bin").write_bytes(bytes([n]) * (60_000 * (n + 1)))   # the data grows
+            queue.executemany("insert into antrian (nik) values (?)", [(f"1671{i:08d}",) for i in range(500)])
+            queue.commit()
             env.backup("arsip")
             html = root / "html" / f"drill-{n}.html"
             code, report, err = env.run_json("drill", "arsip-drill", "--html", str(html),
                                              "--report-dir", str(root / "reports"))
             assert code == 0, err
             reports.append((report, html))
+        queue.close()
+        code, quick, err = env.run_json("drill", "arsip-quick")        # the newest drill, of another playbook
+        assert code == 0, err
         yield env, reports, root
 
 
@@ -88,7 +104,8 @@ def test_drill_html_report_in_browser(drilled, tmp_path):
     rto = dom.select("td", **{"data-achieved-s": str(report["rto"]["achieved_s"])})
     assert rto and rto[0]["path"][-1] == "tr"
     steps = [n["attrs"]["data-step"] for n in dom.select("tr") if "data-step" in n["attrs"]]
-    assert steps == ["restore scans", "scans match backup"]
+    assert steps == ["restore scans", "scans match backup", "restore queue", "queue has rows"]
+    assert "start scratch instance" in page.dom and "integrity check" in page.dom     # SQLite restore phases
     assert "content hashes" in page.dom and "What was verified" in page.dom
     assert "download+decrypt+write+verify" in page.dom          # the restore phase on the timeline
 
@@ -123,7 +140,7 @@ def test_dashboard_in_browser_has_charts_with_the_drill_values(drilled, tmp_path
     assert dom.select("table", **{"data-table": "calendar"})
     # Each drill has its own report page, linked from the table.
     links = [n["attrs"]["href"] for n in dom.select("a") if n["attrs"].get("href", "").startswith("drills/")]
-    assert len(links) == DRILLS and all((out / link).is_file() for link in links)
+    assert len(links) == DRILLS + 1 and all((out / link).is_file() for link in links)   # + the quick check
     phone = open_page(out / "policy-arsip.html", tmp_path / "shots" / "policy-phone.png", width=390, height=1600)
     assert phone.console == []
 
@@ -168,6 +185,9 @@ def test_status_exit_codes_nagios_and_pipes(drilled, tmp_path):
     env, reports, root = drilled
     code, rows, _ = env.run_json("status")
     assert code == 0 and rows[0]["problems"] == [] and rows[0]["forecast"]["status"] == "ok"
+    # "last drill" is the last drill of the playbook that measures the policy's RTO, not the quick check.
+    assert rows[0]["last_drill"]["id"] == reports[-1][0]["id"] and rows[0]["last_drill"]["playbook"] == "arsip-drill"
+    assert rows[0]["forecast"]["drills_used"] == DRILLS
     from drtool.actions.forecast import forecast_alerts
     assert forecast_alerts(env.settings()) == []            # 3 quick drills, a 10 min target: no alert
     long_name = "records-of-the-civil-registry-office-palembang-" + "x" * 14
