@@ -13,8 +13,9 @@ How each part is fitted:
   the restored size varied enough between drills (>= 10 % spread) to tell the
   fixed cost from the per-byte cost. Otherwise the drills' own phase timings
   split it: start-up phases (read fingerprint, start scratch instance, create
-  database, globals) and the time between restore steps are fixed, transfer /
-  load / index build / integrity check scale with the bytes.
+  database, globals) and the time between restore steps are fixed (median),
+  transfer / load / index build / integrity check scale with the bytes (least
+  squares through the origin).
 - growth: least squares of the backed-up bytes of the sources the drills restore
   against time; no growth (and a note) with fewer than two backups a day apart.
 - a step change (a new bucket, a bulk import) is found as the split of the
@@ -205,12 +206,19 @@ def fit_restore(drills: list[DrillPoint]) -> RestoreModel:
         if line.slope >= 0 and line.intercept >= 0:
             return RestoreModel(line.intercept, line.slope, line.resid_sd, line.n, "regression", line,
                                 per_byte, fixed, since)
-    s_per_byte = median([d.scaling_s / d.restored_bytes for d in drills])
+    s_per_byte = _through_origin([float(d.restored_bytes) for d in drills], [d.scaling_s for d in drills])
     fixed_s = median([d.fixed_s for d in drills])
     predicted = [fixed_s + s_per_byte * x for x in xs]
     dof = max(len(xs) - 2, 0)
     resid = math.sqrt(sum((y - p) ** 2 for y, p in zip(ys, predicted)) / dof) if dof else 0.0
     return RestoreModel(fixed_s, s_per_byte, resid, len(xs), "phase split", None, per_byte, fixed, since)
+
+
+def _through_origin(xs: list[float], ys: list[float]) -> float:
+    """Least-squares slope of y = k x: the biggest drills, most like the future ones, weigh most
+    (a ratio per drill would let a tiny drill's start-up cost pass for a per-byte cost)."""
+    sxx = sum(x * x for x in xs)
+    return sum(x * y for x, y in zip(xs, ys)) / sxx if sxx > 0 else 0.0
 
 
 def _category_rates(drills: list[DrillPoint]) -> tuple[dict[str, float], dict[str, float]]:
@@ -219,7 +227,8 @@ def _category_rates(drills: list[DrillPoint]) -> tuple[dict[str, float], dict[st
     categories = sorted({c for d in drills for c in d.phases})
     for cat in categories:
         if cat in SCALING:
-            per_byte[cat] = median([d.phases.get(cat, 0.0) / d.restored_bytes for d in drills])
+            per_byte[cat] = _through_origin([float(d.restored_bytes) for d in drills],
+                                            [d.phases.get(cat, 0.0) for d in drills])
         else:
             fixed[cat] = median([d.phases.get(cat, 0.0) for d in drills])
     return per_byte, fixed

@@ -51,45 +51,56 @@ def _style():  # noqa: ANN202
                  major_guide_stroke_dasharray="3,3")
 
 
-def _chart(title: str, y_title: str, value_formatter: Any):  # noqa: ANN202
+# Series are always added in this order (empty when there is nothing to show), so each keeps its
+# colour from COLORS; the legend is HTML under the chart (LEGENDS), readable at any width.
+LEGENDS = {
+    "rto": [("RTO achieved (per drill)", COLORS[0]), ("forecast, 95 % band", COLORS[1]),
+            ("RTO target (dashed)", COLORS[2]), ("forecast (dotted)", COLORS[3])],
+    "size": [("backed up", COLORS[0]), ("growth trend (dotted)", COLORS[1])],
+}
+
+
+def date_format(times: list[datetime]) -> str:
+    """Pure: day labels, or day and time when everything happened within three days."""
+    if times and (max(times) - min(times)) < timedelta(days=3):
+        return "%m-%d %H:%M"
+    return "%Y-%m-%d"
+
+
+def _chart(title: str, y_title: str, value_formatter: Any, times: list[datetime]):  # noqa: ANN202
     import pygal
 
+    fmt = date_format(times)
     return pygal.DateTimeLine(
         js=[], disable_xml_declaration=True, style=_style(), title=title, x_title="date (UTC)", y_title=y_title,
-        width=760, height=400, explicit_size=False, show_dots=True, dots_size=4, x_label_rotation=25,
-        truncate_label=-1, truncate_legend=-1, legend_at_bottom=True, legend_at_bottom_columns=2,
-        x_value_formatter=lambda d: d.strftime("%Y-%m-%d"), value_formatter=value_formatter,
-        show_minor_x_labels=False, x_labels_major_count=6, include_x_axis=True, print_values=False)
+        width=760, height=380, explicit_size=False, show_dots=True, dots_size=4, x_label_rotation=25,
+        truncate_label=-1, show_legend=False, x_value_formatter=lambda d: d.strftime(fmt),
+        value_formatter=value_formatter, show_minor_x_labels=False, x_labels_major_count=6,
+        include_x_axis=True, print_values=False)
 
 
 def rto_chart(drills: list[dict[str, Any]], forecast: dict[str, Any] | None, target_s: float | None) -> str:
     """RTO achieved per drill, the target line, and the forecast with its 95 % band (SVG markup).
-    `drills`: {"at": datetime, "rto_s": float, "passed": bool}; `forecast`: Forecast.to_dict()."""
+    `drills`: {"at": datetime, "rto_s": float, "passed": bool, "id"}; `forecast`: Forecast.to_dict()."""
     preds = [p for p in (forecast or {}).get("predictions", [])]
+    times = [d["at"] for d in drills] + [_dt(p["at"]) for p in preds]
     peak = max([d["rto_s"] for d in drills] + [p["high_s"] for p in preds] + [target_s or 0] + [1.0])
     unit, per = duration_unit(peak)
     chart = _chart("Recovery time (RTO) per drill, target and forecast", f"RTO ({unit})",
-                   lambda v: f"{v:.3g} {unit}")
+                   lambda v: f"{v:.3g} {unit}", times)
     # Each dot carries the exact seconds and the drill's id, for people (label) and for machines.
     chart.add("RTO achieved", [{"value": (d["at"], d["rto_s"] / per),
                                 "label": f"{'passed' if d.get('passed') else 'FAILED'}, {d['rto_s']:.1f} s",
                                 "node": {"data-rto-s": str(d["rto_s"]), "data-drill": str(d.get("id") or "")}}
                                for d in drills])
-    if preds:
-        upper = [(_dt(p["at"]), round(p["high_s"] / per, 3)) for p in preds]
-        lower = [(_dt(p["at"]), round(p["low_s"] / per, 3)) for p in preds]
-        # A closed outline (upper edge forward, lower edge back) filled: the band between the edges.
-        chart.add("forecast, 95 % band", upper + lower[::-1], fill=True, show_dots=False,
-                  stroke_style={"width": 0})
-    if target_s:
-        xs = [d["at"] for d in drills] + [_dt(p["at"]) for p in preds]
-        chart.add(f"target ({target_s / per:.3g} {unit})", [(min(xs), target_s / per), (max(xs), target_s / per)]
-                  if xs else [], show_dots=False, stroke_style={"width": 2, "dasharray": "8,5"})
-    else:
-        chart.add("target (none set)", [])
-    if preds:
-        chart.add("forecast", [(_dt(p["at"]), round(p["rto_s"] / per, 3)) for p in preds],
-                  stroke_style={"width": 2, "dasharray": "2,4"})
+    upper = [(_dt(p["at"]), round(p["high_s"] / per, 3)) for p in preds]
+    lower = [(_dt(p["at"]), round(p["low_s"] / per, 3)) for p in preds]
+    # A closed outline (upper edge forward, lower edge back) filled: the band between the edges.
+    chart.add("forecast, 95 % band", upper + lower[::-1], fill=True, show_dots=False, stroke_style={"width": 0})
+    line = [(min(times), target_s / per), (max(times), target_s / per)] if target_s and times else []
+    chart.add("target", line, show_dots=False, stroke_style={"width": 2, "dasharray": "8,5"})
+    chart.add("forecast", [(_dt(p["at"]), round(p["rto_s"] / per, 3)) for p in preds],
+              stroke_style={"width": 2, "dasharray": "2,4"})
     return to_svg(chart)
 
 
@@ -98,16 +109,18 @@ def size_chart(points: list[dict[str, Any]], forecast: dict[str, Any] | None) ->
     `points`: {"at": datetime, "bytes": int}."""
     growth = (forecast or {}).get("growth") or {}
     preds = (forecast or {}).get("predictions", [])
-    peak = max([p["bytes"] for p in points] + [1.0])
-    unit, per = bytes_unit(peak)
-    chart = _chart("Backed-up data of the restored sources", f"size ({unit})", lambda v: f"{v:.4g} {unit}")
-    chart.add("backed up", [(p["at"], round(p["bytes"] / per, 4)) for p in points], show_dots=len(points) <= 40)
+    trend = []
     if growth and preds and points:
-        now = _dt(preds[0]["at"])
-        rate = float(growth.get("bytes_per_day") or 0)
-        start = float(growth.get("bytes_now") or 0)
-        chart.add("growth trend", [(now + timedelta(days=d), round((start + rate * d) / per, 4)) for d in (0, 90, 365)],
-                  show_dots=False, stroke_style={"width": 2, "dasharray": "2,4"})
+        now, rate, start = _dt(preds[0]["at"]), float(growth.get("bytes_per_day") or 0), float(growth.get("bytes_now") or 0)
+        trend = [(now + timedelta(days=d), start + rate * d) for d in (0, 90, 365)]
+    peak = max([p["bytes"] for p in points] + [b for _t, b in trend] + [1.0])
+    unit, per = bytes_unit(peak)
+    chart = _chart("Backed-up data of the restored sources", f"size ({unit})", lambda v: f"{v:.4g} {unit}",
+                   [p["at"] for p in points] + [t for t, _b in trend])
+    chart.add("backed up", [{"value": (p["at"], p["bytes"] / per), "node": {"data-bytes": str(p["bytes"])}}
+                            for p in points], show_dots=len(points) <= 40)
+    chart.add("growth trend", [(t, round(b / per, 4)) for t, b in trend], show_dots=False,
+              stroke_style={"width": 2, "dasharray": "2,4"})
     return to_svg(chart)
 
 

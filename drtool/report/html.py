@@ -27,7 +27,9 @@ def environment():  # noqa: ANN201 - jinja2.Environment, imported lazily
     env = Environment(loader=PackageLoader("drtool.report", "templates"), autoescape=True,
                       undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters.update(duration=_duration, bytes=human_bytes, when=_when, day=_day, pct=pct)
-    env.globals.update(version=__version__)
+    from drtool.report.charts import LEGENDS
+
+    env.globals.update(version=__version__, legends=LEGENDS)
     return env
 
 

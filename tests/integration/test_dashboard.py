@@ -136,7 +136,8 @@ def test_dashboard_in_browser_has_charts_with_the_drill_values(drilled, tmp_path
     for report, _html in reports:
         assert str(report["rto"]["achieved_s"]) in table
     assert dom.select("table", **{"data-forecast": "ok"}), "3 drills give a forecast"
-    assert "target (10 min)" in policy.dom or "target (600 s)" in policy.dom
+    assert dom.select("strong", **{"data-target-s": "600.0"})[0]["text"] == "10m00s"
+    assert "RTO (s)" in policy.dom or "RTO (min)" in policy.dom          # the axis says its unit
     assert dom.select("table", **{"data-table": "calendar"})
     # Each drill has its own report page, linked from the table.
     links = [n["attrs"]["href"] for n in dom.select("a") if n["attrs"].get("href", "").startswith("drills/")]
