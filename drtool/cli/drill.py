@@ -134,7 +134,7 @@ def drills(ctx: click.Context, policy: str | None, limit: int, as_json: bool) ->
 
     table, styles = [], []
     for r in rows:
-        table.append([(r["started_at"] or "")[:19], r["policy"], r["playbook"] or "-",
+        table.append([(r["started_at"] or "")[:19].replace("T", " "), r["policy"], r["playbook"] or "-",
                       "passed" if r["passed"] else "FAILED", _fmt(r["rto_achieved_s"]), _fmt(r["rto_target_s"]),
                       _of_target(r["rto_achieved_s"], r["rto_target_s"]), _fmt(r["rpo_achieved_s"]),
                       _signature_word(r), (r["failures"] or [""])[0]])
@@ -216,8 +216,8 @@ def _print_status(rows: list[dict]) -> None:
         d = r["last_drill"] or {}
         f = r["forecast"]
         p90 = next((p for p in f["predictions"] if p["days"] == 90), None)
-        table.append([r["policy"], (r["last_backup"] or "never")[:19], _fmt(r["backup_age_s"]), _fmt(r["rpo_target_s"]),
-                      (d.get("started_at") or "never")[:19], _fmt(d.get("rto_achieved_s")),
+        table.append([r["policy"], (r["last_backup"] or "never")[:19].replace("T", " "), _fmt(r["backup_age_s"]),
+                      _fmt(r["rpo_target_s"]), (d.get("started_at") or "never")[:19].replace("T", " "), _fmt(d.get("rto_achieved_s")),
                       _fmt(d.get("rto_target_s") or r["rto_target_s"]),
                       _fmt(p90["rto_s"]) if p90 else "-", (f.get("breach_at") or "-")[:10],
                       " ".join(r["problems"]) or "ok"])
