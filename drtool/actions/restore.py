@@ -69,7 +69,8 @@ def dump_path(chosen: SnapshotSet) -> tuple[str, str]:
 class FilesRestored:
     bytes: int
     files: int | None            # known for restores on this machine
-    how: str                     # what wrote and checked the files
+    phase: str                   # the timed phase, as drill reports name it
+    checked: str                 # what checked the content on the way
 
     def describe(self) -> str:
         count = f"{self.files} files, " if self.files is not None else ""
@@ -86,9 +87,11 @@ def restore_files_to(restic: Restic, chosen: SnapshotSet, dest: str, runner: Run
         from drtool.sources.files import tree_size
         restore_files_set(restic, chosen, Path(dest), force=force)
         files, nbytes = tree_size(Path(dest))
-        how = ("restic restore --verify: content hashes re-read and verified by restic" if chosen.files is not None
-               else "restic dump | tar -x: restic checked every blob while reading")
-        return FilesRestored(nbytes, files, how)
+        if chosen.files is not None:
+            return FilesRestored(nbytes, files, "download+decrypt+write+verify (restic restore --verify)",
+                                 "content hashes re-read and verified by restic")
+        return FilesRestored(nbytes, files, "download+decrypt+write (restic dump | tar -x)",
+                             "restic checked every blob while reading")
     from drtool.engine.reader import extract_dump
     from drtool.sources.tree_remote import check_remote_dir
 
@@ -96,8 +99,8 @@ def restore_files_to(restic: Restic, chosen: SnapshotSet, dest: str, runner: Run
     runner.run(["mkdir", "-p", "-m", "0700", "--", dest], timeout=300)
     snapshot_id, path = dump_path(chosen)
     nbytes = extract_dump(restic, snapshot_id, path, runner, dest, timeout=timeout, where=f"on {runner.where}")
-    return FilesRestored(nbytes, None, f"restic dump | tar -x on {runner.where}: restic checked every blob while "
-                                       "reading")
+    return FilesRestored(nbytes, None, f"download+decrypt+send+extract (restic dump | tar -x on {runner.where})",
+                         "restic checked every blob while reading")
 
 
 def verify_files_at(restic: Restic, chosen: SnapshotSet, dest: str, runner: Runner):  # noqa: ANN201 - TreeDiff

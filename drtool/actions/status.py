@@ -1,29 +1,49 @@
-"""Use case: every policy at a glance -- last good backup vs RPO, last drill vs RTO.
+"""Use case: every policy at a glance -- last good backup vs RPO, last drill vs RTO, forecast.
 
-The backup age comes from the repository's own snapshots (what is really
-there, offsite), not only from the local catalog; drills come from the
-catalog. Verdict, most urgent first:
+The backup age comes from the repository's own snapshots of this host (what
+is really there, offsite), not only from the local catalog. Drills and runs
+come from the catalog, or from the signed records offsite on a fresh state
+dir (drtool.actions.history). "Last drill" is the last drill of a playbook
+that measures the policy's RTO (drtool.actions.forecast.rto_playbooks), not
+whatever drill ran last.
+
+Problems (each makes `status` exit non-zero), most urgent first; the first
+one is the row's `verdict`:
 
     rpo-breach     no complete backup, or the newest is older than the RPO target
                    (or the repository cannot be read: then nothing proves the RPO)
-    never-drilled  no drill has run for this policy
+    backup-failed  the last backup run failed
     rto-breach     the last drill did not meet its RTO target
     drill-failed   the last drill failed otherwise
-    ok
+    never-drilled  no drill has run for this policy
+    check-failed   the last repository check failed
+    check-overdue  a check schedule is set and no check succeeded since the slot before last
+    forget-failed  the last forget (retention) run failed
+
+Warnings (shown, exit 0): forecast-breach (the RTO forecast exceeds the target
+within forecast.horizon, default 90 days), invalid-signature (offsite records
+that failed their signature check; never used for a verdict).
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from drtool.actions.common import open_repo, restic_host
+from drtool.actions.forecast import alert_horizon_days, policy_forecast, rto_drills
+from drtool.actions.history import OffsiteCache, PolicyHistory, load_history
 from drtool.actions.select import snapshot_sets
-from drtool.tags import policy_tags
-from drtool.catalog import Catalog, RunRecord, utcnow
+from drtool.catalog import Catalog, utcnow
 from drtool.config.loader import Settings
 from drtool.config.models import Policy
 from drtool.errors import DrtoolError
+from drtool.tags import policy_tags
+
+PROBLEMS = ("rpo-breach", "backup-failed", "rto-breach", "drill-failed", "never-drilled",
+            "check-failed", "check-overdue", "forget-failed")
+CRITICAL = ("rpo-breach", "backup-failed", "rto-breach", "drill-failed")   # Nagios CRITICAL; the rest WARNING
+CHECK_GRACE = timedelta(hours=6)      # a check may run for hours, and the daemon delays jobs by their jitter
 
 
 def newest_snapshot_time(settings: Settings, policy: Policy) -> datetime | None:
@@ -46,19 +66,57 @@ def newest_snapshot_time(settings: Settings, policy: Policy) -> datetime | None:
 
 def verdict(*, backup_age_s: float | None, rpo_s: float | None, repo_error: bool,
             drill: dict[str, Any] | None) -> str:
-    """Pure: the status word for one policy."""
+    """Pure: the status word for one policy from its backup age and last drill alone."""
+    return (problems(backup_age_s=backup_age_s, rpo_s=rpo_s, repo_error=repo_error, drill=drill) or ["ok"])[0]
+
+
+def problems(*, backup_age_s: float | None, rpo_s: float | None, repo_error: bool, drill: dict[str, Any] | None,
+             last_runs: dict[str, dict[str, Any] | None] | None = None, check_overdue: bool = False) -> list[str]:
+    """Pure: every problem code of one policy, most urgent first (see the module docstring)."""
+    runs = last_runs or {}
+    found = []
     if repo_error or backup_age_s is None or (rpo_s is not None and backup_age_s > rpo_s):
-        return "rpo-breach"
+        found.append("rpo-breach")
+    if _failed(runs.get("backup")):
+        found.append("backup-failed")
     if drill is None:
-        return "never-drilled"
-    if drill.get("rto_met") is False:
-        return "rto-breach"
-    if not drill.get("passed"):
-        return "drill-failed"
-    return "ok"
+        found.append("never-drilled")
+    elif drill.get("rto_met") is False:
+        found.append("rto-breach")
+    elif not drill.get("passed"):
+        found.append("drill-failed")
+    if _failed(runs.get("check")):
+        found.append("check-failed")
+    if check_overdue:
+        found.append("check-overdue")
+    if _failed(runs.get("forget")):
+        found.append("forget-failed")
+    return sorted(found, key=PROBLEMS.index)
 
 
-def policy_status(settings: Settings, policy: Policy, catalog: Catalog, now: datetime | None = None) -> dict[str, Any]:
+def _failed(run: dict[str, Any] | None) -> bool:
+    return run is not None and run.get("status") == "failed"
+
+
+def is_check_overdue(schedule: str | None, last_success: datetime | None, first_seen: datetime | None,
+                     now: datetime, tz: Any) -> bool:
+    """Pure: a check schedule is set and no check succeeded since the slot before the latest one
+    (one missed slot is a late check, two are an overdue one). A policy whose history starts after
+    that slot is not overdue yet."""
+    if not schedule:
+        return False
+    from drtool.schedule_math import parse_schedule
+
+    sched = parse_schedule(schedule)
+    latest = sched.previous_slot(now - CHECK_GRACE, tz)
+    before = sched.previous_slot(latest - timedelta(seconds=1), tz)
+    reference = last_success or first_seen
+    return reference is not None and reference < before
+
+
+def policy_status(settings: Settings, policy: Policy, catalog: Catalog, now: datetime | None = None,
+                  cache: OffsiteCache | None = None, horizon_days: float | None = None,
+                  history: PolicyHistory | None = None) -> dict[str, Any]:
     now = now or utcnow()
     row: dict[str, Any] = {"policy": policy.name, "repository": policy.repository,
                            "rpo_target_s": policy.targets.rpo, "rto_target_s": policy.targets.rto}
@@ -72,35 +130,97 @@ def policy_status(settings: Settings, policy: Policy, catalog: Catalog, now: dat
     row["backup_age_s"] = round((now - newest).total_seconds(), 1) if newest else None
     age, rpo = row["backup_age_s"], policy.targets.rpo
     row["rpo_met"] = None if rpo is None else (age is not None and age <= rpo)
-    drill = last_drill(catalog, policy.name)
-    row["last_drill"] = drill
-    row["verdict"] = verdict(backup_age_s=row["backup_age_s"], rpo_s=policy.targets.rpo,
-                             repo_error=repo_error, drill=drill)
+    history = history or load_history(settings, policy, catalog, cache=cache)
+    row["history"] = sorted(history.origins) or ["none"]
+    drills = rto_drills(settings, policy, history.usable_drills())
+    row["last_drill"] = drill_summary(drills[-1]) if drills else None
+    row["last_runs"] = {kind: _run_summary(history, kind) for kind in ("backup", "check", "forget")}
+    overdue = _check_overdue(settings, policy, history, now)
+    codes = problems(backup_age_s=age, rpo_s=rpo, repo_error=repo_error, drill=row["last_drill"],
+                     last_runs=row["last_runs"], check_overdue=overdue)
+    row["problems"] = codes
+    row["verdict"] = codes[0] if codes else "ok"
+    result = policy_forecast(settings, policy, history, now, horizon_days)
+    row["forecast"] = result.to_dict()
+    row["warnings"] = _warnings(result, history)
     return row
 
 
-def last_drill(catalog: Catalog, policy: str) -> dict[str, Any] | None:
-    record = catalog.last_run(policy, "drill")
-    return None if record is None else drill_summary(record)
+def _run_summary(history: PolicyHistory, kind: str) -> dict[str, Any] | None:
+    runs = history.usable_runs(kind)
+    if not runs:
+        return None
+    last = runs[-1]
+    return {"id": last.get("id"), "started_at": last.get("started_at"), "status": last.get("status"),
+            "error": (last.get("error") or "").splitlines()[0][:300] if last.get("error") else None}
 
 
-def drill_summary(record: RunRecord) -> dict[str, Any]:
-    details = record.details or {}
-    rto, rpo = details.get("rto") or {}, details.get("rpo") or {}
-    return {"id": record.id, "playbook": details.get("playbook"), "started_at": record.started_at.isoformat(),
-            "passed": bool(details.get("passed", record.ok)), "status": record.status,
+def _check_overdue(settings: Settings, policy: Policy, history: PolicyHistory, now: datetime) -> bool:
+    if not policy.check.schedule:
+        return False
+    from drtool.actions.daemon import settings_timezone
+
+    checks = [r for r in history.usable_runs("check") if r.get("status") == "success"]
+    every = history.usable_runs()
+    last_ok = datetime.fromisoformat(checks[-1]["started_at"]) if checks else None
+    first = datetime.fromisoformat(every[0]["started_at"]) if every else None
+    return is_check_overdue(policy.check.schedule, last_ok, first, now, settings_timezone(settings))
+
+
+def _warnings(result: Any, history: PolicyHistory) -> list[dict[str, str]]:
+    out = []
+    if result.status in ("breach-forecast", "breached"):
+        out.append({"code": "forecast-breach", "message": result.message
+                    + (f"; dominant phase: {result.dominant_phase} ({result.advice})" if result.advice else "")})
+    if history.invalid:
+        ids = ", ".join(r.id or "?" for r in history.invalid[:5])
+        out.append({"code": "invalid-signature",
+                    "message": f"{len(history.invalid)} offsite record(s) failed the signature check and were "
+                               f"not used: {ids}"})
+    if history.offsite_error:
+        out.append({"code": "offsite-unreadable", "message": history.offsite_error})
+    return out
+
+
+def drill_summary(report: dict[str, Any]) -> dict[str, Any]:
+    """The status view of a drill report (DrillReport.to_dict(), from the catalog or offsite)."""
+    rto, rpo = report.get("rto") or {}, report.get("rpo") or {}
+    return {"id": report.get("id"), "playbook": report.get("playbook"), "started_at": report.get("started_at"),
+            "passed": bool(report.get("passed")), "status": "success" if report.get("passed") else "failed",
             "rto_achieved_s": rto.get("achieved_s"), "rto_target_s": rto.get("target_s"), "rto_met": rto.get("met"),
             "rpo_achieved_s": rpo.get("achieved_s"), "rpo_target_s": rpo.get("target_s"), "rpo_met": rpo.get("met"),
-            "failures": details.get("failures", []), "trigger": record.trigger}
+            "failures": report.get("failures", []), "trigger": report.get("trigger")}
 
 
-def status(settings: Settings) -> list[dict[str, Any]]:
+def status(settings: Settings, horizon_days: float | None = None) -> list[dict[str, Any]]:
     catalog = Catalog(settings.state_dir)
+    cache = OffsiteCache(settings)
     now = utcnow()
-    return [policy_status(settings, p, catalog, now) for p in sorted(settings.policies.values(), key=lambda p: p.name)]
+    horizon = alert_horizon_days(settings) if horizon_days is None else horizon_days
+    return [policy_status(settings, p, catalog, now, cache, horizon)
+            for p in sorted(settings.policies.values(), key=lambda p: p.name)]
 
 
 def drill_history(settings: Settings, policy: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
-    """Drills, newest first, from the local catalog."""
-    return [drill_summary(r) | {"policy": r.policy}
-            for r in Catalog(settings.state_dir).runs(policy=policy, kind="drill", limit=limit)]
+    """Drills, newest first, from the catalog (or offsite, for a policy without local drills)."""
+    catalog = Catalog(settings.state_dir)
+    cache = OffsiteCache(settings)
+    names = [policy] if policy else sorted(settings.policies)
+    rows = []
+    for name in names:
+        history = load_history(settings, settings.policy(name), catalog, cache=cache)
+        for record in history.drills:
+            rows.append(drill_summary(record.data) | {"policy": name, "origin": record.origin,
+                                                      "signature": record.signature})
+    rows.sort(key=lambda r: r["started_at"] or "", reverse=True)
+    return rows[:limit]
+
+
+def nagios_state(rows: list[dict[str, Any]]) -> int:
+    """Pure: 0 OK, 1 WARNING, 2 CRITICAL for the Nagios plugin convention (3 UNKNOWN is the caller's)."""
+    codes = {c for r in rows for c in r.get("problems", [])}
+    if codes & set(CRITICAL):
+        return 2
+    if codes or any(r.get("warnings") for r in rows):
+        return 1
+    return 0

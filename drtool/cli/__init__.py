@@ -20,7 +20,7 @@ from drtool.errors import DrtoolError
 COMMAND_MODULES = [
     "drtool.cli.setup",      # init, validate, schema, demo
     "drtool.cli.backup",     # backup, snapshots, restore, forget, check, init-repo, runs
-    "drtool.cli.drill",      # drill, drills, status
+    "drtool.cli.drill",      # drill, drills, status, dashboard
     "drtool.cli.schedule",   # daemon, schedule show/export
     "drtool.cli.hosts",      # hosts check/trust
     "drtool.cli.kit",        # kit create/verify/revoke, recover, runbook, verify-report
@@ -32,12 +32,28 @@ COMMAND_MODULES = [
 @click.option("--config", "-c", "config_path", metavar="FILE", envvar=None,
               help="drtool.yaml to use (default: $DRTOOL_CONFIG, ./drtool.yaml, /etc/drtool/drtool.yaml).")
 @click.option("--verbose", "-v", count=True, help="More log output (-vv for debug).")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="Log lines on stderr as text, or one JSON object each (journald, Loki).")
 @click.pass_context
-def cli(ctx: click.Context, config_path: str | None, verbose: int) -> None:
+def cli(ctx: click.Context, config_path: str | None, verbose: int, log_format: str) -> None:
     """drtool: encrypted offsite snapshots of databases and files, and timed restore drills."""
-    level = logging.WARNING - 10 * min(verbose, 2)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    ctx.obj = {"config": config_path}
+    setup_logging(logging.WARNING - 10 * min(verbose, 2), log_format)
+    ctx.obj = {"config": config_path, "log_format": log_format}
+
+
+def setup_logging(level: int, log_format: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if log_format == "json":
+        from drtool.cli.render import JsonLogFormatter
+        handler.setFormatter(JsonLogFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if getattr(h, "_drtool", False)]:
+        root.removeHandler(old)
+    handler._drtool = True  # type: ignore[attr-defined] - ours to replace when main() runs again (tests)
+    root.addHandler(handler)
+    root.setLevel(level)
 
 
 def _register_all() -> None:
@@ -51,23 +67,45 @@ def _register_all() -> None:
         module.register(cli)
 
 
+def wants_json(argv: list[str]) -> bool:
+    """--json among the options (before a `--`): errors are then JSON on stdout too."""
+    args = argv[:argv.index("--")] if "--" in argv else argv
+    return "--json" in args
+
+
 def main(argv: list[str] | None = None) -> int:
+    from drtool.cli.render import reset_output
+
     _register_all()
+    reset_output()
+    args = list(sys.argv[1:] if argv is None else argv)
     try:
         # standalone_mode=False returns ctx.exit()'s code instead of raising SystemExit.
-        code = cli.main(args=argv, prog_name="drtool", standalone_mode=False)
+        code = cli.main(args=args, prog_name="drtool", standalone_mode=False)
     except DrtoolError as exc:
-        click.echo(f"drtool: error: {exc}", err=True)
-        return exc.exit_code
-    except click.exceptions.Abort:
-        click.echo("drtool: aborted", err=True)
-        return 130
+        return _fail(args, exc, f"drtool: error: {exc}", exc.exit_code)
+    except click.exceptions.Abort as exc:
+        return _fail(args, exc, "drtool: aborted", 130)
     except click.ClickException as exc:
+        if wants_json(args):
+            return _fail(args, exc, f"drtool: error: {exc.format_message()}", 2)
         exc.show()
         return 2
-    except KeyboardInterrupt:
-        click.echo("drtool: interrupted", err=True)
-        return 130
+    except KeyboardInterrupt as exc:
+        return _fail(args, exc, "drtool: interrupted", 130)
     except click.exceptions.Exit as exc:
         return exc.exit_code
     return code if isinstance(code, int) else 0
+
+
+def _fail(args: list[str], exc: BaseException, text: str, code: int) -> int:
+    """One clear line on stderr; with --json also one JSON object on stdout (what a script parses),
+    unless the command already printed its JSON result (a failed drill prints its report)."""
+    from drtool.cli.render import emit_json, error_json, printed_json
+
+    click.echo(text, err=True)
+    if wants_json(args) and not printed_json():
+        if isinstance(exc, click.ClickException):
+            exc.message = exc.format_message()   # type: ignore[attr-defined]
+        emit_json(error_json(exc, code))
+    return code

@@ -86,13 +86,11 @@ def snapshots(ctx: click.Context, name: str | None, host: str | None, all_hosts:
     if as_json:
         emit_json(rows)
         return
-    from rich.console import Console
-    from rich.table import Table
+    from drtool.cli.render import print_table
 
-    table = Table("policy", "source", "kind", "host", "time (UTC)", "run", "id")
-    for r in rows:
-        table.add_row(r["policy"], r["source"], r["kind"], r["host"], r["time"][:19], r["run"], r["short_id"])
-    Console().print(table)
+    print_table(["policy", "source", "kind", "host", "time (UTC)", "run", "id"],
+                [[r["policy"], r["source"], r["kind"], r["host"], r["time"][:19], r["run"], r["short_id"]]
+                 for r in rows])
 
 
 @click.command()
@@ -176,8 +174,9 @@ def check(ctx: click.Context, name: str, read_data_subset: str | None, rotate: b
 
 @click.command("init-repo")
 @click.argument("name", shell_complete=complete.repositories)
+@click.option("--json", "as_json", is_flag=True, help="The outcome as one JSON object.")
 @click.pass_context
-def init_repo(ctx: click.Context, name: str) -> None:
+def init_repo(ctx: click.Context, name: str, as_json: bool) -> None:
     """Create the bucket (if allowed) and initialise repository NAME."""
     from drtool.actions.common import open_repo, preflight
     from drtool.errors import UsageError
@@ -187,6 +186,10 @@ def init_repo(ctx: click.Context, name: str) -> None:
         raise UsageError(f"no repository named {name!r} in {settings.path}")
     info = preflight(open_repo(settings, name), create=True)
     repo = settings.config.repositories[name]
+    if as_json:
+        emit_json({"repository": name, "url": repo.url, "initialised": bool(info.get("initialised")),
+                   "bucket": info.get("bucket")})
+        return
     click.echo(f"repository {name} ({repo.url}): " + ("initialised" if info.get("initialised") else "already initialised"))
     if info.get("bucket"):
         click.echo(f"bucket: {info['bucket']}")
@@ -206,9 +209,13 @@ def runs(ctx: click.Context, policy: str | None, limit: int, as_json: bool) -> N
     if as_json:
         emit_json([r.to_dict() for r in records])
         return
-    for r in records:
-        click.echo(f"{r.started_at:%Y-%m-%d %H:%M:%S}  {r.kind:7} {r.policy:16} {r.status:9} "
-                   f"{(r.duration_s or 0):7.1f}s  {r.error.splitlines()[0] if r.error else ''}")
+    from drtool.cli.render import print_table
+
+    print_table(["started (UTC)", "kind", "policy", "status", "took", "added", "error"],
+                [[f"{r.started_at:%Y-%m-%d %H:%M:%S}", r.kind, r.policy, r.status, f"{(r.duration_s or 0):.1f}s",
+                  human_bytes(r.bytes_added), r.error.splitlines()[0] if r.error else ""] for r in records],
+                styles=[[None, None, None, "green" if r.ok else "bold red", None, None, "red"] for r in records],
+                right=frozenset({4, 5}))
 
 
 def register(group: click.Group) -> None:

@@ -45,16 +45,18 @@ class StepPrinter:
               help="Also write a JUnit XML report to FILE.")
 @click.option("--report-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Also write <id>.json and <id>.junit.xml into DIR.")
+@click.option("--html", "html_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write a self-contained HTML report to FILE.")
 @click.option("--keep", is_flag=True, help="Leave scratch instances running and print how to reach them.")
 @click.option("--host", help="Drill another machine's backups (its restic --host); default this machine's.")
 @click.pass_context
 def drill(ctx: click.Context, playbook: str, as_json: bool, junit_file: Path | None, report_dir: Path | None,
-          keep: bool, host: str | None) -> None:
+          html_file: Path | None, keep: bool, host: str | None) -> None:
     """Run the restore drill PLAYBOOK (a name or a YAML file); exit 0 when it passed."""
     from drtool.actions.common import signed
     from drtool.actions.drill import run_drill
     from drtool.errors import DrillFailed
-    from drtool.report.drill import print_report, write_json, write_junit
+    from drtool.report.drill import print_report, write_junit
 
     settings = _settings(ctx)
     book = settings.playbook(playbook)
@@ -64,8 +66,9 @@ def drill(ctx: click.Context, playbook: str, as_json: bool, junit_file: Path | N
     data = report.to_dict()
     if junit_file:
         write_junit(data, junit_file)
+    if report_dir or html_file:
+        _write_reports(settings, signed(settings, data), report_dir, html_file)
     if report_dir:
-        write_json(signed(settings, data), report_dir / f"{report.id}.json")
         write_junit(data, report_dir / f"{report.id}.junit.xml")
     if as_json:
         emit_json(data)
@@ -76,13 +79,49 @@ def drill(ctx: click.Context, playbook: str, as_json: bool, junit_file: Path | N
         raise DrillFailed(f"drill {book.name} failed: " + "; ".join(report.failures)[:1500])
 
 
+def _write_reports(settings, record: dict, report_dir: Path | None, html_file: Path | None) -> None:  # noqa: ANN001
+    """The signed JSON and the HTML rendered from it (which shows that signature's check)."""
+    from drtool.actions.history import local_public_key
+    from drtool.report.drill import write_json
+    from drtool.report.html import write_drill_html
+
+    key = local_public_key(settings)
+    if report_dir:
+        write_json(record, report_dir / f"{record['id']}.json")
+        write_drill_html(record, report_dir / f"{record['id']}.html", key)
+    if html_file:
+        write_drill_html(record, html_file, key)
+
+
+@click.command()
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Directory for index.html, one page per policy and the recent drill reports.")
+@click.option("--offsite", "offsite", flag_value="always", default="auto",
+              help="Also read the signed records offsite (default: only when the local catalog has no drills).")
+@click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
+@click.pass_context
+def dashboard(ctx: click.Context, out_dir: Path, offsite: str, as_json: bool) -> None:
+    """Write the static HTML dashboard (works from file://, no network, no JavaScript)."""
+    from drtool.actions.dashboard import build_dashboard
+
+    dash = build_dashboard(_settings(ctx), out_dir, offsite=offsite)  # type: ignore[arg-type]
+    summary = {"out": str(out_dir), "index": str(out_dir / "index.html"), "origins": dash.origins,
+               "policies": {p.name: {"page": str(out_dir / p.filename), "problems": p.row["problems"],
+                                     "invalid_records": p.signatures.invalid} for p in dash.policies}}
+    if as_json:
+        emit_json(summary)
+        return
+    click.echo(f"wrote {summary['index']} ({len(dash.policies)} policies"
+               f"{', ' + str(dash.invalid_records) + ' records with an INVALID signature' if dash.invalid_records else ''})")
+
+
 @click.command()
 @click.option("--policy", help="Only drills of this policy.")
 @click.option("--limit", default=30, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def drills(ctx: click.Context, policy: str | None, limit: int, as_json: bool) -> None:
-    """Drill history with RTO achieved over time (newest first)."""
+    """Drill history with RTO achieved vs target (newest first), then each policy's forecast."""
     from drtool.actions.status import drill_history
 
     settings = _settings(ctx)
@@ -92,54 +131,145 @@ def drills(ctx: click.Context, policy: str | None, limit: int, as_json: bool) ->
     if as_json:
         emit_json(rows)
         return
-    from rich.console import Console
-    from rich.table import Table
-    from rich.text import Text
+    from drtool.cli.render import print_table
 
-    peak = max((r["rto_achieved_s"] or 0 for r in rows), default=0) or 1
-    table = Table("started (UTC)", "policy", "playbook", "result", "RTO achieved", "target", "", "RPO achieved",
-                  "first failure")
+    table, styles = [], []
     for r in rows:
-        bar = "#" * max(1, round(20 * (r["rto_achieved_s"] or 0) / peak)) if r["rto_achieved_s"] else ""
-        style = "green" if r["passed"] else "bold red"
-        table.add_row(r["started_at"][:19], r["policy"], r["playbook"] or "-",
-                      Text("passed" if r["passed"] else "FAILED", style=style),
-                      _fmt(r["rto_achieved_s"]), _fmt(r["rto_target_s"]),
-                      Text(bar, style="red" if r["rto_met"] is False else "cyan"),
-                      _fmt(r["rpo_achieved_s"]), (r["failures"] or [""])[0][:80])
-    Console().print(table)
+        table.append([(r["started_at"] or "")[:19].replace("T", " "), r["policy"], r["playbook"] or "-",
+                      "passed" if r["passed"] else "FAILED", _fmt(r["rto_achieved_s"]), _fmt(r["rto_target_s"]),
+                      _of_target(r["rto_achieved_s"], r["rto_target_s"]), _fmt(r["rpo_achieved_s"]),
+                      _signature_word(r), (r["failures"] or [""])[0]])
+        bad = "bold red" if r["rto_met"] is False else None
+        styles.append([None, None, None, "green" if r["passed"] else "bold red", bad, None, bad, None,
+                       "bold red" if r["signature"] == "invalid" else None, "red"])
+    print_table(["started (UTC)", "policy", "playbook", "result", "RTO achieved", "RTO target", "of target",
+                 "RPO achieved", "record", "first failure"], table, styles=styles, right=frozenset({4, 5, 6, 7}))
+    _print_forecasts(ctx, settings, [policy] if policy else sorted({r["policy"] for r in rows}))
+
+
+def _of_target(achieved: float | None, target: float | None) -> str:
+    """RTO achieved as a share of the target: '72 % of 30m' reads without a scale bar."""
+    from drtool.report.html import pct
+    return pct(achieved, target)
+
+
+def _signature_word(row: dict) -> str:
+    return {"local": "local", "valid": "offsite, signed", "invalid": "SIGNATURE INVALID",
+            "unsigned": "offsite, unsigned"}.get(row.get("signature") or "local", "local")
+
+
+def _print_forecasts(ctx: click.Context, settings, names: list[str]) -> None:  # noqa: ANN001
+    from drtool.actions.forecast import policy_forecast
+    from drtool.actions.history import OffsiteCache, load_history
+    from drtool.catalog import Catalog
+
+    catalog, cache = Catalog(settings.state_dir), OffsiteCache(settings)
+    for name in names:
+        policy = settings.policy(name)
+        result = policy_forecast(settings, policy, load_history(settings, policy, catalog, cache=cache))
+        from drtool.report.text import forecast_lines
+        for line in forecast_lines(result.to_dict()):
+            click.echo(line)
 
 
 @click.command()
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON array, one object per policy.")
+@click.option("--nagios", is_flag=True, help="One line and exit code for Nagios/Icinga: 0 OK, 1 WARNING, "
+              "2 CRITICAL, 3 UNKNOWN.")
+@click.option("--horizon", metavar="DURATION", help="Flag forecast breaches within this time "
+              "(default: forecast.horizon in drtool.yaml, 90d).")
 @click.pass_context
-def status(ctx: click.Context, as_json: bool) -> None:
-    """One row per policy: last good backup vs RPO, last drill vs RTO, verdict."""
-    from drtool.actions.status import status as policy_status
+def status(ctx: click.Context, as_json: bool, nagios: bool, horizon: str | None) -> None:
+    """One row per policy: last good backup vs RPO, last drill vs RTO, forecast, verdict.
 
-    settings = _settings(ctx)
-    rows = policy_status(settings)
+    Exit code: 0 every policy is fine (warnings such as a forecast breach are shown but do not fail),
+    1 at least one policy has a problem (rpo-breach, backup-failed, rto-breach, drill-failed,
+    never-drilled, check-failed, check-overdue, forget-failed), 2 bad usage/configuration.
+    """
+    if nagios:
+        ctx.exit(_nagios(ctx, horizon))
+    rows = _status_rows(ctx, horizon)
     if as_json:
         emit_json(rows)
-        return
-    from rich.console import Console
-    from rich.table import Table
-    from rich.text import Text
+    else:
+        _print_status(rows)
+    ctx.exit(1 if any(r["problems"] for r in rows) else 0)
 
-    table = Table("policy", "last backup (UTC)", "age", "RPO", "last drill", "RTO achieved", "RTO", "verdict")
+
+def _status_rows(ctx: click.Context, horizon: str | None) -> list[dict]:
+    from drtool.actions.status import status as policy_status
+    from drtool.config.durations import parse_duration
+    from drtool.errors import UsageError
+
+    try:
+        days = parse_duration(horizon) / 86400 if horizon else None
+    except ValueError as exc:
+        raise UsageError(f"--horizon {horizon!r}: {exc}", hint="a duration such as 30d or 12w") from None
+    return policy_status(_settings(ctx), horizon_days=days)
+
+
+def _print_status(rows: list[dict]) -> None:
+    from drtool.cli.render import print_table
+    from drtool.report.text import forecast_lines
+
+    table, styles = [], []
     for r in rows:
         d = r["last_drill"] or {}
-        style = "green" if r["verdict"] == "ok" else ("yellow" if r["verdict"] == "never-drilled" else "bold red")
-        table.add_row(r["policy"], (r["last_backup"] or "never")[:19], _fmt(r["backup_age_s"]),
-                      _fmt(r["rpo_target_s"]), (d.get("started_at") or "never")[:19],
-                      _fmt(d.get("rto_achieved_s")), _fmt(d.get("rto_target_s") or r["rto_target_s"]),
-                      Text(r["verdict"], style=style))
-    Console().print(table)
+        f = r["forecast"]
+        p90 = next((p for p in f["predictions"] if p["days"] == 90), None)
+        table.append([r["policy"], (r["last_backup"] or "never")[:19].replace("T", " "), _fmt(r["backup_age_s"]),
+                      _fmt(r["rpo_target_s"]), (d.get("started_at") or "never")[:19].replace("T", " "), _fmt(d.get("rto_achieved_s")),
+                      _fmt(d.get("rto_target_s") or r["rto_target_s"]),
+                      _fmt(p90["rto_s"]) if p90 else "-", (f.get("breach_at") or "-")[:10],
+                      " ".join(r["problems"]) or "ok"])
+        style = "green" if not r["problems"] else ("yellow" if r["verdict"] == "never-drilled" else "bold red")
+        styles.append([None] * 9 + [style])
+    print_table(["policy", "last backup (UTC)", "age", "RPO", "last drill", "RTO achieved", "RTO",
+                 "RTO in 90d", "breach by", "verdict"], table, styles=styles, right=frozenset({2, 3, 5, 6, 7}))
     for r in rows:
         if r.get("error"):
             click.echo(f"{r['policy']}: {r['error']}", err=True)
+        for w in r["warnings"]:
+            click.echo(f"{r['policy']}: warning: {w['code']}: {w['message']}")
+        for line in forecast_lines(r["forecast"]):
+            click.echo(line)
+
+
+def _nagios(ctx: click.Context, horizon: str | None) -> int:
+    """Nagios plugin output: one status line with perfdata, exit 0/1/2/3 (UNKNOWN when status itself fails)."""
+    from drtool.actions.status import nagios_state
+    from drtool.errors import DrtoolError
+
+    try:
+        rows = _status_rows(ctx, horizon)
+    except DrtoolError as exc:
+        click.echo(f"DRTOOL UNKNOWN - {exc.message.splitlines()[0]}")
+        return 3
+    click.echo(nagios_line(rows))
+    return nagios_state(rows)
+
+
+def nagios_line(rows: list[dict]) -> str:
+    from drtool.actions.status import nagios_state
+
+    state = ("OK", "WARNING", "CRITICAL")[nagios_state(rows)]
+    bad = [f"{r['policy']} {','.join(r['problems'] + [w['code'] for w in r['warnings']])}"
+           for r in rows if r["problems"] or r["warnings"]]
+    summary = "; ".join(bad) if bad else f"{len(rows)} policies ok"
+    perf = []
+    for r in rows:
+        if r["backup_age_s"] is not None:
+            perf.append(f"'{r['policy']}_backup_age'={r['backup_age_s']:.0f}s;;{_num(r['rpo_target_s'])}")
+        rto = (r["last_drill"] or {}).get("rto_achieved_s")
+        if rto is not None:
+            perf.append(f"'{r['policy']}_rto'={rto:.1f}s;;{_num(r['rto_target_s'])}")
+    return f"DRTOOL {state} - {summary}" + (" | " + " ".join(perf) if perf else "")
+
+
+def _num(value: float | None) -> str:
+    return "" if value is None else f"{value:.0f}"
 
 
 def register(group: click.Group) -> None:
-    for command in (drill, drills, status):
+    for command in (drill, drills, status, dashboard):
         group.add_command(command)

@@ -47,17 +47,23 @@ def trust(ctx: click.Context, name: str, yes: bool) -> None:
 
 @hosts.command()
 @click.argument("name", required=False, shell_complete=complete.hosts)
+@click.option("--json", "as_json", is_flag=True, help="One JSON array, one object per host.")
 @click.pass_context
-def check(ctx: click.Context, name: str | None) -> None:
+def check(ctx: click.Context, name: str | None, as_json: bool) -> None:
     """Connect to NAME (or every host) and report remote tool versions and policy needs."""
     from drtool.actions.hosts import check_hosts
     from drtool.errors import DrtoolError
 
     settings = _settings(ctx)
     reports = check_hosts(settings, name)
-    if not reports:
+    if as_json:
+        import dataclasses
+
+        from drtool.cli.render import emit_json
+        emit_json([dataclasses.asdict(r) | {"ok": r.ok} for r in reports])
+    elif not reports:
         click.echo("no hosts in drtool.yaml")
-    for report in reports:
+    for report in reports if not as_json else ():
         _print_report(report)
     failed = [r.host for r in reports if not r.ok]
     if failed:

@@ -258,17 +258,29 @@ def runbook(ctx: click.Context, name: str, out: Path | None, run_id: str | None,
 @click.command("verify-report")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--public-key", help="Expected signer (base64 Ed25519 public key, e.g. from the recovery kit).")
-def verify_report(file: Path, public_key: str | None) -> None:
-    """Check the Ed25519 signature of a drill report or run record."""
-    from drtool.crypto.signing import verify_record
+@click.option("--json", "as_json", is_flag=True, help="The outcome as one JSON object.")
+@click.option("--html", "html_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also render a drill report as HTML, showing the outcome of this check (also when it fails).")
+def verify_report(file: Path, public_key: str | None, as_json: bool, html_file: Path | None) -> None:
+    """Check the Ed25519 signature of a drill report or run record (exit 1 when it does not hold)."""
+    from drtool.crypto.signing import key_fingerprint, verify_record
     from drtool.errors import UsageError
 
     try:
         record = json.loads(file.read_text())
     except (OSError, ValueError) as exc:
         raise UsageError(f"{file}: not a JSON record ({exc})") from None
-    verify_record(record, public_key)
+    if html_file is not None:
+        if not isinstance(record, dict) or "steps" not in record:
+            raise UsageError(f"{file}: --html needs a drill report (this record has no steps)")
+        from drtool.report.html import write_drill_html
+        write_drill_html(record, html_file, public_key)
+    verify_record(record, public_key)       # raises SignatureInvalid (exit 1) after the page was written
     signer = record.get("signature", {}).get("public_key", "?")
+    if as_json:
+        emit_json({"file": str(file), "valid": True, "signer": signer, "signer_fingerprint": key_fingerprint(signer),
+                   "kind": record.get("kind") or ("drill" if "steps" in record else None), "id": record.get("id")})
+        return
     click.echo(f"{file}: signature valid (signer {signer})")
 
 

@@ -3,14 +3,30 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from typing import Any
 
 import click
 
 
+class _Output:
+    """Whether this invocation already printed JSON: a command that printed its result (a failed
+    drill's report) gets no second object; one that failed before printing gets the error as JSON."""
+    json_lines = 0
+
+
 def emit_json(obj: Any) -> None:
+    _Output.json_lines += 1
     click.echo(json.dumps(obj, default=str, sort_keys=False))
+
+
+def reset_output() -> None:
+    _Output.json_lines = 0
+
+
+def printed_json() -> bool:
+    return _Output.json_lines > 0
 
 
 class ProgressPrinter:
@@ -73,3 +89,86 @@ def human_bytes(n: float | None) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n}"
+
+
+# ---------------------------------------------------------------- tables
+
+def stdout_is_terminal() -> bool:
+    return sys.stdout.isatty()
+
+
+def print_table(headers: list[str], rows: list[list[Any]], *, styles: list[list[str | None]] | None = None,
+                title: str | None = None, right: frozenset[int] = frozenset()) -> None:
+    """A table: rich (colour, wrapped to the terminal) on a terminal; otherwise plain aligned text
+    that is never truncated or wrapped, so `| grep`, `| mail` and cron mails get every character."""
+    cells = [["" if c is None else str(c) for c in row] for row in rows]
+    if stdout_is_terminal():
+        _rich_table(headers, cells, styles, title, right)
+        return
+    if title:
+        click.echo(title)
+    click.echo(plain_table(headers, cells, right))
+
+
+def plain_table(headers: list[str], rows: list[list[str]], right: frozenset[int] = frozenset()) -> str:
+    """Pure: columns padded to their widest cell, two spaces apart, no trailing blanks."""
+    widths = [max([len(h)] + [len(r[i]) for r in rows if i < len(r)]) for i, h in enumerate(headers)]
+    lines = []
+    for row in [headers, *rows]:
+        padded = [(c.rjust(w) if i in right else c.ljust(w)) for i, (c, w) in enumerate(zip(row, widths))]
+        lines.append("  ".join(padded).rstrip())
+    return "\n".join(lines)
+
+
+def _rich_table(headers: list[str], rows: list[list[str]], styles: list[list[str | None]] | None,
+                title: str | None, right: frozenset[int]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(title=title, title_justify="left")
+    for i, header in enumerate(headers):
+        table.add_column(header, justify="right" if i in right else "left", overflow="fold")
+    for n, row in enumerate(rows):
+        row_styles = styles[n] if styles else [None] * len(row)
+        table.add_row(*[Text(c, style=s or "") for c, s in zip(row, row_styles)])
+    Console().print(table)
+
+
+def wide_console():  # noqa: ANN201 - rich.console.Console, imported lazily
+    """A rich Console for renderables other than print_table: on a pipe, as wide as the content
+    needs (never folded at 80 columns) and without colour codes."""
+    from rich.console import Console
+
+    if stdout_is_terminal():
+        return Console()
+    return Console(width=10_000, no_color=True, highlight=False, soft_wrap=True)
+
+
+# ---------------------------------------------------------------- errors and logs
+
+def error_json(exc: BaseException, exit_code: int) -> dict[str, Any]:
+    """An error as the one JSON object a --json caller reads from stdout."""
+    message = getattr(exc, "message", None) or str(exc)
+    return {"error": {"type": type(exc).__name__, "message": message, "hint": getattr(exc, "hint", None),
+                      "exit_code": exit_code}}
+
+
+class JsonLogFormatter(logging.Formatter):
+    """One JSON object per log line (journald, Loki, jq): time, level, logger, message and any
+    `extra={...}` fields. A dozen lines, so no dependency for it."""
+
+    _STANDARD = frozenset(("name", "msg", "args", "levelname", "levelno", "pathname", "filename", "module",
+                           "exc_info", "exc_text", "stack_info", "lineno", "funcName", "created", "msecs",
+                           "relativeCreated", "thread", "threadName", "processName", "process", "taskName",
+                           "message", "asctime"))
+
+    def format(self, record: logging.LogRecord) -> str:
+        from datetime import datetime, timezone
+
+        entry = {"ts": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
+                 "level": record.levelname.lower(), "logger": record.name, "message": record.getMessage()}
+        entry.update({k: v for k, v in record.__dict__.items() if k not in self._STANDARD and not k.startswith("_")})
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)

@@ -138,6 +138,11 @@ class Metrics(Model):
     pushgateway: str | None = None         # e.g. http://127.0.0.1:9091, for hosts without node_exporter
 
 
+class ForecastSettings(Model):
+    # `status` and alerts flag a policy whose forecast RTO exceeds its target within this horizon.
+    horizon: Duration = 90 * 86400.0
+
+
 class Config(Model):
     state_dir: str = "/var/lib/drtool"
     hostname: str | None = None            # restic --host; default: this machine's name
@@ -149,6 +154,7 @@ class Config(Model):
     hosts: dict[Name, Host] = {}
     notifications: Notifications = Notifications()
     metrics: Metrics = Metrics()
+    forecast: ForecastSettings = ForecastSettings()
 
     @field_validator("timezone")
     @classmethod

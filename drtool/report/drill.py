@@ -76,9 +76,14 @@ def _target_line(name: str, target: dict[str, Any]):  # noqa: ANN202
 
 
 def print_report(report: dict[str, Any], console: Any = None) -> None:
+    import sys
+
     from rich.console import Console
 
-    (console or Console()).print(render_table(report))
+    if console is None:
+        # On a pipe (cron mail, | tee): as wide as the table needs, never folded at 80 columns.
+        console = Console() if sys.stdout.isatty() else Console(width=10_000, no_color=True, highlight=False)
+    console.print(render_table(report))
 
 
 def write_json(report: dict[str, Any], path: Path) -> Path:

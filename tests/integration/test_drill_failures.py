@@ -122,6 +122,7 @@ def test_rpo_breach_when_the_snapshot_is_older_than_the_target(env, drill_tmp):
     assert "RPO breached" in err
     code, rows, _ = env.run_json("status")
     assert rows[0]["last_drill"]["passed"] is False
+    assert code == 1 and "drill-failed" in rows[0]["problems"]      # status exits non-zero on a breach
 
 
 def test_bad_playbook_exits_2_with_file_and_line(env, tmp_path):

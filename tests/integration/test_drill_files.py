@@ -92,7 +92,7 @@ def test_files_drill_passes_with_every_step_kind(tmp_path, s3_server, bucket, dr
     suite = ET.parse(junit).getroot().find("testsuite")
     assert suite.get("failures") == "0" and len(suite.findall("testcase")) == 7
     written = sorted(p.name for p in (tmp_path / "reports").iterdir())
-    assert written == [f"{report['id']}.json", f"{report['id']}.junit.xml"]
+    assert written == [f"{report['id']}.html", f"{report['id']}.json", f"{report['id']}.junit.xml"]
     from drtool.crypto.signing import verify_record
     verify_record(json.loads((tmp_path / "reports" / f"{report['id']}.json").read_text()))
     # Scratch directory gone, nothing left running.

@@ -53,8 +53,8 @@ def _files(ctx: DrillContext, step: Step, source: Source, chosen: SnapshotSet, r
     where = f" on host {spec.host}" if spec.host else ""
     ctx.restored[source.name] = Restored(source, chosen, directory=Path(dest) if not spec.host else PurePosixPath(dest),
                                          scratch=scratch, host=spec.host, runner=runner)
-    phase = phase_dict(f"download+decrypt+write ({done.how.split(':')[0]})", took, done.bytes)
-    return Outcome(f"{done.describe()} from {chosen.primary.short_id} into {dest}{where}; {done.how.split(': ', 1)[1]}",
+    phase = phase_dict(done.phase, took, done.bytes)
+    return Outcome(f"{done.describe()} from {chosen.primary.short_id} into {dest}{where}; {done.checked}",
                    [phase], {"target": dest, "bytes": done.bytes, "files": done.files,
                              **({"host": spec.host} if spec.host else {})})
 
