@@ -46,6 +46,10 @@ class KitS3:
     region: str = "us-east-1"
     access_key_id: str | None = None          # only when the admin asked for credentials
     secret_access_key: Secret | None = None
+    # The configuration's own references ({"env": NAME} or {"file": PATH}, never values):
+    # tried on the new machine when the kit holds no credentials.
+    access_key_ref: dict[str, str] | None = None
+    secret_key_ref: dict[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -147,7 +151,8 @@ def _repo_to_dict(repo: KitRepository) -> dict[str, Any]:
     if repo.s3 is not None:
         s3 = {"endpoint": repo.s3.endpoint, "bucket": repo.s3.bucket, "region": repo.s3.region,
               "access_key_id": repo.s3.access_key_id,
-              "secret_access_key": repo.s3.secret_access_key.reveal() if repo.s3.secret_access_key else None}
+              "secret_access_key": repo.s3.secret_access_key.reveal() if repo.s3.secret_access_key else None,
+              "access_key_ref": repo.s3.access_key_ref, "secret_key_ref": repo.s3.secret_key_ref}
     return {"name": repo.name, "url": repo.url, "escrow_password": repo.escrow_password.reveal(),
             "escrow_key_id": repo.escrow_key_id, "s3": s3}
 
@@ -161,7 +166,8 @@ def _repo_from_dict(data: Any, where: str) -> KitRepository:
         secret = s3.get("secret_access_key")
         kit_s3 = KitS3(endpoint=s3.get("endpoint"), bucket=s3.get("bucket"),
                        region=s3.get("region") or "us-east-1", access_key_id=s3.get("access_key_id"),
-                       secret_access_key=Secret(secret) if secret else None)
+                       secret_access_key=Secret(secret) if secret else None,
+                       access_key_ref=_ref(s3.get("access_key_ref")), secret_key_ref=_ref(s3.get("secret_key_ref")))
     return KitRepository(
         name=_get(data, "name", str, where),
         url=_get(data, "url", str, where),
@@ -170,6 +176,15 @@ def _repo_from_dict(data: Any, where: str) -> KitRepository:
         escrow_key_id=_get(data, "escrow_key_id", str, where),
         s3=kit_s3,
     )
+
+
+def _ref(value: Any) -> dict[str, str] | None:
+    """A secret reference kept in a kit: {"env": NAME} or {"file": PATH} only (never a command)."""
+    if isinstance(value, dict) and len(value) == 1:
+        kind, target = next(iter(value.items()))
+        if kind in ("env", "file") and isinstance(target, str):
+            return {kind: target}
+    return None
 
 
 def _get(data: Any, key: str, kind: type, where: str) -> Any:

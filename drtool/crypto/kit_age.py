@@ -89,7 +89,7 @@ def decrypt(data: bytes, *, passphrase: str | None = None, identities: Sequence[
             return pyrage.passphrase.decrypt(binary, normalise(passphrase))
         except pyrage.DecryptError:
             # age cannot tell a wrong passphrase from changed bytes; say both.
-            raise KitError("cannot open the recovery kit: wrong passphrase, or the kit was altered",
+            raise KitError("cannot open the recovery kit: wrong passphrase, or the kit was altered or truncated",
                            hint="check the passphrase (case, keyboard layout); if it is right, "
                                 "use another copy of the kit") from None
     if not identities:
