@@ -41,6 +41,9 @@ def effective_targets(playbook: Playbook, policy: Policy) -> Targets:
 def run_drill(settings: Settings, playbook: Playbook, *, keep: bool = False, trigger: str = "manual",
               on_event: EventFn | None = None, cancel: threading.Event | None = None,
               host: str | None = None) -> DrillReport:
+    if playbook.from_nothing is not None:     # a fire drill: the recovery runs in a sandbox
+        from drtool.actions.fire_drill import run_fire_drill
+        return run_fire_drill(settings, playbook, trigger=trigger, on_event=on_event, cancel=cancel, host=host)
     emit = on_event or (lambda _event: None)
     policy = settings.policy(playbook.policy)
     targets = effective_targets(playbook, policy)
