@@ -264,7 +264,10 @@ class ScratchMariadb:
 
     def start_argv(self) -> list[str]:
         """Start it again by hand, detached (start-stop-daemon, from dpkg: on every Debian)."""
-        argv = ["start-stop-daemon", "--start", "--background", "--exec", self.mariadbd]
+        # --pidfile: "already running" means this server, not any other mariadbd on the machine.
+        assert self.home is not None
+        argv = ["start-stop-daemon", "--start", "--background", "--pidfile", str(self.home / "mysqld.pid"),
+                "--exec", self.mariadbd]
         return [*argv, "--", f"--defaults-file={self.defaults_file}"]
 
     def stop_argv(self) -> list[str]:
