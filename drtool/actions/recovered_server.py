@@ -21,6 +21,7 @@ import os
 import secrets
 import socket
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -124,6 +125,7 @@ def start_postgres(root: Path, policy: str, source: Any, min_major: int | None) 
     server = ScratchPostgres(min_major=min_major, password=password, durable=True, home=instance / "server",
                              port=port)
     recovered = RecoveredServer("postgres", source.name, instance, server, password, instance / "postgres.pgpass")
+    started = time.monotonic()
     try:
         server.start()
         _write_private(instance / "password", password.reveal() + "\n")
@@ -131,14 +133,17 @@ def start_postgres(root: Path, policy: str, source: Any, min_major: int | None) 
     except BaseException:
         recovered.teardown()
         raise
-    recovered.info = {"user": OS_USER if os.geteuid() == 0 else None}
+    recovered.info = {"user": OS_USER if os.geteuid() == 0 else None,
+                      "start_s": round(time.monotonic() - started, 3)}
     return recovered
 
 
 def finish_postgres(recovered: RecoveredServer, policy: str) -> dict[str, Any]:
     """Durable from now on; the unit file and the connection details."""
     server = recovered.server
+    started = time.monotonic()
     settings = server.finish_load()
+    took = time.monotonic() - started
     unit = unit_name("postgres", f"{policy}-{recovered.name}")
     user = recovered.info.get("user") or _me()
     service = write_service(recovered.instance, unit, postgres_unit(
@@ -150,7 +155,7 @@ def finish_postgres(recovered: RecoveredServer, policy: str) -> dict[str, Any]:
             "data_dir": str(server.data_dir), "bin_dir": server.bin_dir, "os_user": user, "settings": settings,
             "service": service.to_dict(),
             "connect": f"PGPASSFILE={recovered.passfile} {psql} -h 127.0.0.1 -p {server.port} -U postgres DBNAME",
-            "_service": service}
+            "start_s": recovered.info.get("start_s"), "make_durable_s": round(took, 3), "_service": service}
 
 
 def start_mariadb(root: Path, policy: str, source: Any) -> RecoveredServer:
