@@ -28,6 +28,7 @@ import logging
 import threading
 from collections.abc import Callable
 from contextlib import ExitStack
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,27 @@ from drtool.execute import LocalRunner
 log = logging.getLogger(__name__)
 
 EventFn = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class FireRun:
+    """One fire drill while it runs: what both modes need."""
+
+    settings: Settings
+    playbook: Playbook
+    policy: Policy
+    box: Sandbox
+    kit: Path                    # the sandbox's copy
+    key: KitKey
+    report: DrillReport
+    emit: EventFn
+    host: str | None
+    cancel: threading.Event | None
+
+    @property
+    def timeout(self) -> float:
+        assert self.playbook.from_nothing is not None
+        return self.playbook.from_nothing.timeout
 
 
 def run_fire_drill(settings: Settings, playbook: Playbook, *, trigger: str = "manual",
@@ -68,8 +90,8 @@ def run_fire_drill(settings: Settings, playbook: Playbook, *, trigger: str = "ma
         if not kit.is_file():
             raise UsageError(f"the fire drill's kit {kit} does not exist", hint="fix from_nothing.kit in the playbook")
         with fire_sandbox() as box:
-            recover = _recover_in_drtool if spec.mode == "drtool" else _recover_with_runbook
-            recover(settings, playbook, policy, box, box.take_kit(kit), key, report, emit, host, cancel)
+            run = FireRun(settings, playbook, policy, box, box.take_kit(kit), key, report, emit, host, cancel)
+            (_recover_in_drtool if spec.mode == "drtool" else _recover_with_runbook)(run)
             emit({"event": "teardown", "keep": False})
     except DrtoolError as exc:
         report.error = f"the fire drill could not run to the end: {exc}"
@@ -87,29 +109,26 @@ def _beside(playbook: Playbook, name: str) -> Path:
 
 # ---------------------------------------------------------------- mode: drtool recover
 
-def _recover_in_drtool(settings: Settings, playbook: Playbook, policy: Policy, box: Sandbox, kit: Path,
-                       key: KitKey, report: DrillReport, emit: EventFn, host: str | None,
-                       cancel: threading.Event | None) -> None:
-    assert playbook.from_nothing is not None
+def _recover_in_drtool(run: FireRun) -> None:
+    report, box = run.report, run.box
     begun = utcnow()
-    emit({"event": "step_start", "name": "recover from the kit (sandbox)", "kind": "restore"})
-    outcome = run_recover(box, kit, key, policy.name, timeout=playbook.from_nothing.timeout, host=host)
+    run.emit({"event": "step_start", "name": "recover from the kit (sandbox)", "kind": "restore"})
+    outcome = run_recover(box, run.kit, run.key, run.policy.name, timeout=run.timeout, host=run.host)
     recovered = outcome.report or {}
     try:
         if outcome.code != 0 and not recovered.get("sources"):
             detail = outcome.error or f"drtool recover exited with code {outcome.code}"
             report.steps.append(StepResult("recover from the kit (sandbox)", "restore", "failed", begun,
                                            outcome.duration_s, detail=detail))
-            _skip_checks(playbook, report, "the recovery failed")
+            _skip_checks(run.playbook, report, "the recovery failed")
             return
         report.steps += recovery_steps(recovered, begun, outcome.duration_s)
         report.snapshot = _snapshot(recovered)
         report.extra["from_nothing"].update(_service_times(report.steps), credentials=recovered.get("credentials"),
                                             host=recovered.get("host"))
         for step in report.steps:
-            emit({"event": "step_done", **step.to_dict()})
-        _run_checks(settings, playbook, policy, restored_from_recover(policy, recovered, box), report, emit,
-                    recovered.get("host"), cancel)
+            run.emit({"event": "step_done", **step.to_dict()})
+        _run_checks(run, restored_from_recover(run.policy, recovered, box), recovered.get("host"))
     finally:
         _stop_recovered(recovered)
 
@@ -193,21 +212,19 @@ def _stop_recovered(recovered: dict[str, Any]) -> None:
 
 # ---------------------------------------------------------------- mode: the runbook in bash
 
-def _recover_with_runbook(settings: Settings, playbook: Playbook, policy: Policy, box: Sandbox, kit: Path,
-                          key: KitKey, report: DrillReport, emit: EventFn, host: str | None,
-                          cancel: threading.Event | None) -> None:
+def _recover_with_runbook(run: FireRun) -> None:
     from drtool.actions.fire_runbook import empty_servers, runbook_env, runbook_script
 
-    assert playbook.from_nothing is not None
+    report, box, policy = run.report, run.box, run.policy
     with ExitStack() as stack:
         begun = utcnow()
         servers = empty_servers(policy, box, stack)
         report.steps.append(StepResult("start empty servers (the new machine's)", "prepare", "passed", begun,
                                        (utcnow() - begun).total_seconds()))
-        script, used_host = runbook_script(settings, policy, box, host)
+        script, used_host = runbook_script(run.settings, policy, box, run.host)
         at = utcnow()
-        outcome = run_runbook(box, script, runbook_env(policy, box, kit, key, servers), key.passphrase,
-                              timeout=playbook.from_nothing.timeout)
+        outcome = run_runbook(box, script, runbook_env(policy, box, run.kit, run.key, servers), run.key.passphrase,
+                              timeout=run.timeout)
         ok = outcome.code == 0 and outcome.problem is None
         detail = outcome.problem or (outcome.output.splitlines()[-1:] or ["no output"])[0]
         report.steps.append(StepResult("runbook in bash, bare tools (sandbox)", "restore",
@@ -216,11 +233,11 @@ def _recover_with_runbook(settings: Settings, playbook: Playbook, policy: Policy
                                                                    "output_tail": outcome.output}))
         report.extra["from_nothing"].update(total_s=round((utcnow() - begun).total_seconds(), 3), host=used_host)
         report.snapshot = runbook_snapshot(box, outcome.output)
-        emit({"event": "step_done", **report.steps[-1].to_dict()})
+        run.emit({"event": "step_done", **report.steps[-1].to_dict()})
         if not ok:
-            _skip_checks(playbook, report, "the runbook failed")
+            _skip_checks(run.playbook, report, "the runbook failed")
             return
-        _run_checks(settings, playbook, policy, servers.restored(policy), report, emit, used_host, cancel)
+        _run_checks(run, servers.restored(policy), used_host)
 
 
 def runbook_snapshot(box: Sandbox, output: str) -> dict[str, Any] | None:
@@ -244,24 +261,24 @@ def runbook_snapshot(box: Sandbox, output: str) -> dict[str, Any] | None:
 
 # ---------------------------------------------------------------- checks, recording
 
-def _run_checks(settings: Settings, playbook: Playbook, policy: Policy, restored: dict[str, Any],
-                report: DrillReport, emit: EventFn, host: str | None, cancel: threading.Event | None) -> None:
+def _run_checks(run: FireRun, restored: dict[str, Any], host: str | None) -> None:
     """The playbook's sql / http / command steps, run by the ordinary drill step runner."""
     from drtool.drill.context import DrillContext
     from drtool.drill.steps import run_step
 
-    ctx = DrillContext(settings, policy, None, playbook_path=playbook.path, cancel=cancel,  # type: ignore[arg-type]
-                       host=host or "-")
+    # No repository handle: checks read what was restored, never the repository.
+    ctx = DrillContext(run.settings, run.policy, None, playbook_path=run.playbook.path,  # type: ignore[arg-type]
+                       cancel=run.cancel, host=host or "-")
     ctx.restored.update(restored)
     stopped = None
-    for step in playbook.steps:
+    for step in run.playbook.steps:
         if stopped:
-            report.steps.append(skipped_after(step.name, step.kind, stopped))
+            run.report.steps.append(skipped_after(step.name, step.kind, stopped))
             continue
-        emit({"event": "step_start", "name": step.name, "kind": step.kind})
+        run.emit({"event": "step_start", "name": step.name, "kind": step.kind})
         result = run_step(ctx, step)
-        report.steps.append(result)
-        emit({"event": "step_done", **result.to_dict()})
+        run.report.steps.append(result)
+        run.emit({"event": "step_done", **result.to_dict()})
         if result.status != "passed" and step.on_failure == "stop":
             stopped = f"step {step.name!r} {result.status.replace('_', ' ')} (on_failure: stop)"
 

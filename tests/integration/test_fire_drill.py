@@ -198,3 +198,14 @@ def test_tampered_bundle_fails_the_drill(site):
     fire_playbook(site, "fire-tampered")
     proc, report = drill(site, "fire-tampered")
     assert proc.returncode == 1 and "does not match its signed manifest" in report["steps"][0]["detail"]
+
+
+def test_daemon_schedules_the_fire_drill_like_any_playbook(site, monkeypatch):
+    from drtool.actions.daemon import build_jobs
+    from drtool.config import load_settings
+
+    fire_playbook(site, "fire-monthly")
+    for key, value in site["ws"].env.items():
+        monkeypatch.setenv(key, value)
+    jobs = {info.job.id: info for info in build_jobs(load_settings(str(site["ws"].config)))}
+    assert "drill:fire-monthly" in jobs and jobs["drill:fire-monthly"].policy == "siak"
