@@ -32,6 +32,7 @@ PACKAGES: dict[str, str] = {
     "mariadb-admin": "mariadb-client",
     "sqlite3": "sqlite3",
     "systemctl": "systemd",
+    "bash": "bash",
 }
 SYSTEM_DIRS = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
 PG_BIN_GLOB = "/usr/lib/postgresql/*/bin"

@@ -71,7 +71,10 @@ def runbook_script(settings: Settings, policy: Policy, box: Sandbox, host: str |
     """The runbook as drtool generates it (the same text the configuration bundle carries)."""
     from drtool.actions.common import restic_host
     from drtool.actions.runbook import extract_script, render_runbook
+    from drtool.tools import require
 
+    for tool in ("bash", "age", "jq", "restic"):     # what the runbook itself cannot install in a sandbox
+        require(tool, why="the runbook variant of the fire drill runs the bare tools")
     used = host or restic_host(settings)
     text = render_runbook(policy, settings.config.repositories[policy.repository], host=used)
     (box.home / f"{policy.name}-runbook.md").write_text(text)

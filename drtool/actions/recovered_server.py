@@ -103,7 +103,11 @@ class RecoveredServer:
 
 def _instance(root: Path, policy: str, source: str) -> Path:
     path = root / policy / source
-    path.mkdir(parents=True, exist_ok=True, mode=0o711)
+    try:
+        path.mkdir(parents=True, exist_ok=True, mode=0o711)
+    except OSError as exc:
+        raise UsageError(f"cannot create {path} for the recovered server: {exc.strerror}",
+                         hint="run as root, or give a writable persistent --data-dir") from None
     for p in (path, path.parent, root):
         if p.stat().st_uid == os.geteuid():
             p.chmod(0o711)
