@@ -100,8 +100,8 @@ def render_runbook(policy: Policy, repository: Repository, *, host: str | None,
     hint = _Hint(snapshot_hint, host)
     blocks = [
         _title(policy, snapshot_hint),
-        _tools(policy),
         _kit(policy),
+        _tools(policy),
         _repository(policy, repository),
         _pin_set(policy, hint),
     ]
@@ -136,7 +136,7 @@ def _title(policy: Policy, hint: str | None) -> str:
 
 
 def _tools(policy: Policy) -> str:
-    packages = {"age": "age", "jq": "jq", "restic": "restic"}
+    packages = {"jq": "jq", "restic": "restic"}
     for source in policy.sources:
         if source.kind == "postgres":
             packages["pg_restore"] = "postgresql-client"
@@ -145,18 +145,20 @@ def _tools(policy: Policy) -> str:
         elif source.kind == "sqlite":
             packages["sqlite3"] = "sqlite3"
     lines = [f"command -v {tool} >/dev/null || apt-get install -y {package}" for tool, package in packages.items()]
-    return _section("1. Install the tools", [
+    return _section("2. Install the other tools", [
         ("Debian/Ubuntu package names. restic must be 0.14 or newer; pg_restore must be of the "
          "same or a newer major version than the server that was dumped."),
-    ], ["set -o pipefail", *lines, "restic version"])
+    ], [*lines, "restic version"])
 
 
 def _kit(policy: Policy) -> str:
-    return _section("2. Open the kit with `age -d`", [
+    return _section("1. Open the kit with `age -d`", [
         ("`KIT` is the recovery kit file (binary, or the printed text with its per-line checksums: they "
          "are stripped first). age asks for the kit passphrase; a kit made for a custodian's key opens "
          "with `AGE_IDENTITY=/path/to/key`. The decrypted kit goes into a file only you can read."),
     ], [
+        "set -o pipefail",
+        "command -v age >/dev/null || apt-get install -y age",
         'export RECOVERY_DIR="${RECOVERY_DIR:-$HOME/drtool-recovery}"',
         'install -d -m 700 "$RECOVERY_DIR"',
         f'KIT="${{KIT:-./{policy.name}.age}}"',

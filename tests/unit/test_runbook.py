@@ -101,7 +101,7 @@ def test_sqlite_and_files_commands() -> None:
 def test_sections_follow_the_policy_source_order() -> None:
     text = render_runbook(ALL, s3_repo(), host=HOST)
     titles = re.findall(r"^## (\d+)\. (.*)$", text, flags=re.MULTILINE)
-    assert titles[1][1] == "Open the kit with `age -d`"
+    assert titles[0][1] == "Open the kit with `age -d`" and titles[1][1] == "Install the other tools"
     assert [t[1] for t in titles[4:]] == ["PostgreSQL source `db`", "MariaDB source `shop`",
                                           "SQLite source `app`", "Files source `docs`"]
     assert [int(t[0]) for t in titles] == list(range(1, 9))
@@ -193,7 +193,7 @@ def test_kit_block_opens_the_kit_with_age_into_owner_only_files(tmp_path) -> Non
         (tmp_path / name).write_bytes(data)
         env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "KIT": str(tmp_path / name),
                "AGE_IDENTITY": str(tmp_path / "id"), "RECOVERY_DIR": str(tmp_path / f"w-{name}")}
-        proc = subprocess.run(["bash", "-euc", _block(text, 1)], stdin=subprocess.DEVNULL, env=env,
+        proc = subprocess.run(["bash", "-euc", _block(text, 0)], stdin=subprocess.DEVNULL, env=env,
                               capture_output=True, timeout=30, check=False)
         assert proc.returncode == 0, proc.stderr.decode()
         opened = tmp_path / f"w-{name}" / "kit.json"
