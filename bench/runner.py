@@ -341,7 +341,7 @@ def to_json(obj):
 
 # ------------------------------------------------------------------ main
 
-SECTIONS = ("pgbackup", "files", "startup", "pgrestore", "scheduler")
+SECTIONS = ("pgbackup", "files", "startup", "pgrestore", "scheduler", "recover")
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -354,6 +354,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--only", default="",
                     help="comma list of: " + ",".join(SECTIONS) + " (default: all)")
     ap.add_argument("--restore-mb", type=int, help="database size for pgrestore in MB (default 300; quick 40)")
+    ap.add_argument("--recover-mb", type=int, help="database size for recover in MB (default 300; quick 40)")
     ap.add_argument("--policies", type=int, default=1000, help="policies for the scheduler scale run")
     ap.add_argument("--idle-seconds", type=float, default=20.0, help="idle CPU window of the real daemon")
     ap.add_argument("--no-jobs-scaling", action="store_true", help="skip the pgrestore -j 1 vs -j 2 runs")
@@ -367,6 +368,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ns.file_mb = ns.file_mb or (40 if q else 400)
     ns.reps = ns.reps or 3
     ns.restore_mb = ns.restore_mb or (40 if q else 300)
+    ns.recover_mb = ns.recover_mb or (40 if q else 300)
     ns.only = [x.strip() for x in ns.only.split(",") if x.strip()] or list(SECTIONS)
     unknown = set(ns.only) - set(SECTIONS)
     if unknown:
@@ -396,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
         s3.make_bucket("bench")
         b = Bench(root, s3, pwfile)
         from bench import extra
-        if "pgbackup" in ns.only or "pgrestore" in ns.only:
+        if "pgbackup" in ns.only or "pgrestore" in ns.only or "recover" in ns.only:
             with ScratchPostgres() as pg:
                 if "pgbackup" in ns.only:
                     log(f"filling PostgreSQL (~{ns.pg_mb} MB)")
@@ -409,6 +411,10 @@ def main(argv: list[str] | None = None) -> int:
                     log(f"database: {meta['pgrestore_db']}")
                     res["pgrestore"] = extra.bench_pgrestore(b, pg, ns.reps, psql,
                                                              jobs_scaling=not ns.no_jobs_scaling)
+                if "recover" in ns.only:
+                    from bench.recover import bench_recover
+                    log(f"recover: filling PostgreSQL database siak (~{ns.recover_mb} MB)")
+                    res["recover"] = bench_recover(b, pg, ns.recover_mb, ns.reps, psql)
         if "files" in ns.only:
             log(f"making the file tree ({ns.files} files, {ns.file_mb} MB)")
             tree = root / "tree"
@@ -448,7 +454,8 @@ def main(argv: list[str] | None = None) -> int:
           f"pgrestore db {meta.get('pgrestore_db')}; reps {ns.reps}")
     table = print_report(res, rows)
     from bench.extra import report_lines
-    more = report_lines(res)
+    from bench.recover import report_lines as recover_lines
+    more = report_lines(res) + recover_lines(res)
     if more:
         print("\n".join(more))
         table += "\n" + "\n".join(more)

@@ -1,19 +1,19 @@
-"""Use cases: create, verify and revoke a recovery kit.
+"""Use cases: create, revoke and upgrade recovery kits (verify: drtool.actions.kit_open).
 
-`create_kit` adds a dedicated escrow key to each repository (restic key add
-under a pty: the new password never touches argv, environment or disk), puts
-its password into a Kit with the repository and S3 location, the config
-bundle location and the signing public key, seals it with the passphrase and
-writes it 0600. The escrow key can be revoked alone (`revoke_kit`), without
-changing the daily password.
+`create_kit` makes one kit file per custodian. Each custodian gets its own
+escrow key in every repository (restic key add under a pty: the new password
+never touches argv, environment or disk), so revoking one custodian's kit
+(`revoke_kit`) removes only that custodian's keys: the other custodians'
+kits and the daily password keep working. A custodian holds a passphrase or
+age / SSH public keys; the kit is an age file either way.
 
-A small registry in the state dir (`kits.json`, 0600, no secrets: key ids,
-repository names and the sha256 of each sealed kit) lets `kit revoke FILE`
-find the escrow keys of a kit made here without its passphrase.
+A small registry in the state dir (`kits.json`, 0600, no secrets: custodian,
+key ids, repository names and the sha256 of each sealed kit) lets `kit
+revoke FILE` or `kit revoke --custodian NAME` find the escrow keys of a kit
+made here without opening it.
 
-`verify_kit` needs nothing but the kit and its passphrase: it opens every
-repository with the escrow password (read-only commands), reads the config
-bundle and lists what can be recovered.
+`upgrade_kit` rewrites a kit of the first format as an age file, with the
+same content and escrow keys; it needs no drtool.yaml.
 """
 
 from __future__ import annotations
@@ -25,33 +25,58 @@ import re
 import secrets
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from drtool.actions.common import restic_host
+from drtool.actions.kit_open import (  # noqa: F401 - re-exported: recover and drills open kits through here
+    SnapshotListing,
+    check_s3_credentials,
+    kit_access,
+    open_kit_file,
+    open_repository,
+    verify_kit,
+)
 from drtool.config.loader import Settings
 from drtool.crypto.kit import (
-    DEFAULT_LOG2_N,
     MIN_PASSPHRASE_CHARS,
     BundleLocation,
     Kit,
-    KitError,
     KitRepository,
     KitS3,
     armor,
-    dearmor,
+    kit_format,
     open_kit,
+    payload_digest,
     read_kit,
     seal,
     write_kit,
 )
-from drtool.engine.restic import RepoAccess, Restic, repo_access
+from drtool.engine.restic import RepoAccess, repo_access
 from drtool.errors import DrtoolError, UsageError
 from drtool.secrets import Secret
 
 REGISTRY = "kits.json"
 _KEY_ID = re.compile(r"^[0-9a-f]{8,64}$")
+_CUSTODIAN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class Custodian:
+    """Who holds one copy: a passphrase, or age / SSH public keys (age1..., ssh-ed25519 ..., a .pub file)."""
+
+    name: str | None
+    passphrase: str | None = None
+    recipients: tuple[str, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        if self.name is not None and not _CUSTODIAN.match(self.name):
+            raise UsageError(f"custodian name {self.name!r} must be letters, digits, '.', '_' or '-'")
+        if (self.passphrase is None) == (not self.recipients):
+            raise UsageError(f"custodian {self.name or '(default)'} needs a passphrase or public keys, not both")
+        if self.passphrase is not None:
+            _check_passphrase(self.passphrase)
 
 
 # ---------------------------------------------------------------- create
@@ -83,46 +108,77 @@ def resolve_scope(settings: Settings, names: str | Sequence[str]) -> KitScope:
     return KitScope(repos, policies)
 
 
-def create_kit(settings: Settings, names: str | Sequence[str], out: Path, passphrase: str, *,
-               include_credentials: bool = False, armor_text: bool = False,
-               log2_n: int = DEFAULT_LOG2_N) -> dict[str, Any]:
-    """Add escrow keys, seal the kit with `passphrase`, write it to `out` (0600); returns a summary.
+def kit_path(out: Path, custodian: str | None, several: bool) -> Path:
+    """siak.age -> siak.alice.age when several custodians share one --out."""
+    if not several or custodian is None:
+        return out
+    return out.with_name(f"{out.stem}.{custodian}{out.suffix}" if out.suffix else f"{out.name}.{custodian}")
 
-    If anything fails after an escrow key was added, that key is removed again.
+
+def create_kit(settings: Settings, names: str | Sequence[str], out: Path, passphrase: str | None = None, *,
+               custodians: Sequence[Custodian] = (), include_credentials: bool = False,
+               armor_text: bool = False) -> dict[str, Any]:
+    """One kit per custodian (or one for `passphrase`), each with its own escrow keys; returns a summary.
+
+    If anything fails after an escrow key was added, every key added and every file written is
+    removed again.
     """
     scope = resolve_scope(settings, names)
-    out = Path(out)
-    _check_passphrase(passphrase)
-    _check_out(out)
+    holders = list(custodians) or [Custodian(None, passphrase=passphrase or "")]
+    if len({c.name for c in holders}) != len(holders):
+        raise UsageError("each custodian needs its own name")
+    paths = [kit_path(Path(out), c.name, len(holders) > 1) for c in holders]
+    for path in paths:
+        _check_out(path)
     from drtool.crypto.signing import load_or_create_signing_key, public_key_b64
 
     public_key = public_key_b64(load_or_create_signing_key(settings.state_dir))
     added: list[tuple[RepoAccess, str]] = []
+    written: list[Path] = []
+    made: list[dict[str, Any]] = []
     try:
-        entries = []
-        for name in scope.repositories:
-            access = repo_access(settings, name)
-            entry = _escrow(settings, name, access, include_credentials)
-            added.append((access, entry.escrow_key_id))
-            entries.append(entry)
-        kit = Kit(repositories=entries, policies=scope.policies,
-                  config_bundle=BundleLocation(repository=scope.repositories[0]),
-                  signing_public_key=public_key, hostname=restic_host(settings),
-                  notes=f"made by drtool on {settings.config.hostname or os.uname().nodename} "
-                        f"from {settings.path}")
-        sealed = seal(kit, passphrase, log2_n=log2_n)
-        write_kit(out, armor(sealed) if armor_text else sealed)
+        for holder, path in zip(holders, paths):
+            made.append(_make_one(settings, scope, holder, path, public_key, include_credentials, armor_text, added))
+            written.append(path)
     except BaseException:
-        for access, key_id in added:
-            try:
-                from drtool.engine.restic_keys import remove_key
-                remove_key(access, key_id)
-            except DrtoolError:
-                pass
+        _undo(added, written)
         raise
-    _register(settings, sealed, kit, out)
-    return {"file": str(out), "armored": armor_text, "sha256": hashlib.sha256(sealed).hexdigest(),
-            "with_credentials": include_credentials, **kit.summary()}
+    for entry in made:
+        _register(settings, entry.pop("_sealed"), entry.pop("_kit"), Path(entry["file"]))
+    first = made[0]
+    return {**first, "kits": [{k: m[k] for k in ("file", "custodian", "sha256", "repositories")} for m in made]}
+
+
+def _make_one(settings: Settings, scope: KitScope, holder: Custodian, path: Path, public_key: str,
+              include_credentials: bool, armor_text: bool, added: list[tuple[RepoAccess, str]]) -> dict[str, Any]:
+    entries = []
+    for name in scope.repositories:
+        access = repo_access(settings, name)
+        entry = _escrow(settings, name, access, include_credentials, holder.name)
+        added.append((access, entry.escrow_key_id))
+        entries.append(entry)
+    kit = Kit(repositories=entries, policies=scope.policies,
+              config_bundle=BundleLocation(repository=scope.repositories[0]),
+              signing_public_key=public_key, hostname=restic_host(settings), custodian=holder.name,
+              notes=f"made by drtool on {settings.config.hostname or os.uname().nodename} from {settings.path}")
+    sealed = seal(kit, holder.passphrase, recipients=holder.recipients)
+    write_kit(path, armor(sealed) if armor_text else sealed)
+    return {"file": str(path), "custodian": holder.name, "armored": armor_text, "format": "age",
+            "sealed_for": "passphrase" if holder.passphrase is not None else f"{len(holder.recipients)} public key(s)",
+            "sha256": hashlib.sha256(sealed).hexdigest(), "with_credentials": include_credentials,
+            **kit.summary(), "_sealed": sealed, "_kit": kit}
+
+
+def _undo(added: list[tuple[RepoAccess, str]], written: list[Path]) -> None:
+    from drtool.engine.restic_keys import remove_key
+
+    for access, key_id in added:
+        try:
+            remove_key(access, key_id)
+        except DrtoolError:
+            pass
+    for path in written:
+        path.unlink(missing_ok=True)
 
 
 def _check_passphrase(passphrase: str) -> None:
@@ -139,29 +195,45 @@ def _check_out(out: Path) -> None:
         raise UsageError(f"cannot write the kit to {out}: {out.parent} is not a writable directory")
 
 
-def _escrow(settings: Settings, name: str, access: RepoAccess, include_credentials: bool) -> KitRepository:
+def _escrow(settings: Settings, name: str, access: RepoAccess, include_credentials: bool,
+            custodian: str | None) -> KitRepository:
     from drtool.engine.restic_keys import add_key
 
     repo = settings.config.repositories[name]
+    s3 = _kit_s3(name, repo, access, include_credentials) if repo.is_s3 else None
     password = Secret(secrets.token_urlsafe(32))
     key_id = add_key(access, password)
-    s3 = None
-    if repo.is_s3:
-        from drtool.storage.s3 import parse_s3_url
-
-        location = parse_s3_url(repo.url)
-        key_id_value, secret = None, None
-        if include_credentials:
-            key_id_value = access.env.get("AWS_ACCESS_KEY_ID") or os.environ.get("AWS_ACCESS_KEY_ID")
-            secret_value = access.env.get("AWS_SECRET_ACCESS_KEY") or os.environ.get("AWS_SECRET_ACCESS_KEY")
-            if not key_id_value or not secret_value:
-                raise UsageError(f"--with-credentials: repository {name} has no S3 credentials to put in the kit",
-                                 hint="set s3.access_key_id / secret_access_key in drtool.yaml or export AWS_*")
-            secret = Secret(secret_value)
-        s3 = KitS3(endpoint=location.endpoint_url, bucket=location.bucket,
-                   region=repo.s3.region if repo.s3 else "us-east-1",
-                   access_key_id=key_id_value, secret_access_key=secret)
     return KitRepository(name=name, url=repo.url, escrow_password=password, escrow_key_id=key_id, s3=s3)
+
+
+def _kit_s3(name: str, repo: Any, access: RepoAccess, include_credentials: bool) -> KitS3:
+    from drtool.storage.s3 import parse_s3_url
+
+    location = parse_s3_url(repo.url)
+    key_id_value, secret = None, None
+    if include_credentials:
+        key_id_value = access.env.get("AWS_ACCESS_KEY_ID") or os.environ.get("AWS_ACCESS_KEY_ID")
+        secret_value = access.env.get("AWS_SECRET_ACCESS_KEY") or os.environ.get("AWS_SECRET_ACCESS_KEY")
+        if not key_id_value or not secret_value:
+            raise UsageError(f"--with-credentials: repository {name} has no S3 credentials to put in the kit",
+                             hint="set s3.access_key_id / secret_access_key in drtool.yaml or export AWS_*")
+        secret = Secret(secret_value)
+    s3 = repo.s3
+    return KitS3(endpoint=location.endpoint_url, bucket=location.bucket, region=s3.region if s3 else "us-east-1",
+                 access_key_id=key_id_value, secret_access_key=secret,
+                 access_key_ref=_plain_ref(s3.access_key_id if s3 else None),
+                 secret_key_ref=_plain_ref(s3.secret_access_key if s3 else None))
+
+
+def _plain_ref(ref: Any) -> dict[str, str] | None:
+    """The reference itself (never its value), when a new machine can resolve it: env or file."""
+    if ref is None:
+        return None
+    if ref.env is not None:
+        return {"env": ref.env}
+    if ref.file is not None:
+        return {"file": ref.file}
+    return None
 
 
 # ---------------------------------------------------------------- registry (no secrets)
@@ -185,7 +257,7 @@ def _load_registry(settings: Settings) -> list[dict[str, Any]]:
 def _register(settings: Settings, sealed: bytes, kit: Kit, out: Path) -> None:
     entries = _load_registry(settings)
     entries.append({"sha256": hashlib.sha256(sealed).hexdigest(), "file": str(out.resolve()),
-                    "created_at": kit.created_at, "policies": kit.policies,
+                    "created_at": kit.created_at, "policies": kit.policies, "custodian": kit.custodian,
                     "keys": [{"repository": r.name, "key_id": r.escrow_key_id} for r in kit.repositories]})
     path = _registry_path(settings)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -197,124 +269,30 @@ def _register(settings: Settings, sealed: bytes, kit: Kit, out: Path) -> None:
 
 def kit_digest(data: bytes) -> str:
     """sha256 of the sealed bytes, whether the file is binary or armoured."""
-    if not data.startswith(b"DRTOOLKT") and b"BEGIN DRTOOL RECOVERY KIT" in data:
-        data = dearmor(data.decode("ascii", "replace"))
-    return hashlib.sha256(data).hexdigest()
+    return payload_digest(data)
 
 
-# ---------------------------------------------------------------- open / verify
-
-def open_kit_file(path: Path, passphrase: str) -> Kit:
-    return open_kit(read_kit(Path(path)), passphrase)
-
-
-def kit_access(entry: KitRepository) -> RepoAccess:
-    """How restic reaches a kit repository: the escrow password; S3 keys from the kit, else AWS_* env.
-
-    RESTIC_KEY_HINT makes restic try the escrow key first instead of deriving a
-    key (scrypt) for every key of the repository on each call.
-    """
-    env: dict[str, str] = {"RESTIC_KEY_HINT": entry.escrow_key_id}
-    if entry.s3 is not None:
-        key_id = entry.s3.access_key_id or os.environ.get("AWS_ACCESS_KEY_ID")
-        secret = entry.s3.secret_access_key.reveal() if entry.s3.secret_access_key else os.environ.get("AWS_SECRET_ACCESS_KEY")
-        if key_id and secret:
-            env.update({"AWS_ACCESS_KEY_ID": key_id, "AWS_SECRET_ACCESS_KEY": secret})
-        env["AWS_DEFAULT_REGION"] = entry.s3.region
-    return RepoAccess(entry.url, entry.escrow_password, env)
-
-
-def check_s3_credentials(entry: KitRepository, access: RepoAccess) -> None:
-    if entry.s3 is not None and "AWS_SECRET_ACCESS_KEY" not in access.env:
-        raise KitError(f"the kit holds no S3 credentials for repository {entry.name} ({entry.s3.endpoint}, "
-                       f"bucket {entry.s3.bucket}) and AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY are not set",
-                       hint="export the bucket's access key id and secret key, then run again")
-
-
-def open_repository(entry: KitRepository, cache_dir: Path | None) -> Restic:
-    """A Restic on the kit's repository, proven to open with the escrow password (`restic cat config`)."""
-    access = kit_access(entry)
-    check_s3_credentials(entry, access)
-    restic = Restic(access, cache_dir=cache_dir)
-    try:
-        restic.run(["cat", "config"], timeout=300)
-    except DrtoolError as exc:
-        raise KitError(f"the kit's escrow key {entry.escrow_key_id} does not open repository {entry.name}: "
-                       f"{exc.message}",
-                       hint="the escrow key may have been revoked (`drtool kit revoke`), or the storage is "
-                            "unreachable; use a newer kit, or the repository password") from None
-    return restic
-
-
-class SnapshotListing:
-    """One `restic snapshots` answer, filtered by tags in memory: what `snapshot_sets` needs.
-
-    Listing a repository once instead of once per source saves a round trip to
-    the storage for every source.
-    """
-
-    def __init__(self, restic: Restic) -> None:
-        self.restic = restic
-        self.all = restic.snapshots()
-
-    def snapshots(self, tags: Sequence[str] | None = None, host: str | None = None) -> list[Any]:
-        wanted = set(tags or ())
-        return [s for s in self.all if wanted <= set(s.tags) and (host is None or s.hostname == host)]
-
-
-def verify_kit(path: Path, passphrase: str, *, host: str | None = None) -> dict[str, Any]:
-    """Open each repository with the kit and report what `host` (default: the kit's host) can
-    recover from it (read-only)."""
-    from drtool.actions.bundle import read_config_bundle
-    from drtool.actions.select import snapshot_sets
-
-    kit = open_kit_file(path, passphrase)
-    report: dict[str, Any] = {"kit": kit.summary(), "repositories": [], "ok": True}
-    with tempfile.TemporaryDirectory(prefix="drtool-kit-verify-") as cache:
-        for entry in kit.repositories:
-            restic = open_repository(entry, Path(cache))
-            listing = SnapshotListing(restic)
-            info: dict[str, Any] = {"name": entry.name, "url": entry.url, "escrow_key_id": entry.escrow_key_id,
-                                    "opens": True, "snapshots": len(listing.all), "policies": {}}
-            try:
-                bundle = read_config_bundle(restic, host=host or kit.hostname)
-                bundle.verify(kit.signing_public_key)
-                info["host"] = wanted = host or kit.hostname or bundle.snapshot.hostname
-                settings = bundle.settings(Path(cache) / "bundle")
-                info["config_bundle"] = {"snapshot": bundle.snapshot.short_id,
-                                         "time": bundle.snapshot.time.isoformat(),
-                                         "policies": sorted(settings.policies), "signature": "valid"}
-            except DrtoolError as exc:
-                info["config_bundle"] = {"error": exc.message}
-                report["ok"] = False
-                settings = None
-            if settings is not None:
-                for policy in settings.policies.values():
-                    if policy.repository != entry.name:
-                        continue
-                    sources = {}
-                    for source in policy.sources:
-                        sets = snapshot_sets(listing, policy, source, host=wanted)  # type: ignore[arg-type]
-                        sources[source.name] = {"kind": source.kind, "sets": len(sets),
-                                                "newest": sets[-1].time.isoformat() if sets else None,
-                                                "newest_run": sets[-1].run_id if sets else None}
-                    info["policies"][policy.name] = sources
-            missing = [p for p in kit.policies if not any(
-                s["sets"] for s in info["policies"].get(p, {}).values())]
-            if missing and settings is not None:
-                info["nothing_recoverable_for"] = missing
-                report["ok"] = False
-            report["repositories"].append(info)
-    return report
+def list_kits(settings: Settings) -> list[dict[str, Any]]:
+    return _load_registry(settings)
 
 
 # ---------------------------------------------------------------- revoke
 
-def revoke_kit(settings: Settings, ref: str, *, passphrase: str | None = None) -> dict[str, Any]:
-    """Remove the escrow key(s) of a kit: given as the kit FILE or a restic KEYID."""
+def revoke_kit(settings: Settings, ref: str | None, *, passphrase: str | None = None,
+               identity: Path | None = None, custodian: str | None = None) -> dict[str, Any]:
+    """Remove the escrow key(s) of one kit: the kit FILE, a restic KEYID, or every kit of `custodian`."""
     from drtool.engine.restic_keys import list_keys, remove_key
 
-    targets = _revoke_targets(settings, ref, passphrase)
+    if custodian is not None:
+        targets = [(k["repository"], k["key_id"]) for e in _load_registry(settings)
+                   if e.get("custodian") == custodian for k in e.get("keys", [])]
+        if not targets:
+            raise UsageError(f"no kit of custodian {custodian!r} was made with this state dir",
+                             hint="give the kit file or the escrow key id instead")
+    elif ref is None:
+        raise UsageError("name the kit to revoke: FILE, KEYID or --custodian NAME")
+    else:
+        targets = _revoke_targets(settings, ref, passphrase, identity)
     removed: list[dict[str, str]] = []
     for repo_name, key_id in targets:
         if repo_name not in settings.config.repositories:
@@ -334,7 +312,8 @@ def revoke_kit(settings: Settings, ref: str, *, passphrase: str | None = None) -
     return {"revoked": removed}
 
 
-def _revoke_targets(settings: Settings, ref: str, passphrase: str | None) -> list[tuple[str, str]]:
+def _revoke_targets(settings: Settings, ref: str, passphrase: str | None,
+                    identity: Path | None) -> list[tuple[str, str]]:
     path = Path(ref)
     if path.is_file():
         data = read_kit(path)
@@ -342,10 +321,11 @@ def _revoke_targets(settings: Settings, ref: str, passphrase: str | None) -> lis
         for entry in _load_registry(settings):
             if entry.get("sha256") == digest:
                 return [(k["repository"], k["key_id"]) for k in entry.get("keys", [])]
-        if passphrase is None:
+        if passphrase is None and identity is None:
             raise UsageError(f"{path} was not made with this drtool.yaml's state dir, so its key ids are unknown",
-                             hint="give its passphrase (--passphrase-fd N, or on a terminal), or revoke by key id")
-        kit = open_kit(data, passphrase)
+                             hint="give its passphrase (--passphrase-fd N, or on a terminal) or --identity FILE, "
+                                  "or revoke by key id")
+        kit = open_kit_file(path, passphrase, identity=identity)
         return [(r.name, r.escrow_key_id) for r in kit.repositories]
     if _KEY_ID.match(ref):
         found = [(k["repository"], k["key_id"]) for e in _load_registry(settings) for k in e.get("keys", [])
@@ -363,3 +343,23 @@ def _revoke_targets(settings: Settings, ref: str, passphrase: str | None) -> lis
         raise DrtoolError(f"no repository in {settings.path} has a key {ref}",
                           hint="it may already be revoked; `restic key list` shows the keys")
     raise UsageError(f"{ref!r} is neither a kit file nor a restic key id (8 to 64 hex digits)")
+
+
+# ---------------------------------------------------------------- upgrade
+
+def upgrade_kit(old: Path, out: Path, passphrase: str, *, recipients: Sequence[str] = (),
+                armor_text: bool = False) -> dict[str, Any]:
+    """Rewrite a kit of the first format as an age file: same content, same escrow keys.
+
+    Sealed with the same passphrase, or for `recipients` instead. The old file is left as it is:
+    destroy it once the new one has been checked (`drtool kit verify NEW`).
+    """
+    data = read_kit(Path(old))
+    if not kit_format(data).startswith("legacy"):
+        raise UsageError(f"{old} is already an age kit; nothing to upgrade")
+    _check_out(Path(out))
+    kit = open_kit(data, passphrase)
+    sealed = seal(kit, None if recipients else passphrase, recipients=recipients)
+    write_kit(Path(out), armor(sealed) if armor_text else sealed)
+    return {"file": str(out), "from": str(old), "format": "age", "armored": armor_text,
+            "sha256": hashlib.sha256(sealed).hexdigest(), **kit.summary()}

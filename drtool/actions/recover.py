@@ -8,23 +8,26 @@ On a fresh machine (no drtool.yaml, empty state dir) this:
    manifest against the kit's public key, giving in-memory Settings,
 4. lists the complete snapshot sets of every policy the kit covers,
 5. checks every target before writing anything (refusal changes nothing),
-6. restores the chosen policy: databases into a new scratch PostgreSQL /
-   MariaDB that stays running (or a named PostgreSQL server), files under a
-   target root (or their original paths, only when asked),
+6. restores the chosen policy: databases into a new production PostgreSQL /
+   MariaDB that stays running under a persistent data dir (durable once the
+   load is over, with a systemd unit to keep it running; see
+   drtool.actions.recovered_server), or a named PostgreSQL server; files under
+   a target root (or their original paths, only when asked),
 7. verifies: database row counts against fingerprint.json, file trees against
    the snapshot listing (content hashes by `restic restore --verify`),
 8. reports the time each step took and the achieved recovery time vs the
    policy's RTO target.
 
 The restic cache lives in a temporary directory removed afterwards: nothing
-is written to HOME or a state dir.
+is written to HOME or a state dir. S3 credentials: the kit's, else the old
+configuration's references, else AWS_* (drtool.actions.kit_open); the report
+says which.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import secrets
 import tempfile
 import time
 from collections.abc import Callable
@@ -35,7 +38,7 @@ from typing import Any
 
 from drtool.actions.bundle import Bundle, read_config_bundle
 from drtool.actions.common import RepoHandle
-from drtool.actions.kit import SnapshotListing, open_kit_file, open_repository
+from drtool.actions.kit_open import SnapshotListing, open_kit_file, open_repository_with_source
 from drtool.actions.select import FINGERPRINT_STREAM, SnapshotSet, choose, snapshot_sets
 from drtool.config.loader import Settings
 from drtool.config.models import Policy, Source
@@ -43,7 +46,6 @@ from drtool.crypto.kit import Kit
 from drtool.engine.reader import ResticStreamReader
 from drtool.engine.restic import Restic
 from drtool.errors import DrtoolError, RestoreRefused, UsageError
-from drtool.secrets import Secret
 
 EventFn = Callable[[dict[str, Any]], None]
 
@@ -58,6 +60,8 @@ class RecoverOptions:
     force: bool = False                      # restore over non-empty targets
     list_only: bool = False
     host: str | None = None                  # whose backups; default the kit's host
+    data_dir: Path | None = None             # where recovered servers live; default <state_dir>/recovered
+    identity: Path | None = None             # a custodian's age / SSH identity, for kits sealed to keys
 
 
 @dataclass
@@ -72,6 +76,8 @@ class RecoveryReport:
     recovery_time_s: float = 0.0
     rto_target_s: float | None = None
     host: str | None = None                   # whose backups were recovered
+    credentials: dict[str, str | None] = field(default_factory=dict)   # repository -> where S3 keys came from
+    notes: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -85,7 +91,8 @@ class RecoveryReport:
         return {"policy": self.policy, "host": self.host, "ok": self.ok, "recovery_time_s": round(self.recovery_time_s, 3),
                 "rto_target_s": self.rto_target_s, "rto_met": self.rto_met, "steps": self.steps,
                 "sources": self.sources, "connections": self.connections, "problems": self.problems,
-                "recoverable": self.recoverable, "kit": self.kit}
+                "recoverable": self.recoverable, "kit": self.kit, "credentials": self.credentials,
+                "notes": self.notes}
 
 
 class _Clock:
@@ -108,15 +115,17 @@ def recover(kit_path: Path, passphrase: str, options: RecoverOptions | None = No
     options = options or RecoverOptions()
     emit = on_event or (lambda _e: None)
     started = time.monotonic()
-    kit: Kit = open_kit_file(kit_path, passphrase)
+    kit: Kit = open_kit_file(kit_path, passphrase, identity=options.identity)
     report = RecoveryReport(kit=kit.summary(), recoverable={})
     clock = _Clock(report, emit)
     report.steps.append({"step": "open kit", "duration_s": round(time.monotonic() - started, 3)})
     with tempfile.TemporaryDirectory(prefix="drtool-recover-") as work:
         work_dir = Path(work)
         cache = work_dir / "restic-cache"
-        restics = clock.step("open repositories", lambda: {
-            entry.name: open_repository(entry, cache) for entry in kit.repositories})
+        opened = clock.step("open repositories", lambda: {
+            entry.name: open_repository_with_source(entry, cache) for entry in kit.repositories})
+        restics = {name: restic for name, (restic, _creds) in opened.items()}
+        report.credentials = {name: creds.source for name, (_r, creds) in opened.items()}
         bundle_repo = kit.config_bundle.repository if kit.config_bundle else kit.repositories[0].name
         bundle_tags = kit.config_bundle.tags if kit.config_bundle else ("drtool", "kind=config")
         if bundle_repo not in restics:
@@ -138,7 +147,8 @@ def recover(kit_path: Path, passphrase: str, options: RecoverOptions | None = No
         policy = _pick_policy(options.policy, policies, report.recoverable)
         report.policy, report.rto_target_s = policy.name, policy.targets.rto
         handle = RepoHandle(policy.repository, restics[policy.repository], settings)
-        plans = _plan_targets(policy, options)          # refuses before anything is written
+        root = _data_root(policy, options, settings, report)
+        plans = _plan_targets(policy, options, root)    # refuses before anything is written
         chosen = {s.name: choose(sets[policy.name][s.name], options.selector) for s in policy.sources}
         with ExitStack() as cleanup:
             for source in policy.sources:
@@ -199,7 +209,19 @@ class _Plan:
     url: str | None = None                   # postgres: a named server
 
 
-def _plan_targets(policy: Policy, options: RecoverOptions) -> dict[str, _Plan]:
+def _data_root(policy: Policy, options: RecoverOptions, settings: Settings, report: RecoveryReport) -> Path | None:
+    from drtool.actions.recovered_server import data_root, temporary_warning
+
+    if not any(s.kind == "mariadb" or (s.kind == "postgres" and not options.pg_target) for s in policy.sources):
+        return None
+    root = data_root(options.data_dir, settings.config.state_dir)
+    warning = temporary_warning(root)
+    if warning:
+        report.notes.append(warning)
+    return root
+
+
+def _plan_targets(policy: Policy, options: RecoverOptions, servers_root: Path | None = None) -> dict[str, _Plan]:
     if options.target_root is not None and options.original_paths:
         raise UsageError("give --target-root DIR or --to-original-paths, not both")
     plans: dict[str, _Plan] = {}
@@ -218,10 +240,13 @@ def _plan_targets(policy: Policy, options: RecoverOptions) -> dict[str, _Plan]:
                 raise UsageError(f"source {source.name} holds files: give --target-root DIR "
                                  "(or --to-original-paths to put them back where they were)")
             plans[source.name] = _Plan(source.kind, directory=root)
-        elif source.kind == "postgres":
+        elif source.kind == "postgres" and options.pg_target:
             plans[source.name] = _Plan("postgres", url=options.pg_target)
         else:
-            plans[source.name] = _Plan(source.kind)
+            instance = servers_root / policy.name / source.name if servers_root else None
+            if instance is not None:
+                _check_free(instance, False, is_file=False)
+            plans[source.name] = _Plan(source.kind, directory=instance)
     return plans
 
 
@@ -286,18 +311,13 @@ def _restore_database(handle: RepoHandle, source: Source, chosen: SnapshotSet, p
 
     reader = ResticStreamReader(handle.restic, chosen.streams)
     expected = json.loads(reader.read_bytes(FINGERPRINT_STREAM))
-    server_info: dict[str, Any] | None = None
+    server = None
     if source.kind == "postgres" and plan.url:
         from drtool.actions.restore import parse_db_target
         target = parse_db_target("postgres", plan.url)
-    elif source.kind == "postgres":
-        target, server_info = _scratch_postgres(source, expected, cleanup, report)
-    elif source.kind == "mariadb":
-        from drtool.scratch.mariadb import ScratchMariadb
-        server = ScratchMariadb(keep=True).__enter__()     # keep=True: its __exit__ leaves it running
-        cleanup.callback(server._teardown)
+    elif source.kind in ("postgres", "mariadb"):
+        server = _start_server(source, expected, plan, report, cleanup)
         target = server.target()
-        report.connections.append(f"{source.name}: {server.connection_hint()}")
     else:  # sqlite
         assert plan.directory is not None
         dest = plan.directory / source.spec.path.lstrip("/")
@@ -305,6 +325,7 @@ def _restore_database(handle: RepoHandle, source: Source, chosen: SnapshotSet, p
         target = DbTarget(kind="sqlite", host=None, path=dest)
     db = database_source(source, LocalRunner())
     result = db.restore(reader, target, force=options.force)
+    server_info = _finish_server(server, source, report) if server is not None else None
     names = result.databases
     actual = db.fingerprint_target(target, names)
     original = list(expected.get("databases", {}))
@@ -317,34 +338,32 @@ def _restore_database(handle: RepoHandle, source: Source, chosen: SnapshotSet, p
             "verified": not problems, "problems": problems}
 
 
-def _scratch_postgres(source: Source, fingerprint: dict[str, Any], cleanup: ExitStack,
-                      report: RecoveryReport) -> tuple[Any, dict[str, Any]]:
+def _start_server(source: Source, fingerprint: dict[str, Any], plan: _Plan, report: RecoveryReport,
+                  cleanup: ExitStack) -> Any:
+    """A production server under the data root; torn down again only if recover fails."""
+    from drtool.actions import recovered_server as rs
     from drtool.actions.drill.context import pg_major
-    from drtool.scratch.postgres import ScratchPostgres
 
-    # The server stays running after drtool exits, so TCP needs a password (no trust on 127.0.0.1).
-    password = Secret(secrets.token_urlsafe(24))
-    server = ScratchPostgres(min_major=pg_major(fingerprint), keep=True, password=password)
-    try:
-        server.start()
-    except BaseException:
-        server.stop()
-        raise
-    cleanup.callback(server.stop)
-    assert server.dir is not None and server.port is not None
-    passfile = server.dir / "recovered.pgpass"
-    fd = os.open(passfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(f"127.0.0.1:{server.port}:*:postgres:{password.reveal()}\n")
-    psql = os.path.join(server.bin_dir or "", "psql")
-    report.connections.append(
-        f"{source.name}: PostgreSQL {server.major} on 127.0.0.1:{server.port}, data in {server.data_dir}\n"
-        f"  connect: PGPASSFILE={passfile} {psql} -h 127.0.0.1 -p {server.port} -U postgres DBNAME\n"
-        f"  (the password is in {passfile}, readable by you only)\n"
-        f"  stop:    {server.connection_hint().splitlines()[-1].split(':', 1)[1].strip()}")
-    info = {"host": "127.0.0.1", "port": server.port, "user": "postgres", "passfile": str(passfile),
-            "dir": str(server.dir), "data_dir": str(server.data_dir), "bin_dir": server.bin_dir}
-    return server.target(), info
+    assert plan.directory is not None and report.policy is not None
+    root = plan.directory.parent.parent
+    if source.kind == "postgres":
+        server = rs.start_postgres(root, report.policy, source, pg_major(fingerprint))
+    else:
+        server = rs.start_mariadb(root, report.policy, source)
+    cleanup.callback(server.teardown)
+    return server
+
+
+def _finish_server(server: Any, source: Source, report: RecoveryReport) -> dict[str, Any]:
+    """Load settings off, synced, checkpointed; then say how to connect and keep it running."""
+    from drtool.actions import recovered_server as rs
+
+    assert report.policy is not None
+    finish = rs.finish_postgres if source.kind == "postgres" else rs.finish_mariadb
+    info = finish(server, report.policy)
+    report.connections.append(rs.connection_text(source.name, source.kind, info))
+    info.pop("_service")
+    return info
 
 
 __all__ = ["RecoverOptions", "RecoveryReport", "recover"]

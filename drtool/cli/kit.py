@@ -64,9 +64,33 @@ def _read_passphrase(fd: int | None, *, confirm: bool, prompt: str) -> str:
     return passphrase
 
 
+def read_passphrases(fd: int | None, names: list[str]) -> list[str]:
+    """One passphrase per custodian: lines of --passphrase-fd N in order, else asked (twice) on the terminal."""
+    from drtool.errors import UsageError
+    from drtool.secrets import register
+
+    if fd is None:
+        return [read_passphrase(None, confirm=True, prompt=f"passphrase for custodian {n}: ") for n in names]
+    try:
+        with os.fdopen(fd, "rb", closefd=True) as fh:
+            raw = fh.read(MAX_PASSPHRASE_BYTES * max(1, len(names)) + 1)
+    except OSError as exc:
+        raise UsageError(f"cannot read the passphrases from file descriptor {fd}: {exc.strerror}") from None
+    lines = [line.rstrip("\r") for line in raw.decode("utf-8", "replace").split("\n")]
+    found = [line for line in lines if line][:len(names)]
+    if len(found) < len(names):
+        raise UsageError(f"file descriptor {fd} holds {len(found)} passphrase lines; "
+                         f"{len(names)} custodians ({', '.join(names)}) need one each, in that order")
+    for passphrase in found:
+        register(passphrase)
+    return found
+
+
 _passphrase_fd = click.option("--passphrase-fd", type=click.IntRange(min=0), metavar="N",
                               help="Read the passphrase from this file descriptor (first line); "
                                    "default: ask on the terminal.")
+_identity = click.option("--identity", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                         help="For kits sealed to public keys: the custodian's age identity or SSH private key.")
 
 
 # ---------------------------------------------------------------- kit
@@ -79,46 +103,75 @@ def kit() -> None:
 @kit.command("create")
 @click.argument("names", nargs=-1, required=True, metavar="NAME...", shell_complete=complete.policies)
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="Kit file to write (0600; never overwritten).")
+              help="Kit file to write (0600; never overwritten). With several custodians: OUT with the "
+                   "custodian's name before the suffix (siak.age -> siak.alice.age).")
+@click.option("--custodian", "passphrase_custodians", multiple=True, metavar="NAME",
+              help="A custodian holding a passphrase (repeat for several; each gets its own kit and escrow key).")
+@click.option("--recipient", "recipients", multiple=True, metavar="NAME=PUBKEY",
+              help="A custodian holding a key pair: age public key (age1...), SSH public key line, or a .pub file.")
 @click.option("--armor", is_flag=True, help="Write printable text with per-line checksums (for paper or a safe).")
 @click.option("--with-credentials", is_flag=True, help="Also put the S3 access key and secret key in the kit.")
 @_passphrase_fd
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def kit_create(ctx: click.Context, names: tuple[str, ...], out: Path, armor: bool, with_credentials: bool,
-               passphrase_fd: int | None, as_json: bool) -> None:
-    """Make a recovery kit for policy or repository NAME (adds a dedicated escrow key)."""
+def kit_create(ctx: click.Context, names: tuple[str, ...], out: Path, passphrase_custodians: tuple[str, ...],
+               recipients: tuple[str, ...], armor: bool, with_credentials: bool, passphrase_fd: int | None,
+               as_json: bool) -> None:
+    """Make a recovery kit (an age file) for policy or repository NAME, one per custodian."""
     from drtool.actions.kit import create_kit
     from drtool.config import load_settings
 
     settings = load_settings(ctx.obj["config"])
-    passphrase = read_passphrase(passphrase_fd, confirm=True)
-    summary = create_kit(settings, list(names), out, passphrase, include_credentials=with_credentials,
-                         armor_text=armor)
+    custodians = _custodians(passphrase_custodians, recipients, passphrase_fd)
+    passphrase = None if custodians else read_passphrase(passphrase_fd, confirm=True)
+    summary = create_kit(settings, list(names), out, passphrase, custodians=custodians,
+                         include_credentials=with_credentials, armor_text=armor)
     if as_json:
         emit_json(summary)
         return
-    click.echo(f"wrote recovery kit {summary['file']} ({'armoured text' if armor else 'binary'}, mode 0600)")
-    for repo in summary["repositories"]:
-        click.echo(f"  repository {repo['name']} ({repo['url']}): escrow key {repo['escrow_key_id'][:8]}")
+    for made in summary["kits"]:
+        who = f" for custodian {made['custodian']}" if made["custodian"] else ""
+        click.echo(f"wrote recovery kit {made['file']}{who} (age, {'armoured text' if armor else 'binary'}, mode 0600)")
+        for repo in made["repositories"]:
+            click.echo(f"  repository {repo['name']} ({repo['url']}): escrow key {repo['escrow_key_id'][:8]}")
     click.echo(f"  policies: {', '.join(summary['policies']) or '-'}")
     click.echo(f"  S3 credentials in the kit: {'yes' if with_credentials else 'no (keep them with the kit)'}")
-    click.echo(f"  sha256 {summary['sha256']}")
-    click.echo("Keep the passphrase apart from the kit. Check it now with `drtool kit verify "
-               f"{summary['file']}`; revoke with `drtool kit revoke {summary['file']}`.")
+    click.echo("Open by hand: age -d FILE (see the README). Keep passphrases apart from the kits. Check now with "
+               "`drtool kit verify FILE`; revoke one with `drtool kit revoke FILE`.")
+
+
+def _custodians(passphrase_names: tuple[str, ...], recipients: tuple[str, ...], fd: int | None) -> list[Any]:
+    from drtool.actions.kit import Custodian
+    from drtool.errors import UsageError
+
+    keyed: dict[str, list[str]] = {}
+    for item in recipients:
+        name, sep, key = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--recipient {item!r}: expected NAME=PUBKEY (age1..., an SSH public key or a .pub file)")
+        keyed.setdefault(name.strip(), []).append(key.strip())
+    both = sorted(set(keyed) & set(passphrase_names))
+    if both:
+        raise UsageError(f"custodian {both[0]} is given both a passphrase and a public key; age seals for one or the other")
+    passphrases = read_passphrases(fd, list(passphrase_names)) if passphrase_names else []
+    return ([Custodian(n, passphrase=p) for n, p in zip(passphrase_names, passphrases)]
+            + [Custodian(n, recipients=tuple(keys)) for n, keys in keyed.items()])
 
 
 @kit.command("verify")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @_passphrase_fd
+@_identity
 @click.option("--host", help="Whose backups (restic --host); default the host the kit was made on.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def kit_verify(ctx: click.Context, file: Path, passphrase_fd: int | None, host: str | None, as_json: bool) -> None:
+def kit_verify(ctx: click.Context, file: Path, passphrase_fd: int | None, identity: Path | None, host: str | None,
+               as_json: bool) -> None:
     """Open the repositories with kit FILE (read-only) and list what it can recover."""
-    from drtool.actions.kit import verify_kit
+    from drtool.actions.kit_open import verify_kit
 
-    report = verify_kit(file, read_passphrase(passphrase_fd), host=host)
+    passphrase = None if identity else read_passphrase(passphrase_fd)
+    report = verify_kit(file, passphrase, host=host, identity=identity)
     if as_json:
         emit_json(report)
     else:
@@ -131,6 +184,8 @@ def _print_verify(file: Path, report: dict[str, Any]) -> None:
     for repo in report["repositories"]:
         click.echo(f"  repository {repo['name']} ({repo['url']}): opens with escrow key "
                    f"{repo['escrow_key_id'][:8]}, {repo['snapshots']} snapshots")
+        if repo.get("credentials"):
+            click.echo(f"    S3 credentials from {repo['credentials']}")
         bundle = repo.get("config_bundle") or {}
         if "error" in bundle:
             click.echo(f"    config bundle: PROBLEM {bundle['error']}")
@@ -146,19 +201,40 @@ def _print_verify(file: Path, report: dict[str, Any]) -> None:
 
 
 @kit.command("revoke")
-@click.argument("ref", metavar="FILE|KEYID")
+@click.argument("ref", metavar="FILE|KEYID", required=False)
+@click.option("--custodian", help="Revoke every kit made here for this custodian.")
 @_passphrase_fd
+@_identity
 @click.pass_context
-def kit_revoke(ctx: click.Context, ref: str, passphrase_fd: int | None) -> None:
-    """Remove the escrow key of kit FILE (or restic key KEYID): that kit no longer opens anything."""
+def kit_revoke(ctx: click.Context, ref: str | None, custodian: str | None, passphrase_fd: int | None,
+               identity: Path | None) -> None:
+    """Remove the escrow keys of kit FILE (or restic key KEYID): that kit no longer opens anything.
+
+    Other custodians' kits have their own escrow keys and keep working."""
     from drtool.actions.kit import revoke_kit
     from drtool.config import load_settings
 
     settings = load_settings(ctx.obj["config"])
     passphrase = read_passphrase(passphrase_fd) if passphrase_fd is not None else None
-    result = revoke_kit(settings, ref, passphrase=passphrase)
+    result = revoke_kit(settings, ref, passphrase=passphrase, identity=identity, custodian=custodian)
     for item in result["revoked"]:
         click.echo(f"revoked escrow key {item['key_id'][:8]} of repository {item['repository']}")
+
+
+@kit.command("upgrade")
+@click.argument("old", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="The new age kit.")
+@click.option("--recipient", "recipients", multiple=True, metavar="PUBKEY",
+              help="Seal the new kit for these public keys instead of the same passphrase.")
+@click.option("--armor", is_flag=True, help="Write printable text with per-line checksums.")
+@_passphrase_fd
+def kit_upgrade(old: Path, out: Path, recipients: tuple[str, ...], armor: bool, passphrase_fd: int | None) -> None:
+    """Rewrite a kit of the first drtool format as an age file (same escrow keys; no drtool.yaml needed)."""
+    from drtool.actions.kit import upgrade_kit
+
+    result = upgrade_kit(old, out, read_passphrase(passphrase_fd), recipients=recipients, armor_text=armor)
+    click.echo(f"wrote {result['file']} (age{', armoured' if armor else ''}, mode 0600) from {result['from']}; "
+               f"check it with `drtool kit verify {result['file']}`, then destroy the old copy")
 
 
 # ---------------------------------------------------------------- recover
@@ -177,20 +253,25 @@ def kit_revoke(ctx: click.Context, ref: str, passphrase_fd: int | None) -> None:
 @click.option("--force", is_flag=True, help="Restore over non-empty targets.")
 @click.option("--list", "list_only", is_flag=True, help="Only list what the kit can recover.")
 @click.option("--host", help="Whose backups (restic --host); default the host the kit was made on.")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Where recovered database servers live (persistent; default <state_dir>/recovered, "
+                   "i.e. /var/lib/drtool/recovered).")
 @_passphrase_fd
+@_identity
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def recover(ctx: click.Context, kit_file: Path, policy: str | None, target_root: Path | None,
             to_original_paths: bool, pg_target: str | None, snapshot: str, force: bool, list_only: bool,
-            host: str | None, passphrase_fd: int | None, as_json: bool) -> None:
+            host: str | None, data_dir: Path | None, passphrase_fd: int | None, identity: Path | None,
+            as_json: bool) -> None:
     """Recover a policy on a fresh machine from the recovery kit alone (no drtool.yaml needed)."""
     from drtool.actions.recover import RecoverOptions
     from drtool.actions.recover import recover as run_recover
 
-    passphrase = read_passphrase(passphrase_fd)
+    passphrase = None if identity else read_passphrase(passphrase_fd)
     options = RecoverOptions(policy=policy, target_root=target_root, original_paths=to_original_paths,
                              pg_target=pg_target, selector=snapshot, force=force, list_only=list_only,
-                             host=host)
+                             host=host, data_dir=data_dir, identity=identity)
 
     def progress(event: dict[str, Any]) -> None:
         if not as_json and event.get("event") == "step_done":
@@ -205,6 +286,9 @@ def recover(ctx: click.Context, kit_file: Path, policy: str | None, target_root:
 
 
 def _print_recover(report: Any) -> None:
+    for repo, source in getattr(report, "credentials", {}).items():
+        if source:
+            click.echo(f"repository {repo}: S3 credentials from {source}")
     click.echo("recoverable:")
     for name, info in report.recoverable.items():
         click.echo(f"  policy {name} (repository {info['repository']})")
@@ -225,6 +309,8 @@ def _print_recover(report: Any) -> None:
             click.echo(f"    MISMATCH {problem}", err=True)
     for hint in report.connections:
         click.echo(hint)
+    for note in getattr(report, "notes", []):
+        click.echo(note, err=True)
     rto = report.rto_target_s
     verdict = "" if rto is None else (f" (RTO target {rto:.0f}s: {'met' if report.rto_met else 'MISSED'})")
     click.echo(f"recovery time: {report.recovery_time_s:.1f}s{verdict}")

@@ -426,14 +426,45 @@ class Step(Model):
         return getattr(self, self.kind)
 
 
+class FromNothing(Model):
+    """A fire drill: recover in a sandbox that has nothing but this kit (drtool.actions.fire_drill)."""
+
+    kit: str                               # the recovery kit file; relative paths: beside the playbook
+    passphrase: SecretRef | None = None    # the kit's passphrase, or
+    identity: str | None = None            # a custodian's age / SSH identity file
+    mode: Literal["drtool", "runbook"] = "drtool"   # `drtool recover`, or the generated runbook in bash
+    timeout: Duration = 7200.0
+
+    @model_validator(mode="after")
+    def _one_key(self) -> "FromNothing":
+        if (self.passphrase is None) == (self.identity is None):
+            raise ValueError("give exactly one of passphrase: (a secret reference) or identity: FILE")
+        return self
+
+
+FROM_NOTHING_STEP_KINDS = ("sql", "http", "command")
+
+
 class Playbook(Model):
     name: Name
     policy: Name
     snapshot: SnapshotSelector = "latest"
     targets: Targets | None = None
     schedule: str | None = None
-    steps: Annotated[list[Step], Field(min_length=1)]
+    from_nothing: FromNothing | None = None
+    steps: list[Step] = []
     path: str | None = Field(None, exclude=True)
+
+    @model_validator(mode="after")
+    def _steps_fit(self) -> "Playbook":
+        if self.from_nothing is None and not self.steps:
+            raise ValueError("a playbook needs at least one step (or from_nothing: for a fire drill)")
+        if self.from_nothing is not None:
+            wrong = [s.name for s in self.steps if s.kind not in FROM_NOTHING_STEP_KINDS]
+            if wrong:
+                raise ValueError(f"a from_nothing drill recovers every source itself; its steps are checks "
+                                 f"({', '.join(FROM_NOTHING_STEP_KINDS)}) only, not: {', '.join(wrong)}")
+        return self
 
 
 def beside(config_path: Path, configured: str | None, default: str) -> Path:

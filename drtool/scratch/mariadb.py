@@ -11,6 +11,12 @@ The server is tuned for restore speed, not durability (no binlog, no
 doublewrite, lazy log flush, small buffers): it is thrown away afterwards.
 `__exit__` always tears down -- shutdown, then kill, then remove the directory
 -- also when start failed halfway, unless `keep=True` (for post-mortems).
+
+`durable=True` (what `drtool recover` uses) makes a production server in
+`home`: its settings are in `home/my.cnf` (durable InnoDB: doublewrite, log
+flushed at every commit), which the systemd unit uses too; only the redo log
+flush is relaxed during the load (a command-line flag), and `finish_load()`
+sets it back to 1 and flushes the engine logs before recover reports success.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from types import TracebackType
 
 from drtool.errors import CommandError, SourceError
 from drtool.execute import LocalProcess, LocalRunner
-from drtool.scratch.common import free_port, private_dir
+from drtool.scratch.common import claim_dir, free_port, private_dir
 from drtool.secrets import Secret
 from drtool.sources.base import DbTarget
 
@@ -69,6 +75,24 @@ def install_db_argv(program: str, datadir: Path, *, as_root: bool, socket_user: 
     return argv
 
 
+# Durable server: only the redo flush is relaxed while loading (dynamic, set back by finish_load).
+LOAD_TUNING = ("--innodb-flush-log-at-trx-commit=0",)
+DURABLE_SETTINGS = {"innodb_flush_log_at_trx_commit": "1", "innodb_doublewrite": "1"}
+
+
+def durable_cnf(home: Path, port: int, *, as_root: bool) -> str:
+    """my.cnf of a recovered server: the same paths and port as a scratch one, durable InnoDB."""
+    lines = ["# Written by `drtool recover`: a recovered production server.", "[mysqld]"]
+    if as_root:
+        lines.append("user=mysql")
+    lines += [f"datadir={home / 'data'}", f"socket={home / 'mysqld.sock'}", f"pid-file={home / 'mysqld.pid'}",
+              f"log-error={home / 'error.log'}", f"tmpdir={home / 'tmp'}", f"port={port}",
+              f"bind-address={HOST}", "skip-name-resolve", "innodb-flush-log-at-trx-commit=1",
+              "innodb-doublewrite=1", "max-allowed-packet=256M", "character-set-server=utf8mb4",
+              "collation-server=utf8mb4_unicode_ci", ""]
+    return "\n".join(lines)
+
+
 def server_argv(program: str, home: Path, port: int, *, as_root: bool) -> list[str]:
     argv = [program, "--no-defaults"]
     # mariadbd refuses to run as root unless told which user to be.
@@ -106,9 +130,13 @@ class ScratchMariadb:
     """Context manager: a started, empty MariaDB server on 127.0.0.1."""
 
     def __init__(self, keep: bool = False, base_dir: str | None = None,
-                 password: Secret | None = None) -> None:
+                 password: Secret | None = None, *, durable: bool = False, home: Path | None = None,
+                 port: int | None = None) -> None:
         self.keep = keep
         self.base_dir = base_dir
+        self.durable = durable
+        self.wanted_home = home
+        self.wanted_port = port
         self.password = password or Secret("drtool-" + secrets.token_urlsafe(18))
         self.home: Path | None = None
         self.port: int = 0
@@ -161,15 +189,34 @@ class ScratchMariadb:
 
     # ------------------------------------------------------------ start
 
+    @property
+    def mariadbd(self) -> str:
+        return _find(["mariadbd", "mysqld"])
+
+    @property
+    def defaults_file(self) -> Path:
+        assert self.home is not None
+        return self.home / "my.cnf"
+
     def _start(self) -> None:
-        self.home = private_dir("mariadb", owner="mysql" if self._as_root else None, base=self.base_dir)
+        owner = "mysql" if self._as_root else None
+        if self.wanted_home is not None:
+            self.home = claim_dir(self.wanted_home, owner=owner)
+        else:
+            self.home = private_dir("mariadb", owner=owner, base=self.base_dir)
         tmp = self.home / "tmp"
         tmp.mkdir(mode=0o700)
         if self._as_root:
             shutil.chown(tmp, "mysql", "mysql")
         self._install()
-        self.port = free_port()
-        argv = server_argv(_find(["mariadbd", "mysqld"]), self.home, self.port, as_root=self._as_root)
+        self.port = self.wanted_port or free_port()
+        if self.durable:
+            fd = os.open(self.defaults_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(durable_cnf(self.home, self.port, as_root=self._as_root))
+            argv = [self.mariadbd, f"--defaults-file={self.defaults_file}", *LOAD_TUNING]
+        else:
+            argv = server_argv(self.mariadbd, self.home, self.port, as_root=self._as_root)
         # detach: the server outlives the drill step's thread that starts it (a child started
         # with PR_SET_PDEATHSIG would die with that thread); teardown stops it.
         self.proc = self._runner.start(argv, detach=True)
@@ -203,6 +250,31 @@ class ScratchMariadb:
             time.sleep(0.05)
         raise SourceError(f"mariadbd did not become ready within {START_TIMEOUT:.0f}s:\n" + self._log_tail(),
                           hint=f"see {self.home}/error.log")
+
+    def finish_load(self) -> dict[str, str]:
+        """Durable server: flush every commit from now on, and flush what the load left in the log."""
+        assert self.durable
+        self.admin_sql("SET GLOBAL innodb_flush_log_at_trx_commit = 1;\nFLUSH ENGINE LOGS;\nFLUSH TABLES;\n")
+        names = list(DURABLE_SETTINGS)
+        values = self.admin_sql("SELECT " + ", ".join(f"@@GLOBAL.{n}" for n in names) + ";\n").split()
+        running = {n: ("1" if v in ("1", "ON") else v) for n, v in zip(names, values)}
+        wrong = {k: v for k, v in running.items() if v != DURABLE_SETTINGS[k]}
+        if wrong:
+            raise SourceError(f"the recovered MariaDB in {self.home} runs with "
+                              + ", ".join(f"{k}={v}" for k, v in wrong.items()))
+        return running
+
+    def start_argv(self) -> list[str]:
+        """Start it again by hand, detached (start-stop-daemon, from dpkg: on every Debian)."""
+        # --pidfile: "already running" means this server, not any other mariadbd on the machine.
+        assert self.home is not None
+        argv = ["start-stop-daemon", "--start", "--background", "--pidfile", str(self.home / "mysqld.pid"),
+                "--exec", self.mariadbd]
+        return [*argv, "--", f"--defaults-file={self.defaults_file}"]
+
+    def stop_argv(self) -> list[str]:
+        return [_find(["mariadb-admin", "mysqladmin"]), "--no-defaults", f"--socket={self.socket}",
+                f"--user={self._socket_user}", "shutdown"]
 
     def _create_tcp_user(self) -> None:
         # The password travels on stdin, never argv; a failing client's echo of

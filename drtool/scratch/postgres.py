@@ -11,8 +11,17 @@ directory removed - also when startup failed halfway. `keep=True` leaves it
 running and `connection_hint()` says how to reach and stop it.
 
 initdb and pg_ctl refuse to run as root, so as root they run as the
-`postgres` OS user (runuser); the private directory is chowned to it.
-The cluster is tuned for restore speed, not durability: it is throwaway.
+`postgres` OS user (runuser, found in /usr/sbin even when PATH lacks it);
+the private directory is chowned to it.
+
+A drill's cluster is tuned for restore speed, not durability: it is
+throwaway. `durable=True` (what `drtool recover` uses) makes a production
+server instead: initdb syncs, it lives in `home` (a persistent directory the
+caller chose), postgresql.conf holds only durable settings, and the fast
+load settings sit in postgresql.auto.conf until `finish_load()` removes
+them: stop (shutdown checkpoint), `initdb --sync-only` (what fsync=off left
+unsynced reaches the disk), start with the durable settings, CHECKPOINT, and
+check that fsync, full_page_writes, synchronous_commit and autovacuum are on.
 """
 
 from __future__ import annotations
@@ -32,9 +41,10 @@ from typing import Self
 
 from drtool.errors import CommandError, SourceError
 from drtool.execute import LocalRunner
-from drtool.scratch.common import free_port, private_dir
+from drtool.scratch.common import claim_dir, free_port, private_dir
 from drtool.secrets import Secret
 from drtool.sources.base import DbTarget
+from drtool.tools import require
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +72,15 @@ RESTORE_TUNING: dict[str, str] = {
 }
 
 
+# What a production server must run with once the load is over (checked after finish_load).
+DURABLE_SETTINGS: dict[str, str] = {
+    "fsync": "on",
+    "full_page_writes": "on",
+    "synchronous_commit": "on",
+    "autovacuum": "on",
+}
+
+
 def installed_majors(pattern: str = PG_BIN_GLOB) -> dict[int, str]:
     """Major version -> bin dir, for every PostgreSQL found under /usr/lib/postgresql."""
     found: dict[int, str] = {}
@@ -86,26 +105,35 @@ def pick_bin_dir(min_major: int | None, majors: dict[int, str]) -> tuple[int, st
     return usable[0], majors[usable[0]]
 
 
-def server_conf(port: int, socket_dir: str) -> str:
-    """postgresql.conf additions: loopback only, private socket, restore tuning."""
+def server_conf(port: int, socket_dir: str, *, tuning: bool = True) -> str:
+    """postgresql.conf additions: loopback only, private socket, restore tuning (unless durable)."""
     settings = {
         "listen_addresses": "'127.0.0.1'",
         "port": str(port),
         "unix_socket_directories": _conf_quote(socket_dir),
         "logging_collector": "off",
-        **{k: _conf_value(v) for k, v in RESTORE_TUNING.items()},
+        **({k: _conf_value(v) for k, v in RESTORE_TUNING.items()} if tuning else {}),
     }
-    lines = ["", "# drtool scratch instance: throwaway, tuned for restore speed"]
+    title = "throwaway, tuned for restore speed" if tuning else "recovered by drtool: a production server"
+    lines = ["", f"# drtool instance: {title}"]
     lines += [f"{k} = {v}" for k, v in settings.items()]
     return "\n".join(lines) + "\n"
 
 
-def hba_conf(password: bool) -> str:
-    """Unix socket: trust (only the owner can enter the 0700 dir). TCP: 127.0.0.1 only."""
+def load_conf() -> str:
+    """postgresql.auto.conf of a durable server while it is loaded: removed by finish_load()."""
+    lines = ["# drtool: fast load settings, removed (and the data synced) before recover reports success"]
+    lines += [f"{k} = {_conf_value(v)}" for k, v in RESTORE_TUNING.items()]
+    return "\n".join(lines) + "\n"
+
+
+def hba_conf(password: bool, *, durable: bool = False) -> str:
+    """Unix socket: trust (only the owner can enter the 0700 dir), peer on a production server.
+    TCP: 127.0.0.1 only, with a password when one is set."""
     method = "scram-sha-256" if password else "trust"
     return (
-        "# drtool scratch instance\n"
-        "local all all trust\n"
+        "# drtool instance\n"
+        f"local all all {'peer' if durable else 'trust'}\n"
         f"host all all 127.0.0.1/32 {method}\n"
     )
 
@@ -127,17 +155,24 @@ class ScratchPostgres:
         keep: bool = False,
         base_dir: str | None = None,
         password: Secret | None = None,
+        *,
+        durable: bool = False,
+        home: Path | None = None,
+        port: int | None = None,
     ) -> None:
         self.min_major = min_major
         self.keep = keep
         self.base_dir = base_dir
         self.password = password
+        self.durable = durable          # a production server: see the module docstring
+        self.home = home                # durable: this (new or empty) directory instead of a temp one
+        self.wanted_port = port
         self.major: int | None = None
         self.bin_dir: str | None = None
         self.dir: Path | None = None
         self.port: int | None = None
         self._pid: int | None = None
-        self._runner = LocalRunner(user=OS_USER if os.geteuid() == 0 else None)
+        self._runner = LocalRunner()
 
     # ------------------------------------------------------------ lifecycle
 
@@ -158,16 +193,80 @@ class ScratchPostgres:
 
     def start(self) -> None:
         self.major, self.bin_dir = pick_bin_dir(self.min_major, installed_majors())
-        self.dir = private_dir("pg", owner=OS_USER, base=self.base_dir)
+        if self.home is not None:
+            self.dir = claim_dir(self.home, owner=self._os_user)
+        else:
+            self.dir = private_dir("pg", owner=self._os_user, base=self.base_dir)
         self._initdb()
         self._write_hba()
+        if self.durable:
+            _write_owned(self.data_dir / "postgresql.auto.conf", load_conf(), append=False)
         for attempt in range(1, START_ATTEMPTS + 1):
-            self.port = free_port()
+            self.port = self.wanted_port if self.wanted_port and attempt == 1 else free_port()
             self._write_conf(self.port)
             if self._pg_ctl_start(last=attempt == START_ATTEMPTS):
                 break
         self._pid = self._read_pid()
         log.info("scratch PostgreSQL %s running on 127.0.0.1:%s (%s)", self.major, self.port, self.dir)
+
+    def finish_load(self) -> dict[str, str]:
+        """Durable server: drop the load settings, sync to disk, restart durable, CHECKPOINT; returns
+        the settings it runs with (raises when one is not as DURABLE_SETTINGS says)."""
+        assert self.durable and self.dir is not None
+        self.shutdown()
+        _write_owned(self.data_dir / "postgresql.auto.conf",
+                     "# Do not edit this file manually!\n# It will be overwritten by the ALTER SYSTEM command.\n",
+                     append=False)
+        try:
+            self._runner.run(self._argv([self._tool("initdb"), "--sync-only", "-D", str(self.data_dir)]),
+                             timeout=INITDB_TIMEOUT)
+        except CommandError as exc:
+            raise SourceError(f"initdb --sync-only failed for {self.data_dir}: {exc.message}") from None
+        self.restart()
+        self.sql("CHECKPOINT")
+        running = {name: self.sql(f"SHOW {name}") for name in DURABLE_SETTINGS}
+        wrong = {k: v for k, v in running.items() if v != DURABLE_SETTINGS[k]}
+        if wrong:
+            raise SourceError(f"the recovered PostgreSQL in {self.data_dir} runs with "
+                              + ", ".join(f"{k}={v}" for k, v in wrong.items()),
+                              hint="a setting in postgresql.conf overrides drtool's; fix it and restart")
+        return running
+
+    def shutdown(self) -> None:
+        """Stop the server cleanly (shutdown checkpoint), keeping its directory."""
+        self._pg_ctl("stop", "-m", "fast", "-w", "-t", str(STOP_TIMEOUT), timeout=STOP_TIMEOUT + 10)
+        self._pid = None
+
+    def restart(self) -> None:
+        if not self._pg_ctl_start(last=True):
+            raise SourceError(f"PostgreSQL in {self.data_dir} did not start again")
+        self._pid = self._read_pid()
+
+    def sql(self, query: str, database: str = "postgres") -> str:
+        """One value, over TCP as the superuser (password through the environment, never argv)."""
+        assert self.port is not None
+        env = {"PGPASSWORD": self.password.reveal()} if self.password else {}
+        argv = [self._tool("psql"), "-X", "-w", "-A", "-t", "-h", "127.0.0.1", "-p", str(self.port),
+                "-U", SUPERUSER, "-d", database, "-v", "ON_ERROR_STOP=1", "-c", query]
+        return self._runner.run(argv, env=env, timeout=INITDB_TIMEOUT).text.strip()
+
+    @property
+    def _os_user(self) -> str | None:
+        return OS_USER if os.geteuid() == 0 else None
+
+    def _argv(self, argv: list[str]) -> list[str]:
+        """As root, run as the postgres OS user: initdb and pg_ctl refuse root."""
+        if self._os_user is None:
+            return argv
+        runuser = require("runuser", why=f"to run {os.path.basename(argv[0])} as the {OS_USER} OS user")
+        return [runuser, "-u", OS_USER, "--", *argv]
+
+    def start_argv(self) -> list[str]:
+        logfile = self.dir / "server.log"  # type: ignore[operator]
+        return self._argv([self._tool("pg_ctl"), "-D", str(self.data_dir), "-l", str(logfile), "-w", "start"])
+
+    def stop_argv(self) -> list[str]:
+        return self._argv([self._tool("pg_ctl"), "-D", str(self.data_dir), "-m", "fast", "-w", "stop"])
 
     def stop(self) -> None:
         """Stop the server, kill what survived, remove the directory. Idempotent, never raises."""
@@ -220,8 +319,9 @@ class ScratchPostgres:
             return "scratch PostgreSQL is not running"
         psql = shlex.join([os.path.join(self.bin_dir, "psql"), "-h", "127.0.0.1", "-p", str(self.port),
                            "-U", SUPERUSER, "postgres"])
-        stop = shlex.join(self._runner._argv([os.path.join(self.bin_dir, "pg_ctl"), "-D",
-                                              str(self.data_dir), "stop", "-m", "fast"]))
+        stop = shlex.join(self.stop_argv())
+        if self.durable:
+            return f"connect: {psql}\nstop:    {stop}\nstart:   {shlex.join(self.start_argv())}"
         return f"connect: {psql}\nstop:    {stop} && rm -rf {shlex.quote(str(self.dir))}"
 
     # ------------------------------------------------------------ steps
@@ -232,7 +332,9 @@ class ScratchPostgres:
 
     def _initdb(self) -> None:
         argv = [self._tool("initdb"), "-D", str(self.data_dir), "-U", SUPERUSER, "-E", "UTF8",
-                "--locale=C.UTF-8", "--no-sync", "--auth=trust"]
+                "--locale=C.UTF-8", "--auth=trust"]
+        if not self.durable:
+            argv.append("--no-sync")      # a crash just means a new drill
         pwfile = None
         if self.password is not None:
             # The password goes through a 0600 file inside the 0700 dir, never argv.
@@ -240,7 +342,7 @@ class ScratchPostgres:
             _write_private(pwfile, self.password.reveal() + "\n")
             argv.append(f"--pwfile={pwfile}")
         try:
-            self._runner.run(argv, timeout=INITDB_TIMEOUT)
+            self._runner.run(self._argv(argv), timeout=INITDB_TIMEOUT)
         except CommandError as exc:
             raise SourceError(f"initdb failed for the scratch PostgreSQL in {self.dir}: {exc.message}",
                               hint=f"check that the {OS_USER} OS user exists and can enter {self.dir}") from None
@@ -249,9 +351,18 @@ class ScratchPostgres:
                 pwfile.unlink(missing_ok=True)
 
     def _write_hba(self) -> None:
-        _write_owned(self.data_dir / "pg_hba.conf", hba_conf(self.password is not None), append=False)
+        _write_owned(self.data_dir / "pg_hba.conf", hba_conf(self.password is not None, durable=self.durable),
+                     append=False)
 
     def _write_conf(self, port: int) -> None:
+        if self.durable:
+            # A production server's settings live in postgresql.conf (a separate file kept
+            # by the include below, rewritten on a port retry); auto.conf holds the load tuning.
+            _write_owned(self.data_dir / "drtool.conf", server_conf(port, self.socket_dir, tuning=False), append=False)
+            conf = self.data_dir / "postgresql.conf"
+            if "include_if_exists = 'drtool.conf'" not in conf.read_text():
+                _write_owned(conf, "\ninclude_if_exists = 'drtool.conf'\n", append=True)
+            return
         # postgresql.auto.conf is read last and rewritten on every retry, so settings win.
         _write_owned(self.data_dir / "postgresql.auto.conf", server_conf(port, self.socket_dir), append=False)
 
@@ -270,7 +381,7 @@ class ScratchPostgres:
                               hint="see the server log above; is the port or shared memory exhausted?") from None
 
     def _pg_ctl(self, *args: str, timeout: float) -> None:
-        self._runner.run([self._tool("pg_ctl"), "-D", str(self.data_dir), *args], timeout=timeout)
+        self._runner.run(self._argv([self._tool("pg_ctl"), "-D", str(self.data_dir), *args]), timeout=timeout)
 
     def _read_pid(self) -> int | None:
         try:
@@ -292,7 +403,8 @@ def _write_private(path: Path, text: str) -> None:
 def _write_owned(path: Path, text: str, *, append: bool) -> None:
     with open(path, "a" if append else "w") as fh:
         fh.write(text)
-    path.chmod(0o600)
+    if not append:
+        path.chmod(0o600)
     if os.geteuid() == 0:
         shutil.chown(path, OS_USER, OS_USER)
 

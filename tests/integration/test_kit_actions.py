@@ -126,7 +126,7 @@ def test_kit_create_verify_revoke_by_key_id(local, tmp_path):
     settings, _run = local
     out = tmp_path / "usb.kit.txt"
     summary = create_kit(settings, "usb", out, PASSPHRASE, armor_text=True)    # a repository: all its policies
-    assert (out.stat().st_mode & 0o777) == 0o600 and out.read_text().startswith("-----BEGIN")
+    assert (out.stat().st_mode & 0o777) == 0o600 and "-----BEGIN AGE ENCRYPTED FILE-----" in out.read_text()
     kit = open_kit(read_kit(out), PASSPHRASE)
     key_id = kit.repositories[0].escrow_key_id
     assert kit.policies == ["docs", "other"] and kit.repositories[0].s3 is None
@@ -146,6 +146,52 @@ def test_kit_create_verify_revoke_by_key_id(local, tmp_path):
     assert revoke_kit(settings, key_id[:8]) == {"revoked": [{"repository": "usb", "key_id": key_id}]}
     with pytest.raises(KitError, match="may have been revoked"):
         verify_kit(out, PASSPHRASE)
+
+
+def test_custodians_each_have_their_own_escrow_key_and_revoke_alone(local, tmp_path):
+    import pyrage
+
+    from drtool.actions.kit import Custodian
+
+    settings, _run = local
+    bob = pyrage.x25519.Identity.generate()
+    (tmp_path / "bob.key").write_text(str(bob) + "\n")
+    before = {k["id"] for k in list_keys(repo_access(settings, "usb"))}
+    summary = create_kit(settings, "docs", tmp_path / "docs.age", custodians=[
+        Custodian("alice", passphrase=PASSPHRASE), Custodian("bob", recipients=(str(bob.to_public()),))])
+    files = {k["custodian"]: Path(k["file"]) for k in summary["kits"]}
+    assert files == {"alice": tmp_path / "docs.alice.age", "bob": tmp_path / "docs.bob.age"}
+    keys = {k["custodian"]: k["repositories"][0]["escrow_key_id"] for k in summary["kits"]}
+    assert keys["alice"] != keys["bob"]
+    assert {k["id"] for k in list_keys(repo_access(settings, "usb"))} == before | set(keys.values())
+    assert verify_kit(files["bob"], None, identity=tmp_path / "bob.key")["repositories"][0]["opens"]
+    # Alice's copy is lost: revoking it leaves Bob's kit working.
+    assert revoke_kit(settings, None, custodian="alice")["revoked"][0]["key_id"] == keys["alice"]
+    with pytest.raises(KitError, match="may have been revoked"):
+        verify_kit(files["alice"], PASSPHRASE)
+    assert verify_kit(files["bob"], None, identity=tmp_path / "bob.key")["repositories"][0]["opens"]
+    revoke_kit(settings, str(files["bob"]))
+    assert {k["id"] for k in list_keys(repo_access(settings, "usb"))} == before
+
+
+def test_old_format_kit_opens_and_upgrades_to_age(local, tmp_path):
+    from drtool.actions.kit import upgrade_kit
+    from drtool.crypto import kit_legacy
+    from drtool.crypto.kit import kit_format, write_kit
+
+    settings, _run = local
+    made = create_kit(settings, "docs", tmp_path / "new.age", PASSPHRASE)
+    kit = open_kit(read_kit(tmp_path / "new.age"), PASSPHRASE)
+    old = tmp_path / "old.drkit"
+    write_kit(old, kit_legacy.seal(kit, PASSPHRASE, log2_n=14))      # as drtool 0.1 wrote it
+    assert verify_kit(old, PASSPHRASE)["repositories"][0]["opens"]
+    upgraded = tmp_path / "upgraded.age"
+    upgrade_kit(old, upgraded, PASSPHRASE)
+    assert kit_format(read_kit(upgraded)) == "age"
+    assert open_kit(read_kit(upgraded), PASSPHRASE).to_dict() == kit.to_dict()
+    with pytest.raises(UsageError, match="already an age kit"):
+        upgrade_kit(upgraded, tmp_path / "again.age", PASSPHRASE)
+    revoke_kit(settings, made["repositories"][0]["escrow_key_id"][:8])
 
 
 def test_kit_cli_never_takes_the_passphrase_from_argv_or_a_pipe_less_stdin(local, tmp_path, capsys):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pwd
 import shutil
 import subprocess
 import sys
@@ -21,7 +22,6 @@ from pathlib import Path
 import pytest
 
 from drtool.execute import LocalRunner
-from drtool.scratch.postgres import ScratchPostgres
 from tests.support.postgres import pg_server
 from tests.support.workspace import CANARY_PASSWORD, make_workspace
 
@@ -83,6 +83,18 @@ def private_tmp():
     """TMPDIR for one drtool process: scratch servers land here, so "nothing written" is checkable
     even while other test runs share /tmp. 0711 so the postgres OS user can enter it."""
     path = Path(tempfile.mkdtemp(prefix="drt-recover-", dir="/tmp"))
+    path.chmod(0o711)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture()
+def srv_dir():
+    """A persistent place for recovered servers, outside any temp directory (as an admin would
+    choose), that the postgres OS user can enter."""
+    base = Path("/var/lib/drtool-tests")
+    base.mkdir(mode=0o711, exist_ok=True)
+    path = Path(tempfile.mkdtemp(prefix="recovered-", dir=base))
     path.chmod(0o711)
     yield path
     shutil.rmtree(path, ignore_errors=True)
@@ -188,7 +200,7 @@ def test_revoked_escrow_key_fails_verify_and_recover(site, tmp_path, private_tmp
     made = run_cli(["-c", str(ws.config), "kit", "create", "siak", "--out", str(kit), "--armor"],
                    env=ws.env, cwd=tmp_path)
     assert made.returncode == 0, made.stderr
-    assert kit.read_text().startswith("-----BEGIN DRTOOL RECOVERY KIT-----")
+    assert kit.read_text().startswith("# drtool recovery kit (age)") and "BEGIN AGE ENCRYPTED FILE" in kit.read_text()
     aws = (site["s3"].access_key, site["s3"].secret_key)     # this kit holds no S3 credentials
     home = tmp_path / "home"
     home.mkdir()
@@ -218,7 +230,20 @@ def test_recover_refuses_non_empty_target_and_writes_nothing(site, tmp_path, pri
     assert [p.name for p in busy.iterdir()] == ["someone-elses.txt"] and list(private_tmp.iterdir()) == []
 
 
-def test_fire_scenario_recover_from_nothing(site, tmp_path):
+def test_recover_refuses_a_data_dir_inside_tmpdir(site, tmp_path, private_tmp):
+    inside = private_tmp / "db"
+    target = tmp_path / "restore"
+    proc = run_cli(["recover", "--kit", str(site["kit"]), "--target-root", str(target), "--data-dir", str(inside)],
+                   env=fresh_env(tmp_path, tmp=private_tmp), cwd=tmp_path)
+    assert proc.returncode == 2 and "tmp cleaner" in proc.stderr and "Traceback" not in proc.stderr
+    assert not target.exists() and list(private_tmp.iterdir()) == []
+
+
+def pg_ctl(argv: list[str]) -> None:
+    subprocess.run(argv, check=True, capture_output=True, timeout=120)
+
+
+def test_fire_scenario_recover_from_nothing(site, tmp_path, srv_dir, private_tmp):
     ws, pg = site["ws"], site["pg"]
     # The fire: state dir, configuration, password file, database cluster and files are gone.
     shutil.rmtree(ws.root)
@@ -231,23 +256,42 @@ def test_fire_scenario_recover_from_nothing(site, tmp_path):
     kit = home / "siak.drkit"
     shutil.copy(site["kit"], kit)
     target = tmp_path / "restore-root"
-    proc = run_cli(["recover", "--kit", str(kit), "--target-root", str(target), "--json"],
-                   env=fresh_env(home), cwd=home)
+    proc = run_cli(["recover", "--kit", str(kit), "--target-root", str(target), "--data-dir", str(srv_dir),
+                    "--json"], env=fresh_env(home, tmp=private_tmp), cwd=home)
     report = json.loads(proc.stdout) if proc.stdout.strip() else {}
     server = next((s.get("server") for s in report.get("sources", []) if s.get("server")), None)
     try:
         assert proc.returncode == 0, proc.stderr
         assert report["ok"] and report["policy"] == "siak" and report["rto_met"] is True
+        assert report["credentials"] == {"offsite": "the recovery kit"}
         listed = report["recoverable"]["siak"]["sources"]
         assert len(listed["siak-db"]["sets"]) == 1 and len(listed["scans"]["sets"]) == 1
         assert report["recovery_time_s"] > 0 and {s["step"] for s in report["steps"]} >= {
             "open kit", "open repositories", "read configuration bundle", "restore siak-db", "restore scans"}
         db = next(s for s in report["sources"] if s["source"] == "siak-db")
         assert db["verified"] is True and db["rows"] == 3500
+        # A production server: where asked, owned by postgres, durable, nothing in TMPDIR.
+        data_dir = Path(server["data_dir"])
+        assert data_dir == srv_dir / "siak" / "siak-db" / "server" / "data"
+        assert data_dir.stat().st_uid == pwd.getpwnam("postgres").pw_uid
+        assert list(private_tmp.iterdir()) == []
         env = {"PGPASSFILE": server["passfile"]}
         assert (Path(server["passfile"]).stat().st_mode & 0o777) == 0o600
+        assert (Path(server["password_file"]).stat().st_mode & 0o777) == 0o600
+        for setting in ("fsync", "full_page_writes", "synchronous_commit", "autovacuum"):
+            assert psql(server["port"], server["bin_dir"], f"SHOW {setting}", env=env) == "on", setting
         assert psql(server["port"], server["bin_dir"], CHECKSUM_SQL, db="siak", env=env) == site["checksum"]
+        # A restart with the printed commands keeps the data (and the durable settings).
+        pg_ctl(server["service"]["stop"])
+        pg_ctl(server["service"]["start"])
         assert psql(server["port"], server["bin_dir"], "select count(*) from kartu", db="siak", env=env) == site["kartu"]
+        assert psql(server["port"], server["bin_dir"], "SHOW fsync", env=env) == "on"
+        unit = Path(server["service"]["unit_file"]).read_text()
+        assert f"ExecStart={server['bin_dir']}/postgres -D {data_dir}" in unit and "User=postgres" in unit
+        if shutil.which("systemd-analyze"):
+            check = subprocess.run(["systemd-analyze", "verify", "--man=no", server["service"]["unit_file"]],
+                                   capture_output=True, text=True, timeout=60, check=False)
+            assert check.returncode == 0, check.stderr
         restored = target / str(site["docs"]).lstrip("/")
         assert tree_digest(restored) == site["tree"]
         # Nothing was put in the new HOME but the kit (no restic cache, no state dir).
@@ -255,6 +299,4 @@ def test_fire_scenario_recover_from_nothing(site, tmp_path):
         assert PASSPHRASE not in proc.stdout + proc.stderr
     finally:
         if server:
-            stop = ScratchPostgres()
-            stop.dir, stop.bin_dir, stop.port = Path(server["dir"]), server["bin_dir"], server["port"]
-            stop.stop()
+            subprocess.run(server["service"]["stop"], capture_output=True, timeout=120, check=False)

@@ -1,4 +1,5 @@
-"""The runbook works without drtool: its `sh` blocks, run by bash as written, bring the data back.
+"""The runbook works without drtool: its `sh` blocks, run by `bash -e` as written with no drtool on
+PATH, open the kit with `age -d`, pin one complete backup set and bring exactly its data back.
 
 Also: signed run records and drill reports (read from the bucket, as an auditor
 would) pass `drtool verify-report`, and fail it once altered or when checked
@@ -10,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import uuid
@@ -45,8 +47,12 @@ def prod_pg():
     yield from pg_server()
 
 
+BARE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
 @pytest.fixture(scope="module")
 def backed_up(tmp_path_factory, s3_server, prod_pg):
+    """Two backup runs; the newer one loses its fingerprint.json, so it is an incomplete set."""
     root = tmp_path_factory.mktemp("runbook")
     bucket = "runbook-" + uuid.uuid4().hex[:10]
     s3_server.make_bucket(bucket)
@@ -65,46 +71,92 @@ def backed_up(tmp_path_factory, s3_server, prod_pg):
         {"name": "arsip-db", "postgres": {"database": "arsip", "port": pg.port, "bin_dir": pg.bin_dir}},
         {"name": "scans", "files": {"paths": [str(files)]}},
     ])
-    run = json.loads(ws.drtool("backup", "arsip", "--json", check=True).stdout.strip().splitlines()[-1])
-    assert run["status"] == "success", run
-    return {"ws": ws, "run": run, "bucket": bucket, "files": files, "root": root,
-            "sum": psql(pg.port, pg.bin_dir, SUM_SQL, db="arsip"), "tree": digest(files)}
+    first = json.loads(ws.drtool("backup", "arsip", "--json", check=True).stdout.strip().splitlines()[-1])
+    assert first["status"] == "success", first
+    complete = {"sum": psql(pg.port, pg.bin_dir, SUM_SQL, db="arsip"), "tree": digest(files)}
+    psql(pg.port, pg.bin_dir, "insert into surat select g, 'newer' from generate_series(1501, 1600) g", db="arsip")
+    (files / "scan-new.bin").write_bytes(b"only in the incomplete run")
+    second = json.loads(ws.drtool("backup", "arsip", "--json", check=True).stdout.strip().splitlines()[-1])
+    snaps = json.loads(ws.restic("snapshots", "--json", "--tag", f"run={second['id']},stream=fingerprint.json").stdout)
+    assert len(snaps) == 1
+    assert ws.restic("forget", snaps[0]["id"]).returncode == 0      # as if the run died before its last write
+    # A custodian's kit sealed to an age key: `age -d -i` opens it without a terminal.
+    import pyrage
+    identity = pyrage.x25519.Identity.generate()
+    (root / "custodian.key").write_text(str(identity) + "\n")
+    (root / "custodian.key").chmod(0o600)
+    made = ws.drtool("kit", "create", "arsip", "--out", str(root / "arsip.age"),
+                     "--recipient", f"ops={identity.to_public()}", check=True)
+    assert made.returncode == 0
+    return {"ws": ws, "first": first, "second": second, "bucket": bucket, "files": files, "root": root,
+            "kit": root / "arsip.age", "identity": root / "custodian.key", **complete}
 
 
-def test_runbook_script_recovers_with_bare_tools(backed_up, tmp_path, s3_server):
+def run_runbook(backed_up, tmp_path, fresh, **extra: str) -> subprocess.CompletedProcess:
     ws = backed_up["ws"]
     book = tmp_path / "arsip.md"
     ws.drtool("runbook", "arsip", "--out", str(book), check=True)
     script = tmp_path / "recover.sh"
     script.write_text(extract_script(book.read_text()))
+    path = f"{fresh.bin_dir}:{BARE_PATH}"
+    assert shutil.which("drtool", path=path) is None and shutil.which("age", path=path)
+    # Only what the runbook names: the kit and its key, no repository password, no S3 keys (the
+    # kit has none: they come from AWS_*, as the runbook says).
+    env = {
+        "PATH": path, "HOME": str(tmp_path), "LANG": "C.UTF-8",
+        "KIT": str(backed_up["kit"]), "AGE_IDENTITY": str(backed_up["identity"]),
+        "RECOVERY_DIR": str(tmp_path / "work"), "RESTORE_ROOT": str(tmp_path / "root"),
+        "AWS_ACCESS_KEY_ID": ws.env["DRT_S3_KEY"], "AWS_SECRET_ACCESS_KEY": ws.env["DRT_S3_SECRET"],
+        "PGHOST": "127.0.0.1", "PGPORT": str(fresh.port), "PGUSER": "postgres", **extra,
+    }
+    return subprocess.run(["bash", "-e", str(script)], check=False, env=env, capture_output=True, text=True,
+                          timeout=300, stdin=subprocess.DEVNULL, cwd=tmp_path)
+
+
+def test_runbook_script_recovers_the_newest_complete_set_with_bare_tools(backed_up, tmp_path, s3_server):
+    ws = backed_up["ws"]
+    with ScratchPostgres() as fresh:       # the new machine's empty PostgreSQL
+        proc = run_runbook(backed_up, tmp_path, fresh)
+        assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr}"
+        assert f"restoring backup run {backed_up['first']['id']}" in proc.stdout
+        assert "arsip: row counts equal the backup fingerprint" in proc.stdout
+        assert psql(fresh.port, fresh.bin_dir, SUM_SQL, db="arsip") == backed_up["sum"]
+        # Roles came first, so the owner survived.
+        assert psql(fresh.port, fresh.bin_dir, "select tableowner from pg_tables where tablename = 'surat'",
+                    db="arsip") == "arsip_owner"
+    restored = tmp_path / "root" / str(backed_up["files"]).lstrip("/")
+    assert digest(restored) == backed_up["tree"]          # the same run: no scan-new.bin
     # The runbook kept offsite in the config bundle is the same document.
-    bundle_dir = tmp_path / "bundle"
     from drtool.actions.bundle import fetch_config_bundle
     from drtool.engine.restic import RepoAccess, Restic
     from drtool.secrets import Secret
 
     access = RepoAccess(ws.repo_url, Secret((ws.root / "repo.pass").read_text()),
                         {"AWS_ACCESS_KEY_ID": s3_server.access_key, "AWS_SECRET_ACCESS_KEY": s3_server.secret_key})
-    fetch_config_bundle(Restic(access), bundle_dir)
-    assert (bundle_dir / "runbooks" / "arsip.md").read_text() == book.read_text()
+    fetch_config_bundle(Restic(access), tmp_path / "bundle")
+    assert (tmp_path / "bundle" / "runbooks" / "arsip.md").read_text() == (tmp_path / "arsip.md").read_text()
 
-    with ScratchPostgres() as fresh:       # the new machine's empty PostgreSQL
-        env = {
-            "PATH": f"{fresh.bin_dir}:{os.environ['PATH']}", "HOME": str(tmp_path), "LANG": "C.UTF-8",
-            "RESTIC_PASSWORD_FILE": str(ws.root / "repo.pass"), "RECOVERY_DIR": str(tmp_path / "work"),
-            "RESTORE_ROOT": str(tmp_path / "root"),
-            "AWS_ACCESS_KEY_ID": s3_server.access_key, "AWS_SECRET_ACCESS_KEY": s3_server.secret_key,
-            "PGHOST": "127.0.0.1", "PGPORT": str(fresh.port), "PGUSER": "postgres",
-        }
-        proc = subprocess.run(["bash", "-e", str(script)], check=False, env=env, capture_output=True, text=True,
-                              timeout=300, stdin=subprocess.DEVNULL, cwd=tmp_path)
-        assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr}"
-        assert psql(fresh.port, fresh.bin_dir, SUM_SQL, db="arsip") == backed_up["sum"]
-        # Roles came first, so the owner survived.
-        assert psql(fresh.port, fresh.bin_dir, "select tableowner from pg_tables where tablename = 'surat'",
-                    db="arsip") == "arsip_owner"
-    restored = tmp_path / "root" / str(backed_up["files"]).lstrip("/")
-    assert digest(restored) == backed_up["tree"]
+
+def test_runbook_refuses_an_incomplete_set_and_restores_nothing(backed_up, tmp_path):
+    with ScratchPostgres() as fresh:
+        proc = run_runbook(backed_up, tmp_path, fresh, RUN=backed_up["second"]["id"])
+        assert proc.returncode == 1, proc.stdout + proc.stderr
+        assert "is not a complete backup set" in proc.stderr and "refusing" in proc.stderr
+        assert psql(fresh.port, fresh.bin_dir, "select count(*) from pg_database where datname = 'arsip'") == "0"
+    assert not (tmp_path / "root").exists()
+
+
+def test_runbook_stops_when_restored_counts_differ_from_the_fingerprint(backed_up, tmp_path):
+    # A restore that silently loses rows: this pg_restore loads the schema only.
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    with ScratchPostgres() as fresh:
+        (fake / "pg_restore").write_text(f'#!/bin/bash\nexec {fresh.bin_dir}/pg_restore "$@" --section=pre-data\n')
+        (fake / "pg_restore").chmod(0o755)
+        proc = run_runbook(backed_up, tmp_path, fresh, PATH=f"{fake}:{fresh.bin_dir}:{BARE_PATH}")
+        assert proc.returncode == 1, proc.stdout + proc.stderr
+        assert "row counts of arsip differ from the backup fingerprint" in proc.stderr
+        assert "public.surat\t1500" in proc.stdout and "public.surat\t0" in proc.stdout   # diff shows both
 
 
 def test_signed_records_fail_verify_report_once_altered(backed_up, tmp_path, s3_server):

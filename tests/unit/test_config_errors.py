@@ -178,3 +178,20 @@ def test_invalid_drtool_yaml_does_not_hide_policy_problems(tmp_path):
         load_settings(str(cfg))
     text = str(info.value)
     assert "drtool.yaml:6:1: at 'colour': unknown key" in text and "p.yaml:5:" in text and "must be absolute" in text
+
+
+def test_from_nothing_playbook_takes_only_checks_and_one_key() -> None:
+    from pydantic import ValidationError
+
+    from drtool.config.models import Playbook
+
+    ok = Playbook.model_validate({"name": "fire", "policy": "siak", "schedule": "0 3 1 * *",
+                                  "from_nothing": {"kit": "siak.age", "passphrase": {"env": "KIT_PASS"}}})
+    assert ok.steps == [] and ok.from_nothing.mode == "drtool"
+    with pytest.raises(ValidationError, match="checks"):
+        Playbook.model_validate({"name": "fire", "policy": "siak", "from_nothing": {"kit": "k", "identity": "id"},
+                                 "steps": [{"name": "r", "restore": {"source": "db"}}]})
+    with pytest.raises(ValidationError, match="exactly one of passphrase"):
+        Playbook.model_validate({"name": "fire", "policy": "siak", "from_nothing": {"kit": "k"}})
+    with pytest.raises(ValidationError, match="at least one step"):
+        Playbook.model_validate({"name": "p", "policy": "siak", "steps": []})

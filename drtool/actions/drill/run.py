@@ -42,6 +42,9 @@ def effective_targets(playbook: Playbook, policy: Policy) -> Targets:
 def run_drill(settings: Settings, playbook: Playbook, *, keep: bool = False, trigger: str = "manual",
               on_event: EventFn | None = None, cancel: threading.Event | None = None,
               host: str | None = None) -> DrillReport:
+    if playbook.from_nothing is not None:     # a fire drill: the recovery runs in a sandbox
+        from drtool.actions.fire_drill import run_fire_drill
+        return run_fire_drill(settings, playbook, trigger=trigger, on_event=on_event, cancel=cancel, host=host)
     emit = on_event or (lambda _event: None)
     policy = settings.policy(playbook.policy)
     targets = effective_targets(playbook, policy)
@@ -59,9 +62,9 @@ def run_drill(settings: Settings, playbook: Playbook, *, keep: bool = False, tri
             _drill(settings, playbook, policy, handle, report, emit, keep=keep, cancel=cancel, host=host)
         except KeyboardInterrupt:
             report.error, report.cancelled = "interrupted (Ctrl-C) before the drill finished", True
-            _conclude(lifecycle, report)
+            conclude_drill(lifecycle, report)
             raise
-        _conclude(lifecycle, report)
+        conclude_drill(lifecycle, report)
     report.record = lifecycle.record
     emit({"event": "drill_done", "id": report.id, "passed": report.passed})
     return report
@@ -100,7 +103,7 @@ def _run_steps(ctx: DrillContext, playbook: Playbook, report: DrillReport, emit:
             stopped_by = f"step {step.name!r} {result.status.replace('_', ' ')} (on_failure: stop)"
 
 
-def _conclude(lifecycle: RunLifecycle, report: DrillReport) -> None:
+def conclude_drill(lifecycle: RunLifecycle, report: DrillReport) -> None:
     """The drill's verdict becomes the run's status; the report is the run's details. A recovery
     slower than its target is also its own alert (`rto_breach`), beside the drill's outcome."""
     report.finished_at = utcnow()

@@ -1,4 +1,8 @@
-"""The recovery kit format: sealing, opening, every way it can fail, armour, file mode."""
+"""The first kit format (kept readable): sealing, opening, every way it can fail, armour, file mode.
+
+New kits are age files (tests/unit/test_kit_age.py); these kits must keep opening through
+`drtool.crypto.kit.open_kit` until every custodian has run `drtool kit upgrade`.
+"""
 
 from __future__ import annotations
 
@@ -8,22 +12,18 @@ import time
 
 import pytest
 
-from drtool.crypto import kit as kitmod
+from drtool.crypto import kit_legacy as kitmod
 from drtool.crypto.kit import (
-    ARMOR_BEGIN,
-    ARMOR_END,
     BundleLocation,
     Kit,
     KitError,
     KitRepository,
     KitS3,
-    armor,
-    dearmor,
     open_kit,
     read_kit,
-    seal,
     write_kit,
 )
+from drtool.crypto.kit_legacy import ARMOR_BEGIN, ARMOR_END, armor, dearmor, seal
 from drtool.secrets import Secret
 
 PASS = "correct horse battery staple"

@@ -1,0 +1,171 @@
+"""Issue 12: `drtool recover` from the kit vs the raw time of the same recovery by hand.
+
+drtool side: `drtool recover --kit K --data-dir D --json` in a clean environment (empty HOME, only
+the kit and its passphrase on a pipe), end to end: open the kit, the repository and the
+configuration bundle, start a new PostgreSQL, restore (globals + dump), make it durable
+(initdb --sync-only, restart, CHECKPOINT) and verify the row counts against the fingerprint.
+
+raw side (a floor, not a procedure anyone can follow): copy the repository's objects out of the
+bucket (`rclone copy`, 4 transfers), start a fresh PostgreSQL (initdb + pg_ctl start, drill
+tuning), then `pg_restore -j 2` of a local pg_dump -Fc file of the same database (made before
+the timing starts). Alternating A/B, median of --reps.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from bench.procs import Run, check, timed
+
+PASSPHRASE = "bench kit passphrase " + os.urandom(4).hex()
+RAW_JOBS = 2
+
+
+def _log(msg: str) -> None:
+    from bench.runner import log
+    log(msg)
+
+
+def fill(pg, mb: int, psql) -> dict:
+    """Database `siak`: pgbench tables (~60 %) and a wide text table with an index (~40 %)."""
+    psql(pg, "create database siak")
+    scale = max(1, round(mb * 0.6 / 15))
+    check(timed([os.path.join(pg.bin_dir, "pgbench"), "-i", "-q", "-s", str(scale), "-h", "127.0.0.1",
+                 "-p", str(pg.port), "-U", "postgres", "siak"]), "pgbench -i")
+    rows = max(1000, int(mb * 0.4 * 2**20 / 400))
+    psql(pg, "create table dokumen (id bigint primary key, body text);"
+             f"insert into dokumen select g, repeat(md5(g::text), 10) from generate_series(1, {rows}) g;"
+             "create index on dokumen (md5(body));", db="siak")
+    return {"db_bytes": int(psql(pg, "select pg_database_size('siak')")), "pgbench_scale": scale,
+            "dokumen_rows": rows}
+
+
+def _make_kit(ws, root: Path) -> Path:
+    kit = root / "siak.age"
+    read_fd, write_fd = os.pipe()
+    os.write(write_fd, PASSPHRASE.encode() + b"\n")
+    os.close(write_fd)
+    try:
+        proc = subprocess.run([*ws.argv("kit", "create", "p", "--out", str(kit), "--with-credentials",
+                                        "--passphrase-fd", str(read_fd))],
+                              env=ws.env, capture_output=True, timeout=600, pass_fds=(read_fd,), check=False)
+    finally:
+        os.close(read_fd)
+    if proc.returncode != 0:
+        raise RuntimeError(f"kit create: {proc.stderr.decode()[-2000:]}")
+    return kit
+
+
+def _recover(root: Path, kit: Path, i: int) -> tuple[Run, dict]:
+    home, data = root / f"recover-home-{i}", root / f"recovered-{i}"
+    home.mkdir()
+    env = {"PATH": os.environ["PATH"], "HOME": str(home), "LANG": "C.UTF-8",
+           **({"PYTHONPATH": os.environ["PYTHONPATH"]} if os.environ.get("PYTHONPATH") else {})}
+    read_fd, write_fd = os.pipe()
+    os.write(write_fd, PASSPHRASE.encode() + b"\n")
+    os.close(write_fd)
+    started = time.perf_counter()
+    try:
+        proc = subprocess.run([sys.executable, "-m", "drtool", "recover", "--kit", str(kit), "--data-dir", str(data),
+                               "--json", "--passphrase-fd", str(read_fd)], env=env, cwd=home,
+                              capture_output=True, timeout=7200, pass_fds=(read_fd,), check=False)
+    finally:
+        os.close(read_fd)
+    run = check(Run(time.perf_counter() - started, proc.returncode, None, proc.stdout, proc.stderr), "drtool recover")
+    report = json.loads(proc.stdout.decode().strip().splitlines()[-1])
+    for source in report["sources"]:
+        stop = ((source.get("server") or {}).get("service") or {}).get("stop")
+        if stop:
+            subprocess.run(stop, capture_output=True, timeout=300, check=False)
+    shutil.rmtree(data, ignore_errors=True)
+    shutil.rmtree(home, ignore_errors=True)
+    return run, report
+
+
+def _raw(b, prefix: str, dump: Path, i: int) -> tuple[Run, dict]:
+    from drtool.scratch.postgres import ScratchPostgres
+
+    dest = b.root / f"raw-objects-{i}"
+    env = {**os.environ, "RCLONE_CONFIG_SRC_TYPE": "s3", "RCLONE_CONFIG_SRC_PROVIDER": "Other",
+           "RCLONE_CONFIG_SRC_ENDPOINT": b.s3.endpoint, "RCLONE_CONFIG_SRC_ACCESS_KEY_ID": b.s3.access_key,
+           "RCLONE_CONFIG_SRC_SECRET_ACCESS_KEY": b.s3.secret_key}
+    parts = {}
+    started = time.perf_counter()
+    copy = check(timed(["rclone", "copy", f"src:bench/{prefix}", str(dest), "--transfers", "4"], env=env),
+                 "rclone copy")
+    parts["copy objects"] = copy.seconds
+    t = time.perf_counter()
+    with ScratchPostgres() as fresh:
+        parts["initdb + start"] = time.perf_counter() - t
+        t = time.perf_counter()
+        argv = [os.path.join(fresh.bin_dir, "pg_restore"), "-h", "127.0.0.1", "-p", str(fresh.port), "-U",
+                "postgres", "-j", str(RAW_JOBS), "--create", "-d", "postgres", str(dump)]
+        check(timed(argv), "pg_restore")
+        parts[f"pg_restore -j {RAW_JOBS}"] = time.perf_counter() - t
+        total = time.perf_counter() - started
+    shutil.rmtree(dest, ignore_errors=True)
+    return Run(total, 0), parts
+
+
+def bench_recover(b, pg, mb: int, reps: int, psql) -> dict:
+    meta = fill(pg, mb, psql)
+    _log(f"recover: database {meta}")
+    prefix = "recover-drtool"
+    ws = b.workspace("recover", prefix, [{"name": "siak-db", "postgres": {
+        "database": "siak", "host": "127.0.0.1", "port": pg.port, "user": "postgres", "bin_dir": pg.bin_dir}}])
+    ws.run("backup", "p", "--json")
+    kit = _make_kit(ws, b.root)
+    dump = b.root / "siak.pgdump"
+    check(timed([os.path.join(pg.bin_dir, "pg_dump"), "-Fc", "-h", "127.0.0.1", "-p", str(pg.port),
+                 "-U", "postgres", "-f", str(dump), "siak"]), "pg_dump (raw side's local file)")
+    drtool_runs: list[Run] = []
+    raw_runs: list[Run] = []
+    steps: dict[str, list[float]] = {}
+    raw_parts: dict[str, list[float]] = {}
+    for i in range(reps):
+        order = ("drtool", "raw") if i % 2 == 0 else ("raw", "drtool")
+        for side in order:
+            _log(f"recover rep {i + 1}/{reps}: {side}")
+            if side == "drtool":
+                run, report = _recover(b.root, kit, i)
+                drtool_runs.append(run)
+                for s in report["steps"]:
+                    steps.setdefault(s["step"], []).append(s["duration_s"])
+                source = report["sources"][0]
+                for p in source.get("phases", []):
+                    steps.setdefault(f"  {p['name']}", []).append(p["duration_s"])
+                for key in ("start_s", "make_durable_s"):
+                    if (source.get("server") or {}).get(key) is not None:
+                        steps.setdefault(f"  {key.removesuffix('_s').replace('_', ' ')}", []).append(
+                            source["server"][key])
+            else:
+                run, parts = _raw(b, prefix, dump, i)
+                raw_runs.append(run)
+                for k, v in parts.items():
+                    raw_parts.setdefault(k, []).append(v)
+    return {"meta": meta, "dump_bytes": dump.stat().st_size, "drtool": drtool_runs, "raw": raw_runs,
+            "steps": steps, "raw_parts": raw_parts}
+
+
+def report_lines(res: dict) -> list[str]:
+    if "recover" not in res:
+        return []
+    r = res["recover"]
+    a, b = [x.seconds for x in r["drtool"]], [x.seconds for x in r["raw"]]
+    ratio = statistics.median(a) / statistics.median(b)
+    mb = r["meta"]["db_bytes"] / 2**20
+    med = statistics.median
+    return [
+        f"recover postgres ({mb:.0f} MB db, {r['dump_bytes'] / 2**20:.0f} MB dump): drtool {med(a):.2f} s "
+        f"({min(a):.2f}-{max(a):.2f}), raw {med(b):.2f} s ({min(b):.2f}-{max(b):.2f}), ratio {ratio:.3f} "
+        f"(target <= 1.2: {'yes' if ratio <= 1.2 else 'NO'})",
+        "  drtool steps (median s): " + "; ".join(f"{k.strip()} {med(v):.2f}" for k, v in r["steps"].items()),
+        "  raw parts (median s): " + "; ".join(f"{k} {med(v):.2f}" for k, v in r["raw_parts"].items()),
+    ]

@@ -1,0 +1,304 @@
+"""Use case: the fire drill - recover from nothing but the kit, on a schedule, and time it.
+
+A playbook with `from_nothing: {kit: FILE, passphrase: SECRET}` (or
+`identity: FILE`) is run by `run_drill` through here:
+
+1. a sandbox (drtool.actions.sandbox): empty HOME, state dir and TMPDIR, no
+   drtool.yaml, no secret of this machine in the environment;
+2. `mode: drtool` (default): `drtool recover` runs there as a subprocess with
+   only the kit and its passphrase, recovering every source of the policy
+   into servers and directories inside the sandbox (the very production path:
+   durable servers, fingerprints verified); `mode: runbook`: the generated
+   runbook runs in bash with bare tools (no drtool on PATH) against empty
+   scratch servers, answering age's passphrase prompt on a terminal;
+3. the playbook's checks (sql / http / command steps) run against what came
+   back, through the ordinary drill steps;
+4. time-to-service per source (drtool mode: from the start of the sandbox to
+   the end of that source's restore) and in total, against the RTO;
+5. everything is torn down, and the report is signed and recorded like any
+   drill (local catalog, offsite drills/<id>.json).
+
+A revoked kit, a wrong passphrase or a tampered configuration bundle makes
+the recovery step fail with the recovery's own message.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from drtool.actions.kit_open import KitKey
+from drtool.actions.sandbox import Sandbox, fire_sandbox, run_recover, run_runbook
+from drtool.catalog import new_run_id, utcnow
+from drtool.config.loader import Settings
+from drtool.config.models import Playbook, Policy
+from drtool.actions.drill.model import DrillReport, StepResult, skipped_after
+from drtool.actions.lifecycle import RunLifecycle
+from drtool.errors import DrtoolError, UsageError
+from drtool.execute import LocalRunner
+
+log = logging.getLogger(__name__)
+
+EventFn = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class FireRun:
+    """One fire drill while it runs: what both modes need."""
+
+    settings: Settings
+    playbook: Playbook
+    policy: Policy
+    box: Sandbox
+    kit: Path                    # the sandbox's copy
+    key: KitKey
+    report: DrillReport
+    emit: EventFn
+    host: str | None
+    cancel: threading.Event | None
+
+    @property
+    def timeout(self) -> float:
+        assert self.playbook.from_nothing is not None
+        return self.playbook.from_nothing.timeout
+
+
+def run_fire_drill(settings: Settings, playbook: Playbook, *, trigger: str = "manual",
+                   on_event: EventFn | None = None, cancel: threading.Event | None = None,
+                   host: str | None = None) -> DrillReport:
+    from drtool.actions.common import open_repo
+    from drtool.actions.drill.run import conclude_drill, effective_targets
+
+    emit = on_event or (lambda _event: None)
+    spec = playbook.from_nothing
+    assert spec is not None
+    policy = settings.policy(playbook.policy)
+    targets = effective_targets(playbook, policy)
+    drill_id = new_run_id("drill")
+    report = DrillReport(drill_id, playbook.name, policy.name, utcnow(), trigger=trigger,
+                         playbook_path=playbook.path, rto_target_s=targets.rto, rpo_target_s=targets.rpo)
+    # Recorded like any drill (local catalog, signed offsite as drills/<id>.json, alerts, metrics).
+    lifecycle = RunLifecycle(settings, "drill", policy.name, trigger=trigger, emit=emit, run_id=drill_id,
+                             playbook=playbook.name, offsite_path=f"drills/{drill_id}.json",
+                             offsite_body=lambda _run: report.to_dict())
+    with lifecycle:
+        report.started_at = lifecycle.record.started_at
+        lifecycle.handle = open_repo(settings, policy.repository)
+        report.extra["from_nothing"] = {"mode": spec.mode, "kit": str(_beside(playbook, spec.kit))}
+        emit({"event": "drill_start", "id": report.id, "playbook": playbook.name, "policy": policy.name})
+        try:
+            _fire(settings, playbook, policy, report, emit, host=host, cancel=cancel)
+        except DrtoolError as exc:
+            report.error = f"the fire drill could not run to the end: {exc}"
+        conclude_drill(lifecycle, report)
+    report.record = lifecycle.record
+    emit({"event": "drill_done", "id": report.id, "passed": report.passed})
+    return report
+
+
+def _fire(settings: Settings, playbook: Playbook, policy: Policy, report: DrillReport, emit: EventFn, *,
+          host: str | None, cancel: threading.Event | None) -> None:
+    spec = playbook.from_nothing
+    assert spec is not None
+    key = KitKey(spec.passphrase.resolve().reveal() if spec.passphrase else None,
+                 _beside(playbook, spec.identity) if spec.identity else None)
+    kit = _beside(playbook, spec.kit)
+    if not kit.is_file():
+        raise UsageError(f"the fire drill's kit {kit} does not exist", hint="fix from_nothing.kit in the playbook")
+    with fire_sandbox() as box:
+        run = FireRun(settings, playbook, policy, box, box.take_kit(kit), key, report, emit, host, cancel)
+        (_recover_in_drtool if spec.mode == "drtool" else _recover_with_runbook)(run)
+        emit({"event": "teardown", "keep": False})
+
+
+def _beside(playbook: Playbook, name: str) -> Path:
+    path = Path(name)
+    if not path.is_absolute() and playbook.path:
+        path = Path(playbook.path).parent / path
+    return path
+
+
+# ---------------------------------------------------------------- mode: drtool recover
+
+def _recover_in_drtool(run: FireRun) -> None:
+    report, box = run.report, run.box
+    begun = utcnow()
+    run.emit({"event": "step_start", "name": "recover from the kit (sandbox)", "kind": "restore"})
+    outcome = run_recover(box, run.kit, run.key, run.policy.name, timeout=run.timeout, host=run.host)
+    recovered = outcome.report or {}
+    try:
+        if outcome.code != 0 and not recovered.get("sources"):
+            detail = outcome.error or f"drtool recover exited with code {outcome.code}"
+            report.steps.append(StepResult("recover from the kit (sandbox)", "restore", "failed", begun,
+                                           outcome.duration_s, detail=detail))
+            _skip_checks(run.playbook, report, "the recovery failed")
+            return
+        report.steps += recovery_steps(recovered, begun, outcome.duration_s)
+        report.snapshot = _snapshot(recovered)
+        report.extra["from_nothing"].update(_service_times(report.steps), credentials=recovered.get("credentials"),
+                                            host=recovered.get("host"))
+        for step in report.steps:
+            run.emit({"event": "step_done", **step.to_dict()})
+        _run_checks(run, restored_from_recover(run.policy, recovered, box), recovered.get("host"))
+    finally:
+        _stop_recovered(recovered)
+
+
+def recovery_steps(recovered: dict[str, Any], begun: datetime, wall_s: float) -> list[StepResult]:
+    """recover's own timed steps as drill steps: one 'prepare' (drtool start, kit, repositories,
+    bundle, listing: everything before the first restore) and one 'restore' per source."""
+    timed = recovered.get("steps", [])
+    restores = [s for s in timed if s["step"].startswith("restore ")]
+    overhead = max(0.0, wall_s - sum(s["duration_s"] for s in timed))   # python start, exit
+    first = timed.index(restores[0]) if restores else len(timed)
+    prepare_s = overhead + sum(s["duration_s"] for s in timed[:first])
+    steps = [StepResult("start drtool, open kit, repositories and bundle (sandbox)", "prepare", "passed", begun,
+                        prepare_s, detail=", ".join(f"{s['step']} {s['duration_s']:.1f}s" for s in timed[:first]))]
+    at = begun + timedelta(seconds=prepare_s)
+    by_name = {s["source"]: s for s in recovered.get("sources", [])}
+    for item in restores:
+        name = item["step"].removeprefix("restore ")
+        source = by_name.get(name, {})
+        ok = bool(source) and source.get("verified") is not False and not source.get("problems")
+        detail = (f"into {source.get('target', '?')}: "
+                  + ("verified against the backup" if ok else "; ".join(source.get("problems", []))[:500]
+                     or "not restored"))
+        end = (at - begun).total_seconds() + item["duration_s"]
+        steps.append(StepResult(f"recover {name}", "restore", "passed" if ok else "failed", at, item["duration_s"],
+                                detail=detail, data={"time_to_service_s": round(end, 3),
+                                                     "rows": source.get("rows")}))
+        at += timedelta(seconds=item["duration_s"])
+    return steps
+
+
+def _service_times(steps: list[StepResult]) -> dict[str, Any]:
+    per = {s.name.removeprefix("recover "): s.data["time_to_service_s"] for s in steps if "time_to_service_s" in s.data}
+    return {"time_to_service_s": per, "total_s": max(per.values()) if per else None}
+
+
+def _snapshot(recovered: dict[str, Any]) -> dict[str, Any] | None:
+    sets = [s["snapshot"] for s in recovered.get("sources", []) if s.get("snapshot")]
+    if not sets:
+        return None
+    oldest = min(sets, key=lambda s: s["time"])
+    return {"id": oldest.get("id"), "short_id": oldest.get("short_id"), "time": oldest["time"],
+            "source": oldest.get("source"), "sources": {s["source"]: s for s in sets}}
+
+
+def restored_from_recover(policy: Policy, recovered: dict[str, Any], box: Sandbox) -> dict[str, Any]:
+    """What the checks reach: the recovered servers (from recover's report) and the restore root."""
+    from drtool.actions.select import SnapshotSet
+    from drtool.actions.drill.context import Restored
+    from drtool.secrets import Secret
+    from drtool.sources import database_source
+    from drtool.sources.base import DbTarget
+
+    out: dict[str, Any] = {}
+    for item in recovered.get("sources", []):
+        source = policy.source(item["source"])
+        snap = item.get("snapshot") or {}
+        chosen = SnapshotSet(source.name, snap.get("run", "?"), datetime.fromisoformat(snap["time"]))
+        server = item.get("server") or {}
+        if source.kind == "files":
+            out[source.name] = Restored(source, chosen, directory=box.restore_root)
+            continue
+        if source.kind == "sqlite":
+            target = DbTarget(kind="sqlite", host=None, path=box.restore_root / source.spec.path.lstrip("/"))
+        else:
+            password = Secret(Path(server["password_file"]).read_text().strip())
+            socket = str(Path(server["dir"]) / "mysqld.sock") if source.kind == "mariadb" else None
+            target = DbTarget(kind=source.kind, host="127.0.0.1", port=server["port"], user=server["user"],
+                              password=password, socket=socket, bin_dir=server.get("bin_dir"))
+        out[source.name] = Restored(source, chosen, target=target, databases=list(item.get("databases") or []),
+                                    db=database_source(source, LocalRunner()))
+    return out
+
+
+def _stop_recovered(recovered: dict[str, Any]) -> None:
+    for item in recovered.get("sources", []):
+        stop = ((item.get("server") or {}).get("service") or {}).get("stop")
+        if stop:
+            LocalRunner().run(stop, timeout=120, check=False)
+
+
+# ---------------------------------------------------------------- mode: the runbook in bash
+
+def _recover_with_runbook(run: FireRun) -> None:
+    from drtool.actions.fire_runbook import empty_servers, runbook_env, runbook_script
+
+    report, box, policy = run.report, run.box, run.policy
+    with ExitStack() as stack:
+        begun = utcnow()
+        servers = empty_servers(policy, box, stack)
+        report.steps.append(StepResult("start empty servers (the new machine's)", "prepare", "passed", begun,
+                                       (utcnow() - begun).total_seconds()))
+        script, used_host = runbook_script(run.settings, policy, box, run.host)
+        at = utcnow()
+        outcome = run_runbook(box, script, runbook_env(policy, box, run.kit, run.key, servers), run.key.passphrase,
+                              timeout=run.timeout)
+        ok = outcome.code == 0 and outcome.problem is None
+        detail = outcome.problem or (outcome.output.splitlines()[-1:] or ["no output"])[0]
+        report.steps.append(StepResult("runbook in bash, bare tools (sandbox)", "restore",
+                                       "passed" if ok else "failed", at, outcome.duration_s,
+                                       detail=detail[:1000], data={"exit_code": outcome.code,
+                                                                   "output_tail": outcome.output}))
+        report.extra["from_nothing"].update(total_s=round((utcnow() - begun).total_seconds(), 3), host=used_host)
+        report.snapshot = runbook_snapshot(box, outcome.output)
+        run.emit({"event": "step_done", **report.steps[-1].to_dict()})
+        if not ok:
+            _skip_checks(run.playbook, report, "the runbook failed")
+            return
+        _run_checks(run, servers.restored(policy), used_host)
+
+
+def runbook_snapshot(box: Sandbox, output: str) -> dict[str, Any] | None:
+    """The run the runbook chose (it says so) and when it was taken (its snapshot listing): the RPO."""
+    import json
+    import re
+
+    found = re.search(r"restoring backup run (\S+)", output)
+    listing = box.work / "snapshots.json"
+    if found is None or not listing.is_file():
+        return None
+    run = found.group(1)
+    snaps = [s for s in json.loads(listing.read_text()) if f"run={run}" in (s.get("tags") or [])]
+    if not snaps:
+        return None
+    first = min(snaps, key=lambda s: s["time"])
+    from drtool.engine.restic import parse_restic_time
+    return {"id": first["id"], "short_id": first.get("short_id"), "time": parse_restic_time(first["time"]).isoformat(),
+            "run": run, "snapshots": sorted(s["id"] for s in snaps)}
+
+
+# ---------------------------------------------------------------- checks, recording
+
+def _run_checks(run: FireRun, restored: dict[str, Any], host: str | None) -> None:
+    """The playbook's sql / http / command steps, run by the ordinary drill step runner."""
+    from drtool.actions.drill.context import DrillContext
+    from drtool.actions.drill.steps import run_step
+
+    # No repository handle: checks read what was restored, never the repository.
+    ctx = DrillContext(run.settings, run.policy, None, playbook_path=run.playbook.path,  # type: ignore[arg-type]
+                       cancel=run.cancel, host=host or "-")
+    ctx.restored.update(restored)
+    stopped = None
+    for step in run.playbook.steps:
+        if stopped:
+            run.report.steps.append(skipped_after(step.name, step.kind, stopped))
+            continue
+        run.emit({"event": "step_start", "name": step.name, "kind": step.kind})
+        result = run_step(ctx, step)
+        run.report.steps.append(result)
+        run.emit({"event": "step_done", **result.to_dict()})
+        if result.status != "passed" and step.on_failure == "stop":
+            stopped = f"step {step.name!r} {result.status.replace('_', ' ')} (on_failure: stop)"
+
+
+def _skip_checks(playbook: Playbook, report: DrillReport, cause: str) -> None:
+    report.steps += [skipped_after(s.name, s.kind, cause) for s in playbook.steps]
