@@ -12,12 +12,14 @@ ENV_FILE_HELP = "The root-only 0600 file the units read env: secrets from (defau
 @click.command()
 @click.option("--metrics-port", type=click.IntRange(1, 65535), metavar="PORT",
               help="Also serve Prometheus metrics on 127.0.0.1:PORT/metrics.")
+@click.option("--http", metavar="ADDR:PORT",
+              help="Serve the dashboard (rebuilt after every job) on this loopback address, e.g. 127.0.0.1:8088.")
 @click.pass_context
-def daemon(ctx: click.Context, metrics_port: int | None) -> None:
+def daemon(ctx: click.Context, metrics_port: int | None, http: str | None) -> None:
     """Run scheduled backups, retention, checks and drills until SIGTERM (SIGHUP reloads)."""
     from drtool.actions.daemon import run_daemon
 
-    ctx.exit(run_daemon(ctx.obj["config"], metrics_port=metrics_port))
+    ctx.exit(run_daemon(ctx.obj["config"], metrics_port=metrics_port, http=http))
 
 
 @click.group()

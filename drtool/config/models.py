@@ -143,6 +143,13 @@ class ForecastSettings(Model):
     horizon: Duration = 90 * 86400.0
 
 
+class DashboardSettings(Model):
+    """Pages `drtool daemon` keeps current (rebuilt after every job) and may serve on loopback."""
+    out_dir: str | None = None             # default: <state_dir>/dashboard
+    listen: str | None = None              # e.g. 127.0.0.1:8088 (loopback only); none: not served
+    token: SecretRef | None = None         # optional: required as Bearer / ?token= / cookie
+
+
 class Config(Model):
     state_dir: str = "/var/lib/drtool"
     hostname: str | None = None            # restic --host; default: this machine's name
@@ -155,6 +162,7 @@ class Config(Model):
     notifications: Notifications = Notifications()
     metrics: Metrics = Metrics()
     forecast: ForecastSettings = ForecastSettings()
+    dashboard: DashboardSettings = DashboardSettings()
 
     @field_validator("timezone")
     @classmethod

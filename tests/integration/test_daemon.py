@@ -31,11 +31,21 @@ import yaml
 
 from drtool.catalog import Catalog, RunRecord
 from tests.support.drtool_env import data_root
+from tests.support.services import free_port
 from tests.support.workspace import CANARY_PASSWORD, Workspace, make_workspace
 
 pytestmark = pytest.mark.integration
 
 SPARSE_BYTES = 256 << 30      # sparse: no disk used; restic needs minutes to read its zeros
+
+
+def fetch(url: str) -> str:
+    import urllib.request
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
 
 
 def overlaps(a: RunRecord, b: RunRecord) -> bool:
@@ -153,8 +163,10 @@ def test_daemon_runs_jobs_then_stops_cleanly_on_sigterm(tmp_path: Path, s3_serve
     ws.drtool("backup", "alpha", check=True, timeout=120)
     env = {**ws.env, "DRTOOL_DAEMON_GRACE": "1", "DRTOOL_WATCHDOG_SECONDS": "5"}
     log_path = tmp_path / "daemon.log"
+    pages_port = free_port()
     with open(log_path, "w") as log:        # the child has its own copy of the descriptor
-        proc = subprocess.Popen([sys.executable, "-m", "drtool", "-v", "-c", str(ws.config), "daemon"],
+        proc = subprocess.Popen([sys.executable, "-m", "drtool", "-v", "-c", str(ws.config), "daemon",
+                                 "--http", f"127.0.0.1:{pages_port}"],
                                 stdout=log, stderr=subprocess.STDOUT, env=env)
     catalog = Catalog(Path(cfg["state_dir"]))
     bulk = tmp_path / "bulk"
@@ -168,6 +180,12 @@ def test_daemon_runs_jobs_then_stops_cleanly_on_sigterm(tmp_path: Path, s3_serve
                     and 'drtool_drill_passed{playbook="alpha-drill",policy="alpha"}' in text
                     and any(h["event"] == "rpo_breach" for h in hooks))
         wait_until("backups, forget, drill, metrics and the watchdog", phase_one_done, proc, log_path, 40)
+        # The dashboard is served on loopback and rebuilt after the jobs: the drill is on its page.
+        wait_until("the dashboard page of alpha with its drill",
+                   lambda: "alpha-drill" in fetch(f"http://127.0.0.1:{pages_port}/policy-alpha.html"),
+                   proc, log_path, 20)
+        # One log line per finished job: outcome, duration, bytes, run id.
+        assert re.search(r"backup:alpha success in \d+\.\ds, \d+ bytes added, run \S+", log_path.read_text())
 
         # Phase 2: a reload drops the forget and drill schedules and brings a long backup;
         # SIGTERM while restic reads it.

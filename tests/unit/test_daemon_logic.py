@@ -502,3 +502,18 @@ def test_quiet_ticks_do_no_schedule_math_or_catalog_reads(tmp_path: Path, monkey
     assert daemon.tick() == [] and len(reads) == 3          # re-read once after the job finished
     clock.now = T0 + timedelta(hours=16)
     assert daemon.tick() == [] and len(reads) == 3
+
+
+def test_forecast_breach_is_alerted_once_per_policy_and_day(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from drtool.actions import forecast
+    from drtool.actions.forecast import ForecastAlert
+
+    alert = ForecastAlert("db", "breach-forecast", T0 + timedelta(days=40), 3600.0, 3000.0, "load",
+                          "more cores for the index build", "policy db: RTO forecast 3700s by 2024-06-10")
+    monkeypatch.setattr(forecast, "forecast_alerts", lambda settings, catalog, now=None: [alert])
+    daemon, events, clock = make(tmp_path, Fakes())
+    assert daemon.forecast_alerts() == ["db"] and daemon.forecast_alerts() == []
+    clock.now = T0 + timedelta(days=1)
+    assert daemon.forecast_alerts() == ["db"]
+    assert events.kinds() == ["forecast_breach", "forecast_breach"]
+    assert events.sent[0].details["dominant_phase"] == "load"

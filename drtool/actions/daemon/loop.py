@@ -9,9 +9,11 @@ The parts it wires together (each in its own module):
 
 Every job goes through the same actions as the CLI, so its record, offsite copy,
 notifications and metrics come from the run lifecycle; the daemon itself notifies only
-what no run reports: a job that failed before it could record itself, and RPO breaches.
+what no run reports: a job that failed before it could record itself, RPO breaches, and
+RTO forecasts that breach their target within the horizon (once per policy and day).
 After each job it logs one line with the outcome, duration, bytes and the first line of
-any error, and refreshes the metrics from the catalog.
+any error, refreshes the metrics from the catalog and rebuilds the dashboard pages
+(served on loopback with `--http 127.0.0.1:PORT` or `dashboard.listen`).
 
 Signals: SIGTERM/SIGINT stop scheduling, wait `grace` seconds for running jobs, then set
 their cancel events (the engine aborts restic so no partial snapshot is kept, and records
@@ -30,6 +32,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 from drtool.actions.daemon.dispatch import Dispatch, JobRequest, default_dispatch
@@ -66,13 +69,16 @@ class Daemon:
     def __init__(self, settings: Settings, *, dispatch: Dispatch | None = None, notifier: Notifier | None = None,
                  clock: Callable[[], datetime] = utcnow, snapshot_time: SnapshotTime = default_snapshot_time,
                  loader: Callable[[], Settings] | None = None, grace: float = 300.0, cancel_grace: float = 120.0,
-                 tick_seconds: float = 1.0, watchdog_seconds: float = 300.0, metrics_port: int | None = None) -> None:
+                 tick_seconds: float = 1.0, watchdog_seconds: float = 300.0, metrics_port: int | None = None,
+                 http: str | None = None) -> None:
         self.dispatch = dispatch or default_dispatch()
         self.clock = clock
         self.loader = loader
         self.grace, self.cancel_grace = grace, cancel_grace
         self.tick_seconds, self.watchdog_seconds = tick_seconds, watchdog_seconds
         self.metrics_port = metrics_port
+        self.http = http
+        self._forecast_sent: dict[str, str] = {}         # policy -> day its forecast alert went out
         self._notifier_override = notifier
         self._lock = threading.RLock()
         self._running: dict[str, Running] = {}
@@ -161,6 +167,7 @@ class Daemon:
         finally:
             if status != "locked":
                 self.write_metrics()                      # before the job counts as finished
+                self.refresh_pages()
             with self._lock:
                 self._running.pop(info.job.id, None)
                 self._queue.forget(info.job.id)           # its reference moved (or went back: locked)
@@ -238,18 +245,50 @@ class Daemon:
             def run() -> None:
                 try:
                     self.watchdog()
+                    self.forecast_alerts()
                     self.write_metrics()
                 finally:
                     self._watchdog_busy.release()
             threading.Thread(target=run, name="drtool-watchdog", daemon=True).start()
 
-    # ---------------------------------------------------------- metrics
+    def forecast_alerts(self, now: datetime | None = None) -> list[str]:
+        """Alert once per policy and day when its RTO forecast breaches the target within the horizon."""
+        from drtool.actions.forecast import forecast_alerts
+
+        now = now or self.clock()
+        try:
+            alerts = forecast_alerts(self.settings, self.catalog, now=now)
+        except Exception as exc:  # noqa: BLE001 - a forecast never stops the scheduler
+            log.warning("forecast could not be computed: %s", redact(str(exc)))
+            return []
+        day = now.date().isoformat()
+        sent = []
+        for alert in alerts:
+            if self._forecast_sent.get(alert.policy) == day:
+                continue
+            self._forecast_sent[alert.policy] = day
+            self._send(Event("forecast_breach", alert.message, policy=alert.policy, details=alert.to_dict()))
+            sent.append(alert.policy)
+        return sent
+
+    # ---------------------------------------------------------- metrics and pages
 
     def metrics_text(self) -> str:
         from drtool.actions.metrics import collect
         from drtool.report.prometheus import render
 
         return render(*collect(self.settings, self.catalog), now=self.clock())
+
+    @property
+    def pages_dir(self) -> Path:
+        configured = self.settings.config.dashboard.out_dir
+        return Path(configured) if configured else self.settings.state_dir / "dashboard"
+
+    def refresh_pages(self) -> None:
+        """Rebuild the dashboard when it is served or configured (never raises)."""
+        if self.http or self.settings.config.dashboard.listen or self.settings.config.dashboard.out_dir:
+            from drtool.actions.dashboard import refresh_dashboard
+            refresh_dashboard(self.settings, self.pages_dir)
 
     def write_metrics(self) -> None:
         from drtool.actions.lifecycle import update_metrics
@@ -310,6 +349,7 @@ class Daemon:
             signal.signal(signal.SIGINT, lambda *_: self.request_stop())
             signal.signal(signal.SIGHUP, lambda *_: self.request_reload())
         server = self._start_metrics_server()
+        pages = self._start_pages_server()
         scheduler = schedule.Scheduler()
         scheduler.every(self.tick_seconds).seconds.do(self._guarded, self.tick)
         scheduler.every(self.watchdog_seconds).seconds.do(self._guarded, self._watchdog_async)
@@ -326,8 +366,9 @@ class Daemon:
         finally:
             log.info("drtool daemon: stopping; %d job(s) running", len(self.running()))
             self.shutdown()
-            if server:
-                server.stop()
+            for running_server in (server, pages):
+                if running_server:
+                    running_server.stop()
         return 0
 
     def _guarded(self, fn: Callable[[], Any]) -> None:
@@ -349,11 +390,30 @@ class Daemon:
                               hint="choose another --metrics-port") from None
 
 
-def run_daemon(config_path: str | None, *, metrics_port: int | None = None) -> int:
+    def _start_pages_server(self) -> Any:
+        listen = self.http or self.settings.config.dashboard.listen
+        if not listen:
+            return None
+        from drtool.report.server import DashboardServer
+
+        host, _, port = listen.rpartition(":")
+        token = self.settings.config.dashboard.token
+        self.refresh_pages()
+        try:
+            server = DashboardServer(self.pages_dir, host.strip("[]") or "127.0.0.1", int(port),
+                                     token=token.resolve().reveal() if token else None).start()
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"cannot serve the dashboard on {listen}: {getattr(exc, 'strerror', None) or exc}",
+                             hint="use a free loopback address such as 127.0.0.1:8088") from None
+        log.info("dashboard served on %s%s", server.url, " (token required)" if token else "")
+        return server
+
+
+def run_daemon(config_path: str | None, *, metrics_port: int | None = None, http: str | None = None) -> int:
     from drtool.config import load_settings
 
     settings = load_settings(config_path)
-    daemon = Daemon(settings, loader=lambda: load_settings(config_path), metrics_port=metrics_port,
+    daemon = Daemon(settings, loader=lambda: load_settings(config_path), metrics_port=metrics_port, http=http,
                     grace=env_seconds("DRTOOL_DAEMON_GRACE", 300.0),
                     watchdog_seconds=env_seconds("DRTOOL_WATCHDOG_SECONDS", 300.0))
     return daemon.run()
