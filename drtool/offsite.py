@@ -10,19 +10,20 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 from drtool.config.models import Repository
 
 
 class OffsiteRecords:
-    def __init__(self, repo: Repository) -> None:
+    def __init__(self, repo: Repository, env: Mapping[str, str] | None = None) -> None:
         self.repo = repo
         self._store = None
         self._dir: Path | None = None
         if repo.is_s3:
             from drtool.storage.s3 import store_from_repository
-            self._store = store_from_repository(repo)
+            self._store = store_from_repository(repo, env)
         else:
             self._dir = Path(repo.url.removeprefix("local:") + ".drtool")
 

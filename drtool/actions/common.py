@@ -37,7 +37,8 @@ class RepoHandle:
             cached = self.__dict__.get("_offsite")
             if cached is None:
                 from drtool.offsite import OffsiteRecords
-                cached = self.__dict__["_offsite"] = OffsiteRecords(self.repository)
+                # The credentials restic was given (resolved once, or taken from a recovery kit).
+                cached = self.__dict__["_offsite"] = OffsiteRecords(self.repository, self.restic.access.env)
         return cached
 
 

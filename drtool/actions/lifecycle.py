@@ -68,6 +68,7 @@ class RunLifecycle:
         self._offsite_body = offsite_body or (lambda run: run.to_dict())
         self._notifier = notifier
         self._concluded: tuple[str, str | None] | None = None
+        self.error: DrtoolError | None = None    # the typed error the run ended with (callers may re-raise it)
         self.catalog: Catalog | None = None
         self.on_failure: list[Callable[[RunRecord], None]] = []     # e.g. the policy's on_failure hooks
 
@@ -137,6 +138,7 @@ class RunLifecycle:
         if exc is None:
             return self._concluded or ("success", None)
         if isinstance(exc, DrtoolError):
+            self.error = exc
             # The CLI's exit code comes from the error's class (2: bad configuration, e.g. a
             # secret that does not resolve at run time), as for errors raised outside a run.
             self.record.details["exit_code"] = exc.exit_code

@@ -39,6 +39,7 @@ from typing import Any
 from drtool.actions.bundle import Bundle, read_config_bundle
 from drtool.actions.common import RepoHandle
 from drtool.actions.kit_open import SnapshotListing, open_kit_file, open_repository_with_source
+from drtool.actions.lifecycle import RunLifecycle
 from drtool.actions.select import FINGERPRINT_STREAM, SnapshotSet, choose, snapshot_sets
 from drtool.config.loader import Settings
 from drtool.config.models import Policy, Source
@@ -62,6 +63,7 @@ class RecoverOptions:
     host: str | None = None                  # whose backups; default the kit's host
     data_dir: Path | None = None             # where recovered servers live; default <state_dir>/recovered
     identity: Path | None = None             # a custodian's age / SSH identity, for kits sealed to keys
+    state_dir: Path | None = None            # where this machine records the recovery; default the bundle's
 
 
 @dataclass
@@ -78,6 +80,7 @@ class RecoveryReport:
     host: str | None = None                   # whose backups were recovered
     credentials: dict[str, str | None] = field(default_factory=dict)   # repository -> where S3 keys came from
     notes: list[str] = field(default_factory=list)
+    run_id: str | None = None                 # the recovery's run record (catalog + offsite)
 
     @property
     def ok(self) -> bool:
@@ -92,7 +95,7 @@ class RecoveryReport:
                 "rto_target_s": self.rto_target_s, "rto_met": self.rto_met, "steps": self.steps,
                 "sources": self.sources, "connections": self.connections, "problems": self.problems,
                 "recoverable": self.recoverable, "kit": self.kit, "credentials": self.credentials,
-                "notes": self.notes}
+                "notes": self.notes, "run_id": self.run_id}
 
 
 class _Clock:
@@ -146,19 +149,35 @@ def recover(kit_path: Path, passphrase: str, options: RecoverOptions | None = No
             return report
         policy = _pick_policy(options.policy, policies, report.recoverable)
         report.policy, report.rto_target_s = policy.name, policy.targets.rto
-        handle = RepoHandle(policy.repository, restics[policy.repository], settings)
-        root = _data_root(policy, options, settings, report)
-        plans = _plan_targets(policy, options, root)    # refuses before anything is written
-        chosen = {s.name: choose(sets[policy.name][s.name], options.selector) for s in policy.sources}
-        with ExitStack() as cleanup:
-            for source in policy.sources:
-                outcome = clock.step(f"restore {source.name}", lambda s=source: _restore(
-                    handle, s, chosen[s.name], plans[s.name], options, cleanup, report))
-                report.sources.append(outcome)
-                report.problems += [f"{source.name}: {p}" for p in outcome.get("problems", [])]
-            cleanup.pop_all()      # success: scratch servers stay running for the users
+        # The recovery is a run like any other: recorded (on this machine's state dir), published
+        # signed next to the repository with the kit's credentials, and announced.
+        run_settings = settings.with_state_dir(options.state_dir) if options.state_dir else settings
+        handle = RepoHandle(policy.repository, restics[policy.repository], run_settings)
+        with RunLifecycle(run_settings, "recover", policy.name, handle=handle, emit=emit) as lc:
+            _recover_policy(policy, handle, sets, options, report, clock, settings)
+            report.recovery_time_s = time.monotonic() - started
+            lc.record.details["recovery"] = report.to_dict()
+            if report.problems:
+                lc.conclude("failed", "; ".join(report.problems)[:2000])
+        report.run_id = lc.record.id
+        if lc.error is not None:
+            raise lc.error                       # recorded and notified; the CLI reports it
     report.recovery_time_s = time.monotonic() - started
     return report
+
+
+def _recover_policy(policy: Policy, handle: RepoHandle, sets: dict[str, dict[str, list[SnapshotSet]]],
+                    options: RecoverOptions, report: RecoveryReport, clock: _Clock, settings: Settings) -> None:
+    root = _data_root(policy, options, settings, report)
+    plans = _plan_targets(policy, options, root)    # refuses before anything is written
+    chosen = {s.name: choose(sets[policy.name][s.name], options.selector) for s in policy.sources}
+    with ExitStack() as cleanup:
+        for source in policy.sources:
+            outcome = clock.step(f"restore {source.name}", lambda s=source: _restore(
+                handle, s, chosen[s.name], plans[s.name], options, cleanup, report))
+            report.sources.append(outcome)
+            report.problems += [f"{source.name}: {p}" for p in outcome.get("problems", [])]
+        cleanup.pop_all()      # success: the recovered servers stay running for the users
 
 
 # ---------------------------------------------------------------- what can be recovered

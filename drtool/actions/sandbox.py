@@ -112,7 +112,8 @@ def recover_argv(box: Sandbox, kit: Path, policy: str, *, fd: int | None, identi
                  host: str | None) -> list[str]:
     env = [f"{k}={v}" for k, v in box.env().items()]
     argv = ["env", "-i", *env, sys.executable, "-m", "drtool", "recover", "--kit", str(kit), "--policy", policy,
-            "--target-root", str(box.restore_root), "--data-dir", str(box.servers), "--json"]
+            "--target-root", str(box.restore_root), "--data-dir", str(box.servers),
+            "--state-dir", str(box.root / "state"), "--json"]
     if host:
         argv += ["--host", host]
     if identity is not None:

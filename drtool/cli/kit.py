@@ -256,14 +256,16 @@ def kit_upgrade(old: Path, out: Path, recipients: tuple[str, ...], armor: bool, 
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Where recovered database servers live (persistent; default <state_dir>/recovered, "
                    "i.e. /var/lib/drtool/recovered).")
+@click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Where this machine records the recovery run (default: the backed-up configuration's state_dir).")
 @_passphrase_fd
 @_identity
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def recover(ctx: click.Context, kit_file: Path, policy: str | None, target_root: Path | None,
             to_original_paths: bool, pg_target: str | None, snapshot: str, force: bool, list_only: bool,
-            host: str | None, data_dir: Path | None, passphrase_fd: int | None, identity: Path | None,
-            as_json: bool) -> None:
+            host: str | None, data_dir: Path | None, state_dir: Path | None, passphrase_fd: int | None,
+            identity: Path | None, as_json: bool) -> None:
     """Recover a policy on a fresh machine from the recovery kit alone (no drtool.yaml needed)."""
     from drtool.actions.recover import RecoverOptions
     from drtool.actions.recover import recover as run_recover
@@ -271,7 +273,7 @@ def recover(ctx: click.Context, kit_file: Path, policy: str | None, target_root:
     passphrase = None if identity else read_passphrase(passphrase_fd)
     options = RecoverOptions(policy=policy, target_root=target_root, original_paths=to_original_paths,
                              pg_target=pg_target, selector=snapshot, force=force, list_only=list_only,
-                             host=host, data_dir=data_dir, identity=identity)
+                             host=host, data_dir=data_dir, identity=identity, state_dir=state_dir)
 
     def progress(event: dict[str, Any]) -> None:
         if not as_json and event.get("event") == "step_done":

@@ -9,6 +9,7 @@ one run of `validate` lists every problem.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -93,6 +94,11 @@ class Settings:
     def state_dir(self) -> Path:
         p = Path(self.config.state_dir)
         return p if p.is_absolute() else self.path.parent / p
+
+    def with_state_dir(self, state_dir: Path) -> "Settings":
+        """The same settings keeping their state elsewhere (a sandbox, a recovery on a new machine)."""
+        config = self.config.model_copy(update={"state_dir": str(Path(state_dir).resolve())})
+        return dataclasses.replace(self, config=config)
 
     @property
     def policies_dir(self) -> Path:

@@ -23,7 +23,7 @@ import logging
 import os
 import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import PurePath
@@ -487,11 +487,17 @@ def _json_default(value: Any) -> Any:
 
 # ---------------------------------------------------------------- from config
 
-def store_from_repository(repo: Repository) -> S3Store | None:
-    """The store of an S3 repository (None for other backends), its secrets resolved."""
+def store_from_repository(repo: Repository, env: Mapping[str, str] | None = None) -> S3Store | None:
+    """The store of an S3 repository (None for other backends), its secrets resolved.
+
+    `env`: credentials already resolved for restic (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY,
+    e.g. from a recovery kit): used instead of resolving the configuration's references again."""
     if not repo.is_s3:
         return None
     location = parse_s3_url(repo.url)
+    if env and env.get("AWS_ACCESS_KEY_ID") and env.get("AWS_SECRET_ACCESS_KEY"):
+        region = env.get("AWS_DEFAULT_REGION") or (repo.s3.region if repo.s3 else "us-east-1")
+        return S3Store(location, Secret(env["AWS_ACCESS_KEY_ID"]), Secret(env["AWS_SECRET_ACCESS_KEY"]), region)
     settings = repo.s3
     if settings is None:
         region = os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or "us-east-1"
