@@ -11,7 +11,8 @@ On a fresh machine (no drtool.yaml, empty state dir) this:
 6. restores the chosen policy: databases into a new scratch PostgreSQL /
    MariaDB that stays running (or a named PostgreSQL server), files under a
    target root (or their original paths, only when asked),
-7. verifies: database row counts against fingerprint.json, file trees against
+7. verifies: database row counts (and content hashes, where the backup recorded
+   them) against fingerprint.json, file trees against
    the snapshot listing (content hashes by `restic restore --verify`),
 8. reports the time each step took and the achieved recovery time vs the
    policy's RTO target.
@@ -282,7 +283,7 @@ def _restore_database(handle: RepoHandle, source: Source, chosen: SnapshotSet, p
                       options: RecoverOptions, cleanup: ExitStack, report: RecoveryReport) -> dict[str, Any]:
     from drtool.execute import LocalRunner
     from drtool.sources import database_source
-    from drtool.sources.base import DbTarget, compare_fingerprints
+    from drtool.sources.base import DbTarget, verify_restored
 
     reader = ResticStreamReader(handle.restic, chosen.streams)
     expected = json.loads(reader.read_bytes(FINGERPRINT_STREAM))
@@ -306,15 +307,10 @@ def _restore_database(handle: RepoHandle, source: Source, chosen: SnapshotSet, p
     db = database_source(source, LocalRunner())
     result = db.restore(reader, target, force=options.force)
     names = result.databases
-    actual = db.fingerprint_target(target, names)
-    original = list(expected.get("databases", {}))
-    mapping = original if len(original) == 1 and len(names) == 1 else names
-    exp = {"databases": {d: expected["databases"].get(k, {}) for d, k in zip(names, mapping)}}
-    problems = compare_fingerprints(exp, actual)
-    rows = sum(n for tables in actual.get("databases", {}).values() for n in tables.values())
-    return {"target": target.describe(), "databases": names, "rows": rows, "server": server_info,
+    check = verify_restored(db, target, names, expected)
+    return {"target": target.describe(), "databases": names, "rows": check.rows, "server": server_info,
             "phases": [{"name": p.name, "duration_s": round(p.duration_s, 3), "bytes": p.bytes} for p in result.phases],
-            "verified": not problems, "problems": problems}
+            "verified": check.ok, "problems": check.problems, "verification": check.summary()}
 
 
 def _scratch_postgres(source: Source, fingerprint: dict[str, Any], cleanup: ExitStack,

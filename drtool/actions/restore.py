@@ -101,7 +101,7 @@ def restore_source(settings: Settings, policy: Policy, source_name: str, *, targ
         return RestoreOutcome(source.name, "files", chosen, str(dest), detail)
     from drtool.execute import LocalRunner
     from drtool.sources import database_source
-    from drtool.sources.base import compare_fingerprints
+    from drtool.sources.base import verify_restored
 
     db = database_source(source, LocalRunner())
     dbt = parse_db_target(source.kind, target)
@@ -109,17 +109,7 @@ def restore_source(settings: Settings, policy: Policy, source_name: str, *, targ
     reader = ResticStreamReader(handle.restic, chosen.streams, sizes=expected.get("stream_bytes"))
     result = db.restore(reader, dbt, force=force)
     names = result.databases
-    actual = db.fingerprint_target(dbt, names)
-    exp = {"databases": {d: expected["databases"][k] for d, k in zip(names, _source_names(expected, names), strict=True)}}
-    problems = compare_fingerprints(exp, actual)
+    check = verify_restored(db, dbt, names, expected)
     detail = {"databases": names, "phases": [p.__dict__ for p in result.phases],
-              "verified": not problems, "problems": problems}
+              "verified": check.ok, "problems": check.problems, "verification": check.summary()}
     return RestoreOutcome(source.name, source.kind, chosen, dbt.describe(), detail)
-
-
-def _source_names(expected: Fingerprint, restored: list[str]) -> list[str]:
-    """Restored database names map to the backed-up ones (a single db may be renamed)."""
-    original = list(expected.get("databases", {}))
-    if len(original) == 1 and len(restored) == 1:
-        return original
-    return restored

@@ -139,6 +139,7 @@ class PostgresSource(Model):
     password: SecretRef | None = None
     globals: bool = True                   # pg_dumpall --globals-only as its own stream
     bin_dir: str | None = None             # where pg_dump lives, if not on PATH
+    content_hash: bool = True              # hash every table's rows into the fingerprint (bench/README.md)
 
     @model_validator(mode="after")
     def _one_db_field(self) -> "PostgresSource":
@@ -159,6 +160,7 @@ class MariadbSource(Model):
     socket: str | None = None
     user: str = "root"
     password: SecretRef | None = None
+    content_hash: bool = True              # hash every table's rows into the fingerprint (bench/README.md)
 
     @model_validator(mode="after")
     def _one_db_field(self) -> "MariadbSource":
@@ -173,6 +175,7 @@ class MariadbSource(Model):
 
 class SqliteSource(Model):
     path: str
+    content_hash: bool = True              # hash every table's rows into the fingerprint
 
 
 class FilesSource(Model):

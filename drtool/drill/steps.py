@@ -28,6 +28,7 @@ from drtool.drill.model import StepResult, check_expect, phase_dict
 from drtool.drill.timing import call_with_timeout
 from drtool.errors import DrillFailed, DrtoolError, UsageError
 from drtool.secrets import redact
+from drtool.sources.base import expected_for  # noqa: F401 - kept importable from here
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +128,7 @@ def verify(ctx: DrillContext, step: Step) -> Outcome:
         return _verify_remote_files(ctx, restored)
     if restored.directory is not None:
         return _verify_files(ctx, restored)
-    return _verify_database(restored)
+    return _verify_database(restored, step.verify.content)
 
 
 def _verify_files(ctx: DrillContext, restored: Restored) -> Outcome:
@@ -155,28 +156,15 @@ def _verify_remote_files(ctx: DrillContext, restored: Any) -> Outcome:
                    data={"checked": diff.checked, "bytes": diff.bytes, "host": restored.host})
 
 
-def _verify_database(restored: Restored) -> Outcome:
-    from drtool.sources.base import compare_fingerprints
+def _verify_database(restored: Restored, content: bool = True) -> Outcome:
+    from drtool.sources.base import verify_restored
 
     assert restored.db is not None and restored.target is not None and restored.fingerprint is not None
-    actual = restored.db.fingerprint_target(restored.target, restored.databases)
-    expected = expected_for(restored.fingerprint, restored.databases)
-    problems = compare_fingerprints(expected, actual)
-    if problems:
-        raise StepFailed(f"{len(problems)} differences from the backup fingerprint, first: {problems[0]}",
-                         data={"problems": problems})
-    tables = sum(len(t) for t in expected["databases"].values())
-    rows = sum(sum(t.values()) for t in expected["databases"].values())
-    return Outcome(f"{tables} tables, {rows} rows: exactly the counts recorded at backup time",
-                   data={"tables": tables, "rows": rows})
-
-
-def expected_for(fingerprint: dict[str, Any], restored: list[str]) -> dict[str, Any]:
-    """The backup fingerprint keyed by restored database names (one database may be renamed)."""
-    original = fingerprint.get("databases", {})
-    if len(original) == 1 and len(restored) == 1:
-        return {"databases": {restored[0]: next(iter(original.values()))}}
-    return {"databases": {db: original.get(db, {}) for db in restored}}
+    check = verify_restored(restored.db, restored.target, restored.databases, restored.fingerprint, content=content)
+    if check.problems:
+        raise StepFailed(f"{len(check.problems)} differences from the backup fingerprint, first: {check.problems[0]}",
+                         data={"problems": check.problems})
+    return Outcome(check.summary(), data=check.data())
 
 
 # ---------------------------------------------------------------- sql

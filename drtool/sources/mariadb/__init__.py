@@ -10,9 +10,9 @@ The source in parts, in the order data flows:
 * `commands`    pure builders: connection options, argv, SQL text, batch-output parsing
 * `client`      the client programs of the runner's host, one-shot SQL
 * `session`     a client kept open on a pipe (the lock session)
-* `dump`        backup: FLUSH TABLES WITH READ LOCK, counts, mariadb-dump streams
+* `dump`        backup: FLUSH TABLES WITH READ LOCK, counts, content hashes, mariadb-dump streams
                 (what is guaranteed about their consistency is written there)
-* `fingerprint` the same counts on a restored server
+* `fingerprint` the same counts and content hashes on a restored server
 * `restore`     refusal of non-empty targets, recreate, load
 
 Password: MYSQL_PWD in the client's environment, not a --defaults-extra-file:
@@ -24,6 +24,7 @@ owner and root, unlike argv.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from contextlib import AbstractContextManager
 
 from drtool.config.models import MariadbSource
@@ -65,8 +66,9 @@ class MariadbDatabase:
     def restore(self, reader: StreamReader, target: DbTarget, *, force: bool = False) -> RestoreResult:
         return restore.restore(self.client, reader, target, force=force)
 
-    def fingerprint_target(self, target: DbTarget, databases: list[str]) -> Fingerprint:
-        return fingerprint.fingerprint_target(self.client, target, databases)
+    def fingerprint_target(self, target: DbTarget, databases: list[str],
+                           content: Mapping[str, str] | None = None) -> Fingerprint:
+        return fingerprint.fingerprint_target(self.client, target, databases, content)
 
     def query(self, target: DbTarget, sql: str, database: str | None = None) -> list[list[str]]:
         conn = conn_from_target(target)

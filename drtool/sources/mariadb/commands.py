@@ -127,6 +127,50 @@ def build_fingerprint(databases: Sequence[str], tables: Sequence[tuple[str, str]
     return {"kind": "mariadb", "databases": dbs}
 
 
+# Content hash of a table: the exact sum (DECIMAL) of the first 64 bits of an md5 per row,
+# over the md5 of each column's value taken in column-name order ('N' for NULL). Per-column
+# md5s keep every string short (a row-long CONCAT over max_allowed_packet would be NULL) and
+# make the form independent of column positions. Order of rows does not matter.
+HASH_METHOD = "mariadb-md5-sum-v1"
+# TIMESTAMP values are written as text in the session's time zone: pin it on both sides.
+CONTENT_SETTINGS_SQL = "SET time_zone = '+00:00';\n"
+
+
+def columns_sql(databases: Sequence[str]) -> str:
+    schemas = ", ".join(quote_str(db) for db in databases)
+    return ("SELECT TABLE_SCHEMA, TABLE_NAME, COLUMN_NAME FROM information_schema.COLUMNS "
+            f"WHERE TABLE_SCHEMA IN ({schemas}) ORDER BY 1, 2, 3;")
+
+
+def group_columns(rows: Sequence[Sequence[str]]) -> dict[tuple[str, str], list[str]]:
+    """(database, table) -> its column names, sorted (the hash form's column order)."""
+    out: dict[tuple[str, str], list[str]] = {}
+    for db, table, column in rows:
+        out.setdefault((db, table), []).append(column)
+    return {key: sorted(cols) for key, cols in out.items()}
+
+
+def row_hash_sql(columns: Sequence[str]) -> str:
+    parts = ", ".join(f"IFNULL(MD5({quote_ident(c)}), 'N')" for c in sorted(columns))
+    return f"CAST(CONV(LEFT(MD5(CONCAT_WS(',', {parts})), 16), 16, 10) AS UNSIGNED)"
+
+
+def hashes_sql(tables: Sequence[tuple[str, str]], columns: dict[tuple[str, str], list[str]]) -> str:
+    """One statement per table, tagged by position like counts_sql: `i, content hash`."""
+    return "".join(f"SELECT {i}, IFNULL(SUM({row_hash_sql(columns[(db, t)])}), 0) "
+                   f"FROM {quote_ident(db)}.{quote_ident(t)};\n"
+                   for i, (db, t) in enumerate(tables) if columns.get((db, t)))
+
+
+def build_content(databases: Sequence[str], tables: Sequence[tuple[str, str]],
+                  hash_rows: Sequence[Sequence[str]]) -> dict[str, dict[str, object]]:
+    content: dict[str, dict[str, object]] = {db: {"method": HASH_METHOD, "tables": {}} for db in databases}
+    for row in hash_rows:
+        db, table = tables[int(row[0])]
+        content[db]["tables"][table] = row[1]  # type: ignore[index]
+    return content
+
+
 def missing_databases(databases: Sequence[str], existing: Sequence[str]) -> list[str]:
     return [db for db in databases if db not in set(existing)]
 

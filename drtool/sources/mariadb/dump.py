@@ -36,21 +36,27 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 
 from drtool.config.models import MariadbSource
 from drtool.errors import SourceError
 from drtool.execute import Process, stop_process
-from drtool.sources.base import DumpSession, DumpStream
+from drtool.sources.base import DumpSession, DumpStream, Fingerprint
 from drtool.sources.mariadb.client import Client
 from drtool.sources.mariadb.commands import (
+    CONTENT_SETTINGS_SQL,
     TRANSACTIONAL_ENGINES,
     Conn,
+    build_content,
     build_fingerprint,
     client_argv,
+    columns_sql,
     conn_from_spec,
     counts_sql,
     dump_argv,
+    group_columns,
+    hashes_sql,
     missing_databases,
     tables_sql,
 )
@@ -61,6 +67,7 @@ log = logging.getLogger(__name__)
 LOCK_WAIT_TIMEOUT = 60            # seconds FTWRL may wait for running statements
 SNAPSHOT_WAIT = 30.0              # how long to look for a dump's transaction
 TRX_CACHE_IDLE = 0.15             # > InnoDB's 100 ms INNODB_TRX cache idle time
+HASH_TIMEOUT = 4 * 3600.0         # hashing every row of a big database takes a while
 
 
 # ---------------------------------------------------------------- the snapshot gate
@@ -125,17 +132,59 @@ def open_dump(client: Client, spec: MariadbSource) -> Iterator[DumpSession]:
     databases = spec.database_names
     can_watch = _can_watch(client, conn)
     session = SqlSession(client.runner, client_argv(client.client(), conn), conn.env(), conn.describe())
+    hasher: _ContentHasher | None = None
     try:
         tables = _lock_and_list(session, conn, databases)
-        count_rows = session.execute(counts_sql([(db, t) for db, t, _ in tables])) if tables else []
-        fingerprint = build_fingerprint(databases, [(db, t) for db, t, _ in tables], count_rows)
+        names = [(db, t) for db, t, _ in tables]
+        count_rows = session.execute(counts_sql(names)) if tables else []
+        fingerprint: Fingerprint | Future[Fingerprint] = build_fingerprint(databases, names, count_rows)
+        if spec.content_hash:
+            # Started while the read lock holds, so its snapshot is the dumps' snapshot.
+            columns = group_columns(session.execute(columns_sql(databases))) if tables else {}
+            hasher = _ContentHasher(client, conn)
+            fingerprint = hasher.hash_in_background(fingerprint, databases, names, columns)
         transactional = all(engine in TRANSACTIONAL_ENGINES for _, _, engine in tables)
         gate = _LockGate(session, databases, release_early=transactional and can_watch)
         streams = [DumpStream(f"{db}.sql", _stream_starter(client, conn, db, gate), database=db)
                    for db in databases]
         yield DumpSession(fingerprint, streams)
     finally:
+        if hasher is not None:
+            hasher.close()
         session.close()
+
+
+class _ContentHasher:
+    """A second session hashing every table while the dumps stream, as PostgreSQL's counts do.
+
+    Its consistent snapshot begins while FLUSH TABLES WITH READ LOCK holds: no commit can
+    fall between it and the dumps' snapshots, so it hashes exactly what they dump (InnoDB);
+    non-transactional tables stay locked until the whole dump session ends. Why not
+    CHECKSUM TABLE: it reads outside any snapshot under a table lock (writes would wait for
+    the whole scan) and depends on the row format, which a restore may change.
+    """
+
+    def __init__(self, client: Client, conn: Conn) -> None:
+        self.session = SqlSession(client.runner, client_argv(client.client(), conn), conn.env(), conn.describe())
+        try:
+            self.session.execute(CONTENT_SETTINGS_SQL + "SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ;\n"
+                                 "START TRANSACTION WITH CONSISTENT SNAPSHOT;")
+        except BaseException:
+            self.session.close()
+            raise
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mariadb-hash")
+
+    def hash_in_background(self, counted: Fingerprint, databases: Sequence[str], tables: list[tuple[str, str]],
+                           columns: dict[tuple[str, str], list[str]]) -> Future[Fingerprint]:
+        def run() -> Fingerprint:
+            sql = hashes_sql(tables, columns)
+            rows = self.session.execute(sql, timeout=HASH_TIMEOUT) if sql else []
+            return {**counted, "content": build_content(databases, tables, rows)}
+        return self._pool.submit(run)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self.session.close()
 
 
 def _can_watch(client: Client, conn: Conn) -> bool:

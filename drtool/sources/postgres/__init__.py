@@ -4,7 +4,7 @@ The source in four parts, in the order data flows:
 
 * `commands`    pure builders: pg_dump / pg_restore argv, SQL text, parsing, endpoints
 * `dump`        backup: exported REPEATABLE READ snapshots, `pg_dump -Fc --snapshot=ID` streams
-* `fingerprint` exact row counts in the dump's snapshot, and of a restored database
+* `fingerprint` exact row counts and content hashes in the dump's snapshot, and of a restore
 * `restore`     into a server: refusal of non-empty targets, stream / parallel / overlap loads
 
 `PostgresDatabase` is the `DatabaseSource` the rest of drtool uses; it only wires
@@ -14,6 +14,7 @@ custom-format archives: `pg_restore` restores them without drtool.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from contextlib import AbstractContextManager
 
 from drtool.config.models import PostgresSource
@@ -44,8 +45,9 @@ class PostgresDatabase:
     def open_dump(self) -> AbstractContextManager[DumpSession]:
         return dump.open_dump(self.runner, self.spec)
 
-    def fingerprint_target(self, target: DbTarget, databases: list[str]) -> Fingerprint:
-        return fingerprint.fingerprint_target(self.runner, target_endpoint(target), databases)
+    def fingerprint_target(self, target: DbTarget, databases: list[str],
+                           content: Mapping[str, str] | None = None) -> Fingerprint:
+        return fingerprint.fingerprint_target(self.runner, target_endpoint(target), databases, content)
 
     def query(self, target: DbTarget, sql: str, database: str | None = None) -> list[list[str]]:
         """Rows as text (NULL as ''), for drill `sql` steps."""

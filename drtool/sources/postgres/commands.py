@@ -39,6 +39,36 @@ WHERE c.relkind IN ('r', 'p') AND c.relpersistence <> 't'
   AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp\\_%'
 """
 
+# The same tables with what the content hash needs to know about each: partitioned
+# (its rows are hashed in its partitions), has children (hash ONLY its own rows), is a
+# child or partition (pg_dump may recreate its columns in another order: hash a jsonb
+# form, whose keys are sorted, instead of the positional row text).
+CONTENT_TABLES_SQL = """
+SELECT coalesce(json_agg(json_build_array(n.nspname || '.' || c.relname,
+                                          format('%I.%I', n.nspname, c.relname),
+                                          c.relkind = 'p', c.relhassubclass,
+                                          EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhrelid = c.oid))
+                         ORDER BY n.nspname, c.relname), '[]')
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('r', 'p') AND c.relpersistence <> 't'
+  AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+  AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp\\_%'
+"""
+
+# Content hashes hash each row's text form, so every setting that changes how a value is
+# written as text is pinned: the backup server and a scratch restore then write the same
+# row the same way (timestamptz in UTC, floats exact, bytea in hex, regclass qualified).
+CONTENT_SETTINGS_SQL = ("SET TimeZone = 'UTC'; SET DateStyle = 'ISO, YMD'; SET IntervalStyle = 'postgres'; "
+                        "SET extra_float_digits = 3; SET bytea_output = 'hex'; SET lc_monetary = 'C'; "
+                        "SET search_path = pg_catalog")
+
+# Row hash methods, recorded per database in the fingerprint so a verify computes the same one.
+# hashtextextended (PostgreSQL 11+) hashes the bytes of the text in the database encoding: for
+# UTF8 databases. Any other encoding (a restore converts it to the target's UTF8) or an older
+# server: the first 64 bits of md5 over the UTF-8 form (about 3x slower, same on both sides).
+HASH_TEXT = "pg-hashtext-sum-v1"
+HASH_MD5_UTF8 = "pg-md5utf8-sum-v1"
+
 USER_RELATIONS_SQL = """
 SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')
@@ -94,6 +124,53 @@ def count_sql(tables: list[tuple[str, str]]) -> str:
     """One statement counting rows of (key, quoted name) tables, answering one JSON object."""
     parts = [f"SELECT {quote_literal(key)} AS k, count(*) AS n FROM {qualified}" for key, qualified in tables]
     return "SELECT coalesce(json_object_agg(k, n), '{}') FROM (" + " UNION ALL ".join(parts) + ") s"
+
+
+@dataclass(frozen=True)
+class ContentTable:
+    """One row of CONTENT_TABLES_SQL."""
+
+    key: str                 # schema.table as in the fingerprint
+    qualified: str           # quoted for SQL
+    partitioned: bool = False
+    has_children: bool = False
+    is_child: bool = False
+
+
+def hash_method(server_version_num: int, encoding: str) -> str:
+    return HASH_TEXT if server_version_num >= 110000 and encoding.upper() == "UTF8" else HASH_MD5_UTF8
+
+
+def row_hash_sql(method: str, table: ContentTable) -> str:
+    """A signed 64-bit hash of one row `r` of `table`; summed, the order of rows does not matter."""
+    text = "to_jsonb(r)::text" if table.is_child else "ROW(r.*)::text"
+    if method == HASH_TEXT:
+        return f"hashtextextended({text}, 0)"
+    if method == HASH_MD5_UTF8:
+        return f"('x' || left(md5(convert_to({text}, 'UTF8')), 16))::bit(64)::bigint"
+    raise SourceError(f"unknown PostgreSQL content hash method {method!r} in the fingerprint",
+                      hint="the backup was taken by a newer drtool; upgrade drtool to verify it")
+
+
+def content_sql(tables: list[ContentTable], method: str) -> str:
+    """Row count and content hash of each table in one scan, answering {key: [rows, "hash"|null]}.
+
+    The hash is the exact (numeric) sum of the row hashes, so it is independent of the rows'
+    physical order. Partitioned tables get no hash of their own: their partitions carry it.
+    """
+    parts = []
+    for t in tables:
+        k = quote_literal(t.key)
+        h = row_hash_sql(method, t)
+        if t.partitioned:
+            parts.append(f"SELECT {k} AS k, count(*) AS n, NULL::text AS h FROM {t.qualified}")
+        elif t.has_children:   # counts include the children's rows, as count_sql's do
+            parts.append(f"SELECT {k} AS k, (SELECT count(*) FROM {t.qualified}) AS n, "
+                         f"(SELECT coalesce(sum({h}), 0)::text FROM ONLY {t.qualified} AS r) AS h")
+        else:
+            parts.append(f"SELECT {k} AS k, count(*) AS n, coalesce(sum({h}), 0)::text AS h "
+                         f"FROM {t.qualified} AS r")
+    return "SELECT coalesce(json_object_agg(k, json_build_array(n, h)), '{}') FROM (" + " UNION ALL ".join(parts) + ") s"
 
 
 # ------------------------------------------------------------------ parsing and planning

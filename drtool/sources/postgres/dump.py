@@ -2,8 +2,8 @@
 
 Per database, one psql session opens a REPEATABLE READ READ ONLY transaction and
 exports its snapshot. Each database's stream is then `pg_dump -Fc --snapshot=ID`:
-the dump holds exactly the rows the fingerprint counts in that same snapshot, even
-while writers keep writing. The sessions stay open until the context exits, since
+the dump holds exactly the rows the fingerprint counts (and hashes) in that same
+snapshot, even while writers keep writing. The sessions stay open until the context exits, since
 the snapshot dies with them.
 """
 
@@ -25,7 +25,7 @@ from drtool.sources.postgres.commands import (
     pg_dump_argv,
     pg_dumpall_globals_argv,
 )
-from drtool.sources.postgres.fingerprint import KIND, count_rows, export_snapshot
+from drtool.sources.postgres.fingerprint import export_snapshot, fingerprint_sessions
 from drtool.sources.psql import PsqlSession
 
 
@@ -49,11 +49,9 @@ def open_dump(runner: Runner, spec: PostgresSource) -> Iterator[DumpSession]:
                                       start=partial(_start_pg_dump, runner, src, db, snapshot)))
         if spec.globals:
             streams.append(DumpStream(name=GLOBALS_STREAM, start=partial(_start_globals, runner, src)))
-        # Exact counts scan every table; they run in the exported snapshots while pg_dump
-        # reads the same snapshots (PostgreSQL synchronises the two sequential scans).
-        fingerprint = counter.submit(
-            lambda: {"kind": KIND, "server_version_num": version,
-                     "databases": {db: count_rows(s) for db, s in sessions.items()}})
+        # Exact counts (and content hashes) scan every table; they run in the exported snapshots
+        # while pg_dump reads the same snapshots (PostgreSQL synchronises the sequential scans).
+        fingerprint = counter.submit(lambda: fingerprint_sessions(sessions, version, content=spec.content_hash))
         yield DumpSession(fingerprint, streams)
     finally:
         counter.shutdown(wait=False, cancel_futures=True)
