@@ -14,9 +14,11 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from drtool.config.durations import parse_duration
+from drtool.config.rates import parse_rate
 from drtool.config.secrets import SecretRef
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
+Rate = Annotated[int, BeforeValidator(parse_rate)]          # KiB/s
 Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
 Argv = Annotated[list[str], Field(min_length=1)]
 
@@ -39,6 +41,9 @@ class Repository(Model):
     url: str
     password: SecretRef
     s3: S3Settings | None = None
+    # Bandwidth for every restic process on this repository (restic --limit-upload/-download).
+    limit_upload: Rate | None = None
+    limit_download: Rate | None = None
 
     @field_validator("url")
     @classmethod
