@@ -17,7 +17,7 @@ with the backup's fingerprint, for drills, `drtool restore` and `drtool recover`
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -100,6 +100,8 @@ class RestoreResult:
     databases: list[str]
     phases: list[RestorePhase] = field(default_factory=list)
     bytes: int = 0
+    tables: list[str] = field(default_factory=list)    # a partial restore: the tables restored
+    skipped: list[str] = field(default_factory=list)   # ... and what was left out because it needs more
 
 
 class StreamReader(Protocol):
@@ -154,6 +156,17 @@ def _content_of(fingerprint: Fingerprint, db: str) -> dict[str, str] | None:
     return None if entry is None else dict(entry.get("tables", {}))
 
 
+def only_tables(fingerprint: Fingerprint, tables: Sequence[str]) -> Fingerprint:
+    """The fingerprint cut down to `tables` (of each database): what a partial restore holds."""
+    wanted = set(tables)
+    out: Fingerprint = {**fingerprint, "databases": {
+        db: {t: n for t, n in counts.items() if t in wanted} for db, counts in fingerprint.get("databases", {}).items()}}
+    if "content" in fingerprint:
+        out["content"] = {db: {**entry, "tables": {t: h for t, h in entry.get("tables", {}).items() if t in wanted}}
+                          for db, entry in fingerprint["content"].items()}
+    return out
+
+
 def content_methods(fingerprint: Fingerprint) -> dict[str, str]:
     """Database -> the content hash method its backup used (none for older fingerprints)."""
     return {db: entry["method"] for db, entry in fingerprint.get("content", {}).items() if entry.get("method")}
@@ -200,16 +213,19 @@ class Verification:
 
 
 def verify_restored(db: DatabaseSource, target: DbTarget, databases: list[str], fingerprint: Fingerprint, *,
-                    content: bool = True) -> Verification:
+                    content: bool = True, tables: Sequence[str] | None = None) -> Verification:
     """Count (and, where the backup recorded content hashes, hash) the restore and compare.
 
-    `content=False` compares counts only, whatever the fingerprint holds.
+    `content=False` compares counts only, whatever the fingerprint holds. `tables`: a
+    partial restore, compared on those tables only (of its one database).
     """
     expected = expected_for(fingerprint, databases)
     methods = content_methods(expected) if content else {}
     if not content:
         expected.pop("content", None)
     actual = db.fingerprint_target(target, databases, methods or None)
+    if tables is not None:
+        expected, actual = only_tables(expected, tables), only_tables(actual, tables)
     problems = compare_fingerprints(expected, actual)
     tables = sum(len(t) for t in expected["databases"].values())
     rows = sum(sum(t.values()) for t in expected["databases"].values())

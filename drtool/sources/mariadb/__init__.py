@@ -14,6 +14,7 @@ The source in parts, in the order data flows:
                 (what is guaranteed about their consistency is written there)
 * `fingerprint` the same counts and content hashes on a restored server
 * `restore`     refusal of non-empty targets, recreate, load
+* `partial`     the sections of a dump stream that restore only some tables
 
 Password: MYSQL_PWD in the client's environment, not a --defaults-extra-file:
 the same argv must work through an SSH runner, where only env and stdin reach
@@ -24,7 +25,7 @@ owner and root, unlike argv.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 
 from drtool.config.models import MariadbSource
@@ -63,8 +64,10 @@ class MariadbDatabase:
     def open_dump(self) -> AbstractContextManager[DumpSession]:
         return dump.open_dump(self.client, self.spec)
 
-    def restore(self, reader: StreamReader, target: DbTarget, *, force: bool = False) -> RestoreResult:
-        return restore.restore(self.client, reader, target, force=force)
+    def restore(self, reader: StreamReader, target: DbTarget, *, force: bool = False,
+                tables: Sequence[str] = ()) -> RestoreResult:
+        """Every database of the set, or only `tables` of its one database (partial.py)."""
+        return restore.restore(self.client, reader, target, force=force, tables=tables)
 
     def fingerprint_target(self, target: DbTarget, databases: list[str],
                            content: Mapping[str, str] | None = None) -> Fingerprint:

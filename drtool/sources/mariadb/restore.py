@@ -11,7 +11,7 @@ import time
 from collections.abc import Sequence
 from typing import IO
 
-from drtool.errors import RestoreRefused, SourceError
+from drtool.errors import RestoreRefused, SourceError, UsageError
 from drtool.execute import Process, stop_process
 from drtool.sources.base import DbTarget, RestorePhase, RestoreResult, StreamReader
 from drtool.sources.mariadb.client import Client
@@ -25,14 +25,20 @@ from drtool.sources.mariadb.commands import (
     quote_ident,
     restore_plan,
 )
+from drtool.sources.mariadb.partial import SectionFilter, relay_sections
 
 RESTORE_TIMEOUT = 6 * 3600.0      # a whole database load
 CHUNK = 1 << 20
 
 
-def restore(client: Client, reader: StreamReader, target: DbTarget, *, force: bool = False) -> RestoreResult:
+def restore(client: Client, reader: StreamReader, target: DbTarget, *, force: bool = False,
+            tables: Sequence[str] = ()) -> RestoreResult:
+    """Every database of the set, or (`tables`) only those tables of its one database."""
     conn = conn_from_target(target)
     plan = restore_plan(reader.names(), target.database)
+    if tables and len(plan) != 1:
+        raise UsageError(f"the snapshot holds several databases ({', '.join(db for _, db in plan)}); "
+                         "a --table restore needs one", hint="name it as the target's database")
     _refuse_non_empty(client, conn, [db for _, db in plan], force)
     result = RestoreResult(databases=[db for _, db in plan])
     for stream, db in plan:
@@ -40,9 +46,18 @@ def restore(client: Client, reader: StreamReader, target: DbTarget, *, force: bo
         _recreate(client, conn, db, drop=force)
         result.phases.append(RestorePhase(f"create {db}", time.monotonic() - started))
         started = time.monotonic()
-        loaded = _load(client, reader, stream, conn, db)
-        result.phases.append(RestorePhase(f"load {db}", time.monotonic() - started, loaded))
+        sections = SectionFilter(tables) if tables else None
+        loaded = _load(client, reader, stream, conn, db, sections)
+        name = f"load {len(tables)} tables of {db}" if tables else f"load {db}"
+        result.phases.append(RestorePhase(name, time.monotonic() - started, loaded))
         result.bytes += loaded
+        if sections is not None:
+            missing = sorted(set(tables) - sections.found)
+            if missing:
+                raise SourceError(f"the dump {stream} holds no table {', '.join(missing)}; "
+                                  f"{db} on {conn.describe()} holds only the other ones asked for",
+                                  hint="list the tables with `drtool ls POLICY --source SOURCE`")
+            result.tables = sorted(sections.found)
     return result
 
 
@@ -61,7 +76,8 @@ def _recreate(client: Client, conn: Conn, database: str, *, drop: bool) -> None:
     client.run_sql(conn, sql, timeout=QUERY_TIMEOUT)
 
 
-def _load(client: Client, reader: StreamReader, stream: str, conn: Conn, database: str) -> int:
+def _load(client: Client, reader: StreamReader, stream: str, conn: Conn, database: str,
+          sections: SectionFilter | None = None) -> int:
     source = reader.open(stream)
     loader = client.runner.start(client_argv(client.client(), conn, database), env=conn.env(), stdin=True)
     # A watchdog bounds the whole load; the relay itself blocks on pipes.
@@ -69,7 +85,7 @@ def _load(client: Client, reader: StreamReader, stream: str, conn: Conn, databas
     watchdog.daemon = True
     watchdog.start()
     try:
-        copied = _relay(source.stdout, loader.stdin)
+        copied = _relay(source.stdout, loader.stdin, sections)
         src_code = _wait(source)
         cli_code = _wait(loader)
     except BaseException:
@@ -89,10 +105,12 @@ def _load(client: Client, reader: StreamReader, stream: str, conn: Conn, databas
     return copied
 
 
-def _relay(src: IO[bytes], dst: IO[bytes] | None) -> int:
+def _relay(src: IO[bytes], dst: IO[bytes] | None, sections: SectionFilter | None = None) -> int:
     assert dst is not None
     copied = 0
     try:
+        if sections is not None:
+            copied = relay_sections(src, dst, sections)
         for chunk in iter(lambda: src.read1(CHUNK) if hasattr(src, "read1") else src.read(CHUNK), b""):
             dst.write(chunk)
             copied += len(chunk)

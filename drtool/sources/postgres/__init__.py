@@ -6,6 +6,7 @@ The source in four parts, in the order data flows:
 * `dump`        backup: exported REPEATABLE READ snapshots, `pg_dump -Fc --snapshot=ID` streams
 * `fingerprint` exact row counts and content hashes in the dump's snapshot, and of a restore
 * `restore`     into a server: refusal of non-empty targets, stream / parallel / overlap loads
+* `partial`     which entries of a dump restore only some tables or schemas
 
 `PostgresDatabase` is the `DatabaseSource` the rest of drtool uses; it only wires
 those parts to a `Runner`, so all of this works over SSH too. Dumps are plain
@@ -14,7 +15,7 @@ custom-format archives: `pg_restore` restores them without drtool.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 
 from drtool.config.models import PostgresSource
@@ -63,9 +64,12 @@ class PostgresDatabase:
         strategy: Strategy = "auto",
         jobs: int | None = None,
         work_dir: str | None = None,
+        tables: Sequence[str] = (),
+        schemas: Sequence[str] = (),
     ) -> RestoreResult:
+        """The whole dump, or only `tables` ([SCHEMA.]NAME) / `schemas` with what belongs to them."""
         return Restorer(self.runner).restore(reader, target, force=force, strategy=strategy, jobs=jobs,
-                                             work_dir=work_dir)
+                                             work_dir=work_dir, tables=tables, schemas=schemas)
 
 
 __all__ = [

@@ -19,11 +19,12 @@ import shutil
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 from typing import IO, Literal
 
-from drtool.errors import CommandError, RestoreRefused, SourceError
+from drtool.errors import CommandError, RestoreRefused, SourceError, UsageError
 from drtool.execute import Process, Runner, stop_process
 from drtool.scratch.common import private_dir
 from drtool.sources.base import DbTarget, RestorePhase, RestoreResult, StreamReader
@@ -38,7 +39,8 @@ from drtool.sources.postgres.commands import (
     stream_databases,
     target_endpoint,
 )
-from drtool.sources.psql import connection_hint, psql_argv, quote_ident, quote_literal
+from drtool.sources.postgres.partial import parse_toc, select
+from drtool.sources.psql import connection_hint, pg_tool, psql_argv, quote_ident, quote_literal
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +48,7 @@ Strategy = Literal["auto", "stream", "parallel", "overlap"]
 
 RESTORE_TIMEOUT = 24 * 3600.0
 GLOBALS_MAX_BYTES = 64 * 1024 * 1024
+TOC_MAX_BYTES = 256 * 1024 * 1024
 DISK_MARGIN_BYTES = 64 * 1024 * 1024
 
 # "auto" picks "parallel" when it can: measured on the 2-core test machine
@@ -82,10 +85,15 @@ class Restorer:
         strategy: Strategy = "auto",
         jobs: int | None = None,
         work_dir: str | None = None,
+        tables: Sequence[str] = (),
+        schemas: Sequence[str] = (),
     ) -> RestoreResult:
         ep = target_endpoint(target)
         names = reader.names()
         plan = stream_databases(names, target.database)
+        if (tables or schemas) and len(plan) != 1:
+            raise UsageError(f"the snapshot set holds several databases ({', '.join(plan.values())}); "
+                             "a --table or --schema restore needs one", hint="name it as the target's database")
         # Check every target before touching anything: a refusal changes nothing.
         existing = {db: self._database_state(ep, db) for db in plan.values()}
         busy = [db for db, state in existing.items() if state == "non-empty"]
@@ -97,6 +105,9 @@ class Restorer:
         keep_owners = GLOBALS_STREAM in names
         if keep_owners:
             result.phases.append(self._apply_globals(reader, ep, target.user))
+        if tables or schemas:
+            [(stream, db)] = plan.items()
+            return self._restore_part(reader, stream, ep, db, existing[db], result, keep_owners, tables, schemas)
         for stream, db in plan.items():
             self._prepare_database(ep, db, existing[db])
             chosen = self._choose_strategy(strategy, reader.size(stream), work_dir)
@@ -168,9 +179,61 @@ class Restorer:
         copied = self._feed_pg_restore(reader, stream, ep, db, argv)
         return [RestorePhase("download+load+index build (streamed)", time.monotonic() - started, copied)]
 
+    def _restore_part(self, reader: StreamReader, stream: str, ep: Endpoint, db: str, state: str,
+                      result: RestoreResult, keep_owners: bool, tables: Sequence[str],
+                      schemas: Sequence[str]) -> RestoreResult:
+        """Some tables or schemas, with what belongs to them (partial.py), streamed through -L."""
+        if self.runner.name != "local":
+            raise SourceError("a --table or --schema restore runs pg_restore on this machine only",
+                              hint="restore into a server reachable from here, by URL")
+        started = time.monotonic()
+        selection = select(parse_toc(self._read_toc(reader, stream, ep)), tables, schemas)
+        result.phases.append(RestorePhase("read table of contents", time.monotonic() - started))
+        self._prepare_database(ep, db, state)
+        tmp = private_dir("pgrestore-list")
+        try:
+            listing = tmp / "restore.list"
+            listing.write_text("\n".join(selection.lines) + "\n")
+            started = time.monotonic()
+            argv = [*pg_restore_argv(ep.bin_dir, ep.conn, db, keep_owners=keep_owners), "-L", str(listing)]
+            copied = self._feed_pg_restore(reader, stream, ep, db, argv, may_stop_early=True)
+            result.phases.append(RestorePhase(f"download+load {len(selection.tables)} tables (streamed)",
+                                              time.monotonic() - started, copied))
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        result.bytes, result.tables, result.skipped = copied, selection.tables, selection.skipped
+        return result
+
+    def _read_toc(self, reader: StreamReader, stream: str, ep: Endpoint) -> str:
+        """`pg_restore -l -v` of the stream: it reads the archive's header and stops."""
+        src = reader.open(stream)
+        try:
+            dst = self.runner.start([pg_tool(ep.bin_dir, "pg_restore"), "-l", "-v"], env=ep.env, stdin=True)
+        except BaseException:
+            stop_process(src, grace=2)
+            raise
+        pump = threading.Thread(target=_pump_until_closed, args=(src, dst), daemon=True)
+        pump.start()
+        try:
+            text = dst.stdout.read(TOC_MAX_BYTES + 1)
+            code = _wait(dst, QUERY_TIMEOUT)
+        finally:
+            stop_process(src, grace=2)    # the rest of the dump is not needed for the list
+            pump.join(30)
+        if len(text) > TOC_MAX_BYTES:
+            raise SourceError(f"the table of contents of {stream} is larger than {TOC_MAX_BYTES} bytes")
+        if code != 0:
+            raise SourceError(f"pg_restore could not read the table of contents of {stream} (exit code {code}): "
+                              f"{dst.stderr_tail().strip()[-2000:] or 'no error text'}",
+                              hint="is the stream a custom-format dump? check the snapshot (restic check)")
+        return text.decode("utf-8", "replace")
+
     def _feed_pg_restore(self, reader: StreamReader, stream: str, ep: Endpoint, db: str, argv: list[str],
-                         copy_to: IO[bytes] | None = None) -> int:
-        """Relay the stream into pg_restore (and into `copy_to`); raise on either side's failure."""
+                         copy_to: IO[bytes] | None = None, may_stop_early: bool = False) -> int:
+        """Relay the stream into pg_restore (and into `copy_to`); raise on either side's failure.
+
+        `may_stop_early`: pg_restore -L may be done before the end of the stream; then the rest is
+        not needed and stopping the reader is no failure."""
         src = reader.open(stream)
         try:
             dst = self.runner.start(argv, env=ep.env, stdin=True)
@@ -184,6 +247,8 @@ class Restorer:
         # reader; a reader failing mid-stream makes pg_restore see a truncated archive.
         if consumer_quit:
             _check_pg_restore(dst_code, dst.stderr_tail(), dst.argv, ep.where(db))
+            if may_stop_early:
+                return copied
         if src_code != 0:
             raise SourceError(f"reading {stream} from the snapshot failed (exit code {src_code}): "
                               f"{src.stderr_tail().strip()[-2000:] or 'no error text'}",
@@ -236,6 +301,22 @@ class Restorer:
 
 
 # ------------------------------------------------------------------ helpers
+
+def _pump_until_closed(src: Process, dst: Process) -> None:
+    """src.stdout into dst.stdin until either side stops (pg_restore -l reads only the head)."""
+    assert dst.stdin is not None
+    try:
+        read = getattr(src.stdout, "read1", src.stdout.read)
+        while chunk := read(1 << 16):
+            dst.stdin.write(chunk)
+    except (BrokenPipeError, OSError, ValueError):
+        pass
+    finally:
+        try:
+            dst.stdin.close()
+        except (BrokenPipeError, OSError, ValueError):
+            pass
+
 
 def _check_pg_restore(code: int | None, stderr: str, argv: list[str], where: str) -> None:
     errors = [line for line in stderr.splitlines() if "error:" in line.lower()]
