@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,8 @@ from drtool.actions.select import FINGERPRINT_STREAM, SnapshotSet
 from drtool.config.models import Source
 from drtool.engine.reader import ResticStreamReader
 from drtool.engine.restic import Restic
-from drtool.errors import UsageError
+from drtool.errors import DrtoolError, UsageError
+from drtool.secrets import redact
 from drtool.sources.base import Fingerprint, content_methods
 from drtool.sources.patterns import matches
 
@@ -80,7 +82,8 @@ def files_plan(restic: Restic, chosen: SnapshotSet, paths: Sequence[str] = ()) -
         return {"stream": name, "bytes": size, "checks": ["tar extraction, then every entry against the archive"]}
     if not paths:
         stats = restic.stats(chosen.files.id)
-        return {"files": stats.get("total_file_count"), "bytes": stats.get("total_size"), "checks": checks}
+        # restore-size counts every node restic writes (files, directories, links)
+        return {"entries": stats.get("total_file_count"), "bytes": stats.get("total_size"), "checks": checks}
     files = entries = size = 0
     for node in restic.ls(chosen.files.id):
         if matches(paths, node["path"]):
@@ -101,3 +104,75 @@ def target_state(path: Path) -> str:
     if any(path.iterdir()):
         return "exists and is not empty: the restore would be refused without --force"
     return "exists and is empty"
+
+
+# ---------------------------------------------------------------- drills
+
+def plan_drill(settings: Any, playbook: Any, *, host: str | None = None,  # noqa: ANN401 - Settings, Playbook
+               now: datetime | None = None) -> dict[str, Any]:
+    """Each step of a drill as it would run: sets, targets, bytes, checks. Nothing starts."""
+    from drtool.actions.common import open_repo, restic_host
+    from drtool.actions.select import choose, snapshot_sets
+
+    now = now or datetime.now(timezone.utc)
+    policy = settings.policy(playbook.policy)
+    handle = open_repo(settings, policy.repository)
+    whose = host or restic_host(settings)
+    sets: dict[str, SnapshotSet | str] = {}
+    for step in playbook.steps:
+        name = getattr(step.spec, "source", None)
+        if name and name not in sets:
+            try:
+                sets[name] = choose(snapshot_sets(handle.restic, policy, policy.source(name), host=whose),
+                                    playbook.snapshot, now=now)
+            except DrtoolError as exc:
+                sets[name] = exc.message
+    plans: dict[str, dict[str, Any]] = {}
+    steps = [_plan_step(handle.restic, policy, step, sets, plans) for step in playbook.steps]
+    chosen = [s for s in sets.values() if isinstance(s, SnapshotSet)]
+    oldest = min(chosen, key=lambda s: s.time) if chosen else None
+    return {"dry_run": True, "playbook": playbook.name, "policy": policy.name, "host": whose,
+            "snapshot": oldest.to_dict() if oldest else None,
+            "rpo_if_run_now_s": (now - oldest.time).total_seconds() if oldest else None,
+            "bytes": sum(p.get("bytes") or 0 for p in plans.values()), "steps": steps,
+            "runnable": all(s["runnable"] for s in steps)}
+
+
+def _plan_step(restic: Restic, policy: Any, step: Any, sets: dict[str, Any],  # noqa: ANN401
+               plans: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {"name": step.name, "kind": step.kind, "runnable": True}
+    spec = step.spec
+    source_name = getattr(spec, "source", None)
+    chosen = sets.get(source_name) if source_name else None
+    if isinstance(chosen, str):
+        return {**out, "runnable": False, "would": f"cannot run: {chosen}"}
+    if step.kind == "restore":
+        source = policy.source(source_name)
+        plan = (files_plan(restic, chosen) if source.kind == "files" else database_plan(restic, source, chosen))
+        plans[source_name] = plan
+        where = SCRATCH[source.kind] + " (not started in a dry run)" if spec.into == "scratch" else spec.into
+        where += f" on host {spec.host}" if spec.host else ""
+        return {**out, "would": f"restore {source_name} from set {chosen.primary.short_id} (run {chosen.run_id}, "
+                                f"{chosen.time:%Y-%m-%d %H:%M} UTC) into {where}",
+                "snapshot": chosen.to_dict(), "bytes": plan.get("bytes"), "streams": plan.get("streams")}
+    if step.kind == "verify":
+        checks = plans.get(source_name, {}).get("checks", [])
+        if policy.source(source_name).kind == "files":
+            checks = [*checks, "every restored entry against the snapshot listing (paths, types, sizes, modes)"]
+        elif not spec.content:
+            checks = [c for c in checks if not c.startswith("content hashes")] + ["content: false (counts only)"]
+        return {**out, "would": f"verify {source_name}", "checks": checks}
+    return {**out, "would": _describe_other(step)}
+
+
+def _describe_other(step: Any) -> str:  # noqa: ANN401
+    spec = step.spec
+    if step.kind == "sql":
+        return f"run {spec.query.strip()[:200]!r} on restored {spec.source}, expect {spec.expect.model_dump(exclude_none=True)}"
+    if step.kind == "command":
+        return redact(f"run {' '.join(spec.argv)[:300]}") + (f" on host {spec.host}" if spec.host else "")
+    if step.kind == "http":
+        return f"GET {redact(spec.url)}, expect status {spec.status}" + (f" and /{spec.body_regex}/" if spec.body_regex else "")
+    if step.kind == "kit":
+        return f"open the repository with {'recovery kit ' + spec.file if spec.file else 'the configured password'}"
+    return step.kind

@@ -59,6 +59,7 @@ class RecoverOptions:
     force: bool = False                      # restore over non-empty targets
     list_only: bool = False
     host: str | None = None                  # whose backups; default the kit's host
+    dry_run: bool = False                    # say what would be recovered; restore and start nothing
 
 
 @dataclass
@@ -73,6 +74,7 @@ class RecoveryReport:
     recovery_time_s: float = 0.0
     rto_target_s: float | None = None
     host: str | None = None                   # whose backups were recovered
+    dry_run: bool = False
 
     @property
     def ok(self) -> bool:
@@ -86,7 +88,7 @@ class RecoveryReport:
         return {"policy": self.policy, "host": self.host, "ok": self.ok, "recovery_time_s": round(self.recovery_time_s, 3),
                 "rto_target_s": self.rto_target_s, "rto_met": self.rto_met, "steps": self.steps,
                 "sources": self.sources, "connections": self.connections, "problems": self.problems,
-                "recoverable": self.recoverable, "kit": self.kit}
+                "recoverable": self.recoverable, "kit": self.kit, **({"dry_run": True} if self.dry_run else {})}
 
 
 class _Clock:
@@ -139,6 +141,10 @@ def recover(kit_path: Path, passphrase: str, options: RecoverOptions | None = No
         policy = _pick_policy(options.policy, policies, report.recoverable)
         report.policy, report.rto_target_s = policy.name, policy.targets.rto
         handle = RepoHandle(policy.repository, restics[policy.repository], settings)
+        if options.dry_run:
+            report.sources, report.dry_run = _dry_run(handle, policy, sets[policy.name], options), True
+            report.recovery_time_s = time.monotonic() - started
+            return report
         plans = _plan_targets(policy, options)          # refuses before anything is written
         chosen = {s.name: choose(sets[policy.name][s.name], options.selector) for s in policy.sources}
         with ExitStack() as cleanup:
@@ -189,6 +195,37 @@ def _pick_policy(name: str | None, policies: dict[str, Policy], recoverable: dic
         return policies[usable[0]]
     raise UsageError(f"the kit covers several policies ({', '.join(sorted(policies))}); choose one with --policy",
                      hint="`drtool recover --kit FILE --list` shows what each one holds")
+
+
+# ---------------------------------------------------------------- dry run
+
+def _dry_run(handle: RepoHandle, policy: Policy, sets: dict[str, list[SnapshotSet]],
+             options: RecoverOptions) -> list[dict[str, Any]]:
+    """Per source: the set, where it would go (and what is there now), bytes, checks."""
+    from drtool.actions.dry_run import database_plan, files_plan, target_state
+
+    if options.target_root is not None and options.original_paths:
+        raise UsageError("give --target-root DIR or --to-original-paths, not both")
+    out = []
+    for source in policy.sources:
+        chosen = choose(sets[source.name], options.selector)
+        entry: dict[str, Any] = {"source": source.name, "kind": source.kind, "snapshot": chosen.to_dict()}
+        if source.kind in ("files", "sqlite"):
+            paths = source.spec.paths if source.kind == "files" else [source.spec.path]
+            if options.target_root is None and not options.original_paths:
+                raise UsageError(f"source {source.name} holds files: give --target-root DIR "
+                                 "(or --to-original-paths to put them back where they were)")
+            root = Path("/") if options.original_paths else options.target_root.resolve()  # type: ignore[union-attr]
+            entry["targets"] = {str(root / p.lstrip("/")): target_state(root / p.lstrip("/")) for p in paths}
+        if source.kind == "files":
+            entry.update(files_plan(handle.restic, chosen))
+        else:
+            entry.update(database_plan(handle.restic, source, chosen))
+            if source.kind != "sqlite":
+                entry["target"] = options.pg_target if source.kind == "postgres" and options.pg_target else \
+                    f"a new {source.kind} server that stays running (not started in a dry run)"
+        out.append(entry)
+    return out
 
 
 # ---------------------------------------------------------------- targets, checked first

@@ -241,3 +241,29 @@ def test_restore_one_mariadb_table(tmp_path, s3_server, bucket, monkeypatch) -> 
         assert server.admin_sql("SELECT COUNT(*) FROM arsip_lain.`lain tabel`;") == "2\n"
     finally:
         gen.close()
+
+
+def test_drill_dry_run_plans_every_step_and_starts_nothing(siak) -> None:  # noqa: ANN001
+    from tests.support.drtool_env import child_pids, private_tmp, servers_under
+
+    siak.playbook("siak-drill", {"policy": "siak", "targets": {"rpo": "1h"}, "steps": [
+        {"name": "restore", "restore": {"source": "db"}},
+        {"name": "check", "verify": {"source": "db"}},
+        {"name": "count", "sql": {"source": "db", "query": "select count(*) from penduduk", "expect": {"equals": "120"}}},
+        {"name": "app", "command": ["true"]},
+    ]})
+    with private_tmp() as tmp:
+        before = child_pids()
+        code, plan, err = siak.run_json("drill", "siak-drill", "--dry-run")
+        assert code == 0, err
+        assert list(tmp.iterdir()) == [] and not servers_under(tmp) and child_pids() - before == set()
+    steps = {s["name"]: s for s in plan["steps"]}
+    assert plan["dry_run"] is True and plan["runnable"] is True
+    assert "into a new scratch PostgreSQL server (not started in a dry run)" in steps["restore"]["would"]
+    assert steps["restore"]["bytes"] == plan["bytes"] > 1000 and set(steps["restore"]["streams"]) == {
+        "siak.pgdump", "globals.sql"}
+    assert any(c.startswith("content hashes of 3 tables") for c in steps["check"]["checks"])
+    assert "select count(*) from penduduk" in steps["count"]["would"] and steps["app"]["would"] == "run true"
+    assert 0 < plan["rpo_if_run_now_s"] < 3600
+    code, history, err = siak.run_json("drills")
+    assert code == 0 and history == []          # a dry run is not a drill: nothing recorded
