@@ -104,15 +104,18 @@ class SqliteDatabase:
             self._remove(producer, str(info["dir"]))
 
     def _snapshot(self, producer: Callable[[str, str], list[str]]) -> dict:
+        # Counts (and content hashes) are taken on the very copy that is streamed.
+        action = "snapshot-content" if self.spec.content_hash else "snapshot"
         try:
-            # Counts (and content hashes) are taken on the very copy that is streamed.
-            action = "snapshot-content" if self.spec.content_hash else "snapshot"
             res = self.runner.run(producer(action, self.spec.path), timeout=SNAPSHOT_TIMEOUT)
             return json.loads(res.text)
         except CommandError as exc:
+            older = action == "snapshot-content" and "usage:" in exc.stderr_tail
             raise SourceError(f"could not copy SQLite database {self.spec.path} on {self.runner.name}: "
                               f"{exc.stderr_tail.strip() or exc.message}",
-                              hint="check the path and that drtool may read the file and its directory") from None
+                              hint=f"the drtool on {self.runner.name} is older and cannot hash content: upgrade it "
+                                   "there, or set content_hash: false for this source" if older else
+                              "check the path and that drtool may read the file and its directory") from None
         except ValueError:
             raise SourceError(f"the SQLite producer on {self.runner.name} printed no valid snapshot report",
                               hint="is the same drtool version installed there?") from None
