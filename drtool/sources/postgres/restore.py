@@ -39,7 +39,7 @@ from drtool.sources.postgres.commands import (
     stream_databases,
     target_endpoint,
 )
-from drtool.sources.postgres.partial import parse_toc, select
+from drtool.sources.postgres.partial import Selection, parse_toc, select
 from drtool.sources.psql import connection_hint, pg_tool, psql_argv, quote_ident, quote_literal
 
 log = logging.getLogger(__name__)
@@ -102,12 +102,14 @@ class Restorer:
                 f"database {', '.join(busy)} on {ep.where()} already holds tables; nothing was changed",
                 hint="restore into a scratch instance, another database name, or pass force to replace it")
         result = RestoreResult(databases=list(plan.values()))
+        # A partial restore reads the dump's table of contents first: a name it lacks changes nothing.
+        selection = self._select(reader, plan, ep, tables, schemas, result) if tables or schemas else None
         keep_owners = GLOBALS_STREAM in names
         if keep_owners:
             result.phases.append(self._apply_globals(reader, ep, target.user))
-        if tables or schemas:
+        if selection is not None:
             [(stream, db)] = plan.items()
-            return self._restore_part(reader, stream, ep, db, existing[db], result, keep_owners, tables, schemas)
+            return self._restore_part(reader, stream, ep, db, existing[db], result, keep_owners, selection)
         for stream, db in plan.items():
             self._prepare_database(ep, db, existing[db])
             chosen = self._choose_strategy(strategy, reader.size(stream), work_dir)
@@ -179,16 +181,20 @@ class Restorer:
         copied = self._feed_pg_restore(reader, stream, ep, db, argv)
         return [RestorePhase("download+load+index build (streamed)", time.monotonic() - started, copied)]
 
-    def _restore_part(self, reader: StreamReader, stream: str, ep: Endpoint, db: str, state: str,
-                      result: RestoreResult, keep_owners: bool, tables: Sequence[str],
-                      schemas: Sequence[str]) -> RestoreResult:
-        """Some tables or schemas, with what belongs to them (partial.py), streamed through -L."""
+    def _select(self, reader: StreamReader, plan: dict[str, str], ep: Endpoint, tables: Sequence[str],
+                schemas: Sequence[str], result: RestoreResult) -> Selection:
         if self.runner.name != "local":
             raise SourceError("a --table or --schema restore runs pg_restore on this machine only",
                               hint="restore into a server reachable from here, by URL")
         started = time.monotonic()
+        [stream] = plan
         selection = select(parse_toc(self._read_toc(reader, stream, ep)), tables, schemas)
         result.phases.append(RestorePhase("read table of contents", time.monotonic() - started))
+        return selection
+
+    def _restore_part(self, reader: StreamReader, stream: str, ep: Endpoint, db: str, state: str,
+                      result: RestoreResult, keep_owners: bool, selection: Selection) -> RestoreResult:
+        """Some tables or schemas, with what belongs to them (partial.py), streamed through -L."""
         self._prepare_database(ep, db, state)
         tmp = private_dir("pgrestore-list")
         try:
