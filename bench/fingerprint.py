@@ -4,7 +4,8 @@ On the pgbackup database (`fill_postgres`, 300 MB by default):
 
 1. The fingerprint SQL alone, in one REPEATABLE READ session as a backup runs it: exact counts
    (`count_rows`) vs counts and content hashes in one scan (`count_and_hash`), alternating;
-   wall seconds and the CPU seconds of that session's server backend (/proc/PID/stat).
+   wall seconds and the server CPU seconds: that session's backend (/proc/PID/stat) plus the
+   parallel workers that helped it (the postmaster's reaped-children times).
 2. `drtool backup` of the database with `content_hash: true` vs `false`, alternating: wall
    seconds, CPU of drtool and its children (restic, pg_dump, psql: RUSAGE_CHILDREN) and CPU of the
    server's backends (the postmaster's reaped-children times).
@@ -47,17 +48,21 @@ def _sql_once(pg, content: bool) -> tuple[float, float, dict]:  # noqa: ANN001
     from drtool.sources.postgres.fingerprint import backup_method, count_and_hash, count_rows
 
     ep = Endpoint("127.0.0.1", pg.port, "postgres", None, pg.bin_dir)
+    post = _postmaster_pid(pg)
     session = open_session(LocalRunner(), ep, "bench")
     try:
         session.query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         backend = int(session.value("SELECT pg_backend_pid()"))
         version = int(session.value("SELECT current_setting('server_version_num')"))
-        cpu0, t0 = _proc_cpu(backend), time.perf_counter()
+        cpu0, workers0, t0 = _proc_cpu(backend), _proc_cpu(post, children=True), time.perf_counter()
         if content:
             counts, hashes = count_and_hash(session, backup_method(session, version))
         else:
             counts, hashes = count_rows(session), {}
-        took, cpu = time.perf_counter() - t0, _proc_cpu(backend) - cpu0
+        took = time.perf_counter() - t0
+        time.sleep(0.3)   # parallel workers exit with the query; let the postmaster reap them
+        # the session's backend plus the parallel workers that helped it (reaped children)
+        cpu = _proc_cpu(backend) - cpu0 + _proc_cpu(post, children=True) - workers0
     finally:
         session.close()
     return took, cpu, {"tables": len(counts) - 1, "rows": sum(counts.values()), "hashed": len(hashes)}
@@ -115,7 +120,7 @@ def report_lines(res: dict) -> list[str]:
     f = res["fingerprint"]
     sql, back = f["sql"], f["backup"]
     info = sql["content"][0] if sql["content"] else {}
-    lines = [f"fingerprint SQL ({info.get('tables')} tables, {info.get('rows')} rows; median s / backend CPU s):"
+    lines = [f"fingerprint SQL ({info.get('tables')} tables, {info.get('rows')} rows; median s / server CPU s):"
              f" counts {_med(sql['counts'], 's'):.2f} / {_med(sql['counts'], 'cpu_s'):.2f}, "
              f"counts+hashes {_med(sql['content'], 's'):.2f} / {_med(sql['content'], 'cpu_s'):.2f}"]
     c, h = back["counts"], back["content"]
