@@ -258,7 +258,8 @@ def _backup_database(settings: Settings, policy: Policy, source: Source, handle:
             # The fingerprint goes last: its presence marks the source's set of streams as complete,
             # and it travels inside the repository so a drill on a fresh machine can verify against it.
             fingerprint = {**session.fingerprint, "run": run.id, "source": source.name,
-                           "streams": sorted(streams)}
+                           "streams": sorted(streams),
+                           "stream_bytes": {name: r["bytes_in"] for name, r in streams.items()}}
             fp_snap = backup_bytes(handle.restic, json.dumps(fingerprint, sort_keys=True).encode(),
                                    filename=FINGERPRINT_STREAM, host=host,
                                    tags=policy_tags(policy, source.name, run_id=run.id, stream=FINGERPRINT_STREAM))

@@ -13,7 +13,8 @@ On a fresh machine (no drtool.yaml, empty state dir) this:
    load is over, with a systemd unit to keep it running; see
    drtool.actions.recovered_server), or a named PostgreSQL server; files under
    a target root (or their original paths, only when asked),
-7. verifies: database row counts against fingerprint.json, file trees against
+7. verifies: database row counts (and content hashes, where the backup recorded
+   them) against fingerprint.json, file trees against
    the snapshot listing (content hashes by `restic restore --verify`),
 8. reports the time each step took and the achieved recovery time vs the
    policy's RTO target.
@@ -64,6 +65,7 @@ class RecoverOptions:
     data_dir: Path | None = None             # where recovered servers live; default <state_dir>/recovered
     identity: Path | None = None             # a custodian's age / SSH identity, for kits sealed to keys
     state_dir: Path | None = None            # where this machine records the recovery; default the bundle's
+    dry_run: bool = False                    # say what would be recovered; restore and start nothing
 
 
 @dataclass
@@ -81,6 +83,7 @@ class RecoveryReport:
     credentials: dict[str, str | None] = field(default_factory=dict)   # repository -> where S3 keys came from
     notes: list[str] = field(default_factory=list)
     run_id: str | None = None                 # the recovery's run record (catalog + offsite)
+    dry_run: bool = False
 
     @property
     def ok(self) -> bool:
@@ -95,7 +98,7 @@ class RecoveryReport:
                 "rto_target_s": self.rto_target_s, "rto_met": self.rto_met, "steps": self.steps,
                 "sources": self.sources, "connections": self.connections, "problems": self.problems,
                 "recoverable": self.recoverable, "kit": self.kit, "credentials": self.credentials,
-                "notes": self.notes, "run_id": self.run_id}
+                "notes": self.notes, "run_id": self.run_id, **({"dry_run": True} if self.dry_run else {})}
 
 
 class _Clock:
@@ -149,6 +152,12 @@ def recover(kit_path: Path, passphrase: str, options: RecoverOptions | None = No
             return report
         policy = _pick_policy(options.policy, policies, report.recoverable)
         report.policy, report.rto_target_s = policy.name, policy.targets.rto
+        if options.dry_run:
+            # Nothing is restored, started or recorded: only the repository is read.
+            dry_handle = RepoHandle(policy.repository, restics[policy.repository], settings)
+            report.sources, report.dry_run = _dry_run(dry_handle, policy, sets[policy.name], options), True
+            report.recovery_time_s = time.monotonic() - started
+            return report
         # The recovery is a run like any other: recorded (on this machine's state dir), published
         # signed next to the repository with the kit's credentials, and announced.
         run_settings = settings.with_state_dir(options.state_dir) if options.state_dir else settings
@@ -217,6 +226,37 @@ def _pick_policy(name: str | None, policies: dict[str, Policy], recoverable: dic
         return policies[usable[0]]
     raise UsageError(f"the kit covers several policies ({', '.join(sorted(policies))}); choose one with --policy",
                      hint="`drtool recover --kit FILE --list` shows what each one holds")
+
+
+# ---------------------------------------------------------------- dry run
+
+def _dry_run(handle: RepoHandle, policy: Policy, sets: dict[str, list[SnapshotSet]],
+             options: RecoverOptions) -> list[dict[str, Any]]:
+    """Per source: the set, where it would go (and what is there now), bytes, checks."""
+    from drtool.actions.dry_run import database_plan, files_plan, target_state
+
+    if options.target_root is not None and options.original_paths:
+        raise UsageError("give --target-root DIR or --to-original-paths, not both")
+    out = []
+    for source in policy.sources:
+        chosen = choose(sets[source.name], options.selector)
+        entry: dict[str, Any] = {"source": source.name, "kind": source.kind, "snapshot": chosen.to_dict()}
+        if source.kind in ("files", "sqlite"):
+            paths = source.spec.paths if source.kind == "files" else [source.spec.path]
+            if options.target_root is None and not options.original_paths:
+                raise UsageError(f"source {source.name} holds files: give --target-root DIR "
+                                 "(or --to-original-paths to put them back where they were)")
+            root = Path("/") if options.original_paths else options.target_root.resolve()  # type: ignore[union-attr]
+            entry["targets"] = {str(root / p.lstrip("/")): target_state(root / p.lstrip("/")) for p in paths}
+        if source.kind == "files":
+            entry.update(files_plan(handle.restic, chosen))
+        else:
+            entry.update(database_plan(handle.restic, source, chosen))
+            if source.kind != "sqlite":
+                entry["target"] = options.pg_target if source.kind == "postgres" and options.pg_target else \
+                    f"a new {source.kind} server that stays running (not started in a dry run)"
+        out.append(entry)
+    return out
 
 
 # ---------------------------------------------------------------- targets, checked first
@@ -326,7 +366,7 @@ def _restore_database(handle: RepoHandle, source: Source, chosen: SnapshotSet, p
                       options: RecoverOptions, cleanup: ExitStack, report: RecoveryReport) -> dict[str, Any]:
     from drtool.execute import LocalRunner
     from drtool.sources import database_source
-    from drtool.sources.base import DbTarget, compare_fingerprints
+    from drtool.sources.base import DbTarget, verify_restored
 
     reader = ResticStreamReader(handle.restic, chosen.streams)
     expected = json.loads(reader.read_bytes(FINGERPRINT_STREAM))
@@ -346,15 +386,10 @@ def _restore_database(handle: RepoHandle, source: Source, chosen: SnapshotSet, p
     result = db.restore(reader, target, force=options.force)
     server_info = _finish_server(server, source, report) if server is not None else None
     names = result.databases
-    actual = db.fingerprint_target(target, names)
-    original = list(expected.get("databases", {}))
-    mapping = original if len(original) == 1 and len(names) == 1 else names
-    exp = {"databases": {d: expected["databases"].get(k, {}) for d, k in zip(names, mapping)}}
-    problems = compare_fingerprints(exp, actual)
-    rows = sum(n for tables in actual.get("databases", {}).values() for n in tables.values())
-    return {"target": target.describe(), "databases": names, "rows": rows, "server": server_info,
+    check = verify_restored(db, target, names, expected)
+    return {"target": target.describe(), "databases": names, "rows": check.rows, "server": server_info,
             "phases": [{"name": p.name, "duration_s": round(p.duration_s, 3), "bytes": p.bytes} for p in result.phases],
-            "verified": not problems, "problems": problems}
+            "verified": check.ok, "problems": check.problems, "verification": check.summary()}
 
 
 def _start_server(source: Source, fingerprint: dict[str, Any], plan: _Plan, report: RecoveryReport,

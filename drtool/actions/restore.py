@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
 from drtool.actions.common import RepoHandle, open_repo, restic_host
+from drtool.actions.dry_run import database_plan, files_plan, matching_tables, target_state
 from drtool.actions.select import FINGERPRINT_STREAM, SnapshotSet, choose, snapshot_sets
 from drtool.config.loader import Settings
 from drtool.config.models import Policy, Source
@@ -20,6 +22,7 @@ from drtool.execute import Runner
 from drtool.report.units import human_bytes
 from drtool.secrets import Secret
 from drtool.sources.base import DbTarget, Fingerprint
+from drtool.sources.patterns import check_pattern
 
 
 RESTORE_TIMEOUT_S = 24 * 3600.0
@@ -47,11 +50,15 @@ def read_fingerprint(handle: RepoHandle, chosen: SnapshotSet) -> Fingerprint:
     return json.loads(reader.read_bytes(FINGERPRINT_STREAM))
 
 
-def restore_files_set(restic, chosen: SnapshotSet, dest: Path, *, force: bool = False) -> dict[str, Any]:  # noqa: ANN001
-    """Restore a files set: a restic tree snapshot, or a tar stream from a remote host."""
+def restore_files_set(restic, chosen: SnapshotSet, dest: Path, *, force: bool = False,  # noqa: ANN001
+                      include: Sequence[str] = ()) -> dict[str, Any]:
+    """Restore a files set: a restic tree snapshot, or a tar stream from a remote host.
+
+    `include`: only the entries these patterns select (restic --include; sources/patterns.py)."""
+    refuse_paths_of_tar(chosen, include)
     if chosen.files is not None:
         from drtool.sources.files import restore_files
-        return restore_files(restic, chosen.files.id, dest, force=force)
+        return restore_files(restic, chosen.files.id, dest, force=force, include=include)
     from drtool.sources.remote_files import restore_tar
     [(stream, snap)] = chosen.streams.items()
     return restore_tar(restic, snap.id, stream, dest, force=force)
@@ -113,11 +120,18 @@ def verify_files_at(restic: Restic, chosen: SnapshotSet, dest: str, runner: Runn
     return verify_remote_tree(restic, snapshot_id, path, runner, dest, runner.where)
 
 
-def verify_files_set(restic, chosen: SnapshotSet, dest: Path):  # noqa: ANN001, ANN201 - TreeDiff
+def refuse_paths_of_tar(chosen: SnapshotSet, include: Sequence[str]) -> None:
+    if include and chosen.files is None:
+        raise UsageError(f"--path needs a restic tree snapshot; set {chosen.primary.short_id} of {chosen.source} is "
+                         "a tar stream (taken over SSH from a host without restic)",
+                         hint="restore it whole, then copy the files you need")
+
+
+def verify_files_set(restic, chosen: SnapshotSet, dest: Path, include: Sequence[str] = ()):  # noqa: ANN001, ANN201
     """Compare a restored tree with its snapshot (listing) or archive (content too)."""
     if chosen.files is not None:
         from drtool.sources.files import verify_tree
-        return verify_tree(restic, chosen.files.id, dest)
+        return verify_tree(restic, chosen.files.id, dest, include)
     from drtool.sources.remote_files import verify_tar_tree
     [(stream, snap)] = chosen.streams.items()
     return verify_tar_tree(restic, snap.id, stream, dest)
@@ -159,42 +173,100 @@ def check_path_target(kind: str, target: str) -> None:
                               f"(or ./{target} if you really mean a relative name with a colon)")
 
 
+@dataclass(frozen=True)
+class Part:
+    """Which part of a source to restore; empty: all of it."""
+
+    paths: tuple[str, ...] = ()           # files: restic --include patterns
+    tables: tuple[str, ...] = ()          # postgres [SCHEMA.]TABLE, mariadb TABLE
+    schemas: tuple[str, ...] = ()         # postgres
+
+    def __bool__(self) -> bool:
+        return bool(self.paths or self.tables or self.schemas)
+
+    def check(self, source: Source) -> None:
+        """Bad combinations are usage errors, before anything is read or written."""
+        for pattern in self.paths:
+            check_pattern(pattern)
+        if self.paths and source.kind != "files":
+            raise UsageError(f"--path is for files sources; {source.name} is {source.kind}",
+                             hint="use --table (postgres, mariadb) or --schema (postgres)")
+        if (self.tables or self.schemas) and source.kind not in ("postgres", "mariadb"):
+            raise UsageError(f"--table / --schema are for postgres and mariadb sources; {source.name} is {source.kind}")
+        if self.schemas and source.kind != "postgres":
+            raise UsageError("--schema is for postgres sources (a MariaDB database is its own schema)")
+
+
 def restore_source(settings: Settings, policy: Policy, source_name: str, *, target: str,
-                   selector: Any = "latest", force: bool = False, host: str | None = None) -> RestoreOutcome:
+                   selector: Any = "latest", force: bool = False, host: str | None = None,
+                   part: Part = Part(), dry_run: bool = False) -> RestoreOutcome:
     """`host`: restore another machine's backup on purpose; default this host's."""
-    try:
-        source = policy.source(source_name)
-    except KeyError:
-        names = ", ".join(s.name for s in policy.sources)
-        raise UsageError(f"policy {policy.name!r} has no source {source_name!r} (it has: {names})") from None
+    source = _source(policy, source_name)
     check_path_target(source.kind, target)
+    part.check(source)
     handle = open_repo(settings, policy.repository)
     chosen = find_set(handle, policy, source, selector, host=host or restic_host(settings))
+    if dry_run:
+        return _dry_run(handle, source, chosen, target, part)
     if source.kind == "files":
-        dest = Path(target).resolve()
-        detail = restore_files_set(handle.restic, chosen, dest, force=force)
-        return RestoreOutcome(source.name, "files", chosen, str(dest), detail)
+        return _restore_files(handle, source, chosen, Path(target).resolve(), force, part)
     from drtool.execute import LocalRunner
     from drtool.sources import database_source
-    from drtool.sources.base import compare_fingerprints
+    from drtool.sources.base import verify_restored
 
     db = database_source(source, LocalRunner())
     dbt = parse_db_target(source.kind, target)
     expected = read_fingerprint(handle, chosen)
+    if part:
+        matching_tables(expected, part.tables, part.schemas)      # unknown names: exit 2, nothing touched
     reader = ResticStreamReader(handle.restic, chosen.streams, sizes=expected.get("stream_bytes"))
-    result = db.restore(reader, dbt, force=force)
+    kwargs: dict[str, Any] = {}
+    if part.tables:
+        kwargs["tables"] = part.tables
+    if part.schemas:
+        kwargs["schemas"] = part.schemas
+    result = db.restore(reader, dbt, force=force, **kwargs)
     names = result.databases
-    actual = db.fingerprint_target(dbt, names)
-    exp = {"databases": {d: expected["databases"][k] for d, k in zip(names, _source_names(expected, names), strict=True)}}
-    problems = compare_fingerprints(exp, actual)
+    check = verify_restored(db, dbt, names, expected, tables=result.tables if part else None)
     detail = {"databases": names, "phases": [p.__dict__ for p in result.phases],
-              "verified": not problems, "problems": problems}
+              "verified": check.ok, "problems": check.problems, "verification": check.summary()}
+    if part:
+        detail.update(tables=result.tables, skipped=result.skipped)
     return RestoreOutcome(source.name, source.kind, chosen, dbt.describe(), detail)
 
 
-def _source_names(expected: Fingerprint, restored: list[str]) -> list[str]:
-    """Restored database names map to the backed-up ones (a single db may be renamed)."""
-    original = list(expected.get("databases", {}))
-    if len(original) == 1 and len(restored) == 1:
-        return original
-    return restored
+def _source(policy: Policy, source_name: str) -> Source:
+    try:
+        return policy.source(source_name)
+    except KeyError:
+        names = ", ".join(s.name for s in policy.sources)
+        raise UsageError(f"policy {policy.name!r} has no source {source_name!r} (it has: {names})") from None
+
+
+def _restore_files(handle: RepoHandle, source: Source, chosen: SnapshotSet, dest: Path, force: bool,
+                   part: Part) -> RestoreOutcome:
+    refuse_paths_of_tar(chosen, part.paths)
+    if part.paths:
+        selected = files_plan(handle.restic, chosen, part.paths)
+        if not selected["entries"]:
+            raise UsageError(f"no entry of snapshot {chosen.primary.short_id} matches {', '.join(part.paths)}; "
+                             "nothing was written", hint="browse it with `drtool ls POLICY --source SOURCE`")
+    detail = restore_files_set(handle.restic, chosen, dest, force=force, include=part.paths)
+    if part.paths:
+        # drtool selects with restic's rules; the check proves both agree on what was asked for.
+        diff = verify_files_set(handle.restic, chosen, dest, part.paths)
+        detail.update(entries=diff.checked, bytes=diff.bytes, verified=not diff.problems, problems=diff.problems)
+    return RestoreOutcome(source.name, "files", chosen, str(dest), detail)
+
+
+def _dry_run(handle: RepoHandle, source: Source, chosen: SnapshotSet, target: str, part: Part) -> RestoreOutcome:
+    if source.kind == "files":
+        refuse_paths_of_tar(chosen, part.paths)
+        dest = Path(target).resolve()
+        plan = {**files_plan(handle.restic, chosen, part.paths), "target_state": target_state(dest)}
+        return RestoreOutcome(source.name, "files", chosen, str(dest), {"dry_run": True, **plan})
+    dbt = parse_db_target(source.kind, target)
+    plan = database_plan(handle.restic, source, chosen, tables=part.tables, schemas=part.schemas)
+    plan["target_state"] = ("not checked in a dry run (no connection is made); a restore refuses a "
+                            "database that holds tables unless --force")
+    return RestoreOutcome(source.name, source.kind, chosen, dbt.describe(), {"dry_run": True, **plan})

@@ -1,4 +1,4 @@
-"""backup, snapshots, restore, forget, check, init-repo, runs."""
+"""backup, snapshots, restore, ls, forget, check, init-repo, runs."""
 
 from __future__ import annotations
 
@@ -99,28 +99,104 @@ def snapshots(ctx: click.Context, name: str | None, host: str | None, all_hosts:
 @click.option("--snapshot", default="latest", show_default=True, help="latest, a snapshot id or a run id.")
 @click.option("--target", required=True,
               help="Directory for files; postgresql://user@host:port/db, mysql://... or a file path for databases.")
+@click.option("--path", "paths", multiple=True, metavar="PATTERN",
+              help="Files: only what this pattern selects (restic --include rules; repeatable), "
+                   "e.g. 'scans/2026/11/*' or /srv/scans/ktp-0001.pdf.")
+@click.option("--table", "tables", multiple=True, metavar="[SCHEMA.]TABLE",
+              help="Databases: only this table, with its indexes, constraints and triggers (repeatable).")
+@click.option("--schema", "schemas", multiple=True, metavar="SCHEMA", help="PostgreSQL: only this schema (repeatable).")
 @click.option("--force", is_flag=True, help="Restore over a non-empty target.")
+@click.option("--dry-run", is_flag=True, help="Show what would be restored, from which set, into where, how many "
+                                              "bytes and which checks would run; touch nothing.")
 @click.option("--host", help="Restore another machine's backup (its restic --host); default this machine's.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def restore(ctx: click.Context, name: str, source_name: str, snapshot: str, target: str, force: bool,
-            host: str | None, as_json: bool) -> None:
-    """Restore one source of policy NAME into TARGET."""
-    from drtool.actions.restore import restore_source
+def restore(ctx: click.Context, name: str, source_name: str, snapshot: str, target: str, paths: tuple[str, ...],
+            tables: tuple[str, ...], schemas: tuple[str, ...], force: bool, dry_run: bool, host: str | None,
+            as_json: bool) -> None:
+    """Restore one source of policy NAME (or part of it) into TARGET."""
+    from drtool.actions.restore import Part, restore_source
 
     settings = _settings(ctx)
-    outcome = restore_source(settings, settings.policy(name), source_name, target=target,
-                             selector=snapshot, force=force, host=host)
+    outcome = restore_source(settings, settings.policy(name), source_name, target=target, selector=snapshot,
+                             force=force, host=host, part=Part(paths, tables, schemas), dry_run=dry_run)
     if as_json:
         emit_json(outcome.to_dict())
+    elif dry_run:
+        _print_restore_plan(outcome)
     else:
         snap = outcome.snapshot
-        click.echo(f"restored {outcome.source} ({outcome.kind}) from {snap.primary.short_id} "
+        what = _part_text(outcome.detail)
+        click.echo(f"restored {outcome.source} ({outcome.kind}){what} from {snap.primary.short_id} "
                    f"taken {snap.time:%Y-%m-%d %H:%M:%S} UTC into {outcome.target}")
+        if outcome.detail.get("verification"):
+            click.echo(f"  {outcome.detail['verification']}")
+        for item in outcome.detail.get("skipped", []):
+            click.echo(f"  not restored (needs what is not restored): {item}", err=True)
         for problem in outcome.detail.get("problems", []):
             click.echo(f"  MISMATCH {problem}", err=True)
     if outcome.detail.get("problems"):
         ctx.exit(1)
+
+
+def _part_text(detail: dict) -> str:
+    if detail.get("tables"):
+        return f": tables {', '.join(detail['tables'])}"
+    if detail.get("include"):
+        return f": {detail.get('entries', 0)} entries matching {', '.join(detail['include'])}"
+    return ""
+
+
+def _print_restore_plan(outcome) -> None:  # noqa: ANN001 - RestoreOutcome
+    d, snap = outcome.detail, outcome.snapshot
+    click.echo("dry run: nothing was restored, created or started")
+    click.echo(f"  would restore {outcome.source} ({outcome.kind}) from set {snap.primary.short_id} "
+               f"(run {snap.run_id}, taken {snap.time:%Y-%m-%d %H:%M:%S} UTC, host {snap.host})")
+    click.echo(f"  into {outcome.target}: {d.get('target_state')}")
+    for stream, size in d.get("streams", {}).items():
+        click.echo(f"  stream {stream}: {human_bytes(size)}")
+    if d.get("tables"):
+        click.echo(f"  tables: {', '.join(d['tables'])}")
+    if d.get("paths"):
+        click.echo(f"  {d['entries']} entries ({d['files']} files) match {', '.join(d['paths'])}")
+    click.echo(f"  bytes to read: {human_bytes(d.get('bytes'))}" + (f" ({d['note']})" if d.get("note") else ""))
+    for check in d.get("checks", []):
+        click.echo(f"  check: {check}")
+
+
+@click.command("ls")
+@click.argument("name")
+@click.argument("path", required=False)
+@click.option("--source", "source_name", required=True, help="Which source of the policy.")
+@click.option("--snapshot", default="latest", show_default=True, help="latest, a snapshot id or a run id.")
+@click.option("--recursive", "-r", is_flag=True, help="Files: everything below PATH.")
+@click.option("--host", help="Another machine's backups (its restic --host); default this machine's.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def ls(ctx: click.Context, name: str, path: str | None, source_name: str, snapshot: str, recursive: bool,
+       host: str | None, as_json: bool) -> None:
+    """Browse what a snapshot set of policy NAME's source holds: files with sizes and times,
+    or database streams and tables with row counts."""
+    from drtool.actions.browse import list_snapshot
+
+    settings = _settings(ctx)
+    listing = list_snapshot(settings, settings.policy(name), source_name, selector=snapshot, path=path,
+                            recursive=recursive, host=host)
+    if as_json:
+        emit_json(listing.to_dict())
+        return
+    snap = listing.snapshot
+    click.echo(f"{listing.source} ({listing.kind}) set {snap.primary.short_id}, run {snap.run_id}, "
+               f"taken {snap.time:%Y-%m-%d %H:%M:%S} UTC on {snap.host}")
+    for e in listing.entries:
+        kind = {"dir": "d", "file": "-", "symlink": "l"}.get(e["type"] or "", "?")
+        size = human_bytes(e["size"]) if e["type"] == "file" else ""
+        click.echo(f"{kind} {size:>10}  {(e['mtime'] or '')[:19].replace('T', ' ')}  {e['path']}")
+    for st in listing.streams:
+        click.echo(f"stream {st['stream']:<32} {human_bytes(st['bytes']):>10}  {st['time'][:19].replace('T', ' ')}")
+    for t in listing.tables:
+        click.echo(f"table  {t['database']}.{t['table']:<40} {t['rows']:>12} rows"
+                   + ("  content hash" if t["content_hash"] else ""))
 
 
 @click.command()
@@ -219,5 +295,5 @@ def runs(ctx: click.Context, policy: str | None, limit: int, as_json: bool) -> N
 
 
 def register(group: click.Group) -> None:
-    for command in (backup, snapshots, restore, forget, check, init_repo, runs):
+    for command in (backup, snapshots, restore, ls, forget, check, init_repo, runs):
         group.add_command(command)

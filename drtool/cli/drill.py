@@ -49,9 +49,11 @@ class StepPrinter:
               help="Also write a self-contained HTML report to FILE.")
 @click.option("--keep", is_flag=True, help="Leave scratch instances running and print how to reach them.")
 @click.option("--host", help="Drill another machine's backups (its restic --host); default this machine's.")
+@click.option("--dry-run", is_flag=True, help="Show what each step would restore, from which set, into where, how "
+                                              "many bytes and which checks; start nothing, record nothing.")
 @click.pass_context
 def drill(ctx: click.Context, playbook: str, as_json: bool, junit_file: Path | None, report_dir: Path | None,
-          html_file: Path | None, keep: bool, host: str | None) -> None:
+          html_file: Path | None, keep: bool, host: str | None, dry_run: bool) -> None:
     """Run the restore drill PLAYBOOK (a name or a YAML file); exit 0 when it passed."""
     from drtool.actions.common import signed
     from drtool.actions.drill import run_drill
@@ -60,6 +62,9 @@ def drill(ctx: click.Context, playbook: str, as_json: bool, junit_file: Path | N
 
     settings = _settings(ctx)
     book = settings.playbook(playbook)
+    if dry_run:
+        _dry_run(ctx, settings, book, host, as_json)
+        return
     if not as_json:
         click.echo(f"drill {book.name}: policy {book.policy}, snapshot {book.snapshot!r}", err=True)
     report = run_drill(settings, book, keep=keep, on_event=StepPrinter(as_json), host=host)
@@ -113,6 +118,25 @@ def dashboard(ctx: click.Context, out_dir: Path, offsite: str, as_json: bool) ->
         return
     click.echo(f"wrote {summary['index']} ({len(dash.policies)} policies"
                f"{', ' + str(dash.invalid_records) + ' records with an INVALID signature' if dash.invalid_records else ''})")
+
+
+def _dry_run(ctx: click.Context, settings, book, host: str | None, as_json: bool) -> None:  # noqa: ANN001
+    from drtool.actions.dry_run import plan_drill
+    from drtool.cli.render import human_bytes
+
+    plan = plan_drill(settings, book, host=host)
+    if as_json:
+        emit_json(plan)
+    else:
+        click.echo(f"dry run of drill {book.name} (policy {plan['policy']}, host {plan['host']}): "
+                   "nothing was restored, started or recorded")
+        for i, step in enumerate(plan["steps"], 1):
+            size = f" [{human_bytes(step['bytes'])}]" if step.get("bytes") is not None else ""
+            click.echo(f"  {i}. {step['name']}: {step['would']}{size}")
+            for check in step.get("checks", []):
+                click.echo(f"       check: {check}")
+        click.echo(f"  bytes to read: {human_bytes(plan['bytes'])}; RPO if run now: {_fmt(plan['rpo_if_run_now_s'])}")
+    ctx.exit(0 if plan["runnable"] else 1)
 
 
 @click.command()

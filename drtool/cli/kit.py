@@ -252,6 +252,8 @@ def kit_upgrade(old: Path, out: Path, recipients: tuple[str, ...], armor: bool, 
 @click.option("--snapshot", default="latest", show_default=True, help="latest, a run id or a snapshot id.")
 @click.option("--force", is_flag=True, help="Restore over non-empty targets.")
 @click.option("--list", "list_only", is_flag=True, help="Only list what the kit can recover.")
+@click.option("--dry-run", is_flag=True, help="Show what would be recovered, from which set, into where, how many "
+                                              "bytes and which checks; restore and start nothing.")
 @click.option("--host", help="Whose backups (restic --host); default the host the kit was made on.")
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Where recovered database servers live (persistent; default <state_dir>/recovered, "
@@ -264,8 +266,8 @@ def kit_upgrade(old: Path, out: Path, recipients: tuple[str, ...], armor: bool, 
 @click.pass_context
 def recover(ctx: click.Context, kit_file: Path, policy: str | None, target_root: Path | None,
             to_original_paths: bool, pg_target: str | None, snapshot: str, force: bool, list_only: bool,
-            host: str | None, data_dir: Path | None, state_dir: Path | None, passphrase_fd: int | None,
-            identity: Path | None, as_json: bool) -> None:
+            host: str | None, data_dir: Path | None, state_dir: Path | None, dry_run: bool,
+            passphrase_fd: int | None, identity: Path | None, as_json: bool) -> None:
     """Recover a policy on a fresh machine from the recovery kit alone (no drtool.yaml needed)."""
     from drtool.actions.recover import RecoverOptions
     from drtool.actions.recover import recover as run_recover
@@ -273,7 +275,8 @@ def recover(ctx: click.Context, kit_file: Path, policy: str | None, target_root:
     passphrase = None if identity else read_passphrase(passphrase_fd)
     options = RecoverOptions(policy=policy, target_root=target_root, original_paths=to_original_paths,
                              pg_target=pg_target, selector=snapshot, force=force, list_only=list_only,
-                             host=host, data_dir=data_dir, identity=identity, state_dir=state_dir)
+                             host=host, data_dir=data_dir, identity=identity, state_dir=state_dir,
+                             dry_run=dry_run)
 
     def progress(event: dict[str, Any]) -> None:
         if not as_json and event.get("event") == "step_done":
@@ -300,6 +303,9 @@ def _print_recover(report: Any) -> None:
                 f"newest {newest['time'][:19]} run {newest['run']}" if newest else "NOTHING"))
     if report.policy is None:
         return
+    if report.dry_run:
+        _print_recover_plan(report)
+        return
     click.echo(f"recovered policy {report.policy}:")
     for src in report.sources:
         state = "verified" if src.get("verified") and not src.get("problems") else "NOT VERIFIED"
@@ -316,6 +322,22 @@ def _print_recover(report: Any) -> None:
     rto = report.rto_target_s
     verdict = "" if rto is None else (f" (RTO target {rto:.0f}s: {'met' if report.rto_met else 'MISSED'})")
     click.echo(f"recovery time: {report.recovery_time_s:.1f}s{verdict}")
+
+
+def _print_recover_plan(report: Any) -> None:
+    from drtool.cli.render import human_bytes
+
+    click.echo(f"dry run: would recover policy {report.policy} (nothing was restored or started):")
+    for src in report.sources:
+        snap = src["snapshot"]
+        click.echo(f"  {src['source']} ({src['kind']}) from run {snap['run']} ({snap['time'][:19]}), "
+                   f"{human_bytes(src.get('bytes'))}")
+        for where, state in src.get("targets", {}).items():
+            click.echo(f"    into {where}: {state}")
+        if src.get("target"):
+            click.echo(f"    into {src['target']}")
+        for check in src.get("checks", []):
+            click.echo(f"    check: {check}")
 
 
 # ---------------------------------------------------------------- runbook, verify-report

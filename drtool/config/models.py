@@ -15,6 +15,7 @@ from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationI
                       model_validator)
 
 from drtool.config.durations import parse_duration
+from drtool.config.rates import parse_rate
 from drtool.config.secrets import SecretRef
 
 
@@ -30,6 +31,7 @@ Duration = Annotated[float, BeforeValidator(_duration), WithJsonSchema(
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 NAME_RULE = "ASCII letters, digits, `_ . -`, up to 64 characters, starting with a letter or digit"
 Name = Annotated[str, Field(pattern=NAME_PATTERN, description=f"a name: {NAME_RULE}")]
+Rate = Annotated[int, BeforeValidator(parse_rate)]          # KiB/s
 Argv = Annotated[list[str], Field(min_length=1)]
 
 
@@ -54,6 +56,9 @@ class Repository(Model):
     # How long a throttling (503 SlowDown) or unreachable storage is waited out, with
     # exponential backoff, before a run gives up on it.
     wait_unavailable: Duration = 300.0
+    # Bandwidth for every restic process on this repository (restic --limit-upload/-download).
+    limit_upload: Rate | None = None
+    limit_download: Rate | None = None
 
     @field_validator("url")
     @classmethod
@@ -199,6 +204,7 @@ class PostgresSource(Model):
     password: SecretRef | None = None
     globals: bool = True                   # pg_dumpall --globals-only as its own stream
     bin_dir: str | None = None             # where pg_dump lives, if not on PATH
+    content_hash: bool = True              # hash every table's rows into the fingerprint (bench/README.md)
 
     @model_validator(mode="after")
     def _one_db_field(self) -> "PostgresSource":
@@ -219,6 +225,7 @@ class MariadbSource(Model):
     socket: str | None = None
     user: str = "root"
     password: SecretRef | None = None
+    content_hash: bool = True              # hash every table's rows into the fingerprint (bench/README.md)
 
     @model_validator(mode="after")
     def _one_db_field(self) -> "MariadbSource":
@@ -233,6 +240,7 @@ class MariadbSource(Model):
 
 class SqliteSource(Model):
     path: str
+    content_hash: bool = True              # hash every table's rows into the fingerprint
 
 
 class FilesSource(Model):

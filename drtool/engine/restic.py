@@ -53,6 +53,8 @@ class RepoAccess:
     url: str
     password: Secret
     env: dict[str, str] = field(default_factory=dict)   # AWS_* credentials for S3 repositories
+    limit_upload: int | None = None                       # KiB/s, on every restic invocation
+    limit_download: int | None = None
 
     def __repr__(self) -> str:
         return f"RepoAccess({self.url!r})"
@@ -146,6 +148,16 @@ class PasswordPipe:
         self.close()
 
 
+def limit_args(access: RepoAccess) -> list[str]:
+    """restic's global bandwidth flags (KiB/s) for this repository, if it has limits."""
+    args: list[str] = []
+    if access.limit_upload:
+        args += ["--limit-upload", str(access.limit_upload)]
+    if access.limit_download:
+        args += ["--limit-download", str(access.limit_download)]
+    return args
+
+
 def _base_env(access: RepoAccess) -> dict[str, str]:
     env = {"RESTIC_REPOSITORY": access.url, "RESTIC_PROGRESS_FPS": "2"}
     env.update(access.env)
@@ -179,7 +191,7 @@ class Restic:
 
     def argv(self, args: Sequence[str]) -> list[str]:
         extra = ["--cache-dir", str(self.cache_dir)] if self.cache_dir else []
-        return [self.binary, *extra, *args]
+        return [self.binary, *extra, *limit_args(self.access), *args]
 
     def error(self, code: int | None, stderr: str, args: Sequence[str]) -> DrtoolError:
         """The typed error for a failed run of `restic ARGS` (public: the pipeline uses it too)."""
@@ -433,7 +445,8 @@ def repo_access(settings: Any, repo_name: str) -> RepoAccess:
         if repo.s3.secret_access_key is not None:
             env["AWS_SECRET_ACCESS_KEY"] = repo.s3.secret_access_key.resolve().reveal()
         env["AWS_DEFAULT_REGION"] = repo.s3.region
-    return RepoAccess(repo.url, repo.password.resolve(), env)
+    return RepoAccess(repo.url, repo.password.resolve(), env,
+                      limit_upload=repo.limit_upload, limit_download=repo.limit_download)
 
 
 def _command(args: Sequence[str]) -> str:

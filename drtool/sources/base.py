@@ -11,12 +11,13 @@ every stream has been consumed.
 
 Restore side: `restore(reader, target, force=...)` reads streams back through
 a `StreamReader` (restic dump) and loads them into `target`; `fingerprint_target`
-counts what a restored database holds, for drills to compare.
+counts (and hashes) what a restored database holds; `verify_restored` compares it
+with the backup's fingerprint, for drills, `drtool restore` and `drtool recover`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -27,7 +28,10 @@ from drtool.execute import Process
 from drtool.secrets import Secret
 
 # Fingerprint of a database source, JSON-able:
-#   {"kind": "postgres", "databases": {"siak": {"public.penduduk": 1234, ...}}}
+#   {"kind": "postgres", "databases": {"siak": {"public.penduduk": 1234, ...}},
+#    "content": {"siak": {"method": "pg-hashtext-sum-v1", "tables": {"public.penduduk": "-8817..."}}}}
+# "content" (order-independent hashes of each table's rows) is absent from fingerprints
+# written before it existed or with content_hash: false; those verify by counts alone.
 Fingerprint = dict[str, Any]
 
 
@@ -96,6 +100,8 @@ class RestoreResult:
     databases: list[str]
     phases: list[RestorePhase] = field(default_factory=list)
     bytes: int = 0
+    tables: list[str] = field(default_factory=list)    # a partial restore: the tables restored
+    skipped: list[str] = field(default_factory=list)   # ... and what was left out because it needs more
 
 
 class StreamReader(Protocol):
@@ -112,12 +118,17 @@ class DatabaseSource(Protocol):
 
     def open_dump(self) -> AbstractContextManager[DumpSession]: ...
     def restore(self, reader: StreamReader, target: DbTarget, *, force: bool = False) -> RestoreResult: ...
-    def fingerprint_target(self, target: DbTarget, databases: list[str]) -> Fingerprint: ...
+    def fingerprint_target(self, target: DbTarget, databases: list[str],
+                           content: Mapping[str, str] | None = None) -> Fingerprint: ...
     def query(self, target: DbTarget, sql: str, database: str | None = None) -> list[list[str]]: ...
 
 
 def compare_fingerprints(expected: Fingerprint, actual: Fingerprint) -> list[str]:
-    """Human-readable differences; empty when the restore holds exactly what was backed up."""
+    """Human-readable differences; empty when the restore holds exactly what was backed up.
+
+    Per table, in the backup's order: missing, a different row count, or -- where both
+    sides carry a content hash of that database -- different content with the same count.
+    """
     problems: list[str] = []
     exp_dbs: dict[str, dict[str, int]] = expected.get("databases", {})
     act_dbs: dict[str, dict[str, int]] = actual.get("databases", {})
@@ -126,14 +137,100 @@ def compare_fingerprints(expected: Fingerprint, actual: Fingerprint) -> list[str
         if got is None:
             problems.append(f"database {db}: missing after restore")
             continue
+        exp_hash, act_hash = _content_of(expected, db), _content_of(actual, db)
         for table, rows in tables.items():
             if table not in got:
                 problems.append(f"{db}.{table}: table missing after restore")
             elif got[table] != rows:
                 problems.append(f"{db}.{table}: {got[table]} rows restored, {rows} at backup")
+            elif exp_hash and act_hash is not None and table in exp_hash and act_hash.get(table) != exp_hash[table]:
+                problems.append(f"{db}.{table}: content differs from the backup (same {rows} rows, "
+                                f"content hash {act_hash.get(table)} restored, {exp_hash[table]} at backup)")
         for table in sorted(set(got) - set(tables)):
             problems.append(f"{db}.{table}: table not in the backup fingerprint")
     return problems
+
+
+def _content_of(fingerprint: Fingerprint, db: str) -> dict[str, str] | None:
+    entry = fingerprint.get("content", {}).get(db)
+    return None if entry is None else dict(entry.get("tables", {}))
+
+
+def only_tables(fingerprint: Fingerprint, tables: Sequence[str]) -> Fingerprint:
+    """The fingerprint cut down to `tables` (of each database): what a partial restore holds."""
+    wanted = set(tables)
+    out: Fingerprint = {**fingerprint, "databases": {
+        db: {t: n for t, n in counts.items() if t in wanted} for db, counts in fingerprint.get("databases", {}).items()}}
+    if "content" in fingerprint:
+        out["content"] = {db: {**entry, "tables": {t: h for t, h in entry.get("tables", {}).items() if t in wanted}}
+                          for db, entry in fingerprint["content"].items()}
+    return out
+
+
+def content_methods(fingerprint: Fingerprint) -> dict[str, str]:
+    """Database -> the content hash method its backup used (none for older fingerprints)."""
+    return {db: entry["method"] for db, entry in fingerprint.get("content", {}).items() if entry.get("method")}
+
+
+def expected_for(fingerprint: Fingerprint, restored: list[str]) -> Fingerprint:
+    """The backup fingerprint keyed by restored database names (one database may be renamed)."""
+    original = fingerprint.get("databases", {})
+    if len(original) == 1 and len(restored) == 1:
+        names = {restored[0]: next(iter(original))}
+    else:
+        names = {db: db for db in restored}
+    out: Fingerprint = {"databases": {new: original.get(old, {}) for new, old in names.items()}}
+    content = fingerprint.get("content", {})
+    hashed = {new: content[old] for new, old in names.items() if old in content}
+    if hashed:
+        out["content"] = hashed
+    return out
+
+
+@dataclass
+class Verification:
+    """A restored database compared with its backup fingerprint."""
+
+    problems: list[str]
+    tables: int
+    rows: int
+    hashed_tables: int                 # tables whose content hash was compared too
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def summary(self) -> str:
+        text = f"{self.tables} tables, {self.rows} rows: exactly the counts recorded at backup time"
+        if self.hashed_tables:
+            text += f"; content of {self.hashed_tables} tables equal to the backup (row hashes)"
+        else:
+            text += "; no content hashes in this backup's fingerprint (counts only)"
+        return text
+
+    def data(self) -> dict[str, Any]:
+        return {"tables": self.tables, "rows": self.rows, "content_tables": self.hashed_tables}
+
+
+def verify_restored(db: DatabaseSource, target: DbTarget, databases: list[str], fingerprint: Fingerprint, *,
+                    content: bool = True, tables: Sequence[str] | None = None) -> Verification:
+    """Count (and, where the backup recorded content hashes, hash) the restore and compare.
+
+    `content=False` compares counts only, whatever the fingerprint holds. `tables`: a
+    partial restore, compared on those tables only (of its one database).
+    """
+    expected = expected_for(fingerprint, databases)
+    methods = content_methods(expected) if content else {}
+    if not content:
+        expected.pop("content", None)
+    actual = db.fingerprint_target(target, databases, methods or None)
+    if tables is not None:
+        expected, actual = only_tables(expected, tables), only_tables(actual, tables)
+    problems = compare_fingerprints(expected, actual)
+    tables = sum(len(t) for t in expected["databases"].values())
+    rows = sum(sum(t.values()) for t in expected["databases"].values())
+    hashed = sum(len(entry.get("tables", {})) for entry in expected.get("content", {}).values())
+    return Verification(problems, tables, rows, hashed)
 
 
 def iter_sources() -> Iterator[str]:

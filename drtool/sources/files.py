@@ -3,19 +3,23 @@
 Backup of files is plain `restic backup PATHS` (drtool.engine.pipeline.backup_paths).
 Verification compares the restored tree with restic's own listing of the
 snapshot: every path, type, size, mode and symlink target; content is
-verified by `restic restore --verify` at restore time.
+verified by `restic restore --verify` at restore time. A partial restore
+(`include` patterns, restic's --include) is compared with the part of the
+listing those patterns select (drtool.sources.patterns, restic's rules).
 """
 
 from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from drtool.engine.restic import Restic
 from drtool.errors import RestoreRefused
+from drtool.sources.patterns import ancestors, matches
 
 
 def check_target_dir(target: Path, *, force: bool) -> None:
@@ -27,14 +31,16 @@ def check_target_dir(target: Path, *, force: bool) -> None:
 
 
 def restore_files(restic: Restic, snapshot_id: str, target: Path, *, force: bool = False,
-                  verify: bool = True) -> dict[str, Any]:
+                  verify: bool = True, include: Sequence[str] = ()) -> dict[str, Any]:
     check_target_dir(target, force=force)
     target.mkdir(parents=True, exist_ok=True, mode=0o700)
     args = ["restore", snapshot_id, "--target", str(target)]
+    for pattern in include:
+        args += ["--include", pattern]
     if verify:
         args.append("--verify")   # restic re-reads every restored file and checks its content hashes
     restic.run(args, timeout=24 * 3600)
-    return {"target": str(target)}
+    return {"target": str(target), **({"include": list(include)} if include else {})}
 
 
 @dataclass
@@ -48,13 +54,22 @@ class TreeDiff:
             self.problems.append(problem)
 
 
-def verify_tree(restic: Restic, snapshot_id: str, target: Path) -> TreeDiff:
-    """Compare the restored tree under `target` with the snapshot's listing (streamed)."""
+def verify_tree(restic: Restic, snapshot_id: str, target: Path, include: Sequence[str] = ()) -> TreeDiff:
+    """Compare the restored tree under `target` with the snapshot's listing (streamed).
+
+    With `include`, only the entries those patterns select are expected; the directories
+    restic creates to hold them must exist, their modes are not compared (restic creates
+    them 0700 when they were not selected themselves).
+    """
     diff = TreeDiff()
     seen: set[str] = set()
+    holders: set[str] = set()
     for node in restic.ls(snapshot_id):
         path = node["path"]
+        if include and not matches(include, path):
+            continue
         seen.add(path)
+        holders.update(ancestors(path))
         local = target / path.lstrip("/")
         diff.checked += 1
         try:
@@ -63,7 +78,12 @@ def verify_tree(restic: Restic, snapshot_id: str, target: Path) -> TreeDiff:
             diff.add(f"{path}: missing after restore")
             continue
         _compare_node(node, local, st, diff)
-    _find_extra(target, seen, diff)
+    if include and not seen:
+        diff.add(f"no entry of the snapshot matches {', '.join(include)}")
+    for path in sorted(holders - seen):
+        if not (target / path.lstrip("/")).is_dir():
+            diff.add(f"{path}: directory missing after restore")
+    _find_extra(target, seen | holders, diff)
     return diff
 
 

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from drtool.engine.pipeline import stream_to_restic
-from drtool.engine.restic import JsonLineReader, Restic, classify_failure
+from drtool.engine.restic import JsonLineReader, Restic, classify_failure, limit_args
 from drtool.errors import Cancelled, CommandError, DrtoolError, RemoteError, UsageError
 from drtool.execute import LocalRunner, Runner, stop_process
 from drtool.sources.files import TreeDiff, check_target_dir
@@ -123,9 +123,11 @@ def tar_argv(spec: FilesSource) -> list[str]:
 
 
 def remote_backup_argv(spec: FilesSource, *, cache_dir: str, tags: Sequence[str], host: str,
-                       parent: str | None) -> list[str]:
-    """`restic backup` as run on the host; the repository and secrets come from its environment."""
-    argv = ["restic", "--cache-dir", cache_dir, "backup", "--json", "--host", host]
+                       parent: str | None, limits: Sequence[str] = ()) -> list[str]:
+    """`restic backup` as run on the host; the repository and secrets come from its environment.
+
+    `limits`: the repository's bandwidth flags (engine.restic.limit_args), as for local restic."""
+    argv = ["restic", "--cache-dir", cache_dir, *limits, "backup", "--json", "--host", host]
     for tag in tags:
         argv += ["--tag", tag]
     for pattern in spec.exclude:
@@ -223,7 +225,8 @@ def _backup_with_remote_restic(runner: Runner, source: Source, handle: RepoHandl
     if not cache_dir.startswith("/"):
         raise RemoteError(f"mktemp on {runner.name} printed {cache_dir[:100]!r}, not a directory path",
                           hint="check the host's TMPDIR")
-    argv = remote_backup_argv(source.spec, cache_dir=cache_dir, tags=tags, host=host, parent=parent)
+    argv = remote_backup_argv(source.spec, cache_dir=cache_dir, tags=tags, host=host, parent=parent,
+                              limits=limit_args(handle.restic.access))
     ok = False
     try:
         summary = _run_remote_restic(runner, argv, _repo_env(handle), handle.restic.access.url, source.name,

@@ -5,7 +5,8 @@ snapshot PATH`, through the runner) which copies the database with SQLite's
 backup API into a private 0700 temp directory and reports the copy's tables
 and exact row counts. The one stream, named after the file ("app.sqlite"),
 just reads that copy (`sqlite_dump cat`), so the fingerprint describes exactly
-the bytes streamed, even while writers are active. The copy is removed when
+the bytes streamed, even while writers are active; with content_hash (the default)
+it also hashes every row of the copy. The copy is removed when
 the session closes. This temp copy is the one exception to "dumps are never
 staged on disk": the backup API needs a destination database, and SQLite
 files are usually small.
@@ -27,7 +28,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
@@ -44,7 +45,7 @@ from drtool.sources.base import (
     RestoreResult,
     StreamReader,
 )
-from drtool.sources.sqlite_dump import open_readonly, table_counts
+from drtool.sources.sqlite_dump import open_readonly, table_counts, table_hashes
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +74,11 @@ def local_producer_argv(action: str, path: str) -> list[str]:
     return [sys.executable, "-I", sqlite_dump.__file__, action, path]
 
 
-def fingerprint_of(name: str, tables: dict[str, int]) -> Fingerprint:
-    return {"kind": "sqlite", "databases": {name: dict(tables)}}
+def fingerprint_of(name: str, tables: dict[str, int], content: dict | None = None) -> Fingerprint:
+    fp: Fingerprint = {"kind": "sqlite", "databases": {name: dict(tables)}}
+    if content is not None:
+        fp["content"] = {name: content}
+    return fp
 
 
 class SqliteDatabase:
@@ -95,18 +99,23 @@ class SqliteDatabase:
             copy = str(info["copy"])
             stream = DumpStream(self.name, lambda: self.runner.start(producer("cat", copy)),
                                 database=self.name)
-            yield DumpSession(fingerprint_of(self.name, info["tables"]), [stream])
+            yield DumpSession(fingerprint_of(self.name, info["tables"], info.get("content")), [stream])
         finally:
             self._remove(producer, str(info["dir"]))
 
     def _snapshot(self, producer: Callable[[str, str], list[str]]) -> dict:
+        # Counts (and content hashes) are taken on the very copy that is streamed.
+        action = "snapshot-content" if self.spec.content_hash else "snapshot"
         try:
-            res = self.runner.run(producer("snapshot", self.spec.path), timeout=SNAPSHOT_TIMEOUT)
+            res = self.runner.run(producer(action, self.spec.path), timeout=SNAPSHOT_TIMEOUT)
             return json.loads(res.text)
         except CommandError as exc:
+            older = action == "snapshot-content" and "usage:" in exc.stderr_tail
             raise SourceError(f"could not copy SQLite database {self.spec.path} on {self.runner.name}: "
                               f"{exc.stderr_tail.strip() or exc.message}",
-                              hint="check the path and that drtool may read the file and its directory") from None
+                              hint=f"the drtool on {self.runner.name} is older and cannot hash content: upgrade it "
+                                   "there, or set content_hash: false for this source" if older else
+                              "check the path and that drtool may read the file and its directory") from None
         except ValueError:
             raise SourceError(f"the SQLite producer on {self.runner.name} printed no valid snapshot report",
                               hint="is the same drtool version installed there?") from None
@@ -162,11 +171,17 @@ class SqliteDatabase:
 
     # ------------------------------------------------------------ verify
 
-    def fingerprint_target(self, target: DbTarget, databases: list[str]) -> Fingerprint:
+    def fingerprint_target(self, target: DbTarget, databases: list[str],
+                           content: Mapping[str, str] | None = None) -> Fingerprint:
         path = _target_path(target)
         name = databases[0] if databases else path.name
+        method = (content or {}).get(name)
+        if method and method != sqlite_dump.HASH_METHOD:
+            raise SourceError(f"unknown SQLite content hash method {method!r} in the fingerprint",
+                              hint="the backup was taken by a newer drtool; upgrade drtool to verify it")
         try:
-            return fingerprint_of(name, table_counts(path))
+            hashed = {"method": method, "tables": table_hashes(path)} if method else None
+            return fingerprint_of(name, table_counts(path), hashed)
         except (OSError, sqlite3.Error) as exc:
             raise SourceError(f"cannot count rows in {path}: {exc}") from None
 

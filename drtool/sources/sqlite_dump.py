@@ -4,6 +4,8 @@
                                  stdout, remove it (a self-contained producer)
     sqlite_dump snapshot PATH    make the copy in a new private 0700 directory,
                                  print {"dir", "copy", "tables"} as JSON
+    sqlite_dump snapshot-content PATH
+                                 the same, plus "content": every table's content hash
     sqlite_dump cat COPY         write COPY to stdout
     sqlite_dump remove DIR       remove a directory made by `snapshot`
 
@@ -16,6 +18,7 @@ most the busy timeout).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import sqlite3
@@ -25,6 +28,7 @@ from pathlib import Path
 
 DIR_PREFIX = "drtool-sqlite-copy-"
 BUSY_TIMEOUT_MS = 30_000
+HASH_METHOD = "sqlite-blake2b-sum-v1"
 CHUNK = 1 << 20
 
 
@@ -62,12 +66,60 @@ def table_counts(path: Path) -> dict[str, int]:
         conn.close()
 
 
-def snapshot(src: Path) -> dict[str, object]:
+class _Text:
+    """A TEXT value as stored (sqlite3 text_factory): kept apart from BLOBs, never decoded."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+
+def _value_bytes(value: object) -> bytes:
+    """A value with its storage class and length: 1 and '1' and b'1' all differ."""
+    if value is None:
+        tag, data = b"n", b""
+    elif isinstance(value, int):
+        tag, data = b"i", str(value).encode()
+    elif isinstance(value, float):
+        tag, data = b"r", repr(value).encode()      # repr: the shortest exact form
+    elif isinstance(value, _Text):                   # TEXT: its stored bytes, even if not UTF-8
+        tag, data = b"t", value.data
+    elif isinstance(value, str):
+        tag, data = b"t", value.encode("utf-8")
+    else:                                            # BLOB
+        tag, data = b"b", bytes(value)  # type: ignore[arg-type]
+    return tag + str(len(data)).encode() + b":" + data
+
+
+def table_hashes(path: Path) -> dict[str, str]:
+    """Per table, the exact sum of a 64-bit BLAKE2b of each row: independent of row order."""
+    conn = open_readonly(path)
+    try:
+        names = [r[0] for r in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")]
+        conn.text_factory = _Text       # hash the stored bytes; never fail decoding bad UTF-8
+        out: dict[str, str] = {}
+        for name in names:
+            total = 0
+            for row in conn.execute(f'SELECT * FROM "{name.replace(chr(34), chr(34) * 2)}"'):
+                digest = hashlib.blake2b(b"".join(_value_bytes(v) for v in row), digest_size=8).digest()
+                total += int.from_bytes(digest, "big", signed=True)
+            out[name] = str(total)
+        return out
+    finally:
+        conn.close()
+
+
+def snapshot(src: Path, *, content: bool = False) -> dict[str, object]:
     workdir = Path(tempfile.mkdtemp(prefix=DIR_PREFIX))  # mkdtemp: 0700
     try:
         copy = workdir / src.name
         backup_copy(src, copy)
-        return {"dir": str(workdir), "copy": str(copy), "tables": table_counts(copy)}
+        info: dict[str, object] = {"dir": str(workdir), "copy": str(copy), "tables": table_counts(copy)}
+        if content:
+            info["content"] = {"method": HASH_METHOD, "tables": table_hashes(copy)}
+        return info
     except BaseException:
         shutil.rmtree(workdir, ignore_errors=True)
         raise
@@ -99,14 +151,15 @@ def main(argv: list[str]) -> int:
     try:
         if len(argv) == 1:
             one_shot(Path(argv[0]))
-        elif len(argv) == 2 and argv[0] == "snapshot":
-            print(json.dumps(snapshot(Path(argv[1]))))
+        elif len(argv) == 2 and argv[0] in ("snapshot", "snapshot-content"):
+            print(json.dumps(snapshot(Path(argv[1]), content=argv[0] == "snapshot-content")))
         elif len(argv) == 2 and argv[0] == "cat":
             cat(Path(argv[1]))
         elif len(argv) == 2 and argv[0] == "remove":
             remove(Path(argv[1]))
         else:
-            print("usage: python -m drtool.sources.sqlite_dump [snapshot|cat|remove] PATH", file=sys.stderr)
+            print("usage: python -m drtool.sources.sqlite_dump [snapshot|snapshot-content|cat|remove] PATH",
+                  file=sys.stderr)
             return 2
     except BrokenPipeError:
         print("sqlite_dump: the reader closed the pipe", file=sys.stderr)

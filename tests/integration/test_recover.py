@@ -243,6 +243,23 @@ def pg_ctl(argv: list[str]) -> None:
     subprocess.run(argv, check=True, capture_output=True, timeout=120)
 
 
+def test_recover_dry_run_says_what_and_starts_nothing(site, tmp_path, private_tmp):
+    from tests.support.drtool_env import servers_under
+
+    target = tmp_path / "restore"
+    proc = run_cli(["recover", "--kit", str(site["kit"]), "--target-root", str(target), "--dry-run", "--json"],
+                   env=fresh_env(tmp_path, tmp=private_tmp), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["dry_run"] is True and report["policy"] == "siak" and report["ok"] is True
+    db, files = (next(s for s in report["sources"] if s["source"] == name) for name in ("siak-db", "scans"))
+    assert db["target"].startswith("a new postgres server") and db["bytes"] == sum(db["streams"].values()) > 0
+    assert any(c.startswith("content hashes of 2 tables") for c in db["checks"])
+    assert files["targets"] == {str(target / str(site["docs"]).lstrip("/")): "does not exist: would be created"}
+    assert files["entries"] >= 16 and files["bytes"] >= sum(3000 + i * 517 for i in range(12))
+    assert not target.exists() and list(private_tmp.iterdir()) == [] and not servers_under(private_tmp)
+
+
 def test_fire_scenario_recover_from_nothing(site, tmp_path, srv_dir, private_tmp):
     ws, pg = site["ws"], site["pg"]
     # The fire: state dir, configuration, password file, database cluster and files are gone.

@@ -1,81 +1,54 @@
-"""PostgreSQL: consistent dumps with exact row counts, restores, fingerprints.
+"""PostgreSQL restore: refuse a non-empty target unless forced, create the database, load it.
 
-Backup (`open_dump`): per database, one psql session opens a REPEATABLE READ
-READ ONLY transaction, exports its snapshot and counts every user table in it.
-Each database's stream is then `pg_dump -Fc --snapshot=ID`: the dump holds
-exactly the rows that were counted, even while writers keep writing. The
-sessions stay open until the context exits, since the snapshot dies with them.
-Dumps are plain custom-format archives: `pg_restore` restores them without drtool.
-
-Restore (`restore`): per `<db>.pgdump` stream, refuse a non-empty target
-unless forced, create the database, then either
-  * "stream": restic dump | pg_restore (no temporary copy; one timed phase), or
+Per `<db>.pgdump` stream, one of these strategies:
+  * "stream": restic dump | pg_restore (no temporary copy; one timed phase),
   * "parallel": save to a private temp file, then `pg_restore -j N` in two
-    runs, pre-data+data ("load") and post-data ("index build"), timed apart.
+    runs, pre-data+data ("load") and post-data ("index build"), timed apart,
+  * "overlap": load pre-data + data while the download arrives, keeping a copy,
+    then post-data from the copy with -j N.
 
-Every program runs through the `Runner`, so all of this works over SSH too.
+Every program runs through the `Runner`, so "stream" works over SSH too.
 Passwords reach the tools as PGPASSWORD in their environment only.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import re
 import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 from typing import IO, Literal
 
-from drtool.config.models import PostgresSource
-from drtool.errors import CommandError, RestoreRefused, SourceError
+from drtool.errors import CommandError, RestoreRefused, SourceError, UsageError
 from drtool.execute import Process, Runner, stop_process
 from drtool.scratch.common import private_dir
-from drtool.sources.base import (
-    DbTarget,
-    DumpSession,
-    DumpStream,
-    Fingerprint,
-    RestorePhase,
-    RestoreResult,
-    StreamReader,
+from drtool.sources.base import DbTarget, RestorePhase, RestoreResult, StreamReader
+from drtool.sources.postgres.client import QUERY_TIMEOUT, run_sql
+from drtool.sources.postgres.commands import (
+    GLOBALS_STREAM,
+    MAINTENANCE_DB,
+    USER_RELATIONS_SQL,
+    Endpoint,
+    filter_globals,
+    pg_restore_argv,
+    stream_databases,
+    target_endpoint,
 )
-from drtool.sources.psql import (
-    FIELD_SEP,
-    RECORD_SEP,
-    PsqlSession,
-    conn_args,
-    connection_hint,
-    conninfo_dbname,
-    failure_hint,
-    libpq_env,
-    pg_tool,
-    psql_argv,
-    quote_ident,
-    quote_literal,
-)
+from drtool.sources.postgres.partial import Selection, parse_toc, select
+from drtool.sources.psql import connection_hint, pg_tool, psql_argv, quote_ident, quote_literal
 
 log = logging.getLogger(__name__)
 
 Strategy = Literal["auto", "stream", "parallel", "overlap"]
 
-DUMP_SUFFIX = ".pgdump"
-GLOBALS_STREAM = "globals.sql"
-LARGE_OBJECTS_KEY = "(large objects)"
-MAINTENANCE_DB = "postgres"
-COUNT_TIMEOUT = 4 * 3600.0        # exact count(*) of every table of a big database takes a while
-QUERY_TIMEOUT = 600.0
 RESTORE_TIMEOUT = 24 * 3600.0
 GLOBALS_MAX_BYTES = 64 * 1024 * 1024
-COUNT_CHUNK = 200                 # tables per counting statement
+TOC_MAX_BYTES = 256 * 1024 * 1024
 DISK_MARGIN_BYTES = 64 * 1024 * 1024
 
 # "auto" picks "parallel" when it can: measured on the 2-core test machine
@@ -93,228 +66,15 @@ DISK_MARGIN_BYTES = 64 * 1024 * 1024
 # "parallel". Measured by `python -m bench --only pgrestore`; see bench/README.md.
 AUTO_PREFERRED: Literal["stream", "parallel", "overlap"] = "overlap"
 
-# User relations counted in fingerprints: ordinary and partitioned tables.
-# Views have no rows of their own; materialized views may be unpopulated.
-TABLES_SQL = """
-SELECT coalesce(json_agg(json_build_array(n.nspname || '.' || c.relname,
-                                          format('%I.%I', n.nspname, c.relname))
-                         ORDER BY n.nspname, c.relname), '[]')
-FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE c.relkind IN ('r', 'p') AND c.relpersistence <> 't'
-  AND n.nspname NOT IN ('pg_catalog', 'information_schema')
-  AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp\\_%'
-"""
 
-USER_RELATIONS_SQL = """
-SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')
-  AND n.nspname NOT IN ('pg_catalog', 'information_schema')
-  AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp\\_%'
-"""
+class Restorer:
+    """Restores the `<db>.pgdump` streams of one snapshot set through `runner`."""
 
-
-# ------------------------------------------------------------------ pure argv builders
-
-def pg_dump_argv(bin_dir: str | None, conn: list[str], database: str, snapshot: str) -> list[str]:
-    # -Z0: restic deduplicates unchanged table data between nights only if it is
-    # not compressed first; restic (repository v2) compresses it itself.
-    return [pg_tool(bin_dir, "pg_dump"), "-Fc", "-Z0", f"--snapshot={snapshot}", *conn,
-            f"--dbname={conninfo_dbname(database)}"]
-
-
-def pg_dumpall_globals_argv(bin_dir: str | None, conn: list[str]) -> list[str]:
-    # Role password hashes are kept: a recovered server needs them (the snapshot is encrypted).
-    return [pg_tool(bin_dir, "pg_dumpall"), "--globals-only", *conn]
-
-
-def pg_restore_argv(
-    bin_dir: str | None,
-    conn: list[str],
-    database: str,
-    *,
-    file: str | None = None,
-    jobs: int | None = None,
-    sections: tuple[str, ...] = (),
-    keep_owners: bool = True,
-) -> list[str]:
-    """pg_restore into `database`; reads stdin when `file` is None.
-
-    --no-tablespaces: tablespace paths of the old server rarely exist on a new one.
-    Without the globals (roles) owners and grants cannot be restored, so they are left out.
-    """
-    argv = [pg_tool(bin_dir, "pg_restore"), *conn, "--exit-on-error", "--no-tablespaces"]
-    if not keep_owners:
-        argv += ["--no-owner", "--no-privileges"]
-    if jobs:
-        argv += ["-j", str(jobs)]
-    argv += [f"--section={s}" for s in sections]
-    argv.append(f"--dbname={conninfo_dbname(database)}")
-    if file is not None:
-        argv.append(file)
-    return argv
-
-
-def count_sql(tables: list[tuple[str, str]]) -> str:
-    """One statement counting rows of (key, quoted name) tables, answering one JSON object."""
-    parts = [f"SELECT {quote_literal(key)} AS k, count(*) AS n FROM {qualified}" for key, qualified in tables]
-    return "SELECT coalesce(json_object_agg(k, n), '{}') FROM (" + " UNION ALL ".join(parts) + ") s"
-
-
-def stream_databases(names: list[str], wanted: str | None) -> dict[str, str]:
-    """Map each `<db>.pgdump` stream to the database it is restored into."""
-    streams = sorted(n for n in names if n.endswith(DUMP_SUFFIX))
-    if not streams:
-        raise SourceError("the snapshot set holds no PostgreSQL dump (*.pgdump) stream",
-                          hint="check that the snapshot belongs to a postgres source")
-    if wanted is None:
-        return {s: s[: -len(DUMP_SUFFIX)] for s in streams}
-    if len(streams) == 1:
-        return {streams[0]: wanted}
-    chosen = wanted + DUMP_SUFFIX
-    if chosen in streams:
-        return {chosen: wanted}
-    have = ", ".join(s[: -len(DUMP_SUFFIX)] for s in streams)
-    raise SourceError(f"the snapshot set holds several databases ({have}); none is named {wanted}",
-                      hint="name one of them as the target database, or restore all without a name")
-
-
-def filter_globals(sql: str, user: str | None) -> str:
-    """Drop the statements that would recreate or alter the role we connect as.
-
-    Applying the backed-up `ALTER ROLE postgres ... PASSWORD` would change the
-    target's own login password under our feet.
-    """
-    if not user:
-        return sql
-    names = {user, quote_ident(user)}
-    keep = []
-    for line in sql.splitlines(keepends=True):
-        match = re.match(r"(CREATE|ALTER) ROLE (\"(?:[^\"]|\"\")+\"|\S+?)[ ;]", line)
-        if match and match.group(2) in names:
-            continue
-        keep.append(line)
-    return "".join(keep)
-
-
-def parse_records(out: bytes) -> list[list[str]]:
-    """Rows of `psql -A -t -F US -R RS` output (values may hold newlines)."""
-    text = out.decode("utf-8", "replace")
-    text = text.removesuffix("\n")
-    if not text:
-        return []
-    return [record.split(FIELD_SEP) for record in text.split(RECORD_SEP)]
-
-
-# ------------------------------------------------------------------ connections
-
-@dataclass(frozen=True)
-class Endpoint:
-    """How to reach one server: conn argv, libpq env (with PGPASSWORD) and a name for messages."""
-
-    host: str | None
-    port: int | None
-    user: str | None
-    password: str | None
-    bin_dir: str | None
-
-    @property
-    def conn(self) -> list[str]:
-        return conn_args(self.host, self.port, self.user)
-
-    @property
-    def env(self) -> dict[str, str]:
-        return libpq_env(self.password)
-
-    def where(self, database: str | None = None) -> str:
-        return f"postgres {self.user or ''}@{self.host}:{self.port}/{database or ''}"
-
-
-def target_endpoint(target: DbTarget) -> Endpoint:
-    return Endpoint(host=target.socket or target.host, port=target.port, user=target.user,
-                    password=target.password.reveal() if target.password else None, bin_dir=target.bin_dir)
-
-
-class PostgresDatabase:
-    kind = "postgres"
-
-    def __init__(self, spec: PostgresSource, runner: Runner) -> None:
-        self.spec = spec
+    def __init__(self, runner: Runner) -> None:
         self.runner = runner
 
-    # ------------------------------------------------------------ backup
-
-    def _source(self) -> Endpoint:
-        password = self.spec.password.resolve().reveal() if self.spec.password else None
-        return Endpoint(self.spec.host, self.spec.port, self.spec.user, password, self.spec.bin_dir)
-
-    @contextmanager
-    def open_dump(self) -> Iterator[DumpSession]:
-        src = self._source()
-        sessions: dict[str, PsqlSession] = {}
-        counter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pg-count")
-        try:
-            streams: list[DumpStream] = []
-            version = 0
-            for db in self.spec.database_names:
-                session = sessions[db] = self._session(src, db)
-                snapshot, version = _export_snapshot(session)
-                streams.append(DumpStream(name=f"{db}{DUMP_SUFFIX}", database=db,
-                                          start=partial(self._start_pg_dump, src, db, snapshot)))
-            if self.spec.globals:
-                streams.append(DumpStream(name=GLOBALS_STREAM, start=partial(self._start_globals, src)))
-            # Exact counts scan every table; they run in the exported snapshots while pg_dump
-            # reads the same snapshots (PostgreSQL synchronises the two sequential scans).
-            fingerprint = counter.submit(
-                lambda: {"kind": self.kind, "server_version_num": version,
-                         "databases": {db: _count_rows(s) for db, s in sessions.items()}})
-            yield DumpSession(fingerprint, streams)
-        finally:
-            counter.shutdown(wait=False, cancel_futures=True)
-            for session in sessions.values():
-                session.close()
-
-    def _session(self, ep: Endpoint, database: str) -> PsqlSession:
-        return PsqlSession(self.runner, psql_argv(ep.bin_dir, ep.conn, database), ep.env, ep.where(database))
-
-    def _start_pg_dump(self, ep: Endpoint, database: str, snapshot: str) -> Process:
-        return self.runner.start(pg_dump_argv(ep.bin_dir, ep.conn, database, snapshot), env=ep.env)
-
-    def _start_globals(self, ep: Endpoint) -> Process:
-        return self.runner.start(pg_dumpall_globals_argv(ep.bin_dir, ep.conn), env=ep.env)
-
-    # ------------------------------------------------------------ fingerprint, query
-
-    def fingerprint_target(self, target: DbTarget, databases: list[str]) -> Fingerprint:
-        ep = target_endpoint(target)
-        counted: dict[str, dict[str, int]] = {}
-        version = 0
-        for db in databases:
-            session = self._session(ep, db)
-            try:
-                session.query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-                version = int(session.value("SELECT current_setting('server_version_num')"))
-                counted[db] = _count_rows(session)
-            finally:
-                session.close()
-        return {"kind": self.kind, "server_version_num": version, "databases": counted}
-
-    def query(self, target: DbTarget, sql: str, database: str | None = None) -> list[list[str]]:
-        """Rows as text (NULL as ''), for drill `sql` steps."""
-        db = database or target.database or self.spec.database_names[0]
-        return self._run_sql(target_endpoint(target), db, sql)
-
     def _run_sql(self, ep: Endpoint, database: str, sql: str, timeout: float = QUERY_TIMEOUT) -> list[list[str]]:
-        # SQL goes through stdin: no argv length limit, and not visible in `ps`.
-        argv = psql_argv(ep.bin_dir, ep.conn, database, records=True)
-        result = self.runner.run(argv, env=ep.env, input=sql.encode(), timeout=timeout, check=False)
-        if result.returncode != 0:
-            tail = result.stderr.decode("utf-8", "replace").strip()
-            raise SourceError(f"SQL failed on {ep.where(database)} (psql exit code {result.returncode}): "
-                              f"{tail[-2000:] or 'no error text'}",
-                              hint=failure_hint(result.returncode, tail, ep.where(database)))
-        return parse_records(result.stdout)
-
-    # ------------------------------------------------------------ restore
+        return run_sql(self.runner, ep, database, sql, timeout)
 
     def restore(
         self,
@@ -325,10 +85,15 @@ class PostgresDatabase:
         strategy: Strategy = "auto",
         jobs: int | None = None,
         work_dir: str | None = None,
+        tables: Sequence[str] = (),
+        schemas: Sequence[str] = (),
     ) -> RestoreResult:
         ep = target_endpoint(target)
         names = reader.names()
         plan = stream_databases(names, target.database)
+        if (tables or schemas) and len(plan) != 1:
+            raise UsageError(f"the snapshot set holds several databases ({', '.join(plan.values())}); "
+                             "a --table or --schema restore needs one", hint="name it as the target's database")
         # Check every target before touching anything: a refusal changes nothing.
         existing = {db: self._database_state(ep, db) for db in plan.values()}
         busy = [db for db, state in existing.items() if state == "non-empty"]
@@ -337,9 +102,14 @@ class PostgresDatabase:
                 f"database {', '.join(busy)} on {ep.where()} already holds tables; nothing was changed",
                 hint="restore into a scratch instance, another database name, or pass force to replace it")
         result = RestoreResult(databases=list(plan.values()))
+        # A partial restore reads the dump's table of contents first: a name it lacks changes nothing.
+        selection = self._select(reader, plan, ep, tables, schemas, result) if tables or schemas else None
         keep_owners = GLOBALS_STREAM in names
         if keep_owners:
             result.phases.append(self._apply_globals(reader, ep, target.user))
+        if selection is not None:
+            [(stream, db)] = plan.items()
+            return self._restore_part(reader, stream, ep, db, existing[db], result, keep_owners, selection)
         for stream, db in plan.items():
             self._prepare_database(ep, db, existing[db])
             chosen = self._choose_strategy(strategy, reader.size(stream), work_dir)
@@ -411,9 +181,65 @@ class PostgresDatabase:
         copied = self._feed_pg_restore(reader, stream, ep, db, argv)
         return [RestorePhase("download+load+index build (streamed)", time.monotonic() - started, copied)]
 
+    def _select(self, reader: StreamReader, plan: dict[str, str], ep: Endpoint, tables: Sequence[str],
+                schemas: Sequence[str], result: RestoreResult) -> Selection:
+        if self.runner.name != "local":
+            raise SourceError("a --table or --schema restore runs pg_restore on this machine only",
+                              hint="restore into a server reachable from here, by URL")
+        started = time.monotonic()
+        [stream] = plan
+        selection = select(parse_toc(self._read_toc(reader, stream, ep)), tables, schemas)
+        result.phases.append(RestorePhase("read table of contents", time.monotonic() - started))
+        return selection
+
+    def _restore_part(self, reader: StreamReader, stream: str, ep: Endpoint, db: str, state: str,
+                      result: RestoreResult, keep_owners: bool, selection: Selection) -> RestoreResult:
+        """Some tables or schemas, with what belongs to them (partial.py), streamed through -L."""
+        self._prepare_database(ep, db, state)
+        tmp = private_dir("pgrestore-list")
+        try:
+            listing = tmp / "restore.list"
+            listing.write_text("\n".join(selection.lines) + "\n")
+            started = time.monotonic()
+            argv = [*pg_restore_argv(ep.bin_dir, ep.conn, db, keep_owners=keep_owners), "-L", str(listing)]
+            copied = self._feed_pg_restore(reader, stream, ep, db, argv, may_stop_early=True)
+            result.phases.append(RestorePhase(f"download+load {len(selection.tables)} tables (streamed)",
+                                              time.monotonic() - started, copied))
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        result.bytes, result.tables, result.skipped = copied, selection.tables, selection.skipped
+        return result
+
+    def _read_toc(self, reader: StreamReader, stream: str, ep: Endpoint) -> str:
+        """`pg_restore -l -v` of the stream: it reads the archive's header and stops."""
+        src = reader.open(stream)
+        try:
+            dst = self.runner.start([pg_tool(ep.bin_dir, "pg_restore"), "-l", "-v"], env=ep.env, stdin=True)
+        except BaseException:
+            stop_process(src, grace=2)
+            raise
+        pump = threading.Thread(target=_pump_until_closed, args=(src, dst), daemon=True)
+        pump.start()
+        try:
+            text = dst.stdout.read(TOC_MAX_BYTES + 1)
+            code = _wait(dst, QUERY_TIMEOUT)
+        finally:
+            stop_process(src, grace=2)    # the rest of the dump is not needed for the list
+            pump.join(30)
+        if len(text) > TOC_MAX_BYTES:
+            raise SourceError(f"the table of contents of {stream} is larger than {TOC_MAX_BYTES} bytes")
+        if code != 0:
+            raise SourceError(f"pg_restore could not read the table of contents of {stream} (exit code {code}): "
+                              f"{dst.stderr_tail().strip()[-2000:] or 'no error text'}",
+                              hint="is the stream a custom-format dump? check the snapshot (restic check)")
+        return text.decode("utf-8", "replace")
+
     def _feed_pg_restore(self, reader: StreamReader, stream: str, ep: Endpoint, db: str, argv: list[str],
-                         copy_to: IO[bytes] | None = None) -> int:
-        """Relay the stream into pg_restore (and into `copy_to`); raise on either side's failure."""
+                         copy_to: IO[bytes] | None = None, may_stop_early: bool = False) -> int:
+        """Relay the stream into pg_restore (and into `copy_to`); raise on either side's failure.
+
+        `may_stop_early`: pg_restore -L may be done before the end of the stream; then the rest is
+        not needed and stopping the reader is no failure."""
         src = reader.open(stream)
         try:
             dst = self.runner.start(argv, env=ep.env, stdin=True)
@@ -427,6 +253,8 @@ class PostgresDatabase:
         # reader; a reader failing mid-stream makes pg_restore see a truncated archive.
         if consumer_quit:
             _check_pg_restore(dst_code, dst.stderr_tail(), dst.argv, ep.where(db))
+            if may_stop_early:
+                return copied
         if src_code != 0:
             raise SourceError(f"reading {stream} from the snapshot failed (exit code {src_code}): "
                               f"{src.stderr_tail().strip()[-2000:] or 'no error text'}",
@@ -480,23 +308,20 @@ class PostgresDatabase:
 
 # ------------------------------------------------------------------ helpers
 
-def _export_snapshot(session: PsqlSession) -> tuple[str, int]:
-    """Open the dump transaction and export its snapshot; rows are counted later in it."""
-    session.query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-    # The first statement fixes the transaction's snapshot: the export must be it.
-    snapshot = session.value("SELECT pg_export_snapshot()")
-    version = int(session.value("SELECT current_setting('server_version_num')"))
-    return snapshot, version
-
-
-def _count_rows(session: PsqlSession) -> dict[str, int]:
-    tables = [tuple(t) for t in json.loads(session.value(TABLES_SQL))]
-    counts: dict[str, int] = {}
-    for i in range(0, len(tables), COUNT_CHUNK):
-        chunk = tables[i : i + COUNT_CHUNK]
-        counts.update(json.loads(session.value(count_sql(chunk), COUNT_TIMEOUT)))  # type: ignore[arg-type]
-    counts[LARGE_OBJECTS_KEY] = int(session.value("SELECT count(*) FROM pg_largeobject_metadata"))
-    return counts
+def _pump_until_closed(src: Process, dst: Process) -> None:
+    """src.stdout into dst.stdin until either side stops (pg_restore -l reads only the head)."""
+    assert dst.stdin is not None
+    try:
+        read = getattr(src.stdout, "read1", src.stdout.read)
+        while chunk := read(1 << 16):
+            dst.stdin.write(chunk)
+    except (BrokenPipeError, OSError, ValueError):
+        pass
+    finally:
+        try:
+            dst.stdin.close()
+        except (BrokenPipeError, OSError, ValueError):
+            pass
 
 
 def _check_pg_restore(code: int | None, stderr: str, argv: list[str], where: str) -> None:
@@ -611,14 +436,3 @@ def _free_bytes(work_dir: str | None) -> int:
 def _default_jobs() -> int:
     return max(1, min(os.cpu_count() or 1, 8))
 
-
-__all__ = [
-    "PostgresDatabase",
-    "count_sql",
-    "filter_globals",
-    "parse_records",
-    "pg_dump_argv",
-    "pg_dumpall_globals_argv",
-    "pg_restore_argv",
-    "stream_databases",
-]
