@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from typing import Any
@@ -33,10 +32,10 @@ from drtool.engine.pipeline import Cancelled, backup_bytes, backup_paths, stream
 from drtool.errors import DrtoolError, SourceError
 from drtool.locking import PolicyLock
 from drtool.tags import FINGERPRINT_STREAM
+from drtool.events import EventFn, Notice, Progress, SourceDone, SourceFailed, SourceStarted, StreamStarted, ignore
 
 log = logging.getLogger(__name__)
 
-EventFn = Callable[[dict[str, Any]], None]
 
 
 class BackupFailed(DrtoolError):
@@ -69,7 +68,7 @@ def _describe_source(source: Source) -> dict[str, Any]:
 def backup_policy(settings: Settings, policy: Policy, *, dry_run: bool = False, wait: bool = False,
                   trigger: str = "manual", on_event: EventFn | None = None,
                   cancel: threading.Event | None = None) -> RunRecord:
-    emit = on_event or (lambda _e: None)
+    emit = on_event or ignore
     run_id = new_run_id("backup")
     if dry_run:
         run = RunRecord(run_id, policy.name, "backup", "running", utcnow(), trigger=trigger)
@@ -125,9 +124,8 @@ def _with_retries(settings: Settings, policy: Policy, handle: RepoHandle, lc: Ru
         retry = failures and all(exc.transient for exc in failures.values()) and len(attempts) <= policy.retries
         if not retry:
             return failures
-        emit({"event": "notice", "message": f"{', '.join(failures)} failed for a transient cause; trying again in "
-                                            f"{policy.retry_wait:.0f}s (attempt {len(attempts) + 1} of "
-                                            f"{policy.retries + 1})"})
+        emit(Notice(f"{', '.join(failures)} failed for a transient cause; trying again in {policy.retry_wait:.0f}s "
+                    f"(attempt {len(attempts) + 1} of {policy.retries + 1})"))
         if (cancel or threading.Event()).wait(policy.retry_wait):
             raise Cancelled("cancelled while waiting to retry")
         pending = [s for s in pending if s.name in failures]
@@ -141,19 +139,20 @@ def _backup_sources(settings: Settings, policy: Policy, handle: RepoHandle, run:
     for source in sources:
         if cancel is not None and cancel.is_set():
             raise Cancelled("cancelled before all sources were backed up")
-        emit({"event": "source_start", "source": source.name, "kind": source.kind})
+        emit(SourceStarted(source.name, source.kind))
         try:
             if source.kind == "files":
                 results[source.name] = _backup_files(settings, policy, source, handle, run, host, emit, cancel)
             else:
                 results[source.name] = _backup_database(settings, policy, source, handle, run, host, emit, cancel)
-            emit({"event": "source_done", "source": source.name, **_brief(results[source.name])})
+            done = results[source.name]
+            emit(SourceDone(source.name, done.get("bytes_added"), list(done.get("snapshots", []))))
         except Cancelled:
             raise
         except DrtoolError as exc:
             results[source.name] = {"status": "failed", "error": str(exc), "transient": exc.transient}
             failures[source.name] = exc
-            emit({"event": "source_failed", "source": source.name, "error": str(exc)})
+            emit(SourceFailed(source.name, str(exc)))
     return failures
 
 
@@ -174,7 +173,7 @@ def _store_bundle(settings: Settings, handle: RepoHandle, run: RunRecord, emit: 
         run.details["config_bundle"] = store_config_bundle(settings, handle, host=restic_host(settings),
                                                            run_id=run.id)
     except DrtoolError as exc:
-        emit({"event": "notice", "message": f"configuration bundle not stored: {exc.message}"})
+        emit(Notice(f"configuration bundle not stored: {exc.message}"))
         return {"config bundle": exc}
     marker.write_text(digest)
     return {}
@@ -196,16 +195,12 @@ def _bundle_marker(settings: Settings, handle: RepoHandle):  # noqa: ANN202
     return state_path(settings, "repos", f"{key}.bundle"), h.hexdigest()
 
 
-def _brief(result: dict[str, Any]) -> dict[str, Any]:
-    return {k: result[k] for k in ("bytes_added", "snapshots") if k in result}
-
-
 def _backup_files(settings: Settings, policy: Policy, source: Source, handle: RepoHandle, run: RunRecord,
                   host: str, emit: EventFn, cancel: threading.Event | None) -> dict[str, Any]:
     spec = source.spec
     if policy.host:
         from drtool.sources.remote_files import backup_remote_files
-        return backup_remote_files(settings, policy, source, handle, run, host, emit, cancel)
+        return backup_remote_files(settings, policy, source, handle.restic, run, host, emit, cancel)
     missing = [p for p in spec.paths if not os.path.lexists(p)]
     if missing:
         # restic only warns "does not exist, skipping" and exits 0: a backup with a hole.
@@ -215,7 +210,7 @@ def _backup_files(settings: Settings, policy: Policy, source: Source, handle: Re
     snap, summary = backup_paths(
         handle.restic, spec.paths, excludes=spec.exclude, one_file_system=spec.one_file_system,
         tags=tags, host=host, cancel=cancel,
-        on_progress=lambda obj: emit({"event": "progress", "source": source.name, **obj}),
+        on_progress=lambda obj: emit(Progress(source.name, obj)),
     )
     run.snapshots.append(snap)
     added = int(summary.get("data_added", 0))
@@ -240,14 +235,13 @@ def _backup_database(settings: Settings, policy: Policy, source: Source, handle:
         # closing(): an SSH runner holds a connection; a daemon would otherwise leak one per run.
         with closing(runner), db.open_dump() as session:
             def one(stream):  # noqa: ANN001, ANN202
-                emit({"event": "stream_start", "source": source.name, "stream": stream.name})
+                emit(StreamStarted(source.name, stream.name))
                 return stream_to_restic(
                     handle.restic, stream.start, filename=stream.name,
                     tags=policy_tags(policy, source.name, run_id=run.id, stream=stream.name),
                     host=host, what=f"{source.kind} dump of {source.name}/{stream.name}", cancel=cancel,
                     check=getattr(stream, "check", None),
-                    on_progress=lambda obj, s=stream.name: emit({"event": "progress", "source": source.name,
-                                                                 "stream": s, **obj}),
+                    on_progress=lambda obj, s=stream.name: emit(Progress(source.name, obj, s)),
                 )
 
             results = _in_pairs(one, session.streams)

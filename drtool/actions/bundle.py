@@ -71,9 +71,7 @@ def build_bundle(settings: Settings, *, run_id: str | None = None, host: str | N
                 files[f"{folder}/{path.name}"] = _read_yaml(path)
             else:
                 skipped.append(f"{folder}/{path.name}")
-    public_key = _public_key(settings)
-    if public_key:
-        files[PUBLIC_KEY_FILE] = (public_key + "\n").encode("ascii")
+    files[PUBLIC_KEY_FILE] = (_public_key(settings) + "\n").encode("ascii")
     from drtool.actions.runbook import render_runbook
 
     for policy in settings.policies.values():
@@ -111,11 +109,9 @@ def _read_yaml(path: Path) -> bytes:
     return data
 
 
-def _public_key(settings: Settings) -> str | None:
-    try:
-        from drtool.crypto.signing import load_or_create_signing_key, public_key_b64
-    except ImportError:
-        return None
+def _public_key(settings: Settings) -> str:
+    from drtool.crypto.signing import load_or_create_signing_key, public_key_b64
+
     return public_key_b64(load_or_create_signing_key(settings.state_dir))
 
 

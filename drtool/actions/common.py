@@ -13,6 +13,7 @@ from drtool.config.loader import Settings
 from drtool.engine.restic import Restic, repo_access
 from drtool.errors import RepositoryMissing
 from drtool.tags import policy_tags
+from drtool.events import Notice
 
 __all__ = ["RepoHandle", "open_repo", "policy_tags", "preflight", "preflight_once", "publish_offsite",
            "restic_host", "signed", "state_path"]
@@ -87,7 +88,7 @@ def preflight(handle: RepoHandle, *, create: bool, on_event=None) -> dict:  # no
             status = store.preflight(create_bucket=create and (repo.s3.create_bucket if repo.s3 else True))
             info["bucket"] = status.describe()
             if status.created and on_event:
-                on_event({"event": "notice", "message": f"created bucket for {repo.url}"})
+                on_event(Notice(f"created bucket for {repo.url}"))
     if not handle.restic.exists():
         if not create:
             raise RepositoryMissing(f"no restic repository at {repo.url}",
@@ -95,7 +96,7 @@ def preflight(handle: RepoHandle, *, create: bool, on_event=None) -> dict:  # no
         handle.restic.init()
         info["initialised"] = True
         if on_event:
-            on_event({"event": "notice", "message": f"initialised a new restic repository at {repo.url}"})
+            on_event(Notice(f"initialised a new restic repository at {repo.url}"))
     return info
 
 
@@ -122,4 +123,4 @@ def publish_offsite(handle: RepoHandle, relpath: str, record: dict, extra: dict,
         extra["offsite_record"] = False
         extra["offsite_record_error"] = str(exc)[:300]
         if on_event:
-            on_event({"event": "notice", "message": f"record kept locally only: {str(exc)[:200]}"})
+            on_event(Notice(f"record kept locally only: {str(exc)[:200]}"))

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Callable
 from typing import Any
 
 from drtool.actions.common import RepoHandle
@@ -28,6 +27,7 @@ from drtool.config.loader import Settings
 from drtool.engine.restic import Snapshot
 from drtool.errors import DrtoolError, StateError
 from drtool.tags import FINGERPRINT_STREAM
+from drtool.events import EventFn, Notice
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ def record_rollback_debris(settings: Settings, handle: RepoHandle, run_id: str, 
 
 
 def clean_debris(catalog: Catalog, handle: RepoHandle, host: str,
-                 emit: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+                 emit: EventFn | None = None) -> list[dict[str, Any]]:
     """Forget the debris of this repository; returns what was removed (run, reason, snapshot ids)."""
     removed = []
     for entry in catalog.debris(handle.repository.url):
@@ -55,8 +55,7 @@ def clean_debris(catalog: Catalog, handle: RepoHandle, host: str,
         if doomed:
             removed.append({"run": entry["run_id"], "reason": entry["reason"], "snapshots": [s.id for s in doomed]})
             if emit:
-                emit({"event": "notice", "message": f"removed {len(doomed)} snapshot(s) left by {entry['reason']} "
-                                                    f"run {entry['run_id']}"})
+                emit(Notice(f"removed {len(doomed)} snapshot(s) left by {entry['reason']} run {entry['run_id']}"))
     return removed
 
 

@@ -16,13 +16,16 @@ import tempfile
 from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from drtool.execute import LocalRunner
 
 
-def run_demo(workdir: Path | None, *, as_json: bool = False, echo: Callable[[str], None] = print) -> bool:
+def run_demo(workdir: Path | None, *, echo: Callable[[str], None] = print,
+             show: Callable[[dict[str, Any]], None] = lambda _report: None) -> bool:
+    """The whole story; `echo` gets the progress lines, `show` the drill report (the CLI renders it)."""
     with ExitStack() as stack:
         root = workdir or Path(tempfile.mkdtemp(prefix="drtool-demo-"))
         if workdir is None:
@@ -48,7 +51,7 @@ def run_demo(workdir: Path | None, *, as_json: bool = False, echo: Callable[[str
             return False
         echo("4/4 restore drill into scratch instances, timed against the RTO ...")
         report = run_drill(settings, settings.playbook("demo-drill"))
-        _show(report, as_json)
+        show(report.to_dict())
         echo(f"VERDICT: {'PASSED' if report.passed else 'FAILED'} — RTO achieved "
              f"{report.rto_achieved_s or 0:.1f}s (target {report.to_dict()['rto']['target_s']}s), "
              f"RPO achieved {report.rpo_achieved_s or 0:.1f}s")
@@ -132,12 +135,3 @@ def _write_config(root: Path, s3, sources: list[dict], steps: list[dict]) -> Pat
     (cfg / "playbooks" / "demo-drill.yaml").write_text(yaml.safe_dump({
         "name": "demo-drill", "policy": "demo", "snapshot": "latest", "steps": steps}, sort_keys=False))
     return cfg / "drtool.yaml"
-
-
-def _show(report, as_json: bool) -> None:  # noqa: ANN001
-    if as_json:
-        from drtool.cli.render import emit_json
-        emit_json(report.to_dict())
-        return
-    from drtool.report.drill import print_report
-    print_report(report.to_dict())

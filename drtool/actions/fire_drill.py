@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -42,10 +41,10 @@ from drtool.actions.drill.model import DrillReport, StepResult, skipped_after
 from drtool.actions.lifecycle import RunLifecycle
 from drtool.errors import DrtoolError, UsageError
 from drtool.execute import LocalRunner
+from drtool.events import DrillDone, DrillStarted, EventFn, StepStarted, Teardown, ignore, step_done
 
 log = logging.getLogger(__name__)
 
-EventFn = Callable[[dict[str, Any]], None]
 
 
 @dataclass
@@ -75,7 +74,7 @@ def run_fire_drill(settings: Settings, playbook: Playbook, *, trigger: str = "ma
     from drtool.actions.common import open_repo
     from drtool.actions.drill.run import conclude_drill, effective_targets
 
-    emit = on_event or (lambda _event: None)
+    emit = on_event or ignore
     spec = playbook.from_nothing
     assert spec is not None
     policy = settings.policy(playbook.policy)
@@ -91,14 +90,14 @@ def run_fire_drill(settings: Settings, playbook: Playbook, *, trigger: str = "ma
         report.started_at = lifecycle.record.started_at
         lifecycle.handle = open_repo(settings, policy.repository)
         report.extra["from_nothing"] = {"mode": spec.mode, "kit": str(_beside(playbook, spec.kit))}
-        emit({"event": "drill_start", "id": report.id, "playbook": playbook.name, "policy": policy.name})
+        emit(DrillStarted(report.id, playbook.name, policy.name))
         try:
             _fire(settings, playbook, policy, report, emit, host=host, cancel=cancel)
         except DrtoolError as exc:
             report.error = f"the fire drill could not run to the end: {exc}"
         conclude_drill(lifecycle, report)
     report.record = lifecycle.record
-    emit({"event": "drill_done", "id": report.id, "passed": report.passed})
+    emit(DrillDone(report.id, report.passed))
     return report
 
 
@@ -114,7 +113,7 @@ def _fire(settings: Settings, playbook: Playbook, policy: Policy, report: DrillR
     with fire_sandbox() as box:
         run = FireRun(settings, playbook, policy, box, box.take_kit(kit), key, report, emit, host, cancel)
         (_recover_in_drtool if spec.mode == "drtool" else _recover_with_runbook)(run)
-        emit({"event": "teardown", "keep": False})
+        emit(Teardown(False))
 
 
 def _beside(playbook: Playbook, name: str) -> Path:
@@ -129,7 +128,7 @@ def _beside(playbook: Playbook, name: str) -> Path:
 def _recover_in_drtool(run: FireRun) -> None:
     report, box = run.report, run.box
     begun = utcnow()
-    run.emit({"event": "step_start", "name": "recover from the kit (sandbox)", "kind": "restore"})
+    run.emit(StepStarted("recover from the kit (sandbox)", "restore"))
     outcome = run_recover(box, run.kit, run.key, run.policy.name, timeout=run.timeout, host=run.host)
     recovered = outcome.report or {}
     try:
@@ -144,7 +143,7 @@ def _recover_in_drtool(run: FireRun) -> None:
         report.extra["from_nothing"].update(_service_times(report.steps), credentials=recovered.get("credentials"),
                                             host=recovered.get("host"))
         for step in report.steps:
-            run.emit({"event": "step_done", **step.to_dict()})
+            run.emit(step_done(step))
         _run_checks(run, restored_from_recover(run.policy, recovered, box), recovered.get("host"))
     finally:
         _stop_recovered(recovered)
@@ -250,7 +249,7 @@ def _recover_with_runbook(run: FireRun) -> None:
                                                                    "output_tail": outcome.output}))
         report.extra["from_nothing"].update(total_s=round((utcnow() - begun).total_seconds(), 3), host=used_host)
         report.snapshot = runbook_snapshot(box, outcome.output)
-        run.emit({"event": "step_done", **report.steps[-1].to_dict()})
+        run.emit(step_done(report.steps[-1]))
         if not ok:
             _skip_checks(run.playbook, report, "the runbook failed")
             return
@@ -292,10 +291,10 @@ def _run_checks(run: FireRun, restored: dict[str, Any], host: str | None) -> Non
         if stopped:
             run.report.steps.append(skipped_after(step.name, step.kind, stopped))
             continue
-        run.emit({"event": "step_start", "name": step.name, "kind": step.kind})
+        run.emit(StepStarted(step.name, step.kind))
         result = run_step(ctx, step)
         run.report.steps.append(result)
-        run.emit({"event": "step_done", **result.to_dict()})
+        run.emit(step_done(result))
         if result.status != "passed" and step.on_failure == "stop":
             stopped = f"step {step.name!r} {result.status.replace('_', ' ')} (on_failure: stop)"
 

@@ -41,10 +41,10 @@ from drtool.config.loader import Settings
 from drtool.errors import Cancelled, DrtoolError, InternalError, StateError
 from drtool.notify import RUN_KINDS, Delivery, Event, Notifier
 from drtool.secrets import redact
+from drtool.events import EventFn, Notice, RunRecorded, ignore
 
 log = logging.getLogger(__name__)
 
-EventFn = Callable[[dict[str, Any]], None]
 SUFFIX = {"success": "succeeded", "failed": "failed", "cancelled": "cancelled", "interrupted": "interrupted"}
 INTERRUPTED = ("drtool stopped before the run finished (killed, crashed, or the machine went down); "
                "nothing it was writing was kept as a backup")
@@ -59,7 +59,7 @@ class RunLifecycle:
         self.settings = settings
         self.handle = handle
         self.playbook = playbook
-        self.emit = emit or (lambda _e: None)
+        self.emit = emit or ignore
         self.record = RunRecord(run_id or new_run_id(kind), policy, kind, "running", utcnow(), trigger=trigger)
         self.record.details["process"] = process_identity()
         if playbook:
@@ -123,9 +123,8 @@ class RunLifecycle:
         if self.catalog is not None:
             _quietly("metrics", lambda: update_metrics(self.settings, self.catalog))
             _quietly("status file", lambda: write_status_file(self.settings, self.catalog))
-        self.emit({"event": "run_recorded", "id": run.id, "status": run.status,
-                   "local": "local_record_error" not in run.details,
-                   "offsite": run.details.get("offsite_record")})
+        self.emit(RunRecorded(run.id, run.status, "local_record_error" not in run.details,
+                              run.details.get("offsite_record")))
         if exc is None or isinstance(exc, DrtoolError):
             return True                   # the outcome is in the record; the caller reads it
         if isinstance(exc, Exception):
@@ -195,7 +194,7 @@ class RunLifecycle:
 
     def _state_problem(self, exc: StateError) -> None:
         self.record.details["local_record_error"] = str(exc)
-        self.emit({"event": "notice", "message": f"run not recorded locally: {exc.message}"})
+        self.emit(Notice(f"run not recorded locally: {exc.message}"))
         self._notify("state_failed", f"{self._what()}: drtool's local state is unusable: {exc.message}"
                      + (f" ({exc.hint})" if exc.hint else ""))
 

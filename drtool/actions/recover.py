@@ -48,8 +48,8 @@ from drtool.crypto.kit import Kit
 from drtool.engine.reader import ResticStreamReader
 from drtool.engine.restic import Restic
 from drtool.errors import DrtoolError, RestoreRefused, UsageError
+from drtool.events import EventFn, StepDone, StepStarted, ignore
 
-EventFn = Callable[[dict[str, Any]], None]
 
 
 @dataclass
@@ -106,20 +106,20 @@ class _Clock:
         self.report, self.emit = report, emit
 
     def step(self, name: str, fn: Callable[[], Any]) -> Any:
-        self.emit({"event": "step_start", "step": name})
+        self.emit(StepStarted(name))
         started = time.monotonic()
         try:
             return fn()
         finally:
             took = time.monotonic() - started
             self.report.steps.append({"step": name, "duration_s": round(took, 3)})
-            self.emit({"event": "step_done", "step": name, "duration_s": round(took, 3)})
+            self.emit(StepDone(name, round(took, 3)))
 
 
 def recover(kit_path: Path, passphrase: str, options: RecoverOptions | None = None, *,
             on_event: EventFn | None = None) -> RecoveryReport:
     options = options or RecoverOptions()
-    emit = on_event or (lambda _e: None)
+    emit = on_event or ignore
     started = time.monotonic()
     kit: Kit = open_kit_file(kit_path, passphrase, identity=options.identity)
     report = RecoveryReport(kit=kit.summary(), recoverable={})
@@ -328,7 +328,9 @@ def _restore(handle: RepoHandle, source: Source, chosen: SnapshotSet, plan: _Pla
 
 
 def _restore_files(restic: Restic, chosen: SnapshotSet, plan: _Plan, options: RecoverOptions) -> dict[str, Any]:
-    restore_set, verify_set = _files_set_functions()
+    from drtool.actions.restore import restore_files_set as restore_set
+    from drtool.actions.restore import verify_files_set as verify_set
+
     assert plan.directory is not None
     root = plan.directory
     if root == Path("/"):
@@ -341,25 +343,6 @@ def _restore_files(restic: Restic, chosen: SnapshotSet, plan: _Plan, options: Re
     diff = verify_set(restic, chosen, root)
     return {"target": str(root), "files_checked": diff.checked, "bytes": diff.bytes,
             "verified": not diff.problems, "problems": diff.problems}
-
-
-def _files_set_functions() -> tuple[Callable[..., Any], Callable[..., Any]]:
-    """restore/verify of a files set: a restic tree, or (newer builds) a tar stream from a remote host."""
-    try:
-        from drtool.actions.restore import restore_files_set, verify_files_set
-        return restore_files_set, verify_files_set
-    except ImportError:
-        from drtool.sources.files import restore_files, verify_tree
-
-        def restore(restic: Restic, chosen: SnapshotSet, dest: Path, *, force: bool = False) -> Any:
-            assert chosen.files is not None
-            return restore_files(restic, chosen.files.id, dest, force=force)
-
-        def verify(restic: Restic, chosen: SnapshotSet, dest: Path) -> Any:
-            assert chosen.files is not None
-            return verify_tree(restic, chosen.files.id, dest)
-
-        return restore, verify
 
 
 def _restore_database(handle: RepoHandle, source: Source, chosen: SnapshotSet, plan: _Plan,

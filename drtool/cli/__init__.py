@@ -57,14 +57,9 @@ def setup_logging(level: int, log_format: str) -> None:
 
 
 def _register_all() -> None:
+    # Every topic ships with the package: a missing one is a packaging error and must say so.
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name == name:   # topic not built yet
-                continue
-            raise
-        module.register(cli)
+        importlib.import_module(name).register(cli)
 
 
 def wants_json(argv: list[str]) -> bool:

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from drtool.events import Notice, ProgressEvent, StepDone, StepStarted
+
 from drtool.cli import complete
 from drtool.cli.render import emit_json
 
@@ -26,16 +28,15 @@ class StepPrinter:
     def __init__(self, quiet: bool) -> None:
         self.quiet = quiet
 
-    def __call__(self, event: dict) -> None:
+    def __call__(self, event: ProgressEvent) -> None:
         if self.quiet:
             return
-        kind = event.get("event")
-        if kind == "step_start":
-            click.echo(f"  {event['name']} ({event['kind']}) ...", err=True)
-        elif kind == "step_done":
-            click.echo(f"  {event['name']}: {event['status']} in {_fmt(event['duration_s'])}", err=True)
-        elif kind == "notice":
-            click.echo(f"  note: {event['message']}", err=True)
+        if isinstance(event, StepStarted):
+            click.echo(f"  {event.step} ({event.kind}) ...", err=True)
+        elif isinstance(event, StepDone):
+            click.echo(f"  {event.step}: {event.status} in {_fmt(event.duration_s)}", err=True)
+        elif isinstance(event, Notice):
+            click.echo(f"  note: {event.message}", err=True)
 
 
 @click.command()
@@ -55,10 +56,10 @@ class StepPrinter:
 def drill(ctx: click.Context, playbook: str, as_json: bool, junit_file: Path | None, report_dir: Path | None,
           html_file: Path | None, keep: bool, host: str | None, dry_run: bool) -> None:
     """Run the restore drill PLAYBOOK (a name or a YAML file); exit 0 when it passed."""
-    from drtool.actions.common import signed
     from drtool.actions.drill import run_drill
+    from drtool.actions.drill.reports import write_reports
     from drtool.errors import DrillFailed
-    from drtool.report.drill import print_report, write_junit
+    from drtool.report.drill import print_report
 
     settings = _settings(ctx)
     book = settings.playbook(playbook)
@@ -69,12 +70,7 @@ def drill(ctx: click.Context, playbook: str, as_json: bool, junit_file: Path | N
         click.echo(f"drill {book.name}: policy {book.policy}, snapshot {book.snapshot!r}", err=True)
     report = run_drill(settings, book, keep=keep, on_event=StepPrinter(as_json), host=host)
     data = report.to_dict()
-    if junit_file:
-        write_junit(data, junit_file)
-    if report_dir or html_file:
-        _write_reports(settings, signed(settings, data), report_dir, html_file)
-    if report_dir:
-        write_junit(data, report_dir / f"{report.id}.junit.xml")
+    write_reports(settings, data, junit_file=junit_file, report_dir=report_dir, html_file=html_file)
     if as_json:
         emit_json(data)
     else:
@@ -82,20 +78,6 @@ def drill(ctx: click.Context, playbook: str, as_json: bool, junit_file: Path | N
     if not report.passed:
         # An error, not ctx.exit(1): exit code 1 and one line on stderr naming what failed.
         raise DrillFailed(f"drill {book.name} failed: " + "; ".join(report.failures)[:1500])
-
-
-def _write_reports(settings, record: dict, report_dir: Path | None, html_file: Path | None) -> None:  # noqa: ANN001
-    """The signed JSON and the HTML rendered from it (which shows that signature's check)."""
-    from drtool.actions.history import local_public_key
-    from drtool.report.drill import write_json
-    from drtool.report.html import write_drill_html
-
-    key = local_public_key(settings)
-    if report_dir:
-        write_json(record, report_dir / f"{record['id']}.json")
-        write_drill_html(record, report_dir / f"{record['id']}.html", key)
-    if html_file:
-        write_drill_html(record, html_file, key)
 
 
 @click.command()

@@ -270,6 +270,7 @@ def recover(ctx: click.Context, kit_file: Path, policy: str | None, target_root:
             passphrase_fd: int | None, identity: Path | None, as_json: bool) -> None:
     """Recover a policy on a fresh machine from the recovery kit alone (no drtool.yaml needed)."""
     from drtool.actions.recover import RecoverOptions
+    from drtool.events import ProgressEvent, StepDone
     from drtool.actions.recover import recover as run_recover
 
     passphrase = None if identity else read_passphrase(passphrase_fd)
@@ -278,9 +279,9 @@ def recover(ctx: click.Context, kit_file: Path, policy: str | None, target_root:
                              host=host, data_dir=data_dir, identity=identity, state_dir=state_dir,
                              dry_run=dry_run)
 
-    def progress(event: dict[str, Any]) -> None:
-        if not as_json and event.get("event") == "step_done":
-            click.echo(f"  {event['step']}: {event['duration_s']:.1f}s", err=True)
+    def progress(event: ProgressEvent) -> None:
+        if not as_json and isinstance(event, StepDone):
+            click.echo(f"  {event.step}: {event.duration_s:.1f}s", err=True)
 
     report = run_recover(kit_file, passphrase, options, on_event=progress)
     if as_json:

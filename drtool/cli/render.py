@@ -9,6 +9,8 @@ from typing import Any
 
 import click
 
+from drtool.events import Notice, Progress, ProgressEvent, SourceFailed, SourceStarted
+
 
 class _Output:
     """Whether this invocation already printed JSON: a command that printed its result (a failed
@@ -38,39 +40,37 @@ class ProgressPrinter:
         self._progress = None
         self._task = None
 
-    def __call__(self, event: dict[str, Any]) -> None:
+    def __call__(self, event: ProgressEvent) -> None:
         if self.as_json:
-            if event.get("event") != "progress" or event.get("message_type") != "status":
-                emit_json(event)
-            else:
-                emit_json({k: event.get(k) for k in ("event", "source", "stream", "percent_done",
-                                                      "bytes_done", "files_done", "total_bytes")})
+            data = event.to_dict()
+            if isinstance(event, Progress) and event.is_status:   # restic's status lines, trimmed
+                data = {k: data.get(k) for k in ("event", "source", "stream", "percent_done", "bytes_done",
+                                                 "files_done", "total_bytes")}
+            emit_json(data)
             return
-        kind = event.get("event")
-        if kind == "progress" and self.tty and event.get("message_type") == "status":
-            self._show(event)
-        elif kind in ("source_start",):
-            self._stop()
-            click.echo(f"  {event['source']} ({event.get('kind')}) ...", err=True)
-        elif kind == "source_failed":
-            self._stop()
-            click.echo(f"  {event['source']}: FAILED", err=True)
-        elif kind == "notice":
-            self._stop()
-            click.echo(f"  note: {event['message']}", err=True)
-        elif kind == "source_done":
-            self._stop()
+        if isinstance(event, Progress):
+            if self.tty and event.is_status:
+                self._show(event)
+            return
+        self._stop()
+        if isinstance(event, SourceStarted):
+            click.echo(f"  {event.source} ({event.kind}) ...", err=True)
+        elif isinstance(event, SourceFailed):
+            click.echo(f"  {event.source}: FAILED", err=True)
+        elif isinstance(event, Notice):
+            click.echo(f"  note: {event.message}", err=True)
 
-    def _show(self, event: dict[str, Any]) -> None:
-        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+    def _show(self, event: Progress) -> None:
+        from rich.progress import BarColumn, DownloadColumn, TextColumn, TransferSpeedColumn
+        from rich.progress import Progress as Bar
 
         if self._progress is None:
-            self._progress = Progress(TextColumn("    {task.description}"), BarColumn(), DownloadColumn(),
-                                      TransferSpeedColumn(), transient=True)
+            self._progress = Bar(TextColumn("    {task.description}"), BarColumn(), DownloadColumn(),
+                                 TransferSpeedColumn(), transient=True)
             self._progress.start()
-            self._task = self._progress.add_task(event.get("stream") or event.get("source") or "", total=None)
-        total = event.get("total_bytes") or None
-        self._progress.update(self._task, completed=event.get("bytes_done", 0), total=total)
+            self._task = self._progress.add_task(event.stream or event.source, total=None)
+        total = event.restic.get("total_bytes") or None
+        self._progress.update(self._task, completed=event.restic.get("bytes_done", 0), total=total)
 
     def _stop(self) -> None:
         if self._progress is not None:

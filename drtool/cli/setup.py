@@ -51,8 +51,10 @@ def validate(ctx: click.Context, offline: bool, static: bool, as_json: bool) -> 
 def demo(workdir: Path | None, as_json: bool) -> None:
     """Run the whole story on loopback: local S3 server, sample data, backup, restore drill, verdict."""
     from drtool.actions.demo import run_demo
+    from drtool.cli.render import emit_json
+    from drtool.report.drill import print_report
 
-    ok = run_demo(workdir, as_json=as_json, echo=lambda m: click.echo(m, err=as_json))
+    ok = run_demo(workdir, echo=lambda m: click.echo(m, err=as_json), show=emit_json if as_json else print_report)
     raise SystemExit(0 if ok else 1)
 
 

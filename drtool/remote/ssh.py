@@ -4,49 +4,43 @@
 works on a remote host exactly as it does locally: a dump started with
 `runner.start(argv)` streams its stdout over the SSH channel.
 
-Choices that matter:
-- One SSH connection per runner, one channel per command; commands are sent as
-  `shlex.join(argv)` (the remote login shell parses them back into argv).
-- Environment values (passwords such as PGPASSWORD) never travel in the
-  command line: they are sent as the first lines of the channel's stdin and a
-  tiny `sh -c 'read ...; export ...; exec "$@"'` prelude consumes them, so they
-  appear in no argv on either machine and in no log.
-- Host keys are checked against a known_hosts file with nothing auto-added;
-  unknown or changed keys raise RemoteError with the offered SHA256 fingerprint.
-- stderr is drained in its own thread: stdout and stderr share one SSH window,
-  so a chatty program would otherwise stall its own stdout.
-- A command that ends without an exit status (connection dropped, killed by a
-  signal) reports 255, like ssh(1), so callers never mistake it for success.
+One SSH connection per runner (opened on first use, reopened once if it died while
+idle, retried with backoff when refused or timed out; never retried for a host key or
+login failure), one channel per command. The pieces:
+
+    commands.py     the command line and env payload sent to the host (pure)
+    known_hosts.py  host keys: known_hosts reading/recording, trusted/unknown/changed
+    client_keys.py  the private keys drtool logs in with
+    process.py      SshProcess: a remote program as a Process
+    ssh.py          SshRunner: the connection, authentication, run/start (this file)
 
 paramiko is imported inside functions so that `drtool --help` stays instant.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import io
 import logging
-import os
-import re
-import shlex
 import socket
-import stat
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Self
+from typing import Any, Self
 
 from drtool.config.models import Host
 from drtool.errors import CommandError, DrtoolError, RemoteError, UsageError
-from drtool.execute import DEFAULT_TIMEOUT, Result, StderrTail
+from drtool.execute import DEFAULT_TIMEOUT, Result
+from drtool.remote.client_keys import load_private_key, read_key_file
+from drtool.remote.commands import (backoff_delays, env_payload, fingerprint, known_hosts_name, parse_pid_line,
+                                    preferred_key_types, remote_command)
+from drtool.remote.known_hosts import HostKey, key_status, known_keys, record_host_key
+from drtool.remote.process import LOST_CONNECTION_CODE, SshProcess, _Collector
 from drtool.secrets import redact
 
-if TYPE_CHECKING:  # pragma: no cover - typing only
-    import paramiko
+__all__ = ["HostKey", "SshProcess", "SshRunner", "backoff_delays", "env_payload", "fingerprint", "key_status",
+           "known_hosts_name", "known_keys", "load_private_key", "parse_pid_line", "preferred_key_types",
+           "read_key_file", "record_host_key", "remote_command"]
 
 log = logging.getLogger(__name__)
 
@@ -54,355 +48,8 @@ log = logging.getLogger(__name__)
 # size is what we accept per message (OpenSSH sends up to 32 KiB anyway).
 WINDOW_SIZE = 32 * 1024 * 1024
 MAX_PACKET_SIZE = 256 * 1024
-READ_SIZE = 1024 * 1024
 KEEPALIVE_S = 15
-LOST_CONNECTION_CODE = 255
-ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-# RSA host keys are recorded as ssh-rsa but negotiated under these names.
-_RSA_ALGS = ("rsa-sha2-512", "rsa-sha2-256")
 
-
-# ------------------------------------------------------------------ pure logic
-
-def known_hosts_name(address: str, port: int) -> str:
-    """How OpenSSH names a host in known_hosts: bare for port 22, else [addr]:port."""
-    return address if port == 22 else f"[{address}]:{port}"
-
-
-def fingerprint(key_blob: bytes) -> str:
-    """OpenSSH's SHA256 fingerprint of a public key blob (as `ssh-keygen -l` prints it)."""
-    digest = base64.b64encode(hashlib.sha256(key_blob).digest()).decode().rstrip("=")
-    return f"SHA256:{digest}"
-
-
-PID_MARKER = b"drtool-pid "
-
-
-def remote_command(argv: Sequence[str], env_names: Sequence[str] = (), cwd: str | None = None) -> str:
-    """The command line sent to the remote shell. It never contains env values.
-
-    A POSIX sh prelude first prints `drtool-pid $$` on stdout (so drtool can
-    signal the program later, and anything a login script printed before it
-    is set apart from the program's output), then reads one stdin line per
-    variable (`read` takes exactly one line from a pipe, leaving the rest for
-    the program), exports it, changes directory, and execs argv unchanged,
-    keeping the announced pid.
-    """
-    argv = [str(a) for a in argv]
-    if not argv:
-        raise UsageError("no command to run over SSH")
-    steps = ['echo "drtool-pid $$"']
-    for name in env_names:
-        if not ENV_NAME.match(name):
-            raise UsageError(f"environment variable name {name!r} is not valid for a remote command")
-        steps.append(f"IFS= read -r {name} || exit 125; export {name}")
-    args = ["drtool-remote"]
-    if cwd is not None:
-        steps.append('cd -- "$1" || exit 125; shift')
-        args.append(cwd)
-    steps.append('exec "$@"')
-    return shlex.join(["sh", "-c", "; ".join(steps), *args, *argv])
-
-
-def parse_pid_line(line: bytes) -> int | None:
-    """The pid from the prelude's marker line, or None for any other line."""
-    if line.startswith(PID_MARKER) and line.endswith(b"\n"):
-        digits = line[len(PID_MARKER):-1]
-        if digits.isdigit():
-            return int(digits)
-    return None
-
-
-def env_payload(env: Mapping[str, str]) -> bytes:
-    """The stdin lines the prelude of `remote_command` reads, in the same order."""
-    lines = []
-    for name, value in env.items():
-        if "\n" in value or "\0" in value:
-            # The value itself is never quoted back: it may be a password.
-            raise UsageError(f"the value of {name} contains a newline or NUL byte and cannot be sent to a remote command")
-        lines.append(value + "\n")
-    return "".join(lines).encode()
-
-
-def preferred_key_types(known_types: Sequence[str], defaults: Sequence[str]) -> list[str]:
-    """Ask the server for a key type we already trust first, as OpenSSH does.
-
-    Otherwise a server holding several host keys could offer one we have not
-    recorded and look like a changed host.
-    """
-    wanted: list[str] = []
-    for kind in known_types:
-        wanted += list(_RSA_ALGS) if kind == "ssh-rsa" else [kind]
-    first = [k for k in wanted if k in defaults]
-    return first + [k for k in defaults if k not in first]
-
-
-def backoff_delays(attempts: int, base: float = 0.5, cap: float = 8.0) -> list[float]:
-    """Sleep before each retry: base, 2*base, 4*base... capped."""
-    return [min(cap, base * 2**i) for i in range(max(0, attempts - 1))]
-
-
-@dataclass(frozen=True)
-class HostKey:
-    """A public host key as known_hosts stores it."""
-
-    kind: str            # ssh-ed25519, ecdsa-sha2-nistp256, ssh-rsa
-    blob: bytes
-
-    @property
-    def fingerprint(self) -> str:
-        return fingerprint(self.blob)
-
-    def line(self, hostname: str) -> str:
-        return f"{hostname} {self.kind} {base64.b64encode(self.blob).decode()}\n"
-
-
-def key_status(known: Sequence[HostKey], offered: HostKey) -> str:
-    """'trusted' when recorded, 'unknown' when the host has no entry, else 'changed'."""
-    if offered in known:
-        return "trusted"
-    return "changed" if known else "unknown"
-
-
-# ------------------------------------------------------------------ known_hosts
-
-def _entry_matches(names: Sequence[str], hostname: str) -> bool:
-    import paramiko
-
-    for name in names:
-        if name == hostname:
-            return True
-        if name.startswith("|1|") and paramiko.HostKeys.hash_host(hostname, name) == name:
-            return True
-    return False
-
-
-def _known_entries(path: Path) -> Iterator[tuple[str, Any]]:
-    """(raw line, parsed entry or None) for each line of a known_hosts file."""
-    import paramiko
-
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        return
-    except OSError as exc:
-        raise RemoteError(f"cannot read known_hosts file {path}: {exc.strerror}",
-                          hint="check its permissions; drtool needs to read it") from None
-    for line in text.splitlines(keepends=True):
-        entry = None
-        if line.strip() and not line.lstrip().startswith("#"):
-            try:
-                entry = paramiko.hostkeys.HostKeyEntry.from_line(line)
-            except Exception:  # noqa: BLE001 - unreadable lines are kept untouched, never trusted
-                entry = None
-        yield line, entry
-
-
-def known_keys(path: Path, hostname: str) -> list[HostKey]:
-    """Every key recorded for hostname (hashed entries included); revoked (@revoked) lines are skipped."""
-    keys = []
-    for line, entry in _known_entries(path):
-        if entry is None or entry.key is None or line.startswith("@"):
-            continue
-        if _entry_matches(entry.hostnames, hostname):
-            keys.append(HostKey(entry.key.get_name(), entry.key.asbytes()))
-    return keys
-
-
-def record_host_key(path: Path, hostname: str, key: HostKey) -> None:
-    """Make `key` the only trusted key for hostname in the known_hosts file.
-
-    Other hosts' lines and comments are kept. Written atomically (a crash
-    never leaves a half file) with mode 0600 in a 0700 directory.
-    """
-    kept = [line for line, entry in _known_entries(path)
-            if entry is None or not _entry_matches(entry.hostnames, hostname)]
-    if kept and not kept[-1].endswith("\n"):
-        kept[-1] += "\n"
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write("".join(kept) + key.line(hostname))
-    os.replace(tmp, path)
-
-
-# ------------------------------------------------------------------ client keys
-
-def load_private_key(text: str, where: str) -> paramiko.PKey:
-    """Parse an OpenSSH or PEM private key (ed25519, ecdsa, rsa); never echoes the text."""
-    import paramiko
-
-    errors = []
-    for cls in (paramiko.Ed25519Key, paramiko.ECDSAKey, paramiko.RSAKey):
-        try:
-            return cls.from_private_key(io.StringIO(text))
-        except paramiko.PasswordRequiredException:
-            raise RemoteError(f"the private key from {where} is protected by a passphrase",
-                              hint="load it into ssh-agent and set use_agent: true, or use a key without passphrase") from None
-        except (paramiko.SSHException, ValueError, TypeError, IndexError) as exc:
-            errors.append(type(exc).__name__)
-    raise RemoteError(f"the private key from {where} is not an OpenSSH or PEM ed25519/ecdsa/rsa private key",
-                      hint="generate one with `ssh-keygen -t ed25519 -N '' -f FILE`")
-
-
-def read_key_file(path: Path) -> str:
-    try:
-        st = path.stat()
-        text = path.read_text()
-    except OSError as exc:
-        raise RemoteError(f"cannot read SSH key file {path}: {exc.strerror}",
-                          hint="check key_file in drtool.yaml and the file's permissions") from None
-    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise RemoteError(f"SSH key file {path} is readable by others (mode {stat.S_IMODE(st.st_mode):04o})",
-                          hint=f"chmod 600 {path}")
-    return text
-
-
-# ------------------------------------------------------------------ channel file objects
-
-class _ChannelStdout(io.RawIOBase):
-    def __init__(self, channel: paramiko.Channel) -> None:
-        self._chan = channel
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        data = self._chan.recv(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
-
-
-class _ChannelStderr(_ChannelStdout):
-    def readinto(self, buffer: Any) -> int:
-        data = self._chan.recv_stderr(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
-
-
-class _ChannelStdin(io.RawIOBase):
-    def __init__(self, channel: paramiko.Channel) -> None:
-        self._chan = channel
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, data: Any) -> int:
-        try:
-            self._chan.sendall(bytes(data))
-        except OSError as exc:
-            # Same signal a local pipe gives when the reader is gone.
-            raise BrokenPipeError(f"remote program's stdin is closed: {exc}") from None
-        return len(data)
-
-    def close(self) -> None:
-        if not self.closed:
-            try:
-                self._chan.shutdown_write()   # EOF for the remote program
-            except (OSError, EOFError):
-                pass
-        super().close()
-
-
-# ------------------------------------------------------------------ process
-
-class SshProcess:
-    """A program running on a remote host; behaves like `execute.LocalProcess`."""
-
-    def __init__(self, channel: paramiko.Channel, argv: list[str], where: str, *,
-                 payload: bytes, stdin: bool, runner: SshRunner, start_timeout: float) -> None:
-        self.argv = argv
-        self.where = where
-        self._chan = channel
-        self._runner = runner
-        self._stopped = False
-        self._note = ""
-        self.stdout: io.BufferedReader = io.BufferedReader(_ChannelStdout(channel), buffer_size=READ_SIZE)
-        self._tail = StderrTail(_ChannelStderr(channel))  # type: ignore[arg-type]
-        if payload:
-            channel.sendall(payload)
-        self.stdin: io.BufferedWriter | None = None
-        if stdin:
-            self.stdin = io.BufferedWriter(_ChannelStdin(channel), buffer_size=256 * 1024)
-        else:
-            channel.shutdown_write()
-        self.pid = self._read_pid(start_timeout)
-
-    def _read_pid(self, timeout: float) -> int | None:
-        """Consume the prelude's marker line; lines before it come from login scripts, not the program."""
-        self._chan.settimeout(timeout)
-        try:
-            for _ in range(10_000):
-                line = self.stdout.readline(4096)
-                if not line:
-                    return None   # ended before the prelude ran: wait() reports why
-                pid = parse_pid_line(line)
-                if pid is not None:
-                    return pid
-                log.debug("%s: login shell printed %r before the command", self.where, redact(line[:200].decode("utf-8", "replace")))
-        except TimeoutError:
-            self._chan.close()
-            raise RemoteError(f"{self.argv[0]} did not start on {self.where} within {timeout:.0f}s",
-                              hint="the host may be overloaded, or a login script waits for input") from None
-        finally:
-            if not self._chan.closed:
-                self._chan.settimeout(None)
-        return None
-
-    def wait(self, timeout: float | None = None) -> int:
-        if not self._chan.status_event.wait(timeout):
-            raise subprocess.TimeoutExpired(self.argv, timeout or 0)
-        self._tail.join(2.0)
-        status = self._chan.exit_status
-        if status >= 0 and not self._stopped:
-            return status
-        return self._no_status(status)
-
-    def _no_status(self, status: int) -> int:
-        # The channel closed without an exit-status message (or we stopped it): never success.
-        if self._stopped:
-            self._note = f"[drtool] {self.argv[0]} on {self.where} was stopped by drtool"
-        elif not self._runner._transport_alive():
-            self._note = (f"[drtool] the SSH connection to {self.where} was lost before "
-                          f"{self.argv[0]} finished; its output is incomplete")
-        else:
-            self._note = f"[drtool] {self.argv[0]} on {self.where} ended without an exit status (killed by a signal?)"
-        return status if status > 0 else LOST_CONNECTION_CODE
-
-    def poll(self) -> int | None:
-        if not self._chan.status_event.is_set():
-            return None
-        return self.wait(0)
-
-    def _signal(self, name: str) -> None:
-        # sshd refuses RFC 4254 "signal" requests in common setups, so drtool
-        # signals the pid the prelude announced, over a second channel.
-        self._stopped = True
-        if self.pid is not None:
-            self._runner._signal_remote(self.pid, name)
-
-    def terminate(self) -> None:
-        if self.poll() is None:
-            self._signal("TERM")
-
-    def kill(self) -> None:
-        if self.poll() is None:
-            self._signal("KILL")
-            # Closing also unblocks our readers; the program gets EPIPE on its next write.
-            self._chan.close()
-
-    def close(self) -> None:
-        self._chan.close()
-
-    def stderr_tail(self) -> str:
-        text = self._tail.text()
-        if self._note:
-            text = (text.rstrip("\n") + "\n" + self._note) if text.strip() else self._note
-        return redact(text)
-
-
-# ------------------------------------------------------------------ runner
 
 class SshRunner:
     """Run programs on `host` over one SSH connection (opened on first use)."""
@@ -464,7 +111,7 @@ class SshRunner:
             self._transport = self._connect_with_retries()
             return self._transport
 
-    def _transport_alive(self) -> bool:
+    def connection_alive(self) -> bool:
         t = self._transport
         return t is not None and t.is_active()
 
@@ -636,9 +283,10 @@ class SshRunner:
     # -- Runner protocol
 
     def start(self, argv: Sequence[str], *, env: Mapping[str, str] | None = None,
-              stdin: bool = False, cwd: str | None = None) -> SshProcess:
+              stdin: bool = False, cwd: str | None = None, pass_fds: Sequence[int] = ()) -> SshProcess:
         import paramiko
 
+        _no_fds(pass_fds, self.where)
         argv = [str(a) for a in argv]
         env = dict(env or {})
         command = remote_command(argv, list(env), cwd)
@@ -648,7 +296,8 @@ class SshRunner:
         try:
             channel.exec_command(command)
             return SshProcess(channel, argv, self.where, payload=payload, stdin=stdin,
-                              runner=self, start_timeout=max(30.0, self.host.connect_timeout))
+                              start_timeout=max(30.0, self.host.connect_timeout),
+                              signal_remote=self.signal_remote, connection_alive=self.connection_alive)
         except (paramiko.SSHException, OSError, EOFError) as exc:
             channel.close()
             raise RemoteError(f"{self.where} refused to run {argv[0]}: {exc}",
@@ -672,7 +321,8 @@ class SshRunner:
 
     def run(self, argv: Sequence[str], *, env: Mapping[str, str] | None = None,
             input: bytes | None = None, timeout: float = DEFAULT_TIMEOUT, check: bool = True,
-            cwd: str | None = None) -> Result:
+            cwd: str | None = None, pass_fds: Sequence[int] = ()) -> Result:
+        _no_fds(pass_fds, self.where)
         argv = [str(a) for a in argv]
         deadline = time.monotonic() + timeout
         proc = self.start(argv, env=env, stdin=input is not None, cwd=cwd)
@@ -702,9 +352,9 @@ class SshRunner:
             return "check the network and the host; nothing from this run was kept"
         return None
 
-    def _signal_remote(self, pid: int, signal_name: str) -> None:
+    def signal_remote(self, pid: int, signal_name: str) -> None:
         """Signal the program's process group (its pid, if it leads none); best effort."""
-        if not self._transport_alive():
+        if not self.connection_alive():
             return   # sshd already closed the program's pipes; it ends on its next read or write
         script = 'kill -s "$1" -- "-$2" 2>/dev/null || kill -s "$1" "$2"'
         try:
@@ -726,42 +376,10 @@ class _Retryable(DrtoolError):
         super().__init__(reason)
 
 
-@dataclass
-class _Collector:
-    """Feeds stdin and reads stdout to EOF in threads, so run() can bound both by a timeout."""
-
-    proc: SshProcess
-    input: bytes | None
-    chunks: list[bytes] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self._threads = [threading.Thread(target=self._read, daemon=True)]
-        if self.input is not None:
-            self._threads.append(threading.Thread(target=self._write, daemon=True))
-        for t in self._threads:
-            t.start()
-
-    def _read(self) -> None:
-        for chunk in iter(lambda: self.proc.stdout.read1(READ_SIZE), b""):
-            self.chunks.append(chunk)
-
-    def _write(self) -> None:
-        assert self.proc.stdin is not None
-        try:
-            self.proc.stdin.write(self.input or b"")
-            self.proc.stdin.close()
-        except (BrokenPipeError, ValueError, OSError):
-            pass  # the program stopped reading; its exit status tells the story
-
-    def finish(self, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        for t in self._threads:
-            t.join(max(0.0, deadline - time.monotonic()))
-        return not any(t.is_alive() for t in self._threads)
-
-    @property
-    def stdout(self) -> bytes:
-        return b"".join(self.chunks)
+def _no_fds(pass_fds: Sequence[int], where: str) -> None:
+    if pass_fds:
+        raise UsageError(f"file descriptors cannot be passed to a program on {where}",
+                         hint="send secrets through the env mechanism (stdin of the prelude) instead")
 
 
 def _tune_socket(sock: socket.socket) -> None:

@@ -32,7 +32,7 @@ import subprocess
 import tarfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from contextlib import closing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,16 +42,15 @@ from drtool.engine.restic import JsonLineReader, Restic, classify_failure, limit
 from drtool.errors import Cancelled, CommandError, DrtoolError, RemoteError, UsageError
 from drtool.execute import LocalRunner, Runner, stop_process
 from drtool.sources.files import TreeDiff, check_target_dir
+from drtool.events import EventFn, Notice, Progress
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
-    from drtool.actions.common import RepoHandle
     from drtool.catalog import RunRecord
     from drtool.config.loader import Settings
     from drtool.config.models import FilesSource, Policy, Source
 
 log = logging.getLogger(__name__)
 
-EventFn = Callable[[dict[str, Any]], None]
 
 MIN_REMOTE_RESTIC = (0, 14, 0)       # repository format v2 (compression) needs 0.14
 # Repository URLs another machine can reach; anything else is a path on this machine.
@@ -141,7 +140,7 @@ def remote_backup_argv(spec: FilesSource, *, cache_dir: str, tags: Sequence[str]
 
 # ------------------------------------------------------------------ backup
 
-def backup_remote_files(settings: Settings, policy: Policy, source: Source, handle: RepoHandle,
+def backup_remote_files(settings: Settings, policy: Policy, source: Source, restic: Restic,
                         run: RunRecord, host: str, emit: EventFn,
                         cancel: threading.Event | None) -> dict[str, Any]:
     """Back up a files source of `policy.host`; returns the same shape as a local files backup."""
@@ -152,20 +151,18 @@ def backup_remote_files(settings: Settings, policy: Policy, source: Source, hand
 
     base_tags = policy_tags(policy, source.name)
     run_tags = policy_tags(policy, source.name, run_id=run.id)
-    # `files_mode` is not in the Host model yet; until it is, every host is "auto".
-    wanted = getattr(settings.config.hosts.get(policy.host), "files_mode", None) or "auto"
+    wanted = settings.config.hosts[policy.host].files_mode
     runner = runner_for(settings, policy.host)
     with closing(runner):
         version = None if wanted == "tar" else probe_restic(runner)
-        mode, why = pick_mode(handle.restic.access.url, version, wanted)
-        emit({"event": "notice", "source": source.name,
-              "message": f"files of {source.name} on host {policy.host}: {mode} mode ({why})"})
+        mode, why = pick_mode(restic.access.url, version, wanted)
+        emit(Notice(f"files of {source.name} on host {policy.host}: {mode} mode ({why})", source.name))
         if mode == "restic":
-            result = _backup_with_remote_restic(runner, source, handle, run, host, emit, cancel,
+            result = _backup_with_remote_restic(runner, source, restic, run, host, emit, cancel,
                                                 base_tags=base_tags, tags=run_tags)
         else:
             name = tar_stream_name(source.name)
-            result = _backup_with_tar(runner, source, handle, run, host, emit, cancel,
+            result = _backup_with_tar(runner, source, restic, run, host, emit, cancel,
                                       tags=[*run_tags, f"stream={name}"])
     result.update(mode=mode, mode_reason=why, host=policy.host)
     return result
@@ -183,14 +180,14 @@ def probe_restic(runner: Runner) -> tuple[int, int, int] | None:
                        what=f"`restic version` on {runner.name}")
 
 
-def _backup_with_tar(runner: Runner, source: Source, handle: RepoHandle, run: RunRecord, host: str,
+def _backup_with_tar(runner: Runner, source: Source, restic: Restic, run: RunRecord, host: str,
                      emit: EventFn, cancel: threading.Event | None, *, tags: list[str]) -> dict[str, Any]:
     name = tar_stream_name(source.name)
     argv = tar_argv(source.spec)
     result = stream_to_restic(
-        handle.restic, lambda: runner.start(argv), filename=name, tags=tags, host=host,
+        restic, lambda: runner.start(argv), filename=name, tags=tags, host=host,
         what=f"tar of {source.name} on {runner.name}", cancel=cancel,
-        on_progress=lambda obj: emit({"event": "progress", "source": source.name, "stream": name, **obj}),
+        on_progress=lambda obj: emit(Progress(source.name, obj, name)),
     )
     run.snapshots.append(result.snapshot_id)
     run.bytes_added += result.data_added
@@ -198,44 +195,44 @@ def _backup_with_tar(runner: Runner, source: Source, handle: RepoHandle, run: Ru
             "files": None, "bytes": result.bytes_in, "stream": name}
 
 
-def _repo_env(handle: RepoHandle) -> dict[str, str]:
-    access = handle.restic.access
+def _repo_env(restic: Restic) -> dict[str, str]:
+    access = restic.access
     # Order matters only to the prelude; values travel over stdin, one line each.
     return {"RESTIC_REPOSITORY": access.url, "RESTIC_PASSWORD": access.password.reveal(),
             "RESTIC_PROGRESS_FPS": "1", **access.env}
 
 
-def _parent_snapshot(handle: RepoHandle, base_tags: list[str], host: str) -> str | None:
+def _parent_snapshot(restic: Restic, base_tags: list[str], host: str) -> str | None:
     """The latest tree snapshot of this source: lets restic skip unchanged files by metadata.
 
     Named explicitly because restic would otherwise pick a parent by host name
     and paths, which may be another machine's backup of the same paths. `host` is the
     snapshot host of this run: another host's tree is never the parent.
     """
-    snaps = [s for s in handle.restic.snapshots(tags=base_tags, host=host)
+    snaps = [s for s in restic.snapshots(tags=base_tags, host=host)
              if s.tag("stream") is None and s.tag("run")]
     return snaps[-1].id if snaps else None
 
 
-def _backup_with_remote_restic(runner: Runner, source: Source, handle: RepoHandle, run: RunRecord, host: str,
+def _backup_with_remote_restic(runner: Runner, source: Source, restic: Restic, run: RunRecord, host: str,
                                emit: EventFn, cancel: threading.Event | None, *, base_tags: list[str],
                                tags: list[str]) -> dict[str, Any]:
-    parent = _parent_snapshot(handle, base_tags, host)
+    parent = _parent_snapshot(restic, base_tags, host)
     cache_dir = runner.run(["mktemp", "-d", "-t", "drtool-restic-cache.XXXXXXXXXX"], timeout=PROBE_TIMEOUT).text.strip()
     if not cache_dir.startswith("/"):
         raise RemoteError(f"mktemp on {runner.name} printed {cache_dir[:100]!r}, not a directory path",
                           hint="check the host's TMPDIR")
     argv = remote_backup_argv(source.spec, cache_dir=cache_dir, tags=tags, host=host, parent=parent,
-                              limits=limit_args(handle.restic.access))
+                              limits=limit_args(restic.access))
     ok = False
     try:
-        summary = _run_remote_restic(runner, argv, _repo_env(handle), handle.restic.access.url, source.name,
+        summary = _run_remote_restic(runner, argv, _repo_env(restic), restic.access.url, source.name,
                                      emit, cancel)
         ok = True
     finally:
         left = _remove_remote_dir(runner, cache_dir)
         if not ok:
-            _after_remote_failure(runner, handle, tags)
+            _after_remote_failure(runner, restic, tags)
     snap = summary["snapshot_id"]
     run.snapshots.append(snap)
     added = int(summary.get("data_added", 0))
@@ -252,7 +249,7 @@ def _backup_with_remote_restic(runner: Runner, source: Source, handle: RepoHandl
 def _run_remote_restic(runner: Runner, argv: list[str], env: dict[str, str], url: str, source_name: str,
                        emit: EventFn, cancel: threading.Event | None) -> dict[str, Any]:
     proc = runner.start(argv, env=env)
-    reader = JsonLineReader(proc, lambda obj: emit({"event": "progress", "source": source_name, **obj}))
+    reader = JsonLineReader(proc, lambda obj: emit(Progress(source_name, obj)))
     deadline = time.monotonic() + REMOTE_BACKUP_TIMEOUT
     try:
         while True:
@@ -304,7 +301,7 @@ def _remove_remote_dir(runner: Runner, path: str) -> str | None:
     return path
 
 
-def _after_remote_failure(runner: Runner, handle: RepoHandle, tags: list[str]) -> None:
+def _after_remote_failure(runner: Runner, restic: Restic, tags: list[str]) -> None:
     """No snapshot of a failed run may stay; a remote restic killed mid-run may leave a lock.
 
     `restic unlock` on the host removes only locks of its own dead processes
@@ -312,14 +309,14 @@ def _after_remote_failure(runner: Runner, handle: RepoHandle, tags: list[str]) -
     run and source is forgotten from here.
     """
     try:
-        runner.run(["restic", "unlock"], env=_repo_env(handle), check=False, timeout=300)
+        runner.run(["restic", "unlock"], env=_repo_env(restic), check=False, timeout=300)
     except DrtoolError as exc:
         log.warning("could not run restic unlock on %s: %s", runner.name, exc)
     try:
-        leftovers = handle.restic.snapshots(tags=tags)
+        leftovers = restic.snapshots(tags=tags)
         if leftovers:
             log.warning("forgetting %d snapshot(s) of a failed remote files backup", len(leftovers))
-            handle.restic.forget_ids([s.id for s in leftovers])
+            restic.forget_ids([s.id for s in leftovers])
     except DrtoolError:
         log.warning("could not verify that the failed remote backup left no snapshot", exc_info=True)
 

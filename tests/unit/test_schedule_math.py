@@ -26,11 +26,37 @@ def at(tz: ZoneInfo, *args: int, fold: int = 0) -> datetime:
     return datetime(*args, tzinfo=tz, fold=fold)
 
 
-@pytest.mark.parametrize("expr", ["daily 02:00", "daily 2:05", "weekly sun 03:00", "weekly Monday 23:59",
-                                  "hourly", "every 6h", "every 30m", "every 10s", "every 1h30m",
-                                  "30 2 * * *", "*/15 * * * 1-5", "daily 02:00 jitter 10m"])
-def test_parse_schedule_accepts_documented_forms(expr: str) -> None:
-    parse_schedule(expr)
+@pytest.mark.parametrize("expr, cron, interval, jitter", [
+    ("daily 02:00", "0 2 * * *", None, 0.0),
+    ("daily 2:05", "5 2 * * *", None, 0.0),
+    ("weekly sun 03:00", "0 3 * * 0", None, 0.0),
+    ("weekly Monday 23:59", "59 23 * * 1", None, 0.0),
+    ("hourly", "0 * * * *", None, 0.0),
+    ("every 6h", None, 6 * 3600.0, 0.0),
+    ("every 30m", None, 1800.0, 0.0),
+    ("every 10s", None, 10.0, 0.0),
+    ("every 1h30m", None, 5400.0, 0.0),
+    ("30 2 * * *", "30 2 * * *", None, 0.0),
+    ("*/15 * * * 1-5", "*/15 * * * 1-5", None, 0.0),
+    ("daily 02:00 jitter 10m", "0 2 * * *", None, 600.0),
+])
+def test_parse_schedule_understands_each_documented_form(expr: str, cron: str | None, interval: float | None,
+                                                         jitter: float) -> None:
+    schedule = parse_schedule(expr)
+    assert (schedule.expr, schedule.cron, schedule.interval, schedule.jitter) == (expr, cron, interval, jitter)
+
+
+@pytest.mark.parametrize("expr, after, expected", [
+    ("daily 02:00", "2026-12-01T02:00:00+07:00", "2026-12-02T02:00:00+07:00"),
+    ("weekly sun 03:00", "2026-12-01T00:00:00+07:00", "2026-12-06T03:00:00+07:00"),   # a Tuesday
+    ("hourly", "2026-12-01T10:59:59+07:00", "2026-12-01T11:00:00+07:00"),
+    ("every 6h", "2026-12-01T00:00:00+00:00", "2026-12-01T06:00:00+00:00"),         # epoch-anchored
+    ("*/15 * * * 1-5", "2026-12-05T23:50:00+07:00", "2026-12-07T00:00:00+07:00"),    # Saturday -> Monday
+])
+def test_each_form_fires_when_the_documentation_says(expr: str, after: str, expected: str) -> None:
+    tz = ZoneInfo("Asia/Jakarta")
+    got = parse_schedule(expr).next_after(datetime.fromisoformat(after), tz)
+    assert got == datetime.fromisoformat(expected)
 
 
 @pytest.mark.parametrize("expr, fragment", [

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
-from typing import Any
 
 from drtool.actions.common import RepoHandle, open_repo
 from drtool.actions.drill.context import DrillContext, sources_used
@@ -26,10 +24,10 @@ from drtool.catalog import RunRecord, new_run_id, utcnow
 from drtool.config.loader import Settings
 from drtool.config.models import Playbook, Policy, Targets
 from drtool.errors import DrtoolError
+from drtool.events import DrillDone, DrillStarted, EventFn, StepStarted, Teardown, ignore, step_done
 
 log = logging.getLogger(__name__)
 
-EventFn = Callable[[dict[str, Any]], None]
 
 
 def effective_targets(playbook: Playbook, policy: Policy) -> Targets:
@@ -45,7 +43,7 @@ def run_drill(settings: Settings, playbook: Playbook, *, keep: bool = False, tri
     if playbook.from_nothing is not None:     # a fire drill: the recovery runs in a sandbox
         from drtool.actions.fire_drill import run_fire_drill
         return run_fire_drill(settings, playbook, trigger=trigger, on_event=on_event, cancel=cancel, host=host)
-    emit = on_event or (lambda _event: None)
+    emit = on_event or ignore
     policy = settings.policy(playbook.policy)
     targets = effective_targets(playbook, policy)
     drill_id = new_run_id("drill")
@@ -57,7 +55,7 @@ def run_drill(settings: Settings, playbook: Playbook, *, keep: bool = False, tri
     with lifecycle:
         report.started_at = lifecycle.record.started_at
         lifecycle.handle = handle = open_repo(settings, policy.repository)
-        emit({"event": "drill_start", "id": report.id, "playbook": playbook.name, "policy": policy.name})
+        emit(DrillStarted(report.id, playbook.name, policy.name))
         try:
             _drill(settings, playbook, policy, handle, report, emit, keep=keep, cancel=cancel, host=host)
         except KeyboardInterrupt:
@@ -66,7 +64,7 @@ def run_drill(settings: Settings, playbook: Playbook, *, keep: bool = False, tri
             raise
         conclude_drill(lifecycle, report)
     report.record = lifecycle.record
-    emit({"event": "drill_done", "id": report.id, "passed": report.passed})
+    emit(DrillDone(report.id, report.passed))
     return report
 
 
@@ -81,7 +79,7 @@ def _drill(settings: Settings, playbook: Playbook, policy: Policy, handle: RepoH
                 _run_steps(ctx, playbook, report, emit)
             finally:
                 report.kept = list(ctx.kept)
-                emit({"event": "teardown", "keep": keep})
+                emit(Teardown(keep))
     except DrtoolError as exc:
         report.error = f"the drill could not run to the end: {exc}"
 
@@ -95,10 +93,10 @@ def _run_steps(ctx: DrillContext, playbook: Playbook, report: DrillReport, emit:
         if stopped_by:
             report.steps.append(skipped_after(step.name, step.kind, stopped_by))
             continue
-        emit({"event": "step_start", "name": step.name, "kind": step.kind})
+        emit(StepStarted(step.name, step.kind))
         result = run_step(ctx, step)
         report.steps.append(result)
-        emit({"event": "step_done", **result.to_dict()})
+        emit(step_done(result))
         if result.status != "passed" and step.on_failure == "stop":
             stopped_by = f"step {step.name!r} {result.status.replace('_', ' ')} (on_failure: stop)"
 
