@@ -209,7 +209,7 @@ def _backup_files(settings: Settings, policy: Policy, source: Source, handle: Re
     tags = policy_tags(policy, source.name, run_id=run.id)
     snap, summary = backup_paths(
         handle.restic, spec.paths, excludes=spec.exclude, one_file_system=spec.one_file_system,
-        tags=tags, host=host, cancel=cancel,
+        tags=tags, host=host, cancel=cancel, stall=source.stall_timeout, timeout=source.timeout,
         on_progress=lambda obj: emit(Progress(source.name, obj)),
     )
     run.snapshots.append(snap)
@@ -240,6 +240,7 @@ def _backup_database(settings: Settings, policy: Policy, source: Source, handle:
                     handle.restic, stream.start, filename=stream.name,
                     tags=policy_tags(policy, source.name, run_id=run.id, stream=stream.name),
                     host=host, what=f"{source.kind} dump of {source.name}/{stream.name}", cancel=cancel,
+                    stall=source.stall_timeout, timeout=source.timeout,
                     check=getattr(stream, "check", None),
                     on_progress=lambda obj, s=stream.name: emit(Progress(source.name, obj, s)),
                 )

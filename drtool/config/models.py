@@ -267,6 +267,10 @@ class Source(Model):
     sqlite: SqliteSource | None = None
     files: FilesSource | None = None
     retention: Retention | None = None     # overrides the policy's retention for this source
+    # A dump (or restic reading files) that moves no byte for stall_timeout is stuck: the source
+    # fails and nothing is committed. timeout bounds the whole source.
+    stall_timeout: Duration = 600.0
+    timeout: Duration = 86400.0
 
     @model_validator(mode="after")
     def _exactly_one_kind(self) -> "Source":

@@ -156,6 +156,28 @@ def _abort(restic: Restic, proc: Process, producer: Process | None, tags: Sequen
         log.warning("could not verify that the aborted stream left no snapshot", exc_info=True)
 
 
+def _why_stop(cancel: threading.Event | None, started: float, last_change: float, stall: float | None,
+              timeout: float | None) -> str | None:
+    now = time.monotonic()
+    if cancel is not None and cancel.is_set():
+        return "cancelled"
+    if timeout and now - started > timeout:
+        return f"it ran longer than its time limit ({timeout:.0f}s)"
+    if stall and now - last_change > stall:
+        return f"restic read no new file or byte for {stall:.0f}s (stalled)"
+    return None
+
+
+def _stop_files_backup(restic: Restic, proc: Process, reader: JsonLineReader) -> None:
+    stop_process(proc, grace=20)
+    reader.join(5)
+    # restic may have saved the snapshot just before the interrupt arrived: a stopped run
+    # must leave nothing behind.
+    saved = (reader.summary or {}).get("snapshot_id")
+    if saved:
+        restic.forget_ids([saved])
+
+
 def backup_bytes(restic: Restic, data: bytes, *, filename: str, tags: Sequence[str], host: str) -> str:
     """Store a small blob (fingerprint, config bundle) as its own snapshot; returns the id."""
     result = restic.run(stdin_backup_args(filename, tags, host), input=data, timeout=600)
@@ -175,8 +197,13 @@ def backup_paths(
     host: str,
     on_progress: ProgressFn | None = None,
     cancel: threading.Event | None = None,
+    stall: float | None = DEFAULT_STALL_S,
+    timeout: float | None = DEFAULT_STREAM_TIMEOUT_S,
 ) -> tuple[str, dict[str, Any]]:
-    """`restic backup PATHS`; returns (snapshot id, summary). Exit 3 (some files unreadable) fails."""
+    """`restic backup PATHS`; returns (snapshot id, summary). Exit 3 (some files unreadable) fails.
+
+    Stopped (nothing committed) when cancelled, when restic read no new file or byte for `stall`
+    seconds (a hung NFS mount), or after `timeout` seconds in all."""
     args = backup_args(tags, host)
     for pattern in excludes:
         args += ["--exclude", pattern]
@@ -185,21 +212,21 @@ def backup_paths(
     args += ["--", *paths]
     proc, pw = restic.start(args)
     reader = JsonLineReader(proc, on_progress)
+    started = time.monotonic()
     try:
         while True:
             try:
                 code = proc.wait(1.0)
                 break
             except subprocess.TimeoutExpired:
-                if cancel is not None and cancel.is_set():
-                    stop_process(proc, grace=20)
-                    reader.join(5)
-                    # restic may have saved the snapshot just before the interrupt arrived:
-                    # a cancelled run must leave nothing behind.
-                    saved = (reader.summary or {}).get("snapshot_id")
-                    if saved:
-                        restic.forget_ids([saved])
-                    raise Cancelled("files backup cancelled; restic was interrupted before committing") from None
+                why = _why_stop(cancel, started, reader.last_change, stall, timeout)
+                if why is not None:
+                    _stop_files_backup(restic, proc, reader)
+                    if why == "cancelled":
+                        raise Cancelled("files backup cancelled; restic was interrupted before committing") from None
+                    raise SourceError(f"files backup stopped: {why}; nothing was committed",
+                                      hint="see the source's stall_timeout / timeout, and what blocks reading "
+                                           "the files (a hung network file system?)") from None
         reader.join(30)
     finally:
         pw.close()

@@ -407,6 +407,10 @@ class JsonLineReader:
     def __init__(self, proc: LocalProcess, on_progress: ProgressFn | None) -> None:
         self.summary: dict[str, Any] | None = None
         self.errors: list[str] = []
+        # When restic last made progress (a new file or byte, an error, the summary): its status
+        # lines keep coming at a fixed rate even when it is stuck on a hung file system.
+        self.last_change = time.monotonic()
+        self._seen: tuple[Any, ...] = ()
         self._on_progress = on_progress
         self._thread = threading.Thread(target=self._read, args=(proc,), daemon=True)
         self._thread.start()
@@ -421,6 +425,9 @@ class JsonLineReader:
             except json.JSONDecodeError:
                 continue
             kind = obj.get("message_type")
+            moved = (obj.get("files_done"), obj.get("bytes_done")) if kind == "status" else (kind, id(obj))
+            if moved != self._seen:
+                self._seen, self.last_change = moved, time.monotonic()
             if kind == "summary":
                 self.summary = obj
             elif kind == "error" and len(self.errors) < 50:

@@ -77,3 +77,35 @@ def test_cancel_mid_stream_leaves_no_snapshot(restic):
     assert restic.snapshots(tags=TAGS) == []
     # the repository is left unlocked and usable
     assert restic.snapshots() == []
+
+
+def test_a_dump_that_stalls_is_stopped_and_never_committed(restic):
+    import time
+
+    started = time.monotonic()
+    with pytest.raises(ProducerFailed) as info:
+        _run(restic, WRITE_THEN + "import time; time.sleep(600)", stall=2)
+    assert "stalled" in str(info.value) and "no snapshot was kept" in str(info.value)
+    assert time.monotonic() - started < 60
+    assert restic.snapshots(tags=TAGS) == []
+
+
+def test_a_dump_over_its_time_limit_is_stopped_and_never_committed(restic):
+    code = "import sys, time\nfor _ in range(600):\n    sys.stdout.buffer.write(b'y' * 1000); sys.stdout.flush(); time.sleep(0.1)"
+    with pytest.raises(ProducerFailed) as info:
+        _run(restic, code, timeout=3, stall=None)
+    assert "time limit" in str(info.value)
+    assert restic.snapshots(tags=TAGS) == []
+
+
+def test_a_files_backup_over_its_time_limit_is_stopped_and_never_committed(restic, tmp_path):
+    from drtool.engine.pipeline import backup_paths
+    from drtool.errors import SourceError
+
+    big = tmp_path / "data"
+    big.mkdir()
+    with open(big / "disk.img", "wb") as sparse:      # no disk used; restic needs minutes to read its zeros
+        sparse.truncate(64 << 30)
+    with pytest.raises(SourceError, match="time limit"):
+        backup_paths(restic, [str(big)], excludes=[], one_file_system=False, tags=TAGS, host="h", timeout=3)
+    assert restic.snapshots(tags=TAGS) == []
