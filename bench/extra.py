@@ -132,7 +132,7 @@ def bench_pgrestore(b, pg, reps: int, psql, jobs_scaling: bool = True) -> dict:
     out = {"drtool": ra, "bare": rb, "stream": stream, "bytes": getattr(ra[0], "bytes", 0),
            "default_jobs": min(os.cpu_count() or 1, 8)}
     if jobs_scaling:
-        j1, j2 = alternate(max(2, reps - 1), drtool_side("parallel", 1), drtool_side("parallel", 2))
+        j1, j2 = alternate(max(2, reps - 1), drtool_side("overlap", 1), drtool_side("overlap", 2))
         out["jobs1"], out["jobs2"] = j1, j2
         st, _ = alternate(max(2, reps - 1), drtool_side("stream", None), lambda i: Run(0.0, 0))
         out["stream"] = st
@@ -308,7 +308,7 @@ def report_lines(res: dict) -> list[str]:
                      + f"  [dump {mb:.0f} MB, default -j {p['default_jobs']}]")
         if "jobs1" in p:
             j1, j2 = [r.seconds for r in p["jobs1"]], [r.seconds for r in p["jobs2"]]
-            lines.append(f"  parallel -j 1 {med(j1):.2f} s ({min(j1):.2f}-{max(j1):.2f}), -j 2 {med(j2):.2f} s "
+            lines.append(f"  overlap -j 1 {med(j1):.2f} s ({min(j1):.2f}-{max(j1):.2f}), -j 2 {med(j2):.2f} s "
                          f"({min(j2):.2f}-{max(j2):.2f}): -j2/-j1 {med(j2) / med(j1):.3f}")
         if "stream" in p:
             st = [r.seconds for r in p["stream"]]

@@ -45,6 +45,27 @@ class StreamCheck(Protocol):
 
 
 @dataclass
+class FileSink:
+    """A file as the consumer of a relay (a download into a temp file): a Process with only stdin."""
+
+    def __init__(self, out: IO[bytes], name: str = "file") -> None:
+        self.stdin = out
+        self.argv = [name]
+
+    def poll(self) -> int | None:
+        return None
+
+    def kill(self) -> None:
+        """Nothing to stop: the producer is stopped instead."""
+
+    def terminate(self) -> None:
+        """Nothing to stop."""
+
+    def wait(self, timeout: float | None = None) -> int:
+        return 0
+
+
+@dataclass
 class RelayResult:
     copied: int
     consumer_quit: bool = False          # the consumer stopped reading before the end
@@ -91,11 +112,12 @@ class _Watchdog:
             self._thread.join(5)
 
 
-def relay(src: Process, dst: Process, *, what: str = "stream", cancel: threading.Event | None = None,
+def relay(src: Process, dst: Process | FileSink, *, what: str = "stream", cancel: threading.Event | None = None,
           stall: float | None = None, timeout: float | None = None, tee: IO[bytes] | None = None,
           check: StreamCheck | None = None, close_dst: bool = True, stop_dst: bool = True) -> RelayResult:
     """Copy src.stdout into dst.stdin until EOF (see the module docstring). `stop_dst=False` leaves
-    the consumer running when the watchdog fires (the caller stops it its own way)."""
+    the consumer running when the watchdog fires (the caller stops it its own way). A consumer
+    that quit and *failed* (exit status not 0) also ends the tee: the copy is of no use then."""
     assert dst.stdin is not None
     out = dst.stdin
 
@@ -111,7 +133,7 @@ def relay(src: Process, dst: Process, *, what: str = "stream", cancel: threading
         if fds is not None:
             result.copied, result.consumer_quit = _splice(fds, watchdog)
         else:
-            result.copied, result.consumer_quit = _copy(src, out, watchdog, tee, check)
+            result.copied, result.consumer_quit = _copy(src, out, watchdog, tee, check, dst)
         if close_dst and not result.consumer_quit:
             try:
                 out.close()
@@ -120,7 +142,7 @@ def relay(src: Process, dst: Process, *, what: str = "stream", cancel: threading
     finally:
         watchdog.close()
     result.stopped = watchdog.stopped
-    if result.consumer_quit and tee is None:
+    if result.consumer_quit and (tee is None or consumer_failed(dst)):
         stop_process(src, grace=2)
     return result
 
@@ -139,7 +161,7 @@ def _splice(fds: tuple[int, int], watchdog: _Watchdog) -> tuple[int, bool]:
 
 
 def _copy(src: Process, out: IO[bytes], watchdog: _Watchdog, tee: IO[bytes] | None,
-          check: StreamCheck | None) -> tuple[int, bool]:
+          check: StreamCheck | None, out_owner: Process | FileSink) -> tuple[int, bool]:
     read = getattr(src.stdout, "read1", src.stdout.read)
     total, quit_ = 0, False
     while True:
@@ -156,6 +178,8 @@ def _copy(src: Process, out: IO[bytes], watchdog: _Watchdog, tee: IO[bytes] | No
         if check is not None:
             check.feed(chunk)
         if quit_:
+            if consumer_failed(out_owner):
+                break
             continue                                 # only completing the tee
         try:
             out.write(chunk)
@@ -164,6 +188,11 @@ def _copy(src: Process, out: IO[bytes], watchdog: _Watchdog, tee: IO[bytes] | No
             if tee is None:
                 break
     return total, quit_
+
+
+def consumer_failed(consumer: Process | FileSink) -> bool:
+    code = consumer.poll()
+    return code not in (None, 0)
 
 
 def splice_fds(src: object, dst: object) -> tuple[int, int] | None:

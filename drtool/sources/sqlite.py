@@ -26,13 +26,14 @@ import os
 import sqlite3
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
+from typing import IO
 
 from drtool.config.models import SqliteSource
+from drtool.engine.relay import FileSink, relay
 from drtool.errors import CommandError, RestoreRefused, SourceError
 from drtool.execute import Process, Runner, stop_process
 from drtool.sources import sqlite_dump
@@ -247,13 +248,8 @@ def _replace(tmp: Path, dest: Path) -> None:
             os.close(dir_fd)
 
 
-def _relay_with_deadline(proc: Process, out) -> None:
-    watchdog = threading.Timer(RESTORE_TIMEOUT, proc.kill)
-    watchdog.daemon = True
-    watchdog.start()
-    try:
-        src = proc.stdout
-        for chunk in iter(lambda: src.read1(CHUNK) if hasattr(src, "read1") else src.read(CHUNK), b""):
-            out.write(chunk)
-    finally:
-        watchdog.cancel()
+def _relay_with_deadline(proc: Process, out: IO[bytes]) -> None:
+    """The stream into a file through the one relay, bounded by RESTORE_TIMEOUT."""
+    moved = relay(proc, FileSink(out), what="downloading the SQLite copy", timeout=RESTORE_TIMEOUT, close_dst=False)
+    if moved.stopped == "timeout":
+        raise SourceError(f"downloading the SQLite copy took longer than {RESTORE_TIMEOUT:.0f}s")

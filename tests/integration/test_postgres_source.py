@@ -154,7 +154,7 @@ def test_open_dump_fingerprint_counts_every_table(dumped: tuple[dict, Path]) -> 
     assert b"CREATE ROLE registrar" in (out / "globals.sql").read_bytes()
 
 
-@pytest.mark.parametrize("strategy", ["stream", "parallel", "overlap"])
+@pytest.mark.parametrize("strategy", ["stream", "overlap"])
 def test_restore_roundtrip_matches_fingerprint_and_content(
     populated: ScratchPostgres, dumped: tuple[dict, Path], scratch: ScratchPostgres, strategy: str,
 ) -> None:
@@ -167,8 +167,7 @@ def test_restore_roundtrip_matches_fingerprint_and_content(
     assert compare_fingerprints(fingerprint, restored) == []
     assert src.query(scratch.target(), CHECKSUM_SQL, "siak") == src.query(populated.target(), CHECKSUM_SQL, "siak")
     names = [p.name for p in result.phases]
-    per_db = {"parallel": ["download+decrypt", "load", "index build"],
-              "overlap": ["download+decrypt+load (overlapped)", "index build"],
+    per_db = {"overlap": ["download+decrypt+load (overlapped)", "index build"],
               "stream": ["download+load+index build (streamed)"]}[strategy]
     assert names == ["globals", *per_db, *per_db]
     assert all(p.duration_s >= 0 for p in result.phases) and result.bytes > 0
@@ -320,7 +319,7 @@ def test_restore_reader_failing_midway_raises(populated: ScratchPostgres, dumped
         source_for(populated, "siak").restore(FailingReader(out), scratch.target(), strategy="stream")
 
 
-def test_parallel_restore_checks_free_space(populated: ScratchPostgres, dumped: tuple[dict, Path],
+def test_overlap_restore_checks_free_space(populated: ScratchPostgres, dumped: tuple[dict, Path],
                                             scratch: ScratchPostgres) -> None:
     _, out = dumped
 
@@ -329,7 +328,7 @@ def test_parallel_restore_checks_free_space(populated: ScratchPostgres, dumped: 
             return 1 << 60
 
     with pytest.raises(SourceError, match="not enough free space"):
-        source_for(populated, "siak").restore(HugeReader(out), scratch.target(), strategy="parallel")
+        source_for(populated, "siak").restore(HugeReader(out), scratch.target(), strategy="overlap")
 
 
 def test_fingerprint_target_missing_database_raises(scratch: ScratchPostgres) -> None:

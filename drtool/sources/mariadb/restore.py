@@ -6,11 +6,10 @@ relayed from `restic dump` into `mariadb --database=NAME`, so it loads under any
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Sequence
-from typing import IO
 
+from drtool.engine.relay import relay
 from drtool.errors import RestoreRefused, SourceError, UsageError
 from drtool.execute import Process, stop_process
 from drtool.sources.base import DbTarget, RestorePhase, RestoreResult, StreamReader
@@ -80,20 +79,20 @@ def _load(client: Client, reader: StreamReader, stream: str, conn: Conn, databas
           sections: SectionFilter | None = None) -> int:
     source = reader.open(stream)
     loader = client.runner.start(client_argv(client.client(), conn, database), env=conn.env(), stdin=True)
-    # A watchdog bounds the whole load; the relay itself blocks on pipes.
-    watchdog = threading.Timer(RESTORE_TIMEOUT, lambda: (source.kill(), loader.kill()))
-    watchdog.daemon = True
-    watchdog.start()
     try:
-        copied = _relay(source.stdout, loader.stdin, sections)
+        if sections is None:
+            moved = relay(source, loader, what=f"loading {stream}", timeout=RESTORE_TIMEOUT)
+            copied = moved.copied
+            if moved.stopped == "timeout":
+                raise SourceError(f"loading {stream} into {database} took longer than {RESTORE_TIMEOUT:.0f}s")
+        else:
+            copied = _filtered(source, loader, sections)   # a partial restore rewrites the stream
         src_code = _wait(source)
         cli_code = _wait(loader)
     except BaseException:
         stop_process(source, grace=5)
         stop_process(loader, grace=5)
         raise
-    finally:
-        watchdog.cancel()
     if src_code != 0:
         raise SourceError(f"reading stream {stream} for the restore failed (exit {src_code}):\n    "
                           + source.stderr_tail().strip()[-2000:],
@@ -105,23 +104,18 @@ def _load(client: Client, reader: StreamReader, stream: str, conn: Conn, databas
     return copied
 
 
-def _relay(src: IO[bytes], dst: IO[bytes] | None, sections: SectionFilter | None = None) -> int:
-    assert dst is not None
-    copied = 0
+def _filtered(source: Process, loader: Process, sections: SectionFilter) -> int:
+    """Only the kept sections of the dump into the client (a transform, not a byte relay)."""
+    assert loader.stdin is not None
     try:
-        if sections is not None:
-            copied = relay_sections(src, dst, sections)
-        for chunk in iter(lambda: src.read1(CHUNK) if hasattr(src, "read1") else src.read(CHUNK), b""):
-            dst.write(chunk)
-            copied += len(chunk)
+        return relay_sections(source.stdout, loader.stdin, sections)
     except BrokenPipeError:
-        pass  # the client died; its exit status and stderr tell why
+        return 0   # the client died; its exit status and stderr tell why
     finally:
         try:
-            dst.close()
+            loader.stdin.close()
         except OSError:
             pass
-    return copied
 
 
 def _wait(proc: Process, timeout: float = 120.0) -> int:

@@ -2,10 +2,11 @@
 
 Per `<db>.pgdump` stream, one of these strategies:
   * "stream": restic dump | pg_restore (no temporary copy; one timed phase),
-  * "parallel": save to a private temp file, then `pg_restore -j N` in two
-    runs, pre-data+data ("load") and post-data ("index build"), timed apart,
   * "overlap": load pre-data + data while the download arrives, keeping a copy,
-    then post-data from the copy with -j N.
+    then post-data (indexes, constraints) from the copy with -j N.
+("parallel", download first then pg_restore -j in two runs, was dropped: "overlap" does
+the same index builds and overlaps the download with the load, and was faster in every
+measured case; see bench/README.md.)
 
 Every program runs through the `Runner`, so "stream" works over SSH too.
 Passwords reach the tools as PGPASSWORD in their environment only.
@@ -24,6 +25,7 @@ from functools import partial
 from pathlib import Path
 from typing import IO, Literal
 
+from drtool.engine.relay import relay
 from drtool.errors import CommandError, RestoreRefused, SourceError, UsageError
 from drtool.execute import Process, Runner, stop_process
 from drtool.scratch.common import private_dir
@@ -44,27 +46,16 @@ from drtool.sources.psql import connection_hint, pg_tool, psql_argv, quote_ident
 
 log = logging.getLogger(__name__)
 
-Strategy = Literal["auto", "stream", "parallel", "overlap"]
+Strategy = Literal["auto", "stream", "overlap"]
 
 RESTORE_TIMEOUT = 24 * 3600.0
 GLOBALS_MAX_BYTES = 64 * 1024 * 1024
 TOC_MAX_BYTES = 256 * 1024 * 1024
 DISK_MARGIN_BYTES = 64 * 1024 * 1024
 
-# "auto" picks "parallel" when it can: measured on the 2-core test machine
-# (PostgreSQL 15, scratch tuning, busy neighbours), a 764 MB database (2 tables,
-# 3.3 M rows, 5 indexes; 373 MB dump), dump read from a local file standing in
-# for restic dump, two rounds each:
-#   stream    21.7 s, 20.1 s    (download, load and index build overlapped, one process)
-#   parallel  17.8 s, 16.1 s    (save 0.3 s + load 4.7/4.9 s + index build 12.3/10.6 s, -j 2)
-# Building indexes two at a time is what wins; it outweighs the temp copy as long
-# as the download is not much slower than the load. "parallel" needs pg_restore on
-# this machine and free space for the dump; otherwise "auto" streams.
-# "overlap": the download is loaded (pre-data + data) as it arrives while a copy is written,
-# then indexes and constraints are built in parallel from the copy (pg_restore -j needs a
-# seekable file). Download and load overlap as in "stream", index builds run -j N as in
-# "parallel". Measured by `python -m bench --only pgrestore`; see bench/README.md.
-AUTO_PREFERRED: Literal["stream", "parallel", "overlap"] = "overlap"
+# "auto" picks "overlap" when pg_restore runs on this machine and the dump surely fits in the
+# work dir (measured with `python -m bench --only pgrestore`, bench/README.md), else "stream".
+AUTO_PREFERRED: Literal["stream", "overlap"] = "overlap"
 
 
 class Restorer:
@@ -115,7 +106,6 @@ class Restorer:
             chosen = self._choose_strategy(strategy, reader.size(stream), work_dir)
             restore_one = {
                 "stream": self._restore_stream,
-                "parallel": partial(self._restore_parallel, jobs=jobs or _default_jobs(), work_dir=work_dir),
                 "overlap": partial(self._restore_overlap, jobs=jobs or _default_jobs(), work_dir=work_dir),
             }[chosen]
             phases = restore_one(reader, stream, ep, db, keep_owners)
@@ -124,15 +114,15 @@ class Restorer:
         return result
 
     def _choose_strategy(self, strategy: Strategy, size: int | None,
-                         work_dir: str | None) -> Literal["stream", "parallel", "overlap"]:
+                         work_dir: str | None) -> Literal["stream", "overlap"]:
         if strategy == "auto":
             # A temp file is only visible to pg_restore when it runs on this machine,
             # and only worth it when it surely fits.
             local = self.runner.name == "local"
             fits = size is not None and _free_bytes(work_dir) >= size + DISK_MARGIN_BYTES
             return AUTO_PREFERRED if local and fits else "stream"
-        if strategy in ("parallel", "overlap") and self.runner.name != "local":
-            raise SourceError(f"the parallel restore strategy needs pg_restore on this machine, not {self.runner.name}",
+        if strategy == "overlap" and self.runner.name != "local":
+            raise SourceError(f"the overlap restore strategy needs pg_restore on this machine, not {self.runner.name}",
                               hint="use strategy 'stream' for restores over SSH")
         return strategy
 
@@ -284,44 +274,12 @@ class Restorer:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
-    def _restore_parallel(self, reader: StreamReader, stream: str, ep: Endpoint, db: str,
-                          keep_owners: bool, *, jobs: int, work_dir: str | None) -> list[RestorePhase]:
-        """Save to a private temp file, then pg_restore -j in two timed runs."""
-        tmp = private_dir("pgrestore", base=work_dir)
-        try:
-            _check_free_space(tmp, reader.size(stream), stream)
-            dump = tmp / stream
-            started = time.monotonic()
-            size = reader.save(stream, dump)
-            phases = [RestorePhase("download+decrypt", time.monotonic() - started, size)]
-            for phase, sections in (("load", ("pre-data", "data")), ("index build", ("post-data",))):
-                started = time.monotonic()
-                argv = pg_restore_argv(ep.bin_dir, ep.conn, db, file=str(dump), jobs=jobs,
-                                       sections=sections, keep_owners=keep_owners)
-                result = self.runner.run(argv, env=ep.env, timeout=RESTORE_TIMEOUT, check=False)
-                _check_pg_restore(result.returncode, result.stderr.decode("utf-8", "replace"), argv, ep.where(db))
-                phases.append(RestorePhase(phase, time.monotonic() - started, size if phase == "load" else None))
-            return phases
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-
 
 # ------------------------------------------------------------------ helpers
 
 def _pump_until_closed(src: Process, dst: Process) -> None:
     """src.stdout into dst.stdin until either side stops (pg_restore -l reads only the head)."""
-    assert dst.stdin is not None
-    try:
-        read = getattr(src.stdout, "read1", src.stdout.read)
-        while chunk := read(1 << 16):
-            dst.stdin.write(chunk)
-    except (BrokenPipeError, OSError, ValueError):
-        pass
-    finally:
-        try:
-            dst.stdin.close()
-        except (BrokenPipeError, OSError, ValueError):
-            pass
+    relay(src, dst, what="reading the dump's table of contents")
 
 
 def _check_pg_restore(code: int | None, stderr: str, argv: list[str], where: str) -> None:
@@ -338,54 +296,14 @@ def _check_pg_restore(code: int | None, stderr: str, argv: list[str], where: str
 
 def _pipe(src: Process, dst: Process, timeout: float, what: str, *,
           copy_to: IO[bytes] | None = None) -> tuple[int, bool]:
-    """Relay src.stdout into dst.stdin (and into `copy_to`, if given); a watchdog kills
-    both when `timeout` passes.
-
-    Returns (bytes copied, whether dst stopped reading before the end).
-    """
-    timed_out = threading.Event()
-
-    def expire() -> None:
-        timed_out.set()
-        src.kill()
-        dst.kill()
-
-    watchdog = threading.Timer(timeout, expire)
-    watchdog.daemon = True
-    watchdog.start()
+    """Relay src.stdout into dst.stdin (and into `copy_to`, if given) through the one relay,
+    stopped when `timeout` passes. Returns (bytes copied, whether dst stopped reading before the
+    end: pg_restore failed, or, loading only some sections, it is done early)."""
     _drain_async(dst.stdout)
-    copied = 0
-    consumer_quit = False
-    assert dst.stdin is not None
-    try:
-        read = getattr(src.stdout, "read1", src.stdout.read)
-        while chunk := read(1 << 20):
-            if copy_to is not None:
-                copy_to.write(chunk)
-            copied += len(chunk)
-            if consumer_quit:
-                if dst.poll() not in (None, 0):   # it failed: no point in finishing the copy
-                    stop_process(src, grace=2)
-                    break
-                continue   # only completing the copy
-            try:
-                dst.stdin.write(chunk)
-            except (BrokenPipeError, OSError, ValueError):
-                # pg_restore stopped reading: it failed (its stderr says why), or, loading only
-                # some sections, it is done early; a copy still needs the rest of the stream.
-                consumer_quit = True
-                if copy_to is None:
-                    stop_process(src, grace=2)
-                    break
-        try:
-            dst.stdin.close()
-        except (BrokenPipeError, OSError):
-            pass
-    finally:
-        watchdog.cancel()
-    if timed_out.is_set():
+    moved = relay(src, dst, what=what, timeout=timeout, tee=copy_to)
+    if moved.stopped == "timeout":
         raise CommandError(dst.argv, None, dst.stderr_tail(), what=what, hint=f"it took longer than {timeout:.0f}s")
-    return copied, consumer_quit
+    return moved.copied, moved.consumer_quit
 
 
 def _drain_async(pipe: IO[bytes]) -> None:
