@@ -21,14 +21,14 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from typing import Any
 
-from drtool.actions.common import RepoHandle, open_repo, policy_tags, preflight_once, restic_host
+from drtool.actions.common import RepoHandle, learn_key_hint, open_repo, policy_tags, preflight_once, restic_host
 from drtool.actions.debris import clean_debris, record_rollback_debris
 from drtool.actions.hooks import run_hooks
 from drtool.actions.lifecycle import RunLifecycle
 from drtool.catalog import RunRecord, new_run_id, utcnow
 from drtool.config.loader import Settings
 from drtool.config.models import Policy, Source
-from drtool.engine.pipeline import Cancelled, backup_bytes, backup_paths, stream_to_restic
+from drtool.engine.pipeline import Cancelled, PendingSnapshot, backup_paths, stream_to_restic
 from drtool.errors import DrtoolError, SourceError
 from drtool.locking import PolicyLock
 from drtool.tags import FINGERPRINT_STREAM
@@ -108,6 +108,7 @@ def _run(settings: Settings, policy: Policy, handle: RepoHandle, lc: RunLifecycl
                            + "; ".join(f"{name}: {_one_line(exc)}" for name, exc in failures.items())
                            + (f" (complete: {', '.join(done)})" if done else ""))
     run_hooks("after", policy.hooks.after, timeout=policy.hooks.timeout, env=_hook_env(policy, run))
+    learn_key_hint(handle)          # once per repository and machine; a no-op afterwards
 
 
 def _with_retries(settings: Settings, policy: Policy, handle: RepoHandle, lc: RunLifecycle, emit: EventFn,
@@ -229,6 +230,10 @@ def _backup_database(settings: Settings, policy: Policy, source: Source, handle:
     db = database_source(source, runner)
     snapshots: list[str] = []
     streams: dict[str, Any] = {}
+    # The fingerprint's restic starts now and waits for its data: its key derivation and index
+    # load overlap the dump instead of following it.
+    pending = PendingSnapshot(handle.restic, filename=FINGERPRINT_STREAM, host=host,
+                              tags=policy_tags(policy, source.name, run_id=run.id, stream=FINGERPRINT_STREAM))
     # A source is all or nothing: whatever fails (a dump, the fingerprint, closing the
     # consistent session), the streams this run already committed are forgotten.
     try:
@@ -255,10 +260,9 @@ def _backup_database(settings: Settings, policy: Policy, source: Source, handle:
             fingerprint = {**session.fingerprint, "run": run.id, "source": source.name,
                            "streams": sorted(streams),
                            "stream_bytes": {name: r["bytes_in"] for name, r in streams.items()}}
-            fp_snap = backup_bytes(handle.restic, json.dumps(fingerprint, sort_keys=True).encode(),
-                                   filename=FINGERPRINT_STREAM, host=host,
-                                   tags=policy_tags(policy, source.name, run_id=run.id, stream=FINGERPRINT_STREAM))
+            fp_snap = pending.commit(json.dumps(fingerprint, sort_keys=True).encode())
     except BaseException:
+        pending.abort()
         _roll_back(settings, handle, policy_tags(policy, source.name, run_id=run.id), run.id)
         raise
     snapshots.append(fp_snap)

@@ -178,6 +178,51 @@ def _stop_files_backup(restic: Restic, proc: Process, reader: JsonLineReader) ->
         restic.forget_ids([saved])
 
 
+class PendingSnapshot:
+    """A `restic backup --stdin` started before its data exists (the fingerprint of a dump).
+
+    restic opens the repository, derives the key and loads the index while the dump runs
+    (half a second of a backup's fixed cost), then waits on its stdin. `commit(data)` writes
+    the bytes and closes stdin: the gate opens, restic saves the snapshot. `abort()`
+    interrupts it with stdin still open: nothing is committed, as for a failed stream."""
+
+    def __init__(self, restic: Restic, *, filename: str, tags: Sequence[str], host: str) -> None:
+        self.restic = restic
+        self.tags = list(tags)
+        self._proc, self._pw = restic.start(stdin_backup_args(filename, tags, host), stdin=True)
+        self._reader = JsonLineReader(self._proc, None)
+        self._done = False
+
+    def commit(self, data: bytes) -> str:
+        assert self._proc.stdin is not None and not self._done
+        self._done = True
+        try:
+            try:
+                self._proc.stdin.write(data)
+                self._proc.stdin.close()           # the gate
+            except (BrokenPipeError, OSError):
+                pass                               # restic died early: its exit status says why
+            code = self._proc.wait(600)
+            self._reader.join(30)
+        finally:
+            self._pw.close()
+        if code != 0:
+            raise self.restic.error(code, self._proc.stderr_tail(), ["backup"])
+        snap = (self._reader.summary or {}).get("snapshot_id")
+        if not snap:
+            raise CommandError(self._proc.argv, code, "restic did not report a snapshot id", what="restic backup")
+        return snap
+
+    def abort(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        try:
+            stop_process(self._proc, grace=20)      # SIGINT with stdin open: restic saves nothing
+        finally:
+            self._pw.close()
+
+
 def backup_bytes(restic: Restic, data: bytes, *, filename: str, tags: Sequence[str], host: str) -> str:
     """Store a small blob (fingerprint, config bundle) as its own snapshot; returns the id."""
     result = restic.run(stdin_backup_args(filename, tags, host), input=data, timeout=600)

@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import stat
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -92,3 +93,27 @@ def test_secret_never_in_output_or_records(tmp_path, s3_server, bucket, data_tre
     for path in (s3_server.root / bucket / "repo.drtool").rglob("*.json"):
         assert CANARY_PASSWORD not in path.read_text()
     assert stat.S_IMODE((tmp_path / "ws" / "state" / "catalog.db").stat().st_mode) == 0o600
+
+
+def test_the_key_the_password_opens_is_remembered_as_restics_key_hint(tmp_path, s3_server, bucket):
+    import json as _json
+    import os as _os
+
+    from drtool.actions.common import open_repo
+    from tests.support.drtool_env import data_root, make_env
+
+    with data_root() as prod:
+        (prod / "a.txt").write_text("A\n")
+        env = make_env(tmp_path, s3_server, bucket)
+        env.policy("docs", [{"name": "scans", "files": {"paths": [str(prod)]}}])
+        env.backup("docs")
+    [hint] = list((env.state_dir / "repos").glob("*.keyhint"))
+    keys = _json.loads(subprocess.run(
+        ["restic", "-r", env.s3.repo_url(env.bucket, env.prefix), "--password-file", str(env.root / "repo.pass"),
+         "key", "list", "--json"], capture_output=True, text=True, check=True,
+        env={**_os.environ, "AWS_ACCESS_KEY_ID": env.s3.access_key, "AWS_SECRET_ACCESS_KEY": env.s3.secret_key}).stdout)
+    current = next(k["id"] for k in keys if k["current"])
+    assert hint.read_text().strip() == current
+    with env._environ():
+        handle = open_repo(env.settings(), "offsite")
+    assert handle.restic.access.env["RESTIC_KEY_HINT"] == current

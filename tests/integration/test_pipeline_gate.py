@@ -109,3 +109,31 @@ def test_a_files_backup_over_its_time_limit_is_stopped_and_never_committed(resti
     with pytest.raises(SourceError, match="time limit"):
         backup_paths(restic, [str(big)], excludes=[], one_file_system=False, tags=TAGS, host="h", timeout=3)
     assert restic.snapshots(tags=TAGS) == []
+
+
+def test_wrong_password_stops_the_dump_within_its_first_bytes(restic, tmp_path):
+    # No separate probe runs before a backup: restic opens the repository before it reads its
+    # stdin, so the stream itself stops a 300 MB dump at once, with the typed error.
+    from drtool.errors import WrongPassword
+
+    wrong = Restic(RepoAccess(restic.access.url, Secret("not-the-password"), restic.access.env),
+                   cache_dir=tmp_path / "cache2")
+    marker = tmp_path / "written"
+    code = (f"import sys\nn = 0\ntry:\n    for _ in range(300):\n        sys.stdout.buffer.write(b'z' * 1_000_000)\n"
+            f"        sys.stdout.flush(); n += 1\nfinally:\n    open({str(marker)!r}, 'w').write(str(n))")
+    with pytest.raises(WrongPassword):
+        stream_to_restic(wrong, producer(code), filename="x.dump", tags=TAGS, host="h", what="test dump")
+    assert int(marker.read_text() or 0) < 5, "the producer was not stopped early"
+    assert restic.snapshots(tags=TAGS) == []
+
+
+def test_pending_fingerprint_snapshot_commits_only_when_given_its_data(restic):
+    from drtool.engine.pipeline import PendingSnapshot
+
+    aborted = PendingSnapshot(restic, filename="fingerprint.json", tags=TAGS, host="h")
+    aborted.abort()
+    assert restic.snapshots(tags=TAGS) == []
+    pending = PendingSnapshot(restic, filename="fingerprint.json", tags=TAGS, host="h")
+    snapshot_id = pending.commit(b'{"databases": {}}')
+    [snap] = restic.snapshots(tags=TAGS)
+    assert snap.id.startswith(snapshot_id)
