@@ -24,6 +24,7 @@ from typing import Any
 
 from drtool.actions.common import RepoHandle, open_repo, policy_tags, preflight_once, restic_host
 from drtool.actions.debris import clean_debris, record_rollback_debris
+from drtool.actions.follow_ups import after_backup
 from drtool.actions.hooks import run_hooks
 from drtool.actions.lifecycle import RunLifecycle
 from drtool.catalog import RunRecord, new_run_id, utcnow
@@ -109,6 +110,7 @@ def _run(settings: Settings, policy: Policy, handle: RepoHandle, lc: RunLifecycl
                            + "; ".join(f"{name}: {_one_line(exc)}" for name, exc in failures.items())
                            + (f" (complete: {', '.join(done)})" if done else ""))
     run_hooks("after", policy.hooks.after, timeout=policy.hooks.timeout, env=_hook_env(policy, run))
+    after_backup(settings, policy, handle, lc, emit, cancel)     # lock extension, copies: runs of their own
 
 
 def _with_retries(settings: Settings, policy: Policy, handle: RepoHandle, lc: RunLifecycle, emit: EventFn,

@@ -17,7 +17,9 @@ def run_exit_code(run) -> int:  # noqa: ANN001 - a RunRecord
     """0 for a run that succeeded and is recorded; else the class of its error (2: configuration)."""
     if not run.ok:
         return int(run.details.get("exit_code") or 1)
-    return 1 if run.details.get("local_record_error") else 0
+    # A copy or lock extension the backup set off failed: a run of its own that alerted; exit 1 too.
+    failed_follow_up = any(f.get("status") != "success" for f in run.details.get("follow_ups") or [])
+    return 1 if run.details.get("local_record_error") or failed_follow_up else 0
 
 
 @click.command()

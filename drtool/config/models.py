@@ -47,10 +47,49 @@ class S3Settings(Model):
     create_bucket: bool = True
 
 
+class RestSettings(Model):
+    """HTTP basic auth of a restic REST server (rest-server, `rclone serve restic`)."""
+    username: str | None = None
+    password: SecretRef | None = None
+
+
+DEFAULT_LOCK_SCHEDULE = "daily 04:30"
+
+
+class Immutable(Model):
+    """compliance / governance: S3 Object Lock on every object the kept snapshots need, kept
+    until at least now + `days` (extended after each backup and on `schedule` by the daemon);
+    append-only: a REST server that refuses deletes and overwrites (rest-server --append-only,
+    rclone serve restic --append-only)."""
+    mode: Literal["compliance", "governance", "append-only"] = "compliance"
+    days: int | None = Field(None, ge=1, le=36500)
+    schedule: str = DEFAULT_LOCK_SCHEDULE   # the daemon's full verification and extension of every lock
+
+    @field_validator("schedule")
+    @classmethod
+    def _valid_schedule(cls, expr: str) -> str:
+        from drtool.schedule_math import parse_schedule
+        parse_schedule(expr)           # a ValueError says what is wrong
+        return expr
+
+
+class Maintenance(Model):
+    """The privileged path forget/prune use instead of the production one (an append-only
+    repository refuses deletes to the production credentials): another URL to the same
+    repository and/or other credentials, used only by forget and prune."""
+    url: str | None = None
+    rest: RestSettings | None = None
+    s3: S3Settings | None = None
+
+
 class Repository(Model):
     url: str
     password: SecretRef
     s3: S3Settings | None = None
+    rest: RestSettings | None = None       # rest: URLs: the server's username and password
+    immutable: Immutable | None = None
+    maintenance: Maintenance | None = None
+    provider: str | None = None            # who holds it, for 3-2-1-1-0 (default: the endpoint host)
     # How long a throttling (503 SlowDown) or unreachable storage is waited out, with
     # exponential backoff, before a run gives up on it.
     wait_unavailable: Duration = 300.0
@@ -59,12 +98,44 @@ class Repository(Model):
     @classmethod
     def _known_backend(cls, url: str) -> str:
         if url.startswith(("s3:", "/", "local:", "sftp:", "rest:")):
+            if url.startswith("rest:") and "@" in url.split("//", 1)[-1].split("/", 1)[0]:
+                raise ValueError("a rest: URL carries no user:password; give them as rest: {username, password: "
+                                 "{file: PATH}} (the value is not shown)")
             return url
         raise ValueError("expected a restic repository URL such as s3:http://127.0.0.1:9000/bucket/prefix or /srv/restic-repo")
+
+    @model_validator(mode="after")
+    def _backend_settings_fit(self) -> "Repository":
+        if self.rest is not None and not self.is_rest:
+            raise ValueError("rest: settings are for rest: repository URLs")
+        imm = self.immutable
+        if imm is None:
+            return self
+        if self.is_s3 and (imm.mode == "append-only" or imm.days is None):
+            raise ValueError("an immutable s3: repository needs mode: compliance or governance and days: N "
+                             "(how long every needed object stays locked)")
+        if self.is_rest and (imm.mode != "append-only" or imm.days is not None):
+            raise ValueError("an immutable rest: repository is append-only on the server: write "
+                             "immutable: {mode: append-only} (no days: the server refuses every delete)")
+        if not (self.is_s3 or self.is_rest):
+            raise ValueError("immutable: needs an s3: repository (Object Lock) or a rest: one served append-only")
+        return self
 
     @property
     def is_s3(self) -> bool:
         return self.url.startswith("s3:")
+
+    @property
+    def is_rest(self) -> bool:
+        return self.url.startswith("rest:")
+
+    @property
+    def object_lock(self) -> bool:
+        return self.immutable is not None and self.immutable.mode != "append-only"
+
+    @property
+    def append_only(self) -> bool:
+        return self.immutable is not None and self.immutable.mode == "append-only"
 
 
 class Host(Model):
@@ -85,7 +156,7 @@ class Host(Model):
 # A URL that carries a token (a webhook path, a healthchecks uuid, an ntfy topic) may be
 # given by reference like any other secret: {env: NAME}, {file: PATH}, {command: [...]}.
 UrlOrRef = str | SecretRef
-RunKind = Literal["backup", "forget", "check", "drill", "kit-verify", "recover"]
+RunKind = Literal["backup", "forget", "check", "drill", "kit-verify", "recover", "lock-extend", "copy", "rollback"]
 
 
 class Webhook(Model):
@@ -297,6 +368,9 @@ class Policy(Model):
     hooks: Hooks = Hooks()
     check: CheckSchedule = CheckSchedule()
     forget_schedule: str | None = None
+    # More repositories that get every successful backup's snapshot set (`restic copy`), each
+    # with its own password and credentials: the second and third copies of 3-2-1-1-0.
+    copies: list[Name] = []
     path: str | None = Field(None, exclude=True)   # the file it came from
 
     @model_validator(mode="after")
@@ -306,7 +380,14 @@ class Policy(Model):
             if src.name in seen:
                 raise ValueError(f"source name {src.name!r} is used twice")
             seen.add(src.name)
+        if len(set(self.copies)) != len(self.copies):
+            raise ValueError("copies: names a repository twice")
         return self
+
+    @property
+    def repositories(self) -> list[str]:
+        """The repository the policy backs up to, then the ones it copies to."""
+        return [self.repository, *self.copies]
 
     def source(self, name: str) -> Source:
         for src in self.sources:
@@ -384,7 +465,12 @@ class KitStep(Model):
     passphrase: SecretRef | None = None
 
 
-STEP_KINDS = ("restore", "verify", "sql", "command", "http", "kit")
+class ImmutabilityStep(Model):
+    """The attack drill: with the production credentials, try what ransomware would."""
+    repository: Name | None = None         # default: the repository the drill reads
+
+
+STEP_KINDS = ("restore", "verify", "sql", "command", "http", "kit", "immutability")
 
 
 class Step(Model):
@@ -397,16 +483,18 @@ class Step(Model):
     command: CommandStep | None = None
     http: HttpStep | None = None
     kit: KitStep | None = None
+    immutability: ImmutabilityStep | None = None
 
     @model_validator(mode="before")
     @classmethod
     def _short_forms(cls, data: Any) -> Any:
-        # `command: [argv...]` and `kit: {}` / `kit: true` are accepted shorthands.
+        # `command: [argv...]`, `kit: {}` / `kit: true` (and the same for immutability) are accepted shorthands.
         if isinstance(data, dict):
             if isinstance(data.get("command"), list):
                 data = {**data, "command": {"argv": data["command"]}}
-            if data.get("kit") is True or ("kit" in data and data["kit"] is None):
-                data = {**data, "kit": {}}
+            for kind in ("kit", "immutability"):
+                if data.get(kind) is True or (kind in data and data[kind] is None):
+                    data = {**data, kind: {}}
         return data
 
     @model_validator(mode="after")
@@ -451,9 +539,15 @@ class Playbook(Model):
     snapshot: SnapshotSelector = "latest"
     targets: Targets | None = None
     schedule: str | None = None
+    # Drill another repository of the policy (one of its `copies:`), so every copy is proven restorable.
+    from_: Name | None = Field(None, alias="from")
     from_nothing: FromNothing | None = None
     steps: list[Step] = []
     path: str | None = Field(None, exclude=True)
+
+    def repository_for(self, policy: "Policy") -> str:
+        """The repository this drill reads: `from:`, else the policy's own."""
+        return self.from_ or policy.repository
 
     @model_validator(mode="after")
     def _steps_fit(self) -> "Playbook":

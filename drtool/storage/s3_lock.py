@@ -29,9 +29,6 @@ from drtool.storage.s3_client import MISSING_KEY_CODES, S3Client, client_code
 log = logging.getLogger(__name__)
 
 WORKERS = 8
-# A key whose current version became a delete marker between the listing and the call (a prune
-# ran meanwhile): nothing to lock any more. moto answers these with HTTP 500.
-_GONE_CODES = MISSING_KEY_CODES | {"MethodNotAllowed", "405"}
 
 
 @dataclass
@@ -150,9 +147,9 @@ class LockMixin(S3Client):
         if verify:
             known = self._read_retention(objects, workers)
         due, fine = plan_extension(objects, known, settings, now)
-        target = settings.target(now)
+        target, floor = settings.target(now), settings.minimum(now)
         new_known = {o.key: known[o.key] for o in fine}
-        done = self._pool(workers, lambda o: self._lock_one(o, known.get(o.key), target), due)
+        done = self._pool(workers, lambda o: self._lock_one(o, known.get(o.key), target, floor), due)
         for obj, outcome in zip(due, done, strict=True):
             if outcome is None:
                 result.vanished += 1
@@ -167,7 +164,7 @@ class LockMixin(S3Client):
         result.seconds = time.monotonic() - started
         return result
 
-    def _lock_one(self, obj: ObjectInfo, had: Known | None, target: datetime) -> Known | None:
+    def _lock_one(self, obj: ObjectInfo, had: Known | None, target: datetime, floor: datetime) -> Known | None:
         assert self.lock is not None
         mode = self.lock.mode
         if had is not None and had.stamp == obj.stamp and had.until > target and had.mode == mode:
@@ -175,11 +172,17 @@ class LockMixin(S3Client):
         try:
             self.set_retention(obj.key, target, mode)
         except StorageError as exc:
-            if client_code(exc) in _GONE_CODES or (client_code(exc) == "500" and self.head(obj.key) is None):
-                return None
+            head = self.head(obj.key)
+            if head is None:
+                return None        # deleted meanwhile (a prune): nothing to lock any more
+            until = head.get("ObjectLockRetainUntilDate")
+            if until is not None and until >= floor and str(head.get("ObjectLockMode")) == mode:
+                # Locked longer than our target already (by another host, or a longer `days` before):
+                # the store refuses to shorten it, which is the point.
+                return Known(obj.stamp, until, mode)
             raise StorageError(f"could not lock {obj.key} in {self.location.where()}: {exc.message}",
                                hint="the credentials need s3:PutObjectRetention on the bucket (see the README's "
-                                    "least-privilege policy); an earlier lock longer than this one is kept") from None
+                                    "least-privilege policy)") from None
         return Known(obj.stamp, target, mode)
 
     def _read_retention(self, objects: list[ObjectInfo], workers: int) -> dict[str, Known]:
