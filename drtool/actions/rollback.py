@@ -72,7 +72,7 @@ def rollback_repository(settings: Settings, repo_name: str, to: datetime, *, dry
                           run_id=run_id) as lc:
             lc.handle = open_repo(settings, repo_name)
             run = lc.record
-            steps = plan_rollback(store.versions(), to)
+            steps = plan_rollback(store.versions(), to, never_hide=(store.location.catalog_prefix,))
             run.details.update({"repository": repo_name, "url": lc.handle.repository.url, "to": to.isoformat(),
                                 "dry_run": dry_run, "changes": len(steps),
                                 "summary": summarize_rollback(steps, store.location),

@@ -152,6 +152,7 @@ class Version:
     is_latest: bool
     is_marker: bool
     size: int = 0
+    etag: str = ""
 
 
 @dataclass
@@ -173,7 +174,7 @@ def _newest_first(entries: list[Version]) -> list[Version]:
     return sorted(entries, key=lambda e: (e.last_modified, e.is_latest, e.is_marker), reverse=True)
 
 
-def plan_rollback(entries: Iterable[Version], to: datetime) -> list[RollbackStep]:
+def plan_rollback(entries: Iterable[Version], to: datetime, *, never_hide: tuple[str, ...] = ()) -> list[RollbackStep]:
     """What makes every key's current state what it was at `to` (pure).
 
     - the key's version at `to` is current again: nothing;
@@ -181,14 +182,18 @@ def plan_rollback(entries: Iterable[Version], to: datetime) -> list[RollbackStep
     - a later version overwrote it: copy the version of `to` over the current one (a new version
       with the old content; lock extension locks it afterwards);
     - the key did not exist at `to` (or was deleted): hide it behind a delete marker (its versions
-      stay, so nothing is lost by rolling back too far)."""
+      stay, so nothing is lost by rolling back too far), unless it is under `never_hide` (drtool's
+      records: the history of what happened since, the rollback's own record among them).
+
+    A key whose current content already is that of `to` (same ETag: an earlier rollback copied
+    it back) needs nothing, so running the same rollback twice changes nothing the second time."""
     by_key: dict[str, list[Version]] = {}
     for entry in entries:
         by_key.setdefault(entry.key, []).append(entry)
     steps = []
     for key in sorted(by_key):
         step = _key_step(key, _newest_first(by_key[key]), to)
-        if step is not None:
+        if step is not None and not (step.action == "hide" and key.startswith(never_hide)):
             steps.append(step)
     return steps
 
@@ -200,7 +205,7 @@ def _key_step(key: str, history: list[Version], to: datetime) -> RollbackStep | 
         if current.is_marker:
             return None
         return RollbackStep(key, "hide", detail=f"did not exist at {to.isoformat()}")
-    if then.version_id == current.version_id:
+    if then.version_id == current.version_id or (not current.is_marker and then.etag and current.etag == then.etag):
         return None
     later = history[:history.index(then)]
     if all(e.is_marker for e in later):

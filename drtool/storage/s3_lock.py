@@ -99,7 +99,8 @@ class LockMixin(S3Client):
                 for item, is_marker in [(v, False) for v in page.get("Versions", [])] + \
                                        [(m, True) for m in page.get("DeleteMarkers", [])]:
                     yield Version(item["Key"], str(item.get("VersionId") or "null"), item["LastModified"],
-                                  bool(item.get("IsLatest")), is_marker, int(item.get("Size", 0) or 0))
+                                  bool(item.get("IsLatest")), is_marker, int(item.get("Size", 0) or 0),
+                                  str(item.get("ETag") or ""))
                 if not page.get("IsTruncated"):
                     break
                 marker = {"KeyMarker": page["NextKeyMarker"], "VersionIdMarker": page.get("NextVersionIdMarker", "")}
