@@ -96,7 +96,7 @@ def _run(settings: Settings, policy: Policy, handle: RepoHandle, lc: RunLifecycl
     _warm_up_offsite(handle)
     _reach_host(settings, policy)
     run.details["preflight"] = preflight_once(handle, on_event=emit)
-    if lc.catalog is not None:
+    if lc.catalog is not None and not handle.repository.append_only:   # append-only: forget removes debris
         removed = clean_debris(lc.catalog, handle, restic_host(settings), emit)
         if removed:
             run.details["debris_removed"] = removed
@@ -296,6 +296,8 @@ def _roll_back(settings: Settings, handle: RepoHandle, tags: list[str], run_id: 
     """A source is all or nothing: forget the streams of this run that did commit. If the storage
     cannot be reached now (it may be why the source failed), the next backup removes them."""
     try:
+        if handle.repository.append_only:    # the server refuses deletes; the maintenance forget removes them
+            raise DrtoolError("the repository is append-only")
         handle.restic.forget_ids([snap.id for snap in handle.restic.snapshots(tags=tags)])
     except DrtoolError as exc:
         log.warning("could not remove the committed streams of a failed source (%s); the next backup will",
