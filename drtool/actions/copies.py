@@ -22,11 +22,21 @@ from drtool.actions.select import snapshot_sets
 from drtool.catalog import RunRecord
 from drtool.config.loader import Settings
 from drtool.config.models import Policy
-from drtool.errors import RepositoryError
+from drtool.errors import DrtoolError, RepositoryError
 
 
 class CopyIncomplete(RepositoryError):
     """restic copy ended, but the copy lacks part of the backup's set."""
+
+
+class CopyFailed(RepositoryError):
+    """The copy into one repository failed; the message names it (the exit code is the cause's)."""
+
+    @classmethod
+    def wrap(cls, dest_name: str, url: str, exc: DrtoolError) -> "CopyFailed":
+        err = cls(f"copy to repository {dest_name} ({url}) failed: {exc.message}", hint=exc.hint)
+        err.exit_code, err.transient = exc.exit_code, exc.transient
+        return err
 
 
 def copy_backup(settings: Settings, policy: Policy, handle: RepoHandle, dest_name: str, backup: RunRecord, *,
@@ -35,18 +45,26 @@ def copy_backup(settings: Settings, policy: Policy, handle: RepoHandle, dest_nam
     with RunLifecycle(settings, "copy", policy.name, trigger=trigger, emit=emit) as lc:
         lc.handle = handle                   # the record lives beside the policy's repository
         run = lc.record
-        dest = open_repo(settings, dest_name)
-        run.details.update({"repository": dest_name, "url": dest.repository.url, "from": handle.name,
-                            "backup_run": backup.id})
-        ids = list(backup.snapshots) + _bundle_ids(handle, backup, restic_host(settings))
-        run.details["source_snapshots"] = len(ids)
-        run.details["preflight"] = preflight_once(dest, on_event=emit)
-        from drtool.engine.restic_copy import copy_snapshots
-        output = copy_snapshots(dest.restic, handle.restic.access, ids).text
-        run.details["copied"] = output.count(" saved")
-        run.details["verified"] = verify_copy(dest, policy, backup.id, host=restic_host(settings))
-        run.snapshots = run.details["verified"]["snapshots"]
+        url = settings.config.repositories[dest_name].url
+        run.details.update({"repository": dest_name, "url": url, "from": handle.name, "backup_run": backup.id})
+        try:
+            _copy(settings, policy, handle, open_repo(settings, dest_name), backup, run, emit)
+        except DrtoolError as exc:
+            raise CopyFailed.wrap(dest_name, url, exc) from exc
     return lc.record
+
+
+def _copy(settings: Settings, policy: Policy, handle: RepoHandle, dest: RepoHandle, backup: RunRecord,
+          run: RunRecord, emit: EventFn | None) -> None:
+    from drtool.engine.restic_copy import copy_snapshots
+
+    ids = list(backup.snapshots) + _bundle_ids(handle, backup, restic_host(settings))
+    run.details["source_snapshots"] = len(ids)
+    run.details["preflight"] = preflight_once(dest, on_event=emit)
+    output = copy_snapshots(dest.restic, handle.restic.access, ids).text
+    run.details["copied"] = output.count(" saved")
+    run.details["verified"] = verify_copy(dest, policy, backup.id, host=restic_host(settings))
+    run.snapshots = run.details["verified"]["snapshots"]
 
 
 def _bundle_ids(handle: RepoHandle, backup: RunRecord, host: str) -> list[str]:

@@ -23,6 +23,11 @@ one is the row's `verdict`:
 Warnings (shown, exit 0): forecast-breach (the RTO forecast exceeds the target
 within forecast.horizon, default 90 days), invalid-signature (offsite records
 that failed their signature check; never used for a verdict).
+
+Each row also has `copies` (the last copy run into each repository of `copies:`) and
+`rule_32110`: every letter of 3-2-1-1-0, met or not, with its reason and what to do
+(drtool/rule32110.py). Falling short of it is shown, never a problem or a warning by
+itself (most sites start with one repository; their exit code and Nagios state stay).
 """
 
 from __future__ import annotations
@@ -143,7 +148,44 @@ def policy_status(settings: Settings, policy: Policy, catalog: Catalog, now: dat
     result = policy_forecast(settings, policy, history, now, horizon_days)
     row["forecast"] = result.to_dict()
     row["warnings"] = _warnings(result, history)
+    row["copies"] = {name: _run_summary_of(history, "copy", name) for name in policy.copies}
+    row["rule_32110"] = rule_32110(settings, policy, history, row)
     return row
+
+
+def _run_summary_of(history: PolicyHistory, kind: str, repository: str) -> dict[str, Any] | None:
+    runs = [r for r in history.usable_runs(kind) if (r.get("details") or {}).get("repository") == repository]
+    if not runs:
+        return None
+    last = runs[-1]
+    return {"id": last.get("id"), "started_at": last.get("started_at"), "status": last.get("status"),
+            "verified": bool((last.get("details") or {}).get("verified")),
+            "error": (last.get("error") or "").splitlines()[0][:300] if last.get("error") else None}
+
+
+def rule_32110(settings: Settings, policy: Policy, history: PolicyHistory, row: dict[str, Any]) -> dict[str, Any]:
+    """The 3-2-1-1-0 assessment of one policy from its status row and history (drtool/rule32110.py)."""
+    from drtool.rule32110 import RepoFacts, assess, last_attacks, last_verified_drill, provider_of
+
+    drills = history.usable_drills()
+    attacks = last_attacks(drills, policy.repository)
+    facts = []
+    for name in policy.repositories:
+        repo = settings.config.repositories[name]
+        provider, offsite = provider_of(repo.url, repo.provider)
+        if name == policy.repository:
+            holds = row["last_backup"] is not None
+            detail = f"complete backup of {row['last_backup'][:19]}" if holds else "no complete backup"
+        else:
+            last = row["copies"].get(name)
+            holds = bool(last and last["status"] == "success" and last["verified"])
+            detail = ("never copied" if last is None else f"copied and verified {str(last['started_at'])[:19]}"
+                      if holds else f"last copy {last['status']}: {last.get('error') or 'not verified'}")
+        facts.append(RepoFacts(name, repo.url, provider, offsite, holds, detail, attacks.get(name),
+                               repo.immutable.mode if repo.immutable else None))
+    verified = last_verified_drill(drills)
+    return assess(facts, last_check=row["last_runs"].get("check"),
+                  last_verified_drill=None if verified is None else drill_summary(verified))
 
 
 def _run_summary(history: PolicyHistory, kind: str) -> dict[str, Any] | None:

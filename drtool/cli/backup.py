@@ -90,9 +90,9 @@ def snapshots(ctx: click.Context, name: str | None, host: str | None, all_hosts:
         return
     from drtool.cli.render import print_table
 
-    print_table(["policy", "source", "kind", "host", "time (UTC)", "run", "id"],
-                [[r["policy"], r["source"], r["kind"], r["host"], r["time"][:19], r["run"], r["short_id"]]
-                 for r in rows])
+    print_table(["policy", "repository", "source", "kind", "host", "time (UTC)", "run", "id"],
+                [[r["policy"], r["repository"], r["source"], r["kind"], r["host"], r["time"][:19], r["run"],
+                  r["short_id"]] for r in rows])
 
 
 @click.command()
