@@ -53,11 +53,13 @@ def provider_of(url: str, provider: str | None) -> tuple[str, bool]:
     """(provider, offsite) of a repository URL (pure)."""
     if url.startswith(("/", "local:")):
         return provider or PRODUCTION, False
-    body = url.split(":", 1)[1]
+    scheme, body = url.split(":", 1)
     if body.startswith("http"):
-        where = urlsplit(body).netloc
-    else:                                 # s3:host/bucket, sftp:user@host:/path
-        where = body.lstrip("/").split("/", 1)[0].split("@")[-1].split(":/")[0]
+        where = urlsplit(body).netloc.rsplit("@", 1)[-1]
+    elif scheme == "sftp":                # sftp:user@host:/path
+        where = body.lstrip("/").rsplit("@", 1)[-1].split(":", 1)[0].split("/", 1)[0]
+    else:                                 # s3:host/bucket
+        where = body.lstrip("/").split("/", 1)[0]
     return provider or where, True
 
 

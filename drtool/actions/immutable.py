@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import tempfile
+import threading
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -64,7 +65,8 @@ def locked_store(settings: Settings, repo_name: str):  # noqa: ANN201 - S3Store,
 
 
 def extend_locks(settings: Settings, repo_name: str, *, policy: str | None = None, verify: bool = False,
-                 trigger: str = "manual", emit: EventFn | None = None) -> RunRecord:
+                 trigger: str = "manual", emit: EventFn | None = None,
+                 cancel: threading.Event | None = None) -> RunRecord:
     """Lock every needed object of the repository until at least now + days; one recorded run."""
     store = locked_store(settings, repo_name)
     with RunLifecycle(settings, "lock-extend", policy or record_policy(settings, repo_name), trigger=trigger,
@@ -77,7 +79,8 @@ def extend_locks(settings: Settings, repo_name: str, *, policy: str | None = Non
         cache = LockCache(settings, lc.handle.repository.url)
         now = utcnow()
         try:
-            extension = store.extend_locks({} if verify else cache.load(), now, verify=verify)
+            extension = store.extend_locks({} if verify else cache.load(), now, verify=verify,
+                                           stop=cancel.is_set if cancel is not None else lambda: False)
         finally:
             run.details["api_calls"] = dict(store.calls)     # the whole run's, bucket checks included
         cache.save(extension.known)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from drtool.errors import StorageError
+from drtool.errors import Cancelled, StorageError
 from drtool.storage.lock_rules import (Known, LockSettings, ObjectInfo, Version, folder_of, lock_prefixes,
                                        needs_lock, plan_extension)
 from drtool.storage.s3_client import MISSING_KEY_CODES, S3Client, client_code
@@ -131,12 +131,14 @@ class LockMixin(S3Client):
     # ------------------------------------------------------------ extension
 
     def extend_locks(self, known: dict[str, Known], now: datetime, *, verify: bool = False,
-                     workers: int = WORKERS) -> Extension:
+                     workers: int = WORKERS, stop: Callable[[], bool] = lambda: False) -> Extension:
         """Lock every needed current object until at least now + days (see lock_rules).
 
         `known` is what earlier runs set (drtool's cache); with `verify`, each object's retention
         is read from the bucket instead, so a lock someone shortened or a cache from another
-        machine cannot hide an unlocked object. Returns the new `known` in the Extension."""
+        machine cannot hide an unlocked object. Returns the new `known` in the Extension.
+        `stop` is asked before each object (a daemon shutting down): Cancelled, nothing half-done
+        (an object is locked or not; what was locked stays locked)."""
         assert self.lock is not None, "extend_locks needs an immutable repository"
         started, before = time.monotonic(), Counter(self.calls)
         settings = self.lock
@@ -150,7 +152,7 @@ class LockMixin(S3Client):
         due, fine = plan_extension(objects, known, settings, now)
         target, floor = settings.target(now), settings.minimum(now)
         new_known = {o.key: known[o.key] for o in fine}
-        done = self._pool(workers, lambda o: self._lock_one(o, known.get(o.key), target, floor), due)
+        done = self._pool(workers, lambda o: self._lock_one(o, known.get(o.key), target, floor, stop), due)
         for obj, outcome in zip(due, done, strict=True):
             if outcome is None:
                 result.vanished += 1
@@ -165,8 +167,11 @@ class LockMixin(S3Client):
         result.seconds = time.monotonic() - started
         return result
 
-    def _lock_one(self, obj: ObjectInfo, had: Known | None, target: datetime, floor: datetime) -> Known | None:
+    def _lock_one(self, obj: ObjectInfo, had: Known | None, target: datetime, floor: datetime,
+                  stop: Callable[[], bool]) -> Known | None:
         assert self.lock is not None
+        if stop():
+            raise Cancelled("lock extension stopped on request; the objects locked so far stay locked")
         mode = self.lock.mode
         if had is not None and had.stamp == obj.stamp and had.until > target and had.mode == mode:
             return had             # never shorten a lock (COMPLIANCE refuses it anyway)

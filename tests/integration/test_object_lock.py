@@ -127,3 +127,38 @@ def test_lock_extend_on_a_repository_without_object_lock_is_a_usage_error(tmp_pa
     code, out, err = env.run("repo", "lock-extend", "offsite")
     assert code == 2 and "has no Object Lock to extend" in err
     json.dumps(out)
+
+
+def test_forget_on_a_locked_repository_reports_what_was_really_freed(tmp_path, moto_s3, prod):  # noqa: F811
+    env = moto_env(tmp_path / "setup", moto_s3, "lock-forget")
+    docs = prod / "scans"
+    docs.mkdir()
+    env.policy("siak", [{"name": "scans", "files": {"paths": [str(docs)]}}], retention={"last": 1})
+    for n in range(2):
+        (docs / f"scan-{n}.bin").write_bytes(bytes([n]) * 300_000)
+        env.backup("siak")
+        (docs / f"scan-{n}.bin").unlink()
+    code, run, err = env.run_json("forget", "siak")
+    assert code == 0, err
+    freed = run["details"]["immutable"]
+    assert freed["removed_objects"] >= 2 and freed["removed_bytes"] > 0    # a snapshot and the pack only it used
+    assert freed["freed_now_bytes"] == 0 and freed["locked_versions_kept"] == freed["removed_objects"]
+    assert freed["lifecycle"] == "set" and freed["expire_by"]
+    assert run["details"]["follow_ups"][0]["kind"] == "lock-extend"        # prune's new index is locked too
+    assert run["details"]["follow_ups"][0]["status"] == "success"
+    client = moto_s3.client()
+    versions = client.list_object_versions(Bucket="lock-forget", Prefix="repo/snapshots/")
+    gone = {m["Key"] for m in versions.get("DeleteMarkers", [])}
+    assert gone                                                           # deleted: a delete marker...
+    for v in versions["Versions"]:
+        if v["Key"] in gone:                                              # ...over a version that stays locked
+            head = client.head_object(Bucket="lock-forget", Key=v["Key"], VersionId=v["VersionId"])
+            assert head["ObjectLockMode"] == "COMPLIANCE"
+            with pytest.raises(Exception, match="AccessDenied"):
+                client.delete_object(Bucket="lock-forget", Key=v["Key"], VersionId=v["VersionId"])
+
+    from drtool.storage.s3 import store_from_repository
+    client.delete_bucket_lifecycle(Bucket="lock-forget")
+    with env._environ():
+        store = store_from_repository(env.settings().config.repositories["offsite"])
+        assert store.lifecycle_state()["state"] == "missing"

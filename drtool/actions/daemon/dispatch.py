@@ -54,6 +54,6 @@ def default_dispatch() -> dict[str, Callable[[JobRequest], RunRecord]]:
         # The scheduled run reads every object's retention (verify), not drtool's own memory of it.
         from drtool.actions.immutable import extend_locks
         return extend_locks(req.settings, req.info.repository, policy=req.info.policy, verify=True,
-                            trigger="schedule")
+                            trigger="schedule", cancel=req.cancel)
 
     return {"backup": backup, "forget": forget, "check": check, "drill": drill, "lock-extend": lock_extend}
