@@ -19,6 +19,7 @@ one is the row's `verdict`:
     check-failed   the last repository check failed
     check-overdue  a check schedule is set and no check succeeded since the slot before last
     forget-failed  the last forget (retention) run failed
+    copy-failed    the last copy into one of the policy's `copies:` failed (or was not verified)
 
 Warnings (shown, exit 0): forecast-breach (the RTO forecast exceeds the target
 within forecast.horizon, default 90 days), invalid-signature (offsite records
@@ -46,7 +47,7 @@ from drtool.errors import DrtoolError
 from drtool.tags import policy_tags
 
 PROBLEMS = ("rpo-breach", "backup-failed", "rto-breach", "drill-failed", "never-drilled",
-            "check-failed", "check-overdue", "forget-failed")
+            "check-failed", "check-overdue", "forget-failed", "copy-failed")
 CRITICAL = ("rpo-breach", "backup-failed", "rto-breach", "drill-failed")   # Nagios CRITICAL; the rest WARNING
 CHECK_GRACE = timedelta(hours=6)      # a check may run for hours, and the daemon delays jobs by their jitter
 
@@ -76,7 +77,8 @@ def verdict(*, backup_age_s: float | None, rpo_s: float | None, repo_error: bool
 
 
 def problems(*, backup_age_s: float | None, rpo_s: float | None, repo_error: bool, drill: dict[str, Any] | None,
-             last_runs: dict[str, dict[str, Any] | None] | None = None, check_overdue: bool = False) -> list[str]:
+             last_runs: dict[str, dict[str, Any] | None] | None = None, check_overdue: bool = False,
+             copies: dict[str, dict[str, Any] | None] | None = None) -> list[str]:
     """Pure: every problem code of one policy, most urgent first (see the module docstring)."""
     runs = last_runs or {}
     found = []
@@ -96,6 +98,9 @@ def problems(*, backup_age_s: float | None, rpo_s: float | None, repo_error: boo
         found.append("check-overdue")
     if _failed(runs.get("forget")):
         found.append("forget-failed")
+    if any(c is not None and (c.get("status") == "failed" or not c.get("verified", True))
+           for c in (copies or {}).values()):
+        found.append("copy-failed")
     return sorted(found, key=PROBLEMS.index)
 
 
@@ -141,14 +146,14 @@ def policy_status(settings: Settings, policy: Policy, catalog: Catalog, now: dat
     row["last_drill"] = drill_summary(drills[-1]) if drills else None
     row["last_runs"] = {kind: _run_summary(history, kind) for kind in ("backup", "check", "forget")}
     overdue = _check_overdue(settings, policy, history, now)
+    row["copies"] = {name: _run_summary_of(history, "copy", name) for name in policy.copies}
     codes = problems(backup_age_s=age, rpo_s=rpo, repo_error=repo_error, drill=row["last_drill"],
-                     last_runs=row["last_runs"], check_overdue=overdue)
+                     last_runs=row["last_runs"], check_overdue=overdue, copies=row["copies"])
     row["problems"] = codes
     row["verdict"] = codes[0] if codes else "ok"
     result = policy_forecast(settings, policy, history, now, horizon_days)
     row["forecast"] = result.to_dict()
     row["warnings"] = _warnings(result, history)
-    row["copies"] = {name: _run_summary_of(history, "copy", name) for name in policy.copies}
     row["rule_32110"] = rule_32110(settings, policy, history, row)
     return row
 

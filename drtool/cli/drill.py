@@ -184,7 +184,8 @@ def status(ctx: click.Context, as_json: bool, nagios: bool, horizon: str | None)
 
     Exit code: 0 every policy is fine (warnings such as a forecast breach are shown but do not fail),
     1 at least one policy has a problem (rpo-breach, backup-failed, rto-breach, drill-failed,
-    never-drilled, check-failed, check-overdue, forget-failed), 2 bad usage/configuration.
+    never-drilled, check-failed, check-overdue, forget-failed, copy-failed), 2 bad usage/configuration.
+    Under the table: each policy's 3-2-1-1-0 letters and what to do about those that fall short.
     """
     if nagios:
         ctx.exit(_nagios(ctx, horizon))

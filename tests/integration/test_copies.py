@@ -120,6 +120,7 @@ def test_a_failed_copy_is_a_failed_run_that_alerts_and_fails_the_command(tmp_pat
     assert "copy to repository offsite-b" in by_kind["copy"]["error"]
     code, status, err = env.run_json("status")
     assert status[0]["copies"]["offsite-b"]["status"] == "failed"
+    assert "copy-failed" in status[0]["problems"]
     assert status[0]["rule_32110"]["letters"]["3"] is False
 
 
