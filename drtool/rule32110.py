@@ -121,8 +121,8 @@ def _immutable(repos: list[RepoFacts]) -> Letter:
                       "make the storage enforce it (a store with Object Lock that refuses these calls, or an "
                       "append-only REST server; see the README), then drill the attack again")
     configured = [r.name for r in repos if r.configured]
-    return Letter("1i", False, "no attack drill has proven any copy immutable"
-                  + (f" ({', '.join(configured)} configured immutable: configuration is not proof)" if configured else ""),
+    said = f" ({', '.join(configured)} configured immutable: configuration is not proof)" if configured else ""
+    return Letter("1i", False, "no attack drill has proven any copy immutable" + said,
                   "add a step `immutability: {}` to a playbook of this policy (`from: REPO` to attack a copy)"
                   + ("" if configured else ", with an immutable repository (immutable: in drtool.yaml)"))
 

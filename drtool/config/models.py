@@ -11,76 +11,16 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, WithJsonSchema, field_validator,
-                      model_validator)
+from pydantic import Field, field_validator, model_validator
 
-from drtool.config.durations import parse_duration
+from drtool.config.base import (DURATION_PATTERN, NAME_PATTERN, NAME_RULE, Argv, Duration, Model, Name,  # noqa: F401
+                                _duration)
 from drtool.config.secrets import SecretRef
-
-
-def _duration(value: object, info: ValidationInfo) -> float:
-    # Files are validated with context {"file": True}: there a bare number is refused (no unit);
-    # Python callers may still pass seconds.
-    return parse_duration(value, bare_numbers=not (info.context or {}).get("file"))
-
-
-DURATION_PATTERN = r"^\s*(\d+(\.\d+)?\s*[smhdwSMHDW]\s*)+$"
-Duration = Annotated[float, BeforeValidator(_duration), WithJsonSchema(
-    {"type": "string", "pattern": DURATION_PATTERN, "description": "a duration with a unit: 90s, 30m, 24h, 7d, 1h30m"})]
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
-NAME_RULE = "ASCII letters, digits, `_ . -`, up to 64 characters, starting with a letter or digit"
-Name = Annotated[str, Field(pattern=NAME_PATTERN, description=f"a name: {NAME_RULE}")]
-Argv = Annotated[list[str], Field(min_length=1)]
-
-
-class Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+from drtool.config.storage_models import (DEFAULT_LOCK_SCHEDULE, Immutable, Maintenance, RestSettings,  # noqa: F401
+                                          S3Settings, backend_problem, rest_url_problem)
 
 
 # ---------------------------------------------------------------- drtool.yaml
-
-class S3Settings(Model):
-    access_key_id: SecretRef | None = None
-    secret_access_key: SecretRef | None = None
-    region: str = "us-east-1"
-    # Create the bucket on `init-repo` / first backup when it does not exist.
-    create_bucket: bool = True
-
-
-class RestSettings(Model):
-    """HTTP basic auth of a restic REST server (rest-server, `rclone serve restic`)."""
-    username: str | None = None
-    password: SecretRef | None = None
-
-
-DEFAULT_LOCK_SCHEDULE = "daily 04:30"
-
-
-class Immutable(Model):
-    """compliance / governance: S3 Object Lock on every object the kept snapshots need, kept
-    until at least now + `days` (extended after each backup and on `schedule` by the daemon);
-    append-only: a REST server that refuses deletes and overwrites (rest-server --append-only,
-    rclone serve restic --append-only)."""
-    mode: Literal["compliance", "governance", "append-only"] = "compliance"
-    days: int | None = Field(None, ge=1, le=36500)
-    schedule: str = DEFAULT_LOCK_SCHEDULE   # the daemon's full verification and extension of every lock
-
-    @field_validator("schedule")
-    @classmethod
-    def _valid_schedule(cls, expr: str) -> str:
-        from drtool.schedule_math import parse_schedule
-        parse_schedule(expr)           # a ValueError says what is wrong
-        return expr
-
-
-class Maintenance(Model):
-    """The privileged path forget/prune use instead of the production one (an append-only
-    repository refuses deletes to the production credentials): another URL to the same
-    repository and/or other credentials, used only by forget and prune."""
-    url: str | None = None
-    rest: RestSettings | None = None
-    s3: S3Settings | None = None
-
 
 class Repository(Model):
     url: str
@@ -98,27 +38,17 @@ class Repository(Model):
     @classmethod
     def _known_backend(cls, url: str) -> str:
         if url.startswith(("s3:", "/", "local:", "sftp:", "rest:")):
-            if url.startswith("rest:") and "@" in url.split("//", 1)[-1].split("/", 1)[0]:
-                raise ValueError("a rest: URL carries no user:password; give them as rest: {username, password: "
-                                 "{file: PATH}} (the value is not shown)")
+            problem = rest_url_problem(url)
+            if problem:
+                raise ValueError(problem)
             return url
         raise ValueError("expected a restic repository URL such as s3:http://127.0.0.1:9000/bucket/prefix or /srv/restic-repo")
 
     @model_validator(mode="after")
     def _backend_settings_fit(self) -> "Repository":
-        if self.rest is not None and not self.is_rest:
-            raise ValueError("rest: settings are for rest: repository URLs")
-        imm = self.immutable
-        if imm is None:
-            return self
-        if self.is_s3 and (imm.mode == "append-only" or imm.days is None):
-            raise ValueError("an immutable s3: repository needs mode: compliance or governance and days: N "
-                             "(how long every needed object stays locked)")
-        if self.is_rest and (imm.mode != "append-only" or imm.days is not None):
-            raise ValueError("an immutable rest: repository is append-only on the server: write "
-                             "immutable: {mode: append-only} (no days: the server refuses every delete)")
-        if not (self.is_s3 or self.is_rest):
-            raise ValueError("immutable: needs an s3: repository (Object Lock) or a rest: one served append-only")
+        problem = backend_problem(self.url, self.rest, self.immutable)
+        if problem:
+            raise ValueError(problem)
         return self
 
     @property

@@ -110,7 +110,8 @@ def _damage(store: Any, t: Target) -> str | None:
         return "the pack's content changed"
     until = head.get("ObjectLockRetainUntilDate")
     if t.until is not None and (until is None or until < t.until):
-        return f"its lock ends {f'{until:%Y-%m-%d %H:%M}Z' if until else 'never (no lock)'} instead of {t.until:%Y-%m-%d %H:%M}Z"
+        now = f"{until:%Y-%m-%d %H:%M}Z" if until else "never (no lock)"
+        return f"its lock ends {now} instead of {t.until:%Y-%m-%d %H:%M}Z"
     return None
 
 
@@ -180,8 +181,8 @@ def _suspend_versioning(store: Any, before: str | None) -> Attempt:
         return Attempt(name, call, "intact", "accepted; versioning is unchanged")
     _, undo = _try(store, lambda c: c.put_bucket_versioning(Bucket=store.location.bucket,
                                                             VersioningConfiguration={"Status": "Enabled"}))
-    return Attempt(name, call, "got-through", "accepted: versioning was suspended",
-                   restored="versioning enabled again" if undo is None else f"could not enable it again: {undo.message}")
+    restored = "versioning enabled again" if undo is None else f"could not enable it again: {undo.message}"
+    return Attempt(name, call, "got-through", "accepted: versioning was suspended", restored=restored)
 
 
 def _remove_lock_configuration(store: Any, before: dict[str, Any] | None) -> Attempt:

@@ -49,7 +49,8 @@ def _setup(tmp_path, s3_server, bucket, second_s3, prod):  # noqa: ANN001, ANN20
     docs = prod / "scans"
     docs.mkdir()
     (docs / "kk.txt").write_text("kartu keluarga\n" * 40)
-    env.policy("siak", [{"name": "db", "sqlite": {"path": str(db)}}, {"name": "scans", "files": {"paths": [str(docs)]}}],
+    env.policy("siak", [{"name": "db", "sqlite": {"path": str(db)}},
+                        {"name": "scans", "files": {"paths": [str(docs)]}}],
                targets={"rpo": "1d", "rto": "10m"}, copies=["offsite-b"])
     return env, db
 

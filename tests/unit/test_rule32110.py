@@ -87,7 +87,8 @@ def test_errors_letter_needs_a_passing_check_and_verifying_drill() -> None:
 
 def test_last_attacks_and_last_verified_drill_from_reports() -> None:
     attack_step = {"kind": "immutability", "status": "failed", "repository": "vault",
-                   "attempts": [{"name": "delete", "outcome": "refused"}, {"name": "shorten", "outcome": "got-through"}]}
+                   "attempts": [{"name": "delete", "outcome": "refused"},
+                                {"name": "shorten", "outcome": "got-through"}]}
     reports = [
         {"id": "d1", "started_at": "1", "steps": [{"kind": "immutability", "status": "passed"}]},
         {"id": "d2", "started_at": "2", "steps": [{"kind": "restore"}, {"kind": "verify"}]},
