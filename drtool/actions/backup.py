@@ -295,9 +295,10 @@ def _reach_host(settings: Settings, policy: Policy) -> None:
 def _roll_back(settings: Settings, handle: RepoHandle, tags: list[str], run_id: str) -> None:
     """A source is all or nothing: forget the streams of this run that did commit. If the storage
     cannot be reached now (it may be why the source failed), the next backup removes them."""
+    if handle.repository.append_only:        # the server refuses deletes: the maintenance forget removes them
+        record_rollback_debris(settings, handle, run_id, tags)
+        return
     try:
-        if handle.repository.append_only:    # the server refuses deletes; the maintenance forget removes them
-            raise DrtoolError("the repository is append-only")
         handle.restic.forget_ids([snap.id for snap in handle.restic.snapshots(tags=tags)])
     except DrtoolError as exc:
         log.warning("could not remove the committed streams of a failed source (%s); the next backup will",
