@@ -5,9 +5,10 @@ in lock_rules.py (pure); this module only talks to the bucket.
     store.extend_locks(known, now, verify=False) -> Extension
 
 One call per object that needs it (PutObjectRetention; HeadObject too with verify), run by a
-small thread pool; the listing pages 1,000 keys a call. moto 5 answers GetObjectRetention with
-an error, so the retention is read from HeadObject (x-amz-object-lock-mode / -retain-until-date),
-which every S3 server with Object Lock returns.
+small thread pool; the listing pages 1,000 keys a call. moto 5.2's server answers
+GetObjectRetention with the object's content (boto3 sees an error), so the retention is read from
+HeadObject (x-amz-object-lock-mode / -retain-until-date), which every S3 server with Object Lock
+returns, in the same single call.
 """
 
 from __future__ import annotations

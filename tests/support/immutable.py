@@ -71,8 +71,8 @@ def current_objects(client: Any, bucket: str, prefix: str = "") -> list[dict[str
 
 
 def retention(client: Any, bucket: str, key: str) -> tuple[str | None, datetime | None]:
-    """(mode, retain-until) of the current version, from HeadObject (moto 5 does not answer
-    GetObjectRetention; HeadObject carries the same two values)."""
+    """(mode, retain-until) of the current version, from HeadObject (moto 5.2's server answers
+    GetObjectRetention with the object's content; HeadObject carries the same two values)."""
     head = client.head_object(Bucket=bucket, Key=key)
     until = head.get("ObjectLockRetainUntilDate")
     return head.get("ObjectLockMode"), until.astimezone(timezone.utc) if until else None
