@@ -140,8 +140,12 @@ def forget(ctx: click.Context, name: str, dry_run: bool, no_prune: bool, as_json
     if as_json:
         emit_json(run.to_dict())
     else:
-        for src, counts in run.details.get("sources", {}).items():
-            click.echo(f"{src}: keep {counts['kept']}, forget {counts['forgotten']}, debris {counts['debris']}")
+        for where, details in [(None, run.details), *run.details.get("copies", {}).items()]:
+            head = f"{where}: " if where else ""
+            for src, counts in details.get("sources", {}).items():
+                click.echo(f"{head}{src}: keep {counts['kept']}, forget {counts['forgotten']}, debris {counts['debris']}")
+            if details.get("immutable"):      # Object Lock: what prune really freed (nothing at once)
+                click.echo(f"{head}{details['immutable']['note']}")
         if run.error:
             click.echo(f"error: {run.error}", err=True)
     ctx.exit(run_exit_code(run))
