@@ -341,7 +341,7 @@ def to_json(obj):
 
 # ------------------------------------------------------------------ main
 
-SECTIONS = ("pgbackup", "files", "startup", "pgrestore", "scheduler", "recover", "fingerprint")
+SECTIONS = ("pgbackup", "files", "startup", "pgrestore", "scheduler", "recover", "fingerprint", "locks")
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -358,6 +358,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--policies", type=int, default=1000, help="policies for the scheduler scale run")
     ap.add_argument("--idle-seconds", type=float, default=20.0, help="idle CPU window of the real daemon")
     ap.add_argument("--no-jobs-scaling", action="store_true", help="skip the pgrestore -j 1 vs -j 2 runs")
+    ap.add_argument("--lock-objects", default="", help="repository sizes for the locks section, e.g. 1000,10000 "
+                    "(default 1000,10000; quick 200)")
     ap.add_argument("--out", default="bench/results/latest.json")
     ap.add_argument("--keep", action="store_true", help="keep the working directory")
     ap.add_argument("--workdir", default="/var/tmp", help="where the temporary working directory goes")
@@ -369,6 +371,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ns.reps = ns.reps or 3
     ns.restore_mb = ns.restore_mb or (40 if q else 300)
     ns.recover_mb = ns.recover_mb or (40 if q else 300)
+    ns.lock_objects = [int(x) for x in ns.lock_objects.split(",") if x.strip()] or ([200] if q else [1000, 10000])
     ns.only = [x.strip() for x in ns.only.split(",") if x.strip()] or list(SECTIONS)
     unknown = set(ns.only) - set(SECTIONS)
     if unknown:
@@ -444,6 +447,9 @@ def main(argv: list[str] | None = None) -> int:
         if "scheduler" in ns.only:
             log(f"scheduler scale: {ns.policies} policies")
             res["scheduler"] = extra.bench_scheduler(root, pwfile, ns.policies, idle_s=ns.idle_seconds)
+        if "locks" in ns.only:
+            from bench.locks import bench_locks
+            res["locks"] = bench_locks(root, ns.lock_objects)
     finally:
         s3.stop()
         if not ns.keep:
@@ -459,8 +465,9 @@ def main(argv: list[str] | None = None) -> int:
     table = print_report(res, rows)
     from bench import fingerprint
     from bench.extra import report_lines
+    from bench.locks import report_lines as lock_lines
     from bench.recover import report_lines as recover_lines
-    more = report_lines(res) + recover_lines(res) + fingerprint.report_lines(res)
+    more = report_lines(res) + recover_lines(res) + fingerprint.report_lines(res) + lock_lines(res)
     if more:
         print("\n".join(more))
         table += "\n" + "\n".join(more)

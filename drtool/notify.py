@@ -40,7 +40,7 @@ from drtool.secrets import Secret, redact
 
 log = logging.getLogger(__name__)
 
-RUN_KINDS = ("backup", "forget", "check", "drill", "kit-verify", "recover")
+RUN_KINDS = ("backup", "forget", "check", "drill", "kit-verify", "recover", "lock-extend", "copy", "rollback")
 FAILURE_KINDS = frozenset(
     {f"{k}_{s}" for k in RUN_KINDS for s in ("failed", "cancelled", "interrupted")}
     | {"rpo_breach", "rto_breach", "forecast_breach", "state_failed", "unit_failed"})

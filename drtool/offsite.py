@@ -21,11 +21,16 @@ class OffsiteRecords:
         self.repo = repo
         self._store = None
         self._dir: Path | None = None
+        self._unsupported: str | None = None
         if repo.is_s3:
             from drtool.storage.s3 import store_from_repository
-            self._store = store_from_repository(repo, env)
-        else:
+            self._store = store_from_repository(repo, env=env)
+        elif repo.url.startswith(("/", "local:")):
             self._dir = Path(repo.url.removeprefix("local:") + ".drtool")
+        else:
+            # The REST protocol (and sftp: without a folder of ours) stores restic's own files only.
+            self._unsupported = (f"{repo.url.split(':', 1)[0]}: repositories hold restic's files only; "
+                                 "this run's record is kept in the local catalog")
 
     def warm_up(self) -> None:
         """Build the S3 client now (boto3 takes ~0.4 s of CPU to import), e.g. in a background thread."""
@@ -33,6 +38,9 @@ class OffsiteRecords:
             self._store.client()
 
     def put_json(self, relpath: str, obj: Any) -> None:
+        if self._unsupported:
+            from drtool.errors import StorageError
+            raise StorageError(self._unsupported)
         if self._store is not None:
             self._store.put_json(relpath, obj)
             return
@@ -44,12 +52,16 @@ class OffsiteRecords:
         os.replace(tmp, path)
 
     def get_json(self, relpath: str) -> Any:
+        if self._unsupported:
+            return None
         if self._store is not None:
             return self._store.get_json(relpath)
         assert self._dir is not None
         return json.loads((self._dir / relpath).read_text())
 
     def list(self, relprefix: str) -> list[str]:
+        if self._unsupported:
+            return []
         if self._store is not None:
             return self._store.list_json(relprefix)
         assert self._dir is not None

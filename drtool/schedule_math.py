@@ -45,7 +45,7 @@ _TIME = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$")
 # Safety bound when walking cron slots; DST can skip or repeat a few, never hundreds.
 _MAX_STEPS = 1000
 # The order jobs start in when several are due for the same slot.
-KIND_ORDER = {"backup": 0, "forget": 1, "check": 2, "drill": 3}
+KIND_ORDER = {"backup": 0, "forget": 1, "check": 2, "drill": 3, "lock-extend": 4}
 
 EXAMPLES = "daily 02:00, weekly sun 03:00, hourly, every 6h, or a cron expression like '30 2 * * *'"
 

@@ -23,6 +23,7 @@ from typing import Any
 
 from drtool.actions.common import RepoHandle, learn_key_hint, open_repo, policy_tags, preflight_once, restic_host
 from drtool.actions.debris import clean_debris, record_rollback_debris
+from drtool.actions.follow_ups import after_backup
 from drtool.actions.hooks import run_hooks
 from drtool.actions.lifecycle import RunLifecycle
 from drtool.catalog import RunRecord, new_run_id, utcnow
@@ -94,7 +95,7 @@ def _run(settings: Settings, policy: Policy, handle: RepoHandle, lc: RunLifecycl
     _warm_up_offsite(handle)
     _reach_host(settings, policy)
     run.details["preflight"] = preflight_once(handle, on_event=emit)
-    if lc.catalog is not None:
+    if lc.catalog is not None and not handle.repository.append_only:   # append-only: forget removes debris
         removed = clean_debris(lc.catalog, handle, restic_host(settings), emit)
         if removed:
             run.details["debris_removed"] = removed
@@ -109,6 +110,7 @@ def _run(settings: Settings, policy: Policy, handle: RepoHandle, lc: RunLifecycl
                            + (f" (complete: {', '.join(done)})" if done else ""))
     run_hooks("after", policy.hooks.after, timeout=policy.hooks.timeout, env=_hook_env(policy, run))
     learn_key_hint(handle)          # once per repository and machine; a no-op afterwards
+    after_backup(settings, policy, handle, lc, emit, cancel)     # lock extension, copies: runs of their own
 
 
 def _with_retries(settings: Settings, policy: Policy, handle: RepoHandle, lc: RunLifecycle, emit: EventFn,
@@ -293,6 +295,9 @@ def _reach_host(settings: Settings, policy: Policy) -> None:
 def _roll_back(settings: Settings, handle: RepoHandle, tags: list[str], run_id: str) -> None:
     """A source is all or nothing: forget the streams of this run that did commit. If the storage
     cannot be reached now (it may be why the source failed), the next backup removes them."""
+    if handle.repository.append_only:        # the server refuses deletes: the maintenance forget removes them
+        record_rollback_debris(settings, handle, run_id, tags)
+        return
     try:
         handle.restic.forget_ids([snap.id for snap in handle.restic.snapshots(tags=tags)])
     except DrtoolError as exc:

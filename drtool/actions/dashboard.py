@@ -77,7 +77,7 @@ def _policy_page(settings: Settings, policy: Policy, catalog: Catalog, cache: Of
         name=policy.name, row=row, forecast=forecast, forecast_text=forecast_lines(forecast),
         drills=drills, rto_points=pages.rto_points(counted), size_points=pages.size_points(sizes),
         runs=pages.run_rows(history.runs), calendar=pages.backup_calendar([r.data for r in history.runs], now.date()),
-        signatures=pages.signature_summary(history.drills + history.runs))
+        signatures=pages.signature_summary(history.drills + history.runs), rule_32110=pages.rule_32110(row))
 
 
 def _write_drill_pages(out_dir: Path, drills: list[dict], history: PolicyHistory, expected_key: str | None) -> list[dict]:

@@ -33,7 +33,8 @@ log = logging.getLogger(__name__)
 OffsiteMode = Literal["auto", "always", "never"]
 
 DRILL_LIMIT = 200          # newest drills considered per policy
-RUN_LIMIT = 400            # newest backup/forget/check records per policy (about a year of nightly runs)
+RUN_LIMIT = 400            # newest backup/forget/check/copy records per policy (about a year of nightly runs)
+RUN_KINDS = ("backup", "forget", "check", "copy")
 OFFSITE_LIMITS = {"drills": 500, "runs": 1500}   # newest objects read per repository folder
 OFFSITE_READERS = 8
 
@@ -42,7 +43,7 @@ OFFSITE_READERS = 8
 class PolicyHistory:
     policy: str
     drills: list[HistoryRecord] = field(default_factory=list)    # drill reports, oldest first
-    runs: list[HistoryRecord] = field(default_factory=list)      # backup/forget/check records, oldest first
+    runs: list[HistoryRecord] = field(default_factory=list)      # backup/forget/check/copy records, oldest first
     origins: set[str] = field(default_factory=set)
     offsite_error: str | None = None
 
@@ -109,7 +110,7 @@ def load_history(settings: Settings, policy: Policy, catalog: Catalog, *, offsit
     local_drills = [r.details for r in catalog.runs(policy=policy.name, kind="drill", limit=DRILL_LIMIT)
                     if r.details and r.details.get("steps") is not None]
     history.drills = [HistoryRecord(d, "catalog") for d in local_drills]
-    history.runs = [HistoryRecord(r.to_dict(), "catalog") for kind in ("backup", "forget", "check")
+    history.runs = [HistoryRecord(r.to_dict(), "catalog") for kind in RUN_KINDS
                     for r in catalog.runs(policy=policy.name, kind=kind, limit=RUN_LIMIT)]
     if history.drills or history.runs:
         history.origins.add("catalog")
@@ -133,7 +134,7 @@ def _merge_offsite(history: PolicyHistory, settings: Settings, policy: Policy, c
         return
     known = {r.id for r in history.drills + history.runs}
     new_drills = [r for r in drills if r.id not in known][-DRILL_LIMIT:]
-    new_runs = [r for r in runs if r.id not in known and r.data.get("kind") in ("backup", "forget", "check")]
+    new_runs = [r for r in runs if r.id not in known and r.data.get("kind") in RUN_KINDS]
     history.drills += new_drills
     history.runs += new_runs[-RUN_LIMIT * 3:]
     if new_drills or new_runs:

@@ -306,7 +306,7 @@ def write_status_file(settings: Settings, catalog: Catalog) -> Path:
     policies: dict[str, Any] = {}
     for name in sorted(settings.policies):
         runs: dict[str, Any] = {}
-        for kind in ("backup", "forget", "check", "drill"):
+        for kind in ("backup", "forget", "check", "drill", "copy", "lock-extend"):
             last = catalog.last_run(name, kind)
             if last is not None:
                 runs[kind] = {"id": last.id, "status": last.status, "started_at": last.started_at.isoformat(),

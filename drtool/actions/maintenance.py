@@ -1,4 +1,8 @@
-"""Use cases: apply retention (forget + prune) and check repository integrity."""
+"""Use cases: apply retention (forget + prune) and check repository integrity.
+
+forget applies the policy's retention in its repository and in each of its `copies:`. An
+immutable repository is reached through its maintenance path, and what prune really frees
+there is reported (drtool.actions.immutable_maintenance)."""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import threading
 from datetime import timedelta
 
 from drtool.actions.common import RepoHandle, open_repo, policy_tags, restic_host
+from drtool.actions.immutable_maintenance import Freed, maintenance_handle
 from drtool.actions.lifecycle import RunLifecycle
 from drtool.actions.select import snapshot_sets
 from drtool.catalog import RunRecord, new_run_id, utcnow
@@ -29,17 +34,22 @@ def forget_policy(settings: Settings, policy: Policy, *, trigger: str = "manual"
     lock.acquire(run_id)
     try:
         with RunLifecycle(settings, "forget", policy.name, trigger=trigger, run_id=run_id) as lc:
-            lc.handle = open_repo(settings, policy.repository)
-            _forget(settings, policy, lc.handle, lc.record, prune=prune, dry_run=dry_run, cancel=cancel)
+            lc.handle = maintenance_handle(settings, policy.repository)
+            _forget(settings, policy, lc.handle, lc.record.details, prune=prune, dry_run=dry_run, cancel=cancel,
+                    trigger=trigger)
+            for name in policy.copies:          # the same retention in every copy
+                copy = lc.record.details.setdefault("copies", {}).setdefault(name, {})
+                _forget(settings, policy, maintenance_handle(settings, name), copy, prune=prune, dry_run=dry_run,
+                        cancel=cancel, trigger=trigger)
         return lc.record
     finally:
         lock.release()
 
 
-def _forget(settings: Settings, policy: Policy, handle: RepoHandle, run: RunRecord, *, prune: bool, dry_run: bool,
-            cancel: threading.Event | None) -> None:
+def _forget(settings: Settings, policy: Policy, handle: RepoHandle, details: dict, *, prune: bool, dry_run: bool,
+            cancel: threading.Event | None, trigger: str) -> None:
     host = restic_host(settings)        # never another host's snapshots, whatever the tags say
-    run.details["host"] = host
+    details["host"] = host
     now = utcnow()
     forget_ids: list[str] = []
     report: dict[str, dict[str, int]] = {}
@@ -60,16 +70,18 @@ def _forget(settings: Settings, policy: Policy, handle: RepoHandle, run: RunReco
     bundles = _old_bundles(handle, host)
     forget_ids += bundles
     report["(configuration bundles)"] = {"kept": BUNDLES_KEPT, "forgotten": len(bundles), "debris": 0}
-    run.details["sources"] = report
-    run.details["forgotten_ids"] = len(forget_ids)
-    run.details["dry_run"] = dry_run
+    details["sources"] = report
+    details["forgotten_ids"] = len(forget_ids)
+    details["dry_run"] = dry_run
     if dry_run:
         return
     _stop_if(cancel)
+    freed = Freed.start(handle)            # Object Lock: nothing is freed at once; say what happened
     handle.restic.forget_ids(forget_ids)
     if prune and forget_ids:
         _stop_if(cancel)
         handle.restic.run(["prune"], timeout=12 * 3600, cancel=cancel)
+    freed.finish(details, policy=policy.name, trigger=trigger)
 
 
 def check_repository(settings: Settings, policy: Policy, *, read_data_subset: str | None = None,

@@ -36,7 +36,8 @@ from drtool.schedule_math import next_run, to_cron_fields
 from drtool.timezones import EffectiveZone, ZoneError, settings_zone
 
 DESCRIPTIONS = {"backup": "back up policy", "forget": "apply retention of policy",
-                "check": "check the repository of policy", "drill": "restore drill of playbook"}
+                "check": "check the repository of policy", "drill": "restore drill of playbook",
+                "lock-extend": "verify and extend the Object Lock of repository"}
 ENV_FILE_NAME = "drtool.env"
 _ROTATING = re.compile(r"\s*\d+\s*/\s*\d+\s*")
 
@@ -103,6 +104,8 @@ def job_argv(settings: Settings, info: JobInfo, program: str) -> list[str]:
         return base + ["check", info.policy] + (["--read-data-subset", subset] if subset else [])
     if info.kind == "drill":
         return base + ["drill", info.job.name]
+    if info.kind == "lock-extend":
+        return base + ["repo", "lock-extend", info.repository, "--verify"]
     return base + [info.kind, info.policy]
 
 

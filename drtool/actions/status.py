@@ -19,10 +19,16 @@ one is the row's `verdict`:
     check-failed   the last repository check failed
     check-overdue  a check schedule is set and no check succeeded since the slot before last
     forget-failed  the last forget (retention) run failed
+    copy-failed    the last copy into one of the policy's `copies:` failed (or was not verified)
 
 Warnings (shown, exit 0): forecast-breach (the RTO forecast exceeds the target
 within forecast.horizon, default 90 days), invalid-signature (offsite records
 that failed their signature check; never used for a verdict).
+
+Each row also has `copies` (the last copy run into each repository of `copies:`) and
+`rule_32110`: every letter of 3-2-1-1-0, met or not, with its reason and what to do
+(drtool/rule32110.py). Falling short of it is shown, never a problem or a warning by
+itself (most sites start with one repository; their exit code and Nagios state stay).
 """
 
 from __future__ import annotations
@@ -41,7 +47,7 @@ from drtool.errors import DrtoolError
 from drtool.tags import policy_tags
 
 PROBLEMS = ("rpo-breach", "backup-failed", "rto-breach", "drill-failed", "never-drilled",
-            "check-failed", "check-overdue", "forget-failed")
+            "check-failed", "check-overdue", "forget-failed", "copy-failed")
 CRITICAL = ("rpo-breach", "backup-failed", "rto-breach", "drill-failed")   # Nagios CRITICAL; the rest WARNING
 CHECK_GRACE = timedelta(hours=6)      # a check may run for hours, and the daemon delays jobs by their jitter
 
@@ -71,7 +77,8 @@ def verdict(*, backup_age_s: float | None, rpo_s: float | None, repo_error: bool
 
 
 def problems(*, backup_age_s: float | None, rpo_s: float | None, repo_error: bool, drill: dict[str, Any] | None,
-             last_runs: dict[str, dict[str, Any] | None] | None = None, check_overdue: bool = False) -> list[str]:
+             last_runs: dict[str, dict[str, Any] | None] | None = None, check_overdue: bool = False,
+             copies: dict[str, dict[str, Any] | None] | None = None) -> list[str]:
     """Pure: every problem code of one policy, most urgent first (see the module docstring)."""
     runs = last_runs or {}
     found = []
@@ -91,6 +98,9 @@ def problems(*, backup_age_s: float | None, rpo_s: float | None, repo_error: boo
         found.append("check-overdue")
     if _failed(runs.get("forget")):
         found.append("forget-failed")
+    if any(c is not None and (c.get("status") == "failed" or not c.get("verified", True))
+           for c in (copies or {}).values()):
+        found.append("copy-failed")
     return sorted(found, key=PROBLEMS.index)
 
 
@@ -136,14 +146,51 @@ def policy_status(settings: Settings, policy: Policy, catalog: Catalog, now: dat
     row["last_drill"] = drill_summary(drills[-1]) if drills else None
     row["last_runs"] = {kind: _run_summary(history, kind) for kind in ("backup", "check", "forget")}
     overdue = _check_overdue(settings, policy, history, now)
+    row["copies"] = {name: _run_summary_of(history, "copy", name) for name in policy.copies}
     codes = problems(backup_age_s=age, rpo_s=rpo, repo_error=repo_error, drill=row["last_drill"],
-                     last_runs=row["last_runs"], check_overdue=overdue)
+                     last_runs=row["last_runs"], check_overdue=overdue, copies=row["copies"])
     row["problems"] = codes
     row["verdict"] = codes[0] if codes else "ok"
     result = policy_forecast(settings, policy, history, now, horizon_days)
     row["forecast"] = result.to_dict()
     row["warnings"] = _warnings(result, history)
+    row["rule_32110"] = rule_32110(settings, policy, history, row)
     return row
+
+
+def _run_summary_of(history: PolicyHistory, kind: str, repository: str) -> dict[str, Any] | None:
+    runs = [r for r in history.usable_runs(kind) if (r.get("details") or {}).get("repository") == repository]
+    if not runs:
+        return None
+    last = runs[-1]
+    return {"id": last.get("id"), "started_at": last.get("started_at"), "status": last.get("status"),
+            "verified": bool((last.get("details") or {}).get("verified")),
+            "error": (last.get("error") or "").splitlines()[0][:300] if last.get("error") else None}
+
+
+def rule_32110(settings: Settings, policy: Policy, history: PolicyHistory, row: dict[str, Any]) -> dict[str, Any]:
+    """The 3-2-1-1-0 assessment of one policy from its status row and history (drtool/rule32110.py)."""
+    from drtool.rule32110 import RepoFacts, assess, last_attacks, last_verified_drill, provider_of
+
+    drills = history.usable_drills()
+    attacks = last_attacks(drills, policy.repository)
+    facts = []
+    for name in policy.repositories:
+        repo = settings.config.repositories[name]
+        provider, offsite = provider_of(repo.url, repo.provider)
+        if name == policy.repository:
+            holds = row["last_backup"] is not None
+            detail = f"complete backup of {row['last_backup'][:19]}" if holds else "no complete backup"
+        else:
+            last = row["copies"].get(name)
+            holds = bool(last and last["status"] == "success" and last["verified"])
+            detail = ("never copied" if last is None else f"copied and verified {str(last['started_at'])[:19]}"
+                      if holds else f"last copy {last['status']}: {last.get('error') or 'not verified'}")
+        facts.append(RepoFacts(name, repo.url, provider, offsite, holds, detail, attacks.get(name),
+                               repo.immutable.mode if repo.immutable else None))
+    verified = last_verified_drill(drills)
+    return assess(facts, last_check=row["last_runs"].get("check"),
+                  last_verified_drill=None if verified is None else drill_summary(verified))
 
 
 def _run_summary(history: PolicyHistory, kind: str) -> dict[str, Any] | None:

@@ -16,14 +16,16 @@ from dataclasses import dataclass
 
 from drtool.errors import UsageError
 
-KIND_EVENTS = {"backup": "backup_failed", "forget": "forget_failed", "check": "check_failed", "drill": "drill_failed"}
+KIND_EVENTS = {"backup": "backup_failed", "forget": "forget_failed", "check": "check_failed", "drill": "drill_failed",
+               "lock-extend": "lock-extend_failed"}
+_KINDS = "backup|forget|check|drill|lock-extend"
 
 
 @dataclass(frozen=True)
 class FailedUnit:
     unit: str                      # as systemd names it, or the job id from a cron line
-    kind: str                      # backup | forget | check | drill | daemon
-    name: str | None               # policy or playbook
+    kind: str                      # backup | forget | check | drill | lock-extend | daemon
+    name: str | None               # policy, playbook or (lock-extend) repository
 
     @property
     def event_kind(self) -> str:
@@ -32,12 +34,12 @@ class FailedUnit:
 
 def parse_unit(text: str) -> FailedUnit:
     """drtool-backup-siak.service, drtool-daemon.service or backup:siak (pure)."""
-    job = re.fullmatch(r"(backup|forget|check|drill):(.+)", text)
+    job = re.fullmatch(rf"({_KINDS}):(.+)", text)
     if job:
         return FailedUnit(text, job.group(1), job.group(2))
     if re.fullmatch(r"drtool-daemon(\.service)?", text):
         return FailedUnit(text, "daemon", None)
-    unit = re.fullmatch(r"drtool-(backup|forget|check|drill)-(.+?)(\.service)?", text)
+    unit = re.fullmatch(rf"drtool-({_KINDS})-(.+?)(\.service)?", text)
     if unit:
         return FailedUnit(text, unit.group(1), unit.group(2))
     raise UsageError(f"{text!r} is not a drtool unit or job",
@@ -79,6 +81,9 @@ def _subject(settings, failed: FailedUnit) -> tuple[str | None, str | None]:  # 
     if failed.kind == "drill":
         playbook = settings.playbooks.get(failed.name)
         return (playbook.policy if playbook else None), failed.name
+    if failed.kind == "lock-extend":      # a repository's job, recorded under the first policy using it
+        from drtool.actions.immutable import record_policy
+        return record_policy(settings, failed.name or ""), None
     return failed.name, None
 
 

@@ -17,7 +17,9 @@ def run_exit_code(run) -> int:  # noqa: ANN001 - a RunRecord
     """0 for a run that succeeded and is recorded; else the class of its error (2: configuration)."""
     if not run.ok:
         return int(run.details.get("exit_code") or 1)
-    return 1 if run.details.get("local_record_error") else 0
+    # A copy or lock extension the backup set off failed: a run of its own that alerted; exit 1 too.
+    failed_follow_up = any(f.get("status") != "success" for f in run.details.get("follow_ups") or [])
+    return 1 if run.details.get("local_record_error") or failed_follow_up else 0
 
 
 @click.command()
@@ -88,9 +90,9 @@ def snapshots(ctx: click.Context, name: str | None, host: str | None, all_hosts:
         return
     from drtool.cli.render import print_table
 
-    print_table(["policy", "source", "kind", "host", "time (UTC)", "run", "id"],
-                [[r["policy"], r["source"], r["kind"], r["host"], r["time"][:19], r["run"], r["short_id"]]
-                 for r in rows])
+    print_table(["policy", "repository", "source", "kind", "host", "time (UTC)", "run", "id"],
+                [[r["policy"], r["repository"], r["source"], r["kind"], r["host"], r["time"][:19], r["run"],
+                  r["short_id"]] for r in rows])
 
 
 @click.command()
@@ -214,8 +216,12 @@ def forget(ctx: click.Context, name: str, dry_run: bool, no_prune: bool, as_json
     if as_json:
         emit_json(run.to_dict())
     else:
-        for src, counts in run.details.get("sources", {}).items():
-            click.echo(f"{src}: keep {counts['kept']}, forget {counts['forgotten']}, debris {counts['debris']}")
+        for where, details in [(None, run.details), *run.details.get("copies", {}).items()]:
+            head = f"{where}: " if where else ""
+            for src, counts in details.get("sources", {}).items():
+                click.echo(f"{head}{src}: keep {counts['kept']}, forget {counts['forgotten']}, debris {counts['debris']}")
+            if details.get("immutable"):      # Object Lock: what prune really freed (nothing at once)
+                click.echo(f"{head}{details['immutable']['note']}")
         if run.error:
             click.echo(f"error: {run.error}", err=True)
     ctx.exit(run_exit_code(run))

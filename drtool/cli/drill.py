@@ -190,7 +190,8 @@ def status(ctx: click.Context, as_json: bool, nagios: bool, horizon: str | None)
 
     Exit code: 0 every policy is fine (warnings such as a forecast breach are shown but do not fail),
     1 at least one policy has a problem (rpo-breach, backup-failed, rto-breach, drill-failed,
-    never-drilled, check-failed, check-overdue, forget-failed), 2 bad usage/configuration.
+    never-drilled, check-failed, check-overdue, forget-failed, copy-failed), 2 bad usage/configuration.
+    Under the table: each policy's 3-2-1-1-0 letters and what to do about those that fall short.
     """
     if nagios:
         ctx.exit(_nagios(ctx, horizon))
@@ -237,8 +238,23 @@ def _print_status(rows: list[dict]) -> None:
             click.echo(f"{r['policy']}: {r['error']}", err=True)
         for w in r["warnings"]:
             click.echo(f"{r['policy']}: warning: {w['code']}: {w['message']}")
+        for line in rule_lines(r):
+            click.echo(line)
         for line in forecast_lines(r["forecast"]):
             click.echo(line)
+
+
+def rule_lines(row: dict) -> list[str]:
+    """The 3-2-1-1-0 view of one status row: one line, then a line per letter that falls short."""
+    rule = row.get("rule_32110")
+    if not rule:
+        return []
+    marks = " ".join(f"{k}{'+' if rule['letters'][k] else '-'}" for k in ("3", "2", "1o", "1i", "0"))
+    lines = [f"{row['policy']}: 3-2-1-1-0 [{marks}] {rule['detail']}"]
+    for letter in rule["assessment"]:
+        if not letter["met"]:
+            lines.append(f"  {letter['letter']} ({letter['name']}): {letter['detail']}; to do: {letter['advice']}")
+    return lines
 
 
 def _nagios(ctx: click.Context, horizon: str | None) -> int:

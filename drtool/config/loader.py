@@ -243,6 +243,14 @@ def check_policy(policy: Policy, config: Config | None) -> list[str]:
         known = ", ".join(sorted(config.repositories)) or "none"
         problems.append(f"{_field_pos(policy.path, ('repository',))}: at 'repository': "
                         f"no repository named {policy.repository!r} in drtool.yaml (known: {known})")
+    for i, name in enumerate(policy.copies):
+        if config is not None and name not in config.repositories:
+            known = ", ".join(sorted(config.repositories)) or "none"
+            problems.append(f"{_field_pos(policy.path, ('copies', i))}: at 'copies[{i}]': "
+                            f"no repository named {name!r} in drtool.yaml (known: {known})")
+        elif name == policy.repository:
+            problems.append(f"{_field_pos(policy.path, ('copies', i))}: at 'copies[{i}]': {name!r} is the policy's "
+                            "own repository; a copy must go to another one")
     if config is not None and policy.host and policy.host not in config.hosts:
         problems.append(f"{_field_pos(policy.path, ('host',))}: at 'host': no host named {policy.host!r} in drtool.yaml")
     for loc, expr in ((("schedule",), policy.schedule), (("forget_schedule",), policy.forget_schedule),
@@ -263,7 +271,16 @@ def check_playbook(playbook: Playbook, policies: dict[str, Policy], invalid: set
         return [f"{_field_pos(playbook.path, ('policy',))}: at 'policy': no policy named {playbook.policy!r} (known: {known})"]
     problems = []
     names = {s.name for s in policy.sources}
+    repos = policy.repositories
+    if playbook.from_ is not None and playbook.from_ not in repos:
+        problems.append(f"{_field_pos(playbook.path, ('from',))}: at 'from': {playbook.from_!r} is not a repository "
+                        f"of policy {policy.name!r} (it has: {', '.join(repos)})")
     for i, step in enumerate(playbook.steps):
+        attacked = getattr(step.spec, "repository", None) if step.kind == "immutability" else None
+        if attacked is not None and attacked not in repos:
+            problems.append(f"{_field_pos(playbook.path, ('steps', i, 'immutability', 'repository'))}: at "
+                            f"'steps[{i}].immutability.repository': {attacked!r} is not a repository of policy "
+                            f"{policy.name!r} (it has: {', '.join(repos)})")
         source = getattr(step.spec, "source", None)
         if source is not None and source not in names:
             problems.append(f"{_field_pos(playbook.path, ('steps', i, step.kind, 'source'))}: at 'steps[{i}].{step.kind}.source': "

@@ -11,48 +11,25 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, WithJsonSchema, field_validator,
-                      model_validator)
+from pydantic import Field, field_validator, model_validator
 
-from drtool.config.durations import parse_duration
-from drtool.config.rates import parse_rate
+from drtool.config.base import (DURATION_PATTERN, NAME_PATTERN, NAME_RULE, Argv, Duration, Model, Name,  # noqa: F401
+                                Rate, _duration)
 from drtool.config.secrets import SecretRef
-
-
-def _duration(value: object, info: ValidationInfo) -> float:
-    # Files are validated with context {"file": True}: there a bare number is refused (no unit);
-    # Python callers may still pass seconds.
-    return parse_duration(value, bare_numbers=not (info.context or {}).get("file"))
-
-
-DURATION_PATTERN = r"^\s*(\d+(\.\d+)?\s*[smhdwSMHDW]\s*)+$"
-Duration = Annotated[float, BeforeValidator(_duration), WithJsonSchema(
-    {"type": "string", "pattern": DURATION_PATTERN, "description": "a duration with a unit: 90s, 30m, 24h, 7d, 1h30m"})]
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
-NAME_RULE = "ASCII letters, digits, `_ . -`, up to 64 characters, starting with a letter or digit"
-Name = Annotated[str, Field(pattern=NAME_PATTERN, description=f"a name: {NAME_RULE}")]
-Rate = Annotated[int, BeforeValidator(parse_rate)]          # KiB/s
-Argv = Annotated[list[str], Field(min_length=1)]
-
-
-class Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+from drtool.config.storage_models import (DEFAULT_LOCK_SCHEDULE, Immutable, Maintenance, RestSettings,  # noqa: F401
+                                          S3Settings, backend_problem, rest_url_problem)
 
 
 # ---------------------------------------------------------------- drtool.yaml
-
-class S3Settings(Model):
-    access_key_id: SecretRef | None = None
-    secret_access_key: SecretRef | None = None
-    region: str = "us-east-1"
-    # Create the bucket on `init-repo` / first backup when it does not exist.
-    create_bucket: bool = True
-
 
 class Repository(Model):
     url: str
     password: SecretRef
     s3: S3Settings | None = None
+    rest: RestSettings | None = None       # rest: URLs: the server's username and password
+    immutable: Immutable | None = None
+    maintenance: Maintenance | None = None
+    provider: str | None = None            # who holds it, for 3-2-1-1-0 (default: the endpoint host)
     # How long a throttling (503 SlowDown) or unreachable storage is waited out, with
     # exponential backoff, before a run gives up on it.
     wait_unavailable: Duration = 300.0
@@ -64,12 +41,34 @@ class Repository(Model):
     @classmethod
     def _known_backend(cls, url: str) -> str:
         if url.startswith(("s3:", "/", "local:", "sftp:", "rest:")):
+            problem = rest_url_problem(url)
+            if problem:
+                raise ValueError(problem)
             return url
         raise ValueError("expected a restic repository URL such as s3:http://127.0.0.1:9000/bucket/prefix or /srv/restic-repo")
+
+    @model_validator(mode="after")
+    def _backend_settings_fit(self) -> "Repository":
+        problem = backend_problem(self.url, self.rest, self.immutable)
+        if problem:
+            raise ValueError(problem)
+        return self
 
     @property
     def is_s3(self) -> bool:
         return self.url.startswith("s3:")
+
+    @property
+    def is_rest(self) -> bool:
+        return self.url.startswith("rest:")
+
+    @property
+    def object_lock(self) -> bool:
+        return self.immutable is not None and self.immutable.mode != "append-only"
+
+    @property
+    def append_only(self) -> bool:
+        return self.immutable is not None and self.immutable.mode == "append-only"
 
 
 class Host(Model):
@@ -90,7 +89,7 @@ class Host(Model):
 # A URL that carries a token (a webhook path, a healthchecks uuid, an ntfy topic) may be
 # given by reference like any other secret: {env: NAME}, {file: PATH}, {command: [...]}.
 UrlOrRef = str | SecretRef
-RunKind = Literal["backup", "forget", "check", "drill", "kit-verify", "recover"]
+RunKind = Literal["backup", "forget", "check", "drill", "kit-verify", "recover", "lock-extend", "copy", "rollback"]
 
 
 class Webhook(Model):
@@ -317,6 +316,9 @@ class Policy(Model):
     hooks: Hooks = Hooks()
     check: CheckSchedule = CheckSchedule()
     forget_schedule: str | None = None
+    # More repositories that get every successful backup's snapshot set (`restic copy`), each
+    # with its own password and credentials: the second and third copies of 3-2-1-1-0.
+    copies: list[Name] = []
     path: str | None = Field(None, exclude=True)   # the file it came from
 
     @model_validator(mode="after")
@@ -326,7 +328,14 @@ class Policy(Model):
             if src.name in seen:
                 raise ValueError(f"source name {src.name!r} is used twice")
             seen.add(src.name)
+        if len(set(self.copies)) != len(self.copies):
+            raise ValueError("copies: names a repository twice")
         return self
+
+    @property
+    def repositories(self) -> list[str]:
+        """The repository the policy backs up to, then the ones it copies to."""
+        return [self.repository, *self.copies]
 
     def source(self, name: str) -> Source:
         for src in self.sources:
@@ -404,7 +413,12 @@ class KitStep(Model):
     passphrase: SecretRef | None = None
 
 
-STEP_KINDS = ("restore", "verify", "sql", "command", "http", "kit")
+class ImmutabilityStep(Model):
+    """The attack drill: with the production credentials, try what ransomware would."""
+    repository: Name | None = None         # default: the repository the drill reads
+
+
+STEP_KINDS = ("restore", "verify", "sql", "command", "http", "kit", "immutability")
 
 
 class Step(Model):
@@ -417,16 +431,18 @@ class Step(Model):
     command: CommandStep | None = None
     http: HttpStep | None = None
     kit: KitStep | None = None
+    immutability: ImmutabilityStep | None = None
 
     @model_validator(mode="before")
     @classmethod
     def _short_forms(cls, data: Any) -> Any:
-        # `command: [argv...]` and `kit: {}` / `kit: true` are accepted shorthands.
+        # `command: [argv...]`, `kit: {}` / `kit: true` (and the same for immutability) are accepted shorthands.
         if isinstance(data, dict):
             if isinstance(data.get("command"), list):
                 data = {**data, "command": {"argv": data["command"]}}
-            if data.get("kit") is True or ("kit" in data and data["kit"] is None):
-                data = {**data, "kit": {}}
+            for kind in ("kit", "immutability"):
+                if data.get(kind) is True or (kind in data and data[kind] is None):
+                    data = {**data, kind: {}}
         return data
 
     @model_validator(mode="after")
@@ -471,9 +487,15 @@ class Playbook(Model):
     snapshot: SnapshotSelector = "latest"
     targets: Targets | None = None
     schedule: str | None = None
+    # Drill another repository of the policy (one of its `copies:`), so every copy is proven restorable.
+    from_: Name | None = Field(None, alias="from")
     from_nothing: FromNothing | None = None
     steps: list[Step] = []
     path: str | None = Field(None, exclude=True)
+
+    def repository_for(self, policy: "Policy") -> str:
+        """The repository this drill reads: `from:`, else the policy's own."""
+        return self.from_ or policy.repository
 
     @model_validator(mode="after")
     def _steps_fit(self) -> "Playbook":

@@ -452,6 +452,11 @@ def repo_access(settings: Any, repo_name: str) -> RepoAccess:
         if repo.s3.secret_access_key is not None:
             env["AWS_SECRET_ACCESS_KEY"] = repo.s3.secret_access_key.resolve().reveal()
         env["AWS_DEFAULT_REGION"] = repo.s3.region
+    if getattr(repo, "rest", None) is not None and repo.rest.username:
+        # restic 0.14 takes REST credentials from the URL only: in its environment, never argv.
+        from drtool.storage.rest import authenticated_url
+        env["RESTIC_REPOSITORY"] = authenticated_url(
+            repo.url, repo.rest.username, repo.rest.password.resolve() if repo.rest.password else None)
     return RepoAccess(repo.url, repo.password.resolve(), env,
                       limit_upload=repo.limit_upload, limit_download=repo.limit_download)
 

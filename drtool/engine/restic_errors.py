@@ -35,7 +35,8 @@ _DENIED = ("signaturedoesnotmatch", "signature we calculated does not match", "i
            "access key id you provided does not exist", "access denied", "accessdenied", "forbidden",
            "403")
 _MISSING = ("specified key does not exist", "repository does not exist", "nosuchkey", "nosuchbucket",
-            "specified bucket does not exist", "no such file or directory")
+            "specified bucket does not exist", "no such file or directory",
+            "<config/> does not exist")   # restic's REST backend
 
 
 def clean_stderr(stderr: str, limit: int = 15) -> str:

@@ -5,8 +5,8 @@
 
 Nothing here reads a file or the network: drtool.actions.dashboard gathers the
 history and status rows, this module shapes them, drtool.report.html renders.
-`rule_32110` is the slot for the 3-2-1-1-0 assessment (another issue): None
-renders as "not assessed yet".
+`rule_32110` is the 3-2-1-1-0 assessment of the policy (drtool/rule32110.py, from
+the status row); None renders as "not assessed yet".
 """
 
 from __future__ import annotations
@@ -20,9 +20,21 @@ CALENDAR_WEEKS = 12
 
 @dataclass
 class Rule32110:
-    """Slot for the 3-2-1-1-0 rule (copies, media, offsite, immutable, errors): filled by a later issue."""
+    """The 3-2-1-1-0 rule (copies, media, offsite, immutable, errors) of one policy."""
     letters: dict[str, bool | None]      # "3", "2", "1o", "1i", "0" -> met?
     detail: str = ""
+    shortfalls: list[str] = field(default_factory=list)   # "1i (immutable): why; to do: what"
+
+
+def rule_32110(row: dict[str, Any]) -> Rule32110 | None:
+    """Pure: the page's 3-2-1-1-0 from a status row (None when the row has none)."""
+    rule = row.get("rule_32110")
+    if not rule:
+        return None
+    short = [f"{x['letter']} ({x['name']}): {x['detail']}; to do: {x['advice']}"
+             for x in rule["assessment"] if not x["met"]]
+    marks = " ".join(f"{k} {'met' if rule['letters'][k] else 'NOT met'}" for k in ("3", "2", "1o", "1i", "0"))
+    return Rule32110(dict(rule["letters"]), f"{rule['detail']} ({marks})", short)
 
 
 @dataclass

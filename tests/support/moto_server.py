@@ -23,6 +23,20 @@ class MotoServer:
     endpoint: str
     port: int
     proc: subprocess.Popen
+    access_key: str = MOTO_ACCESS_KEY
+    secret_key: str = MOTO_SECRET_KEY
+
+    def repo_url(self, bucket: str, prefix: str) -> str:
+        """The restic URL of a repository there (same shape as the rclone fixture's, for make_env)."""
+        return f"s3:{self.endpoint}/{bucket}/{prefix}"
+
+    def client(self):  # noqa: ANN201 - a boto3 S3 client with moto's dummy keys
+        import boto3
+        from botocore.config import Config
+
+        return boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id=self.access_key,
+                            aws_secret_access_key=self.secret_key, region_name="us-east-1",
+                            config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 2}))
 
     def stop(self) -> None:
         if self.proc.poll() is None:

@@ -421,7 +421,7 @@ def test_watchdog_and_maintenance_of_one_repository_never_overlap(tmp_path: Path
 
 
 def test_real_dispatch_passes_cancel_and_schedule_trigger(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from drtool.actions import backup, drill, maintenance
+    from drtool.actions import backup, drill, immutable, maintenance
     from drtool.actions.daemon import default_dispatch
 
     got: dict[str, dict[str, Any]] = {}
@@ -437,17 +437,45 @@ def test_real_dispatch_passes_cancel_and_schedule_trigger(monkeypatch: pytest.Mo
     monkeypatch.setattr(maintenance, "forget_policy", fake("forget"))
     monkeypatch.setattr(maintenance, "check_repository", fake("check"))
     monkeypatch.setattr(drill, "run_drill", fake("drill"))
+    monkeypatch.setattr(immutable, "extend_locks", lambda settings, repo, **kw: got.setdefault(
+        "lock-extend", {"target": repo, **kw}) and fake_record(f"lock-extend:{repo}", "success"))
     settings = load_settings(str(write_setup(
         tmp_path, policies={"db": "repository: offsite\nschedule: hourly\nforget_schedule: hourly\n"
                                   "check: {schedule: hourly}\n"},
         playbooks={"pb": "policy: db\nschedule: hourly\n"})))
     table = default_dispatch()
-    for job in build_jobs(settings):
+    locked = JobInfo(Job("lock-extend:offsite", parse_schedule("daily 04:30")), "db", "offsite")
+    for job in [*build_jobs(settings), locked]:
         cancel = threading.Event()
         table[job.kind](JobRequest(job, settings, cancel, "1/5" if job.kind == "check" else None))
         assert got[job.kind]["trigger"] == "schedule"
         assert got[job.kind]["cancel"] is cancel             # every job kind can be stopped on SIGTERM
     assert got["check"]["read_data_subset"] == "1/5" and got["drill"]["target"] == "pb"
+    # the scheduled lock extension reads every object's retention, not drtool's memory of it
+    assert got["lock-extend"]["target"] == "offsite" and got["lock-extend"]["verify"] is True
+    assert got["lock-extend"]["policy"] == "db"
+
+
+def test_build_jobs_has_one_lock_extension_per_object_lock_repository_in_use(tmp_path: Path) -> None:
+    (tmp_path / "policies").mkdir()
+    (tmp_path / "drtool.yaml").write_text(f"""
+state_dir: {tmp_path / 'state'}
+repositories:
+  locked: {{url: "s3:http://127.0.0.1:9/b/r", password: {{env: X}}, immutable: {{mode: compliance, days: 30,
+           schedule: daily 03:15}}}}
+  copy: {{url: "s3:http://127.0.0.1:9/b/c", password: {{env: X}}, immutable: {{mode: governance, days: 7}}}}
+  unused: {{url: "s3:http://127.0.0.1:9/b/u", password: {{env: X}}, immutable: {{mode: compliance, days: 1}}}}
+  plain: {{url: /srv/plain, password: {{env: X}}}}
+""")
+    for name, body in {"b": "repository: locked\ncopies: [copy]\n", "a": "repository: plain\ncopies: [locked]\n"}.items():
+        (tmp_path / "policies" / f"{name}.yaml").write_text(
+            f"name: {name}\n{body}sources:\n  - name: etc\n    files: {{paths: [/etc/hostname]}}\n")
+    jobs = {j.job.id: j for j in build_jobs(load_settings(str(tmp_path / "drtool.yaml")))}
+    assert sorted(jobs) == ["lock-extend:copy", "lock-extend:locked"]      # none for an unused repository
+    assert (jobs["lock-extend:locked"].policy, jobs["lock-extend:locked"].repository) == ("a", "locked")
+    assert jobs["lock-extend:copy"].policy == "b"
+    assert (jobs["lock-extend:locked"].job.schedule.expr, jobs["lock-extend:copy"].job.schedule.expr) == \
+        ("daily 03:15", "daily 04:30")
 
 
 def test_drill_metrics_come_from_the_catalog_after_a_restart(tmp_path: Path) -> None:

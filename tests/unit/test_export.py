@@ -156,3 +156,23 @@ def test_no_env_file_when_no_env_secrets(tmp_path: Path) -> None:
     path.write_text(path.read_text().replace("{env: DRTOOL_TEST_PW}", f"{{file: {tmp_path / 'pw'}}}"))
     files = export_systemd(load_settings(str(path)), tmp_path / "units", program="/bin/true")
     assert not any("EnvironmentFile=" in p.read_text() for p in files)
+
+
+def test_object_lock_repository_exports_a_verifying_lock_extension_unit(tmp_path: Path) -> None:
+    (tmp_path / "policies").mkdir()
+    (tmp_path / "drtool.yaml").write_text(f"""
+state_dir: {tmp_path / 'state'}
+timezone: UTC
+repositories:
+  vault: {{url: "s3:http://127.0.0.1:9/b/r", password: {{env: X}}, immutable: {{mode: compliance, days: 30}}}}
+""")
+    (tmp_path / "policies" / "db.yaml").write_text("name: db\nrepository: vault\nsources:\n"
+                                                   "  - name: etc\n    files: {paths: [/etc/hostname]}\n")
+    settings = load_settings(str(tmp_path / "drtool.yaml"))
+    out = tmp_path / "units"
+    export_systemd(settings, out, program="/usr/local/bin/drtool")
+    service = (out / "drtool-lock-extend-vault.service").read_text()
+    assert unit_value(service, "ExecStart") == (
+        f"/usr/local/bin/drtool --config {settings.path.resolve()} repo lock-extend vault --verify")
+    assert "verify and extend the Object Lock of repository vault" in service
+    assert unit_value((out / "drtool-lock-extend-vault.timer").read_text(), "OnCalendar") == "*-*-* 04:30:00 UTC"

@@ -86,3 +86,12 @@ def test_timeline_places_steps_and_phases():
     assert rows["load"]["phase"] and rows["load"]["left"] == 60 and rows["load"]["width"] == 20
     assert rows["check"]["left"] == 80 and rows["check"]["width"] == 20
     assert rows["never"]["duration_s"] is None
+
+
+def test_a_failed_or_unverified_copy_is_a_problem() -> None:
+    from drtool.actions.status import problems
+    ok = {"rpo_s": None, "repo_error": False, "backup_age_s": 10.0, "drill": {"passed": True, "rto_met": True}}
+    assert problems(**ok, copies={"b": {"status": "success", "verified": True}}) == []
+    assert problems(**ok, copies={"b": {"status": "failed", "verified": False}}) == ["copy-failed"]
+    assert problems(**ok, copies={"b": {"status": "success", "verified": False}}) == ["copy-failed"]
+    assert problems(**ok, copies={"b": None}) == []        # never copied yet: 3-2-1-1-0 says so, not a failure

@@ -20,6 +20,8 @@ from tests.unit.test_daemon_logic import write_setup
     ("drtool-drill-siak-drill.service", FailedUnit("drtool-drill-siak-drill.service", "drill", "siak-drill")),
     ("drtool-daemon.service", FailedUnit("drtool-daemon.service", "daemon", None)),
     ("check:db.v2", FailedUnit("check:db.v2", "check", "db.v2")),
+    ("drtool-lock-extend-offsite.service", FailedUnit("drtool-lock-extend-offsite.service", "lock-extend", "offsite")),
+    ("lock-extend:offsite", FailedUnit("lock-extend:offsite", "lock-extend", "offsite")),
 ])
 def test_parse_unit(text: str, expected: FailedUnit) -> None:
     assert parse_unit(text) == expected

@@ -50,4 +50,10 @@ def default_dispatch() -> dict[str, Callable[[JobRequest], RunRecord]]:
         return drills.run_drill(req.settings, req.settings.playbook(req.info.job.name), trigger="schedule",
                                 cancel=req.cancel).record
 
-    return {"backup": backup, "forget": forget, "check": check, "drill": drill}
+    def lock_extend(req: JobRequest) -> RunRecord:
+        # The scheduled run reads every object's retention (verify), not drtool's own memory of it.
+        from drtool.actions.immutable import extend_locks
+        return extend_locks(req.settings, req.info.repository, policy=req.info.policy, verify=True,
+                            trigger="schedule", cancel=req.cancel)
+
+    return {"backup": backup, "forget": forget, "check": check, "drill": drill, "lock-extend": lock_extend}

@@ -1,6 +1,7 @@
 """The daemon's jobs, from the settings, and the pure rules about them.
 
-Every scheduled job is backup/forget/check of a policy or the drill of a playbook.
+Every scheduled job is backup/forget/check of a policy, the drill of a playbook, or the
+lock extension (with verification) of an Object Lock repository that a policy uses.
 `conflicts` says what may not run side by side.
 """
 
@@ -37,6 +38,11 @@ def build_jobs(settings: Settings) -> list[JobInfo]:
         if playbook.schedule and playbook.policy in settings.policies:
             repo = settings.policies[playbook.policy].repository
             jobs.append(JobInfo(Job(f"drill:{playbook.name}", parse_schedule(playbook.schedule)), playbook.policy, repo))
+    for name, repository in sorted(settings.config.repositories.items()):
+        using = sorted(p.name for p in settings.policies.values() if name in p.repositories)
+        if repository.object_lock and using:    # recorded under the first policy using it
+            jobs.append(JobInfo(Job(f"lock-extend:{name}", parse_schedule(repository.immutable.schedule)),
+                                using[0], name))
     return jobs
 
 

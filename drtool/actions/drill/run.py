@@ -54,7 +54,10 @@ def run_drill(settings: Settings, playbook: Playbook, *, keep: bool = False, tri
                              offsite_body=lambda _run: report.to_dict())
     with lifecycle:
         report.started_at = lifecycle.record.started_at
-        lifecycle.handle = handle = open_repo(settings, policy.repository)
+        lifecycle.handle = open_repo(settings, policy.repository)      # the report lives beside the policy's
+        repo = playbook.repository_for(policy)                            # `from:` drills one of its copies
+        handle = lifecycle.handle if repo == policy.repository else open_repo(settings, repo)
+        report.extra["repository"] = repo
         emit(DrillStarted(report.id, playbook.name, policy.name))
         try:
             _drill(settings, playbook, policy, handle, report, emit, keep=keep, cancel=cancel, host=host)

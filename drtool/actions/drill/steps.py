@@ -1,7 +1,7 @@
 """Running one drill step: its function, timing, timeout and status.
 
 Each step kind is one function `(ctx, step) -> Outcome` in its own module (restore,
-verify, checks: sql/command/http, kit). A function raises `StepFailed` for a check
+verify, checks: sql/command/http, kit, immutability: the attack drill). A function raises `StepFailed` for a check
 that did not hold and any DrtoolError for something that went wrong; `run_step`
 times the call, applies the step's timeout and turns all of it into a StepResult.
 Every kind has one code path, whether the step acts here or on a host: the context
@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 from drtool.actions.drill.checks import command, http, sql
 from drtool.actions.drill.context import DrillContext
+from drtool.actions.drill.immutability_step import immutability
 from drtool.actions.drill.kit_step import kit
 from drtool.actions.drill.model import Outcome, StepFailed, StepResult
 from drtool.actions.drill.restore_step import restore
@@ -32,6 +33,7 @@ __all__ = ["STEP_FUNCTIONS", "Outcome", "StepFailed", "run_step"]
 
 STEP_FUNCTIONS: dict[str, Callable[[DrillContext, Step], Outcome]] = {
     "restore": restore, "verify": verify, "sql": sql, "command": command, "http": http, "kit": kit,
+    "immutability": immutability,
 }
 
 
