@@ -34,11 +34,10 @@ from typing import Any
 
 from drtool.actions.kit_open import KitKey
 from drtool.actions.sandbox import Sandbox, fire_sandbox, run_recover, run_runbook
-from drtool.catalog import new_run_id, utcnow
+from drtool.catalog import utcnow
 from drtool.config.loader import Settings
 from drtool.config.models import Playbook, Policy
 from drtool.actions.drill.model import DrillReport, StepResult, skipped_after
-from drtool.actions.lifecycle import RunLifecycle
 from drtool.errors import DrtoolError, UsageError
 from drtool.execute import LocalRunner
 from drtool.events import DrillDone, DrillStarted, EventFn, StepStarted, Teardown, ignore, step_done
@@ -72,20 +71,14 @@ def run_fire_drill(settings: Settings, playbook: Playbook, *, trigger: str = "ma
                    on_event: EventFn | None = None, cancel: threading.Event | None = None,
                    host: str | None = None) -> DrillReport:
     from drtool.actions.common import open_repo
-    from drtool.actions.drill.run import conclude_drill, effective_targets
+    from drtool.actions.drill.run import conclude_drill, drill_run
 
     emit = on_event or ignore
     spec = playbook.from_nothing
     assert spec is not None
     policy = settings.policy(playbook.policy)
-    targets = effective_targets(playbook, policy)
-    drill_id = new_run_id("drill")
-    report = DrillReport(drill_id, playbook.name, policy.name, utcnow(), trigger=trigger,
-                         playbook_path=playbook.path, rto_target_s=targets.rto, rpo_target_s=targets.rpo)
     # Recorded like any drill (local catalog, signed offsite as drills/<id>.json, alerts, metrics).
-    lifecycle = RunLifecycle(settings, "drill", policy.name, trigger=trigger, emit=emit, run_id=drill_id,
-                             playbook=playbook.name, offsite_path=f"drills/{drill_id}.json",
-                             offsite_body=lambda _run: report.to_dict())
+    report, lifecycle = drill_run(settings, playbook, policy, trigger=trigger, emit=emit)
     with lifecycle:
         report.started_at = lifecycle.record.started_at
         lifecycle.handle = open_repo(settings, policy.repository)

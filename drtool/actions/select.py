@@ -87,30 +87,41 @@ def _files_set(source: str, snap: Snapshot) -> SnapshotSet:
 
 def choose(sets: list[SnapshotSet], selector: Any, *, now: datetime | None = None,
            rng: random.Random | None = None) -> SnapshotSet:
-    """Pure choice among complete sets (oldest first)."""
+    """Pure choice among complete sets (oldest first): latest, a run or snapshot id, the newest
+    before a time, or a random one within a window (a playbook's `snapshot:`)."""
     if not sets:
         raise DrtoolError("no complete backup of this source exists in the repository",
                           hint="run `drtool backup POLICY` first")
-    now = now or datetime.now(timezone.utc)
     if selector in (None, "latest"):
         return sets[-1]
     if isinstance(selector, str):
-        for s in sets:
-            ids = {s.run_id} | {snap.id for snap in ([s.files] if s.files else s.streams.values())}
-            if any(i.startswith(selector) for i in ids) and len(selector) >= 6 or selector == s.run_id:
-                return s
-        raise UsageError(f"no complete snapshot set matches {selector!r}",
-                         hint="list them with `drtool snapshots POLICY`")
-    before = getattr(selector, "before", None)
-    if before is not None:
-        eligible = [s for s in sets if s.time < before]
-        if not eligible:
-            raise DrtoolError(f"no backup was taken before {before.isoformat()}")
-        return eligible[-1]
-    within = getattr(selector, "random_within", None)
-    if within is not None:
-        eligible = [s for s in sets if s.time >= now - timedelta(seconds=within)]
-        if not eligible:
-            raise DrtoolError(f"no backup within the last {within:.0f}s to choose from")
-        return (rng or random.Random()).choice(eligible)
+        return _by_id(sets, selector)
+    if getattr(selector, "before", None) is not None:
+        return _before(sets, selector.before)
+    if getattr(selector, "random_within", None) is not None:
+        return _random_within(sets, selector.random_within, now or datetime.now(timezone.utc), rng)
     raise UsageError(f"unknown snapshot selector {selector!r}")
+
+
+def _by_id(sets: list[SnapshotSet], wanted: str) -> SnapshotSet:
+    """A run id, or a prefix (6 characters at least) of one of the set's snapshot ids."""
+    for s in sets:
+        ids = {s.run_id} | {snap.id for snap in ([s.files] if s.files else s.streams.values())}
+        if wanted == s.run_id or (len(wanted) >= 6 and any(i.startswith(wanted) for i in ids)):
+            return s
+    raise UsageError(f"no complete snapshot set matches {wanted!r}", hint="list them with `drtool snapshots POLICY`")
+
+
+def _before(sets: list[SnapshotSet], before: datetime) -> SnapshotSet:
+    eligible = [s for s in sets if s.time < before]
+    if not eligible:
+        raise DrtoolError(f"no backup was taken before {before.isoformat()}")
+    return eligible[-1]
+
+
+def _random_within(sets: list[SnapshotSet], within: float, now: datetime,
+                   rng: random.Random | None) -> SnapshotSet:
+    eligible = [s for s in sets if s.time >= now - timedelta(seconds=within)]
+    if not eligible:
+        raise DrtoolError(f"no backup within the last {within:.0f}s to choose from")
+    return (rng or random.Random()).choice(eligible)

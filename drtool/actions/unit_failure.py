@@ -90,29 +90,8 @@ def _subject(settings, failed: FailedUnit) -> tuple[str | None, str | None]:  # 
 ALREADY_REPORTED_WITHIN_S = 600.0
 
 
-def _already_reported(settings, failed: FailedUnit) -> str | None:  # noqa: ANN001
-    """The id of the job's last run if it failed moments ago and its failure alert was delivered."""
-    if failed.kind == "daemon":
-        return None
-    from drtool.catalog import Catalog, utcnow
-
-    policy, playbook = _subject(settings, failed)
-    try:
-        runs = Catalog(settings.state_dir).runs(policy=policy, kind=failed.kind, limit=10)
-    except Exception:  # noqa: BLE001 - a broken catalog must not stop the alert
-        return None
-    for run in runs:
-        if playbook and run.details.get("playbook") not in (None, playbook):
-            continue
-        recent = run.finished_at is not None and (utcnow() - run.finished_at).total_seconds() < ALREADY_REPORTED_WITHIN_S
-        delivered = any(d.get("ok") and d.get("event", "").endswith(("_failed", "_cancelled"))
-                        for d in run.details.get("notifications", []))
-        return run.id if run.status != "success" and recent and delivered else None
-    return None
-
-
-def _last_error(settings, failed: FailedUnit) -> str | None:  # noqa: ANN001
-    """The first line of the job's last recorded error, if its last run failed."""
+def _last_run(settings, failed: FailedUnit):  # noqa: ANN001, ANN202 - RunRecord | None
+    """The job's newest recorded run (None for the daemon, or when the catalog cannot be read)."""
     if failed.kind == "daemon":
         return None
     from drtool.catalog import Catalog
@@ -122,10 +101,25 @@ def _last_error(settings, failed: FailedUnit) -> str | None:  # noqa: ANN001
         runs = Catalog(settings.state_dir).runs(policy=policy, kind=failed.kind, limit=10)
     except Exception:  # noqa: BLE001 - a broken catalog must not stop the alert
         return None
-    for run in runs:
-        if playbook and run.details.get("playbook") not in (None, playbook):
-            continue
-        if run.status != "success" and run.error:
-            return run.error.splitlines()[0]
+    return next((r for r in runs if not playbook or r.details.get("playbook") in (None, playbook)), None)
+
+
+def _already_reported(settings, failed: FailedUnit) -> str | None:  # noqa: ANN001
+    """The id of the job's last run if it failed moments ago and its failure alert was delivered."""
+    from drtool.catalog import utcnow
+
+    run = _last_run(settings, failed)
+    if run is None or run.status == "success" or run.finished_at is None:
         return None
+    recent = (utcnow() - run.finished_at).total_seconds() < ALREADY_REPORTED_WITHIN_S
+    delivered = any(d.get("ok") and d.get("event", "").endswith(("_failed", "_cancelled"))
+                    for d in run.details.get("notifications", []))
+    return run.id if recent and delivered else None
+
+
+def _last_error(settings, failed: FailedUnit) -> str | None:  # noqa: ANN001
+    """The first line of the job's last recorded error, if its last run failed."""
+    run = _last_run(settings, failed)
+    if run is not None and run.status != "success" and run.error:
+        return run.error.splitlines()[0]
     return None

@@ -194,47 +194,38 @@ class Retention(Model):
     within: Duration | None = None
 
 
-class PostgresSource(Model):
+class DatabaseSpec(Model):
+    """What PostgreSQL and MariaDB sources share: one database or several, content hashes."""
     database: str | None = None
     databases: list[str] | None = None
+    content_hash: bool = True              # hash every table's rows into the fingerprint (bench/README.md)
+
+    @model_validator(mode="after")
+    def _one_db_field(self) -> "DatabaseSpec":
+        if (self.database is None) == (self.databases is None):
+            raise ValueError("give exactly one of database: NAME or databases: [NAMES]")
+        return self
+
+    @property
+    def database_names(self) -> list[str]:
+        return [self.database] if self.database else list(self.databases or [])
+
+
+class PostgresSource(DatabaseSpec):
     host: str = "127.0.0.1"
     port: int = Field(5432, ge=1, le=65535)
     user: str = "postgres"
     password: SecretRef | None = None
     globals: bool = True                   # pg_dumpall --globals-only as its own stream
     bin_dir: str | None = None             # where pg_dump lives, if not on PATH
-    content_hash: bool = True              # hash every table's rows into the fingerprint (bench/README.md)
-
-    @model_validator(mode="after")
-    def _one_db_field(self) -> "PostgresSource":
-        if (self.database is None) == (self.databases is None):
-            raise ValueError("give exactly one of database: NAME or databases: [NAMES]")
-        return self
-
-    @property
-    def database_names(self) -> list[str]:
-        return [self.database] if self.database else list(self.databases or [])
 
 
-class MariadbSource(Model):
-    database: str | None = None
-    databases: list[str] | None = None
+class MariadbSource(DatabaseSpec):
     host: str | None = "127.0.0.1"
     port: int = Field(3306, ge=1, le=65535)
     socket: str | None = None
     user: str = "root"
     password: SecretRef | None = None
-    content_hash: bool = True              # hash every table's rows into the fingerprint (bench/README.md)
-
-    @model_validator(mode="after")
-    def _one_db_field(self) -> "MariadbSource":
-        if (self.database is None) == (self.databases is None):
-            raise ValueError("give exactly one of database: NAME or databases: [NAMES]")
-        return self
-
-    @property
-    def database_names(self) -> list[str]:
-        return [self.database] if self.database else list(self.databases or [])
 
 
 class SqliteSource(Model):

@@ -18,6 +18,7 @@ from typing import Any
 
 from drtool import __version__
 from drtool.config.durations import format_duration
+from drtool.report.units import human_bytes
 
 
 @lru_cache(maxsize=1)
@@ -39,17 +40,6 @@ def render(template: str, **context: Any) -> str:
 
 def _duration(seconds: float | None) -> str:
     return format_duration(seconds)
-
-
-def human_bytes(n: float | None) -> str:
-    if n is None:
-        return "-"
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(value) < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} TiB"
 
 
 def _when(value: Any) -> str:

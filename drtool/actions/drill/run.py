@@ -45,13 +45,7 @@ def run_drill(settings: Settings, playbook: Playbook, *, keep: bool = False, tri
         return run_fire_drill(settings, playbook, trigger=trigger, on_event=on_event, cancel=cancel, host=host)
     emit = on_event or ignore
     policy = settings.policy(playbook.policy)
-    targets = effective_targets(playbook, policy)
-    drill_id = new_run_id("drill")
-    report = DrillReport(drill_id, playbook.name, policy.name, utcnow(), trigger=trigger,
-                         playbook_path=playbook.path, rto_target_s=targets.rto, rpo_target_s=targets.rpo)
-    lifecycle = RunLifecycle(settings, "drill", policy.name, trigger=trigger, emit=emit, run_id=drill_id,
-                             playbook=playbook.name, offsite_path=f"drills/{drill_id}.json",
-                             offsite_body=lambda _run: report.to_dict())
+    report, lifecycle = drill_run(settings, playbook, policy, trigger=trigger, emit=emit)
     with lifecycle:
         report.started_at = lifecycle.record.started_at
         lifecycle.handle = open_repo(settings, policy.repository)      # the report lives beside the policy's
@@ -69,6 +63,20 @@ def run_drill(settings: Settings, playbook: Playbook, *, keep: bool = False, tri
     report.record = lifecycle.record
     emit(DrillDone(report.id, report.passed))
     return report
+
+
+def drill_run(settings: Settings, playbook: Playbook, policy: Policy, *, trigger: str,
+              emit: EventFn) -> tuple[DrillReport, RunLifecycle]:
+    """A drill's report and the run lifecycle that records it (catalog, signed drills/<id>.json
+    offsite, alerts, metrics): the same for every kind of drill, fire drills included."""
+    targets = effective_targets(playbook, policy)
+    drill_id = new_run_id("drill")
+    report = DrillReport(drill_id, playbook.name, policy.name, utcnow(), trigger=trigger,
+                         playbook_path=playbook.path, rto_target_s=targets.rto, rpo_target_s=targets.rpo)
+    lifecycle = RunLifecycle(settings, "drill", policy.name, trigger=trigger, emit=emit, run_id=drill_id,
+                             playbook=playbook.name, offsite_path=f"drills/{drill_id}.json",
+                             offsite_body=lambda _run: report.to_dict())
+    return report, lifecycle
 
 
 def _drill(settings: Settings, playbook: Playbook, policy: Policy, handle: RepoHandle, report: DrillReport,

@@ -120,19 +120,28 @@ def _add_dependents(entries: Sequence[TocEntry], by_id: dict[int, TocEntry], kep
     for e in entries:
         if e.id in kept or e.desc in NEVER:
             continue
-        sequence_value = e.desc == "SEQUENCE SET" and any(by_id.get(d, e).desc == "SEQUENCE" and d in kept
-                                                          for d in e.deps)
-        owned_by = [d for d in e.deps if d in owners]
-        if e.desc == "TABLE":   # partitions and children only through a table, never via a shared sequence
-            owned_by = [d for d in owned_by if by_id[d].desc == "TABLE"]
+        owned_by, sequence_value = _ties(e, by_id, kept, owners)
         if not owned_by and not sequence_value:
             continue
-        if any(d in by_id and d not in kept and by_id[d].desc in TABLE_LIKE | {"TABLE DATA"} for d in e.deps):
+        if _needs_a_table_left_out(e, by_id, kept):
             skipped.add(e.id)         # e.g. a foreign key to a table that is not restored
             continue
         kept[e.id] = "dependent" if owned_by else "prerequisite"
         changed = True
     return changed
+
+
+def _ties(e: TocEntry, by_id: dict[int, TocEntry], kept: dict[int, str], owners: set[int]) -> tuple[list[int], bool]:
+    """(kept tables/objects that own `e`, whether `e` sets the value of a kept sequence)."""
+    sequence_value = e.desc == "SEQUENCE SET" and any(by_id.get(d, e).desc == "SEQUENCE" and d in kept for d in e.deps)
+    owned_by = [d for d in e.deps if d in owners]
+    if e.desc == "TABLE":   # partitions and children only through a table, never via a shared sequence
+        owned_by = [d for d in owned_by if by_id[d].desc == "TABLE"]
+    return owned_by, sequence_value
+
+
+def _needs_a_table_left_out(e: TocEntry, by_id: dict[int, TocEntry], kept: dict[int, str]) -> bool:
+    return any(d in by_id and d not in kept and by_id[d].desc in TABLE_LIKE | {"TABLE DATA"} for d in e.deps)
 
 
 def _add_prerequisites(by_id: dict[int, TocEntry], kept: dict[int, str]) -> bool:
