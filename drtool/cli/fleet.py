@@ -90,5 +90,77 @@ def letters(rule: dict | None) -> str:
                     for key, label in (("3", "3"), ("2", "2"), ("1o", "1"), ("1i", "1"), ("0", "0")))
 
 
+# ---------------------------------------------------------------- the drill pool
+
+@click.group()
+def pool() -> None:
+    """The drill pool: a central site runs many sites' fire drills from one PostgreSQL queue."""
+
+
+@pool.command()
+@click.argument("names", nargs=-1, metavar="[SITE | SITE/DRILL]...")
+@click.option("--fleet", "fleet_file", metavar="FILE", help=FLEET_HELP)
+@click.option("--json", "as_json", is_flag=True)
+def enqueue(names: tuple[str, ...], fleet_file: str | None, as_json: bool) -> None:
+    """Queue the fleet's due fire drills (those named: now, due or not)."""
+    from drtool.actions.pool.enqueue import enqueue as do_enqueue
+    from drtool.cli.render import emit_json
+    from drtool.config.fleet import load_fleet
+
+    done = do_enqueue(load_fleet(fleet_file), list(names) or None)
+    if as_json:
+        emit_json([d.to_dict() for d in done])
+        return
+    for item in done:
+        if item.outcome != "not-due" or names:
+            click.echo(f"{item.site}/{item.drill}: {item.outcome}" + (f" (job {item.job_id})" if item.job_id else ""))
+    click.echo(f"{sum(d.outcome == 'queued' for d in done)} drill(s) queued", err=True)
+
+
+@pool.command()
+@click.option("--fleet", "fleet_file", metavar="FILE", help=FLEET_HELP)
+@click.option("--until-empty", is_flag=True, help="Exit once the queue is empty (a Kubernetes Job); "
+              "default: wait for new jobs until SIGTERM.")
+@click.pass_context
+def worker(ctx: click.Context, fleet_file: str | None, until_empty: bool) -> None:
+    """Run queued fire drills one at a time (each in its own sandbox, with only its site's kit)."""
+    from drtool.actions.pool.worker import run_worker
+    from drtool.config.fleet import load_fleet
+
+    ctx.exit(run_worker(load_fleet(fleet_file), until_empty=until_empty))
+
+
+@pool.command("status")
+@click.option("--fleet", "fleet_file", metavar="FILE", help=FLEET_HELP)
+@click.option("--json", "as_json", is_flag=True)
+def pool_status(fleet_file: str | None, as_json: bool) -> None:
+    """Jobs in the queue by state, and the latest results of the central catalog."""
+    from drtool.actions.pool.report import pool_report
+    from drtool.cli.render import emit_json, print_table
+    from drtool.config.fleet import load_fleet
+
+    report = pool_report(load_fleet(fleet_file))
+    if as_json:
+        emit_json(report)
+        return
+    click.echo("queue: " + (", ".join(f"{n} {s}" for s, n in sorted(report["jobs"].items())) or "empty"))
+    print_table(["finished (UTC)", "site", "drill", "attempt", "result", "RTO achieved", "RTO", "in bucket", "error"],
+                [[(r["finished_at"] or "")[:19].replace("T", " "), r["site"], r["drill"], r["attempt"], r["status"],
+                  _fmt(r["rto_achieved_s"]), _fmt(r["rto_target_s"]),
+                  {True: "yes", False: "NO", None: "-"}[r["offsite_record"]], (r["error"] or "")[:120]]
+                 for r in report["results"]])
+
+
+@pool.command("key")
+@click.option("--fleet", "fleet_file", metavar="FILE", help=FLEET_HELP)
+def pool_key(fleet_file: str | None) -> None:
+    """Print the public key the pool signs drill reports with (for `trusted_keys:` in the fleet file)."""
+    from drtool.actions.pool.site_drill import pool_public_key
+    from drtool.config.fleet import load_fleet
+
+    click.echo(pool_public_key(load_fleet(fleet_file)))
+
+
 def register(group: click.Group) -> None:
     group.add_command(fleet)
+    group.add_command(pool)
