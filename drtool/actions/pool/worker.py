@@ -153,6 +153,7 @@ def clean_dead_leases(fleet: Fleet) -> list[central.Lease]:
             if not central.drop_lease(conn, lease.job_id, lease.attempt):
                 continue                                   # another worker here got to it first
             stopped = teardown(Path(lease.scratch))
+            _record_interrupted(fleet, lease.job_id, lease.attempt, lease)
             log.warning("cleaned up after a dead worker (pid %s): drill %s/%s, job %s attempt %s, %d server(s) "
                         "stopped, %s removed", lease.pid, lease.site, lease.drill, lease.job_id, lease.attempt,
                         stopped, lease.scratch)
@@ -175,7 +176,7 @@ async def retry_stalled(app: Any, fleet: Fleet) -> list[int]:
         found = await asyncio.to_thread(_lease_of, fleet, int(job.id), attempt)
         if found is not None and found.host == socket.gethostname() and is_alive(found.identity):
             continue                                        # slow heartbeat, live process: not stalled
-        await asyncio.to_thread(_record_interrupted, fleet, job, attempt, found)
+        await asyncio.to_thread(_record_interrupted, fleet, int(job.id), attempt, found, job.task_kwargs)
         try:
             if job.attempts < pool.retries:
                 await app.job_manager.retry_job(job)
@@ -194,12 +195,14 @@ def _lease_of(fleet: Fleet, job_id: int, attempt: int) -> central.Lease | None:
         return next((lease for lease in central.leases(conn, job_id=job_id) if lease.attempt == attempt), None)
 
 
-def _record_interrupted(fleet: Fleet, job: Any, attempt: int, lease: central.Lease | None) -> None:
-    kwargs = job.task_kwargs or {}
+def _record_interrupted(fleet: Fleet, job_id: int, attempt: int, lease: central.Lease | None,
+                        kwargs: dict[str, Any] | None = None) -> None:
+    """The dead attempt, in the central catalog (once: whoever notices first, the cleaner or the reaper)."""
+    kwargs = kwargs or {}
     with connect(fleet.pool.database) as conn:            # type: ignore[union-attr]
         central.record_result(conn, {
-            "job_id": int(job.id), "attempt": attempt, "site": kwargs.get("site", "?"),
-            "drill": kwargs.get("drill", "?"), "drill_id": lease.drill_id if lease else None,
+            "job_id": job_id, "attempt": attempt, "site": lease.site if lease else kwargs.get("site", "?"),
+            "drill": lease.drill if lease else kwargs.get("drill", "?"), "drill_id": lease.drill_id if lease else None,
             "status": "interrupted", "passed": False,
             "error": "the worker running this drill stopped (killed, crashed or its machine went down) "
                      "before the drill finished",
