@@ -51,6 +51,7 @@ def status(ctx: click.Context, fleet_file: str | None, sites: tuple[str, ...], a
 
 def _print_status(result) -> None:  # noqa: ANN001 - FleetStatus
     from drtool.cli.render import print_table
+    from drtool.report.fleet_page import letters
 
     table, styles = [], []
     for site in result.sites:
@@ -79,15 +80,6 @@ def _print_status(result) -> None:  # noqa: ANN001 - FleetStatus
 
 def _empty_row(site: dict) -> dict:
     return {"policy": None, "problems": []}
-
-
-def letters(rule: dict | None) -> str:
-    """'3 2 1 1 0' with a '-' for each letter not met, or '?' when the site does not say."""
-    if not rule:
-        return "?"
-    marks = rule.get("letters") or {}
-    return " ".join(label if marks.get(key) else ("?" if marks.get(key) is None else "-")
-                    for key, label in (("3", "3"), ("2", "2"), ("1o", "1"), ("1i", "1"), ("0", "0")))
 
 
 # ---------------------------------------------------------------- the drill pool

@@ -164,3 +164,18 @@ def test_bad_fleet_file_is_a_usage_error_with_its_position(fleet, tmp_path):
     path.write_text("sites:\n  - name: x\n    repository: /srv/repo\n    signing_key: abc\n")
     code, _, text = run_fleet(fleet, path)
     assert code == 2 and f"{path}:3" in text and "s3:http" in text and f"{path}:4" in text
+
+
+def test_fleet_page_shows_every_site_offline_in_a_browser(fleet, tmp_path):
+    from tests.support.browser import open_page, outside_requests
+
+    path = fleet_file(fleet)
+    page_file = tmp_path / "fleet.html"
+    code, _, text = run_fleet(fleet, path, "--html", str(page_file))
+    assert code == 1 and page_file.is_file(), text
+    page = open_page(page_file, tmp_path / "shots" / "fleet.png")
+    assert page.console == [], page.console
+    assert outside_requests(page.page_requests) == [] and page.page_requests == []
+    assert 'data-site="palembang" data-policy="docs" data-verdict="ok"' in page.dom
+    assert 'data-site="jambi" data-policy="docs" data-verdict="rpo-breach"' in page.dom
+    assert 'data-breached="2"' in page.dom

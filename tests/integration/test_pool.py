@@ -151,7 +151,7 @@ def _wait(predicate, timeout: float, what: str):  # noqa: ANN001, ANN202
 def test_pool_runs_each_drill_once_and_survives_a_killed_worker(sites, central_pg):
     import psycopg
 
-    scratch = Path(tempfile.mkdtemp(prefix="drtool-pool-test-"))
+    scratch = Path(tempfile.mkdtemp(prefix="dpool-"))
     scratch.chmod(0o711)          # the postgres OS user walks into the recovered server's directory
     fleet = _fleet_file(sites, central_pg, scratch)
     log = sites["root"] / "workers.log"
@@ -231,3 +231,20 @@ def test_pool_runs_each_drill_once_and_survives_a_killed_worker(sites, central_p
     for site in view["sites"]:
         assert site["invalid_records"] == [] and site["policies"][0]["last_drill"]["passed"], site
         assert site["policies"][0]["last_drill"]["trigger"] == "pool"
+
+
+def test_the_daemon_hook_queues_due_fleet_drills_once(sites, central_pg, tmp_path):
+    from drtool.actions.daemon import Daemon
+    from drtool.config import load_settings
+
+    fleet = _fleet_file(sites, central_pg, tmp_path / "scratch")
+    doc = yaml.safe_load(fleet.read_text())
+    doc["sites"][0]["drills"][0]["schedule"] = "0 3 1 * *"      # monthly: due now (never run)
+    doc["pool"]["queue"] = f"hook-{uuid.uuid4().hex[:6]}"          # a queue of its own: no worker takes it
+    fleet.write_text(yaml.safe_dump(doc))
+    config = tmp_path / "drtool.yaml"
+    config.write_text(yaml.safe_dump({"state_dir": str(tmp_path / "state"), "fleet": str(fleet),
+                                      "repositories": {"r": {"url": "/srv/none", "password": {"env": "X"}}}}))
+    daemon = Daemon(load_settings(str(config)))
+    assert daemon.enqueue_pool_drills() == [f"{doc['sites'][0]['name']}/fire-1"]
+    assert daemon.enqueue_pool_drills() == []        # already queued: procrastinate's queueing lock

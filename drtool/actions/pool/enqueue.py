@@ -90,3 +90,22 @@ def enqueue(fleet: Fleet, names: list[str] | None = None, *, now: datetime | Non
                 continue
             out.append(Enqueued(site, drill.name, "queued", job_id))
     return out
+
+
+def enqueue_for_settings(settings: Any) -> list[str]:
+    """The daemon's hook: drtool.yaml's `fleet:` file, if it has a `pool:`, gets its due drills queued.
+    Returns SITE/DRILL of each drill queued now."""
+    import logging
+
+    from drtool.config.fleet import load_fleet
+    from drtool.config.models import beside
+
+    if not settings.config.fleet:
+        return []
+    fleet = load_fleet(str(beside(settings.path, settings.config.fleet, "fleet.yaml")))
+    if fleet.pool is None:
+        return []
+    queued = [f"{e.site}/{e.drill}" for e in enqueue(fleet) if e.outcome == "queued"]
+    if queued:
+        logging.getLogger(__name__).info("queued %d due pool drill(s): %s", len(queued), ", ".join(queued))
+    return queued

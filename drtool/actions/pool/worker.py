@@ -85,7 +85,7 @@ def run_job(fleet: Fleet, site_name: str, drill_name: str, *, job_id: int, attem
     attempt = attempts + 1
     me = process_identity()
     drill_id = new_run_id("drill")
-    job_dir = fleet.scratch_path / f"job-{job_id}-{attempt}"
+    job_dir = fleet.scratch_path / f"j{job_id}-{attempt}"      # short: socket paths below it have 107 bytes
     lease = central.Lease(job_id, attempt, site_name, drill_name, drill_id, me["host"], me["pid"], me["start"],
                           str(job_dir))
     started = utcnow()
