@@ -75,7 +75,7 @@ def make_sites(data_dir: Path, s3, n: int, root: Path) -> Path:  # noqa: ANN001 
     sites = []
     for i in range(n):
         key = Ed25519PrivateKey.generate()
-        bucket = f"office-{i:04d}"
+        bucket = f"office-{n}-{i:04d}"          # buckets of their own per fleet size
         folder = data_dir / bucket / "siak.drtool"
         for rel, record in _records(i, now):
             path = folder / rel
@@ -107,7 +107,7 @@ c = boto3.session.Session().client("s3", endpoint_url=endpoint, aws_access_key_i
                                    region_name="us-east-1", config=Config(s3={"addressing_style": "path"},
                                                                           max_pool_connections=16))
 def site(i):
-    b = f"office-{i:04d}"
+    b = f"office-{n}-{i:04d}"
     keys = [o["Key"] for p in ("siak.drtool/runs/", "siak.drtool/drills/")
             for o in c.list_objects_v2(Bucket=b, Prefix=p).get("Contents", [])]
     return sum(len(c.get_object(Bucket=b, Key=k)["Body"].read()) for k in keys)

@@ -63,9 +63,10 @@ class RecordStore(S3Store):
                 "s3", endpoint_url=self.location.endpoint_url, config=config, region_name=self.region,
                 aws_access_key_id=access.reveal(), aws_secret_access_key=secret.reveal())
 
-    def list_entries(self, relprefix: str) -> list[CatalogEntry]:
-        """Every JSON object under the catalog folder `relprefix`, sorted by path."""
-        prefix = self.catalog_key(relprefix.strip("/")) + "/"
+    def list_entries(self, relprefix: str = "") -> list[CatalogEntry]:
+        """Every JSON object under the catalog folder `relprefix` (default: the whole catalog), sorted by path."""
+        rel = relprefix.strip("/")
+        prefix = self.catalog_key(rel) + "/" if rel else self.location.catalog_prefix
         found: list[CatalogEntry] = []
         token: str | None = None
         while True:

@@ -87,7 +87,8 @@ def read_site(fleet: Fleet, site: Site, cache_dir: Path | None) -> SiteRead:
     out = SiteRead(site.name)
     try:
         store = site_store(site)
-        entries = [e for folder in FOLDERS for e in store.list_entries(folder)]
+        # One listing of the whole catalog (runs/ and drills/ together): one request per 1,000 objects.
+        entries = [e for e in store.list_entries() if e.path.split("/", 1)[0] in FOLDERS]
     except DrtoolError as exc:
         out.error = exc.message.splitlines()[0][:300]
         out.records = [r for r in (cache.get(_entry(p, e)) for p, e in cache.entries.items()) if r is not None]
