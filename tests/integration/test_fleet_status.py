@@ -179,3 +179,21 @@ def test_fleet_page_shows_every_site_offline_in_a_browser(fleet, tmp_path):
     assert 'data-site="palembang" data-policy="docs" data-verdict="ok"' in page.dom
     assert 'data-site="jambi" data-policy="docs" data-verdict="rpo-breach"' in page.dom
     assert 'data-breached="2"' in page.dom
+
+
+def test_dashboard_of_a_central_site_has_the_fleet_page(fleet, tmp_path):
+    path = fleet_file(fleet)
+    config = tmp_path / "drtool.yaml"
+    (tmp_path / "policies").mkdir()
+    config.write_text(yaml.safe_dump({"state_dir": str(tmp_path / "state"), "fleet": str(path),
+                                      "repositories": {"r": {"url": "/srv/none", "password": {"env": "UNUSED"}}}}))
+    env = next(iter(fleet["sites"].values()))
+    env.env.update({"FLEET_S3_KEY": fleet["s3"].access_key, "FLEET_S3_SECRET": fleet["s3"].secret_key})
+    from drtool.cli import main
+
+    with env._environ():
+        code = main(["-c", str(config), "dashboard", "--out", str(tmp_path / "www")])
+    assert code == 0
+    index = (tmp_path / "www" / "index.html").read_text()
+    assert 'href="fleet.html"' in index and 'data-fleet="2"' in index
+    assert 'data-site="jambi"' in (tmp_path / "www" / "fleet.html").read_text()
