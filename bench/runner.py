@@ -341,7 +341,7 @@ def to_json(obj):
 
 # ------------------------------------------------------------------ main
 
-SECTIONS = ("pgbackup", "files", "startup", "pgrestore", "scheduler", "recover", "fingerprint", "locks")
+SECTIONS = ("pgbackup", "files", "startup", "pgrestore", "scheduler", "recover", "fingerprint", "locks", "fleet")
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -356,6 +356,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--restore-mb", type=int, help="database size for pgrestore in MB (default 300; quick 40)")
     ap.add_argument("--recover-mb", type=int, help="database size for recover in MB (default 300; quick 40)")
     ap.add_argument("--policies", type=int, default=1000, help="policies for the scheduler scale run")
+    ap.add_argument("--fleet-sites", default="100,500",
+                    help="simulated sites for the fleet section, a comma list (default 100,500; quick 20)")
     ap.add_argument("--idle-seconds", type=float, default=20.0, help="idle CPU window of the real daemon")
     ap.add_argument("--no-jobs-scaling", action="store_true", help="skip the pgrestore -j 1 vs -j 2 runs")
     ap.add_argument("--lock-objects", default="", help="repository sizes for the locks section, e.g. 1000,10000 "
@@ -450,6 +452,11 @@ def main(argv: list[str] | None = None) -> int:
         if "locks" in ns.only:
             from bench.locks import bench_locks
             res["locks"] = bench_locks(root, ns.lock_objects)
+        if "fleet" in ns.only:
+            from bench.fleet import bench_fleet
+            sizes = [20] if ns.quick and ns.fleet_sites == "100,500" else [int(x) for x in ns.fleet_sites.split(",")]
+            log(f"fleet status: {', '.join(map(str, sizes))} simulated sites")
+            res["fleet"] = bench_fleet(root, sizes)
     finally:
         s3.stop()
         if not ns.keep:
@@ -467,7 +474,9 @@ def main(argv: list[str] | None = None) -> int:
     from bench.extra import report_lines
     from bench.locks import report_lines as lock_lines
     from bench.recover import report_lines as recover_lines
-    more = report_lines(res) + recover_lines(res) + fingerprint.report_lines(res) + lock_lines(res)
+    from bench.fleet import report_lines as fleet_lines
+    more = report_lines(res) + recover_lines(res) + fingerprint.report_lines(res) + lock_lines(res) + (
+        fleet_lines(res["fleet"]) if "fleet" in res else [])
     if more:
         print("\n".join(more))
         table += "\n" + "\n".join(more)

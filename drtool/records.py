@@ -51,3 +51,24 @@ def check_signature(data: dict[str, Any], expected_key: str | None, origin: Orig
     detail = (f"signed by this installation's key {signer}" if expected_key
               else f"intact, signed by key {signer} (no local key to compare: check it against the recovery kit)")
     return HistoryRecord(data, origin, "valid", detail)
+
+
+def check_signature_by(data: dict[str, Any], keys: dict[str, str], origin: Origin = "offsite") -> HistoryRecord:
+    """The record with its signature check against a set of trusted signers, `keys`: public key ->
+    who it is ("the site's key", "the drill pool's key"). Intact but signed by anyone else is invalid:
+    whoever can write to a bucket can sign with a key of their own."""
+    from drtool.crypto.signing import SignatureInvalid, key_fingerprint, verify_record
+
+    block = data.get("signature")
+    if block is None:
+        return HistoryRecord(data, origin, "unsigned", "the record is not signed")
+    try:
+        verify_record(data, None)
+    except SignatureInvalid as exc:
+        return HistoryRecord(data, origin, "invalid", exc.message)
+    signer = block["public_key"]
+    if signer not in keys:
+        return HistoryRecord(data, origin, "invalid",
+                             f"intact, but signed by key {key_fingerprint(signer)}, which is neither the site's "
+                             "key nor a trusted key of the fleet file")
+    return HistoryRecord(data, origin, "valid", f"signed by {keys[signer]} {key_fingerprint(signer)}")

@@ -92,6 +92,8 @@ def backup_policy(settings: Settings, policy: Policy, *, dry_run: bool = False, 
 def _run(settings: Settings, policy: Policy, handle: RepoHandle, lc: RunLifecycle, emit: EventFn,
          cancel: threading.Event | None) -> None:
     run = lc.record
+    # The targets travel with the signed record: a fleet view reading the bucket has no policy file.
+    run.details["targets"] = {"rpo_s": policy.targets.rpo, "rto_s": policy.targets.rto}
     _warm_up_offsite(handle)
     _reach_host(settings, policy)
     run.details["preflight"] = preflight_once(handle, on_event=emit)

@@ -51,8 +51,23 @@ def build_dashboard(settings: Settings, out_dir: Path, *, offsite: OffsiteMode =
     dash = pages.Dashboard(now, restic_host(settings), policy_pages, sorted(origins))
     for page in policy_pages:
         write_text(out_dir / page.filename, render("policy.html", p=page, title=f"drtool: {page.name}"))
+    dash.fleet = _fleet_page(settings, out_dir)
     write_text(out_dir / "index.html", render("index.html", dash=dash, title="drtool dashboard"))
     return dash
+
+
+def _fleet_page(settings: Settings, out_dir: Path) -> dict | None:
+    """fleet.html, when drtool.yaml names a fleet file (a central site); its summary for the index."""
+    if not settings.config.fleet:
+        return None
+    from drtool.actions.fleet.status import fleet_status
+    from drtool.config.fleet import load_fleet
+    from drtool.config.models import beside
+    from drtool.report.fleet_page import write_fleet_page
+
+    status = fleet_status(load_fleet(str(beside(settings.path, settings.config.fleet, "fleet.yaml"))))
+    write_fleet_page(status, out_dir / "fleet.html")
+    return status.to_dict()["summary"]
 
 
 def refresh_dashboard(settings: Settings, out_dir: Path) -> pages.Dashboard | None:

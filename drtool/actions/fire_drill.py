@@ -69,7 +69,11 @@ class FireRun:
 
 def run_fire_drill(settings: Settings, playbook: Playbook, *, trigger: str = "manual",
                    on_event: EventFn | None = None, cancel: threading.Event | None = None,
-                   host: str | None = None) -> DrillReport:
+                   host: str | None = None, handle: Any = None, sandbox_parent: Path | None = None,
+                   drill_id: str | None = None, extra: dict[str, Any] | None = None) -> DrillReport:
+    """`handle`, `sandbox_parent`, `drill_id`, `extra`: for the drill pool (drtool.actions.pool), which
+    publishes with the kit's access, keeps the sandbox in a leased directory, names the drill before
+    it starts and adds the job's attempts to the report."""
     from drtool.actions.common import open_repo
     from drtool.actions.drill.run import conclude_drill, drill_run
 
@@ -78,14 +82,15 @@ def run_fire_drill(settings: Settings, playbook: Playbook, *, trigger: str = "ma
     assert spec is not None
     policy = settings.policy(playbook.policy)
     # Recorded like any drill (local catalog, signed offsite as drills/<id>.json, alerts, metrics).
-    report, lifecycle = drill_run(settings, playbook, policy, trigger=trigger, emit=emit)
+    report, lifecycle = drill_run(settings, playbook, policy, trigger=trigger, emit=emit, drill_id=drill_id)
     with lifecycle:
         report.started_at = lifecycle.record.started_at
-        lifecycle.handle = open_repo(settings, policy.repository)
+        lifecycle.handle = handle or open_repo(settings, policy.repository)
         report.extra["from_nothing"] = {"mode": spec.mode, "kit": str(_beside(playbook, spec.kit))}
+        report.extra.update(extra or {})
         emit(DrillStarted(report.id, playbook.name, policy.name))
         try:
-            _fire(settings, playbook, policy, report, emit, host=host, cancel=cancel)
+            _fire(settings, playbook, policy, report, emit, host=host, cancel=cancel, parent=sandbox_parent)
         except DrtoolError as exc:
             report.error = f"the fire drill could not run to the end: {exc}"
         conclude_drill(lifecycle, report)
@@ -95,7 +100,7 @@ def run_fire_drill(settings: Settings, playbook: Playbook, *, trigger: str = "ma
 
 
 def _fire(settings: Settings, playbook: Playbook, policy: Policy, report: DrillReport, emit: EventFn, *,
-          host: str | None, cancel: threading.Event | None) -> None:
+          host: str | None, cancel: threading.Event | None, parent: Path | None = None) -> None:
     spec = playbook.from_nothing
     assert spec is not None
     key = KitKey(spec.passphrase.resolve().reveal() if spec.passphrase else None,
@@ -103,7 +108,7 @@ def _fire(settings: Settings, playbook: Playbook, policy: Policy, report: DrillR
     kit = _beside(playbook, spec.kit)
     if not kit.is_file():
         raise UsageError(f"the fire drill's kit {kit} does not exist", hint="fix from_nothing.kit in the playbook")
-    with fire_sandbox() as box:
+    with fire_sandbox(parent) as box:
         run = FireRun(settings, playbook, policy, box, box.take_kit(kit), key, report, emit, host, cancel)
         (_recover_in_drtool if spec.mode == "drtool" else _recover_with_runbook)(run)
         emit(Teardown(False))

@@ -74,9 +74,12 @@ class Sandbox:
 
 
 @contextlib.contextmanager
-def fire_sandbox() -> Iterator[Sandbox]:
+def fire_sandbox(parent: Path | None = None) -> Iterator[Sandbox]:
+    """`parent`: where the sandbox is made (default $TMPDIR); the drill pool keeps each job's
+    sandbox in its own leased directory, so the next worker can find what a dead one left."""
     # 0711 down to the server dirs: the postgres / mysql OS users must reach their directories.
-    root = Path(tempfile.mkdtemp(prefix="drtool-fire-drill-"))
+    # Short under a parent: a server's socket path (below servers/POLICY/SOURCE/) must stay within 107 bytes.
+    root = Path(tempfile.mkdtemp(prefix="box-" if parent else "drtool-fire-drill-", dir=parent))
     root.chmod(0o711)
     box = Sandbox(root)
     for path, mode in ((box.home, 0o700), (box.tmp, 0o1777), (box.servers, 0o711), (box.restore_root, 0o700)):

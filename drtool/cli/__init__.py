@@ -25,6 +25,7 @@ COMMAND_MODULES = [
     "drtool.cli.hosts",      # hosts check/trust
     "drtool.cli.kit",        # kit create/verify/revoke, recover, runbook, verify-report
     "drtool.cli.repo",       # repo lock-extend, repo rollback
+    "drtool.cli.fleet",      # fleet status; pool enqueue/worker/status
 ]
 
 

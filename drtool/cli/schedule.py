@@ -54,19 +54,33 @@ def show(ctx: click.Context, as_json: bool) -> None:
 @click.option("--systemd", "systemd_dir", metavar="DIR", type=click.Path(file_okay=False),
               help="Write a .service and a .timer per job, drtool-daemon.service and drtool-failure@.service into DIR.")
 @click.option("--cron", is_flag=True, help="Print a crontab.")
+@click.option("--kubernetes", "kube_dir", metavar="DIR", type=click.Path(file_okay=False),
+              help="Write Kubernetes manifests into DIR: a CronJob per job the cluster can reach, ConfigMaps, "
+                   "secrets.md (the Secrets to create, by name).")
+@click.option("--image", default="drtool:latest", show_default=True, metavar="IMAGE",
+              help="--kubernetes: the container image (drtool, restic and the database client tools).")
+@click.option("--namespace", default="drtool", show_default=True, help="--kubernetes: the namespace.")
+@click.option("--fleet", "fleet_file", metavar="FILE",
+              help="--kubernetes: also a Job of drill-pool workers and the CronJob that queues due drills.")
+@click.option("--pool-workers", type=click.IntRange(1, 64), default=2, show_default=True,
+              help="--kubernetes --fleet: worker pods the Job runs at once.")
 @click.option("--env-file", type=click.Path(dir_okay=False, path_type=Path), help=ENV_FILE_HELP)
 @click.pass_context
-def export(ctx: click.Context, systemd_dir: str | None, cron: bool, env_file: Path | None) -> None:
-    """Export the schedule for systemd or cron (instead of running `drtool daemon`)."""
+def export(ctx: click.Context, systemd_dir: str | None, cron: bool, kube_dir: str | None, image: str, namespace: str,
+           fleet_file: str | None, pool_workers: int, env_file: Path | None) -> None:
+    """Export the schedule for systemd, cron or Kubernetes (instead of running `drtool daemon`)."""
     from drtool.actions.schedule import crontab, default_env_file, env_file_instructions, env_secret_names
     from drtool.actions.systemd import export_systemd
     from drtool.config import load_settings
     from drtool.errors import UsageError
     from drtool.timezones import settings_zone
 
-    if bool(systemd_dir) == cron:
-        raise UsageError("give exactly one of --systemd DIR or --cron")
+    if sum(map(bool, (systemd_dir, cron, kube_dir))) != 1:
+        raise UsageError("give exactly one of --systemd DIR, --cron or --kubernetes DIR")
     settings = load_settings(ctx.obj["config"])
+    if kube_dir:
+        _export_kubernetes(settings, Path(kube_dir), image, namespace, fleet_file, pool_workers)
+        return
     env_file = env_file or default_env_file(settings)
     if cron:
         click.echo(crontab(settings, env_file=env_file), nl=False)
@@ -78,6 +92,21 @@ def export(ctx: click.Context, systemd_dir: str | None, cron: bool, env_file: Pa
     click.echo(f"times in {settings_zone(settings).describe()}", err=True)
     for line in env_file_instructions(env_secret_names(settings), env_file, settings.path):
         click.echo(line, err=True)
+
+
+def _export_kubernetes(settings, out_dir: Path, image: str, namespace: str, fleet_file: str | None,  # noqa: ANN001
+                       workers: int) -> None:
+    from drtool.actions.kubernetes import export_kubernetes
+    from drtool.config.fleet import load_fleet
+
+    fleet = load_fleet(fleet_file) if fleet_file else None
+    written, skipped = export_kubernetes(settings, out_dir, image=image, namespace=namespace, fleet=fleet,
+                                         workers=workers)
+    for path in written:
+        click.echo(str(path))
+    for line in skipped:
+        click.echo(f"not exported: {line}", err=True)
+    click.echo(f"create the Secrets listed in {out_dir / 'secrets.md'}, then `kubectl apply -f {out_dir}`", err=True)
 
 
 @schedule.command()

@@ -59,7 +59,7 @@ def demo(workdir: Path | None, as_json: bool) -> None:
 
 
 @click.command()
-@click.argument("kind", type=click.Choice(["config", "policy", "playbook"]))
+@click.argument("kind", type=click.Choice(["config", "policy", "playbook", "fleet"]))
 @click.option("--path", "show_path", is_flag=True, help="Print where the shipped copy is instead (for editors).")
 def schema(kind: str, show_path: bool) -> None:
     """Print the JSON Schema of drtool.yaml (config), a policy or a playbook."""

@@ -167,6 +167,7 @@ class Config(Model):
     metrics: Metrics = Metrics()
     forecast: ForecastSettings = ForecastSettings()
     dashboard: DashboardSettings = DashboardSettings()
+    fleet: str | None = None               # a fleet file (central site): dashboard fleet.html, daemon queues pool drills
 
     @field_validator("timezone")
     @classmethod

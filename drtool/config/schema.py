@@ -18,10 +18,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+from drtool.config.fleet import Fleet
 from drtool.config.models import DURATION_PATTERN, Config, Playbook, Policy
 
 KINDS = {"config": (Config, "drtool.yaml"), "policy": (Policy, "a policy (policies/NAME.yaml)"),
-         "playbook": (Playbook, "a playbook (playbooks/NAME.yaml)")}
+         "playbook": (Playbook, "a playbook (playbooks/NAME.yaml)"),
+         "fleet": (Fleet, "a fleet file (fleet.yaml: the sites a central office watches, its drill pool)")}
 SHIPPED = Path(__file__).resolve().parent.parent / "schemas"
 
 

@@ -85,6 +85,7 @@ class Dashboard:
     host: str
     policies: list[PolicyPage]
     origins: list[str]                   # "catalog", "offsite"
+    fleet: dict[str, Any] | None = None  # the fleet page's summary, when drtool.yaml names a fleet file
 
     @property
     def invalid_records(self) -> int:

@@ -126,7 +126,7 @@ def test_show_lists_next_runs_soonest_first(settings) -> None:  # noqa: ANN001
 
 def test_cli_export_needs_exactly_one_target(settings, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: ANN001
     assert main(["--config", str(settings.path), "schedule", "export"]) == 2
-    assert "exactly one of --systemd DIR or --cron" in capsys.readouterr().err
+    assert "exactly one of --systemd DIR, --cron or --kubernetes DIR" in capsys.readouterr().err
     assert main(["--config", str(settings.path), "schedule", "show"]) == 0
     assert "backup:db" in capsys.readouterr().out
 

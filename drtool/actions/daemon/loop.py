@@ -51,6 +51,7 @@ from drtool.timezones import settings_timezone, settings_zone
 log = logging.getLogger(__name__)
 
 LOCK_RETRY = timedelta(seconds=60)       # another run holds the policy lock: look again later
+POOL_ENQUEUE_SECONDS = 300               # how often a central daemon queues its fleet's due drills
 
 
 def utcnow() -> datetime:
@@ -271,6 +272,12 @@ class Daemon:
             sent.append(alert.policy)
         return sent
 
+    def enqueue_pool_drills(self) -> list[str]:
+        """drtool.yaml names a fleet file with a `pool:`: queue its due fire drills (drtool.actions.pool)."""
+        from drtool.actions.pool.enqueue import enqueue_for_settings
+
+        return enqueue_for_settings(self.settings)
+
     # ---------------------------------------------------------- metrics and pages
 
     def metrics_text(self) -> str:
@@ -353,6 +360,8 @@ class Daemon:
         scheduler = schedule.Scheduler()
         scheduler.every(self.tick_seconds).seconds.do(self._guarded, self.tick)
         scheduler.every(self.watchdog_seconds).seconds.do(self._guarded, self._watchdog_async)
+        if self.settings.config.fleet:                    # a central site: its fleet's due drills go to the pool
+            scheduler.every(POOL_ENQUEUE_SECONDS).seconds.do(self._guarded, self.enqueue_pool_drills)
         log.info("drtool daemon: %d job(s), times in %s", len(self.jobs), settings_zone(self.settings).describe())
         self._guarded(self.tick)                          # catch-up right away, not a tick later
         self._guarded(self._watchdog_async)

@@ -66,11 +66,11 @@ def run_drill(settings: Settings, playbook: Playbook, *, keep: bool = False, tri
 
 
 def drill_run(settings: Settings, playbook: Playbook, policy: Policy, *, trigger: str,
-              emit: EventFn) -> tuple[DrillReport, RunLifecycle]:
+              emit: EventFn, drill_id: str | None = None) -> tuple[DrillReport, RunLifecycle]:
     """A drill's report and the run lifecycle that records it (catalog, signed drills/<id>.json
     offsite, alerts, metrics): the same for every kind of drill, fire drills included."""
     targets = effective_targets(playbook, policy)
-    drill_id = new_run_id("drill")
+    drill_id = drill_id or new_run_id("drill")
     report = DrillReport(drill_id, playbook.name, policy.name, utcnow(), trigger=trigger,
                          playbook_path=playbook.path, rto_target_s=targets.rto, rpo_target_s=targets.rpo)
     lifecycle = RunLifecycle(settings, "drill", policy.name, trigger=trigger, emit=emit, run_id=drill_id,
