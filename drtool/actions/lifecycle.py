@@ -117,6 +117,8 @@ class RunLifecycle:
                 _quietly(f"on_failure step of {run.id}", lambda h=hook: h(run))
         self._notify(f"{run.kind}_{SUFFIX[status]}", self._summary(), duration_s=run.duration_s)
         self._record_local()
+        if run.kind in ("backup", "check") and self.catalog is not None:
+            _quietly("3-2-1-1-0", self._assess_rule_32110)     # reads the catalog this run is now in
         if self.handle is not None:
             publish_offsite(self.handle, self._offsite_path, self._offsite_body(run), run.details, self.emit)
         self._record_local()
@@ -132,6 +134,13 @@ class RunLifecycle:
                                 f" (recorded as failed run {run.id})",
                                 hint=self._crash_hint()) from exc
         return False                      # KeyboardInterrupt, SystemExit: recorded, then re-raised
+
+    def _assess_rule_32110(self) -> None:
+        from drtool.actions.status import recorded_rule_32110
+
+        policy = self.settings.policies.get(self.record.policy)
+        if policy is not None and self.catalog is not None:
+            self.record.details["rule_32110"] = recorded_rule_32110(self.settings, policy, self.catalog)
 
     def _outcome(self, exc: BaseException | None) -> tuple[str, str | None]:
         if exc is None:

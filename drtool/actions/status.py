@@ -158,6 +158,19 @@ def policy_status(settings: Settings, policy: Policy, catalog: Catalog, now: dat
     return row
 
 
+def recorded_rule_32110(settings: Settings, policy: Policy, catalog: Catalog) -> dict[str, Any]:
+    """The 3-2-1-1-0 letters a backup or check record carries (`details.rule_32110`), from the
+    local catalog alone (no restic call, no offsite read: it runs as the record is written), so a
+    fleet view reading the signed records sees them without the site's status."""
+    history = load_history(settings, policy, catalog, offsite="never")
+    backups = [r for r in history.usable_runs("backup") if r.get("status") == "success"]
+    row = {"last_backup": str(backups[-1].get("finished_at") or backups[-1]["started_at"]) if backups else None,
+           "copies": {name: _run_summary_of(history, "copy", name) for name in policy.copies},
+           "last_runs": {"check": _run_summary(history, "check")}}
+    found = rule_32110(settings, policy, history, row)
+    return {"met": found["met"], "letters": found["letters"], "detail": found["detail"]}
+
+
 def _run_summary_of(history: PolicyHistory, kind: str, repository: str) -> dict[str, Any] | None:
     runs = [r for r in history.usable_runs(kind) if (r.get("details") or {}).get("repository") == repository]
     if not runs:

@@ -118,6 +118,9 @@ def test_fleet_status_flags_breach_and_altered_record_and_trusts_nothing_unsigne
     assert ok["verdict"] == "ok" and ok["rpo_target_s"] == 86400 and ok["rto_target_s"] == 3600
     assert ok["last_drill"]["passed"] and ok["last_drill"]["rto_achieved_s"] > 0 and ok["backup_age_s"] > 0
     assert sites["palembang"]["signatures"] == {"valid": 2, "invalid": 0, "unsigned": 0}
+    # The backup record carries the site's 3-2-1-1-0 letters as of that backup: one offsite copy on
+    # another provider, no second copy, nothing proven immutable, no repository check yet.
+    assert ok["rule_32110"]["letters"] == {"3": False, "2": True, "1o": True, "1i": False, "0": False}
     late = sites["jambi"]["policies"][0]
     assert late["verdict"] == "rpo-breach" and late["rpo_target_s"] == 1 and late["last_backup"] < "2099"
     assert [r["signature"] for r in sites["jambi"]["invalid_records"]] == ["unsigned"]
