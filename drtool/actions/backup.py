@@ -245,7 +245,8 @@ def _backup_database(settings: Settings, policy: Policy, source: Source, handle:
                     handle.restic, stream.start, filename=stream.name,
                     tags=policy_tags(policy, source.name, run_id=run.id, stream=stream.name),
                     host=host, what=f"{source.kind} dump of {source.name}/{stream.name}", cancel=cancel,
-                    check=getattr(stream, "check", None),
+                    check=stream.check() if stream.check else None,
+                    stall=source.stall_timeout, timeout=source.timeout,
                     on_progress=lambda obj, s=stream.name: emit({"event": "progress", "source": source.name,
                                                                  "stream": s, **obj}),
                 )

@@ -251,6 +251,11 @@ class Source(Model):
     sqlite: SqliteSource | None = None
     files: FilesSource | None = None
     retention: Retention | None = None     # overrides the policy's retention for this source
+    # A dump stream that sends nothing for `stall_timeout`, or runs longer than `timeout`, is
+    # stopped and not kept (database sources and remote tar streams; a files backup by restic
+    # itself is bounded by restic).
+    stall_timeout: Duration = 600.0
+    timeout: Duration = 24 * 3600.0
 
     @model_validator(mode="after")
     def _exactly_one_kind(self) -> "Source":

@@ -50,12 +50,14 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import IO
 
 from drtool.config.models import MariadbSource
 from drtool.errors import CommandError, RestoreRefused, SourceError
 from drtool.execute import Process, Runner, stop_process
 from drtool.secrets import Secret
+from drtool.sources.stream_checks import MARIADB_TRAILER, TrailerCheck
 from drtool.sources.base import (
     DbTarget,
     DumpSession,
@@ -367,7 +369,8 @@ class MariadbDatabase:
             fingerprint = build_fingerprint(databases, [(db, t) for db, t, _ in tables], count_rows)
             transactional = all(engine in TRANSACTIONAL_ENGINES for _, _, engine in tables)
             gate = _LockGate(session, databases, release_early=transactional and can_watch)
-            streams = [DumpStream(f"{db}.sql", self._stream_starter(conn, db, gate), database=db)
+            streams = [DumpStream(f"{db}.sql", self._stream_starter(conn, db, gate), database=db,
+                                  check=partial(TrailerCheck, f"mariadb-dump of {db}", MARIADB_TRAILER))
                        for db in databases]
             yield DumpSession(fingerprint, streams)
         finally:

@@ -48,6 +48,8 @@ from drtool.sources.base import (
     RestoreResult,
     StreamReader,
 )
+from drtool.sources.pg_archive import CustomArchiveCheck
+from drtool.sources.stream_checks import PG_DUMPALL_TRAILER, TrailerCheck
 from drtool.sources.psql import (
     FIELD_SEP,
     RECORD_SEP,
@@ -259,9 +261,12 @@ class PostgresDatabase:
                 session = sessions[db] = self._session(src, db)
                 snapshot, version = _export_snapshot(session)
                 streams.append(DumpStream(name=f"{db}{DUMP_SUFFIX}", database=db,
-                                          start=partial(self._start_pg_dump, src, db, snapshot)))
+                                          start=partial(self._start_pg_dump, src, db, snapshot),
+                                          check=partial(CustomArchiveCheck, f"pg_dump of {db}")))
             if self.spec.globals:
-                streams.append(DumpStream(name=GLOBALS_STREAM, start=partial(self._start_globals, src)))
+                streams.append(DumpStream(name=GLOBALS_STREAM, start=partial(self._start_globals, src),
+                                          check=partial(TrailerCheck, "pg_dumpall --globals-only",
+                                                        PG_DUMPALL_TRAILER)))
             # Exact counts scan every table; they run in the exported snapshots while pg_dump
             # reads the same snapshots (PostgreSQL synchronises the two sequential scans).
             fingerprint = counter.submit(

@@ -188,6 +188,7 @@ def _backup_with_tar(runner: Runner, source: Source, handle: RepoHandle, run: Ru
     result = stream_to_restic(
         handle.restic, lambda: runner.start(argv), filename=name, tags=tags, host=host,
         what=f"tar of {source.name} on {runner.name}", cancel=cancel,
+        stall=source.stall_timeout, timeout=source.timeout,
         on_progress=lambda obj: emit({"event": "progress", "source": source.name, "stream": name, **obj}),
     )
     run.snapshots.append(result.snapshot_id)

@@ -29,6 +29,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
+from functools import partial
 from pathlib import Path
 
 from drtool.config.models import SqliteSource
@@ -45,6 +46,7 @@ from drtool.sources.base import (
     StreamReader,
 )
 from drtool.sources.sqlite_dump import open_readonly, table_counts
+from drtool.sources.stream_checks import SqliteCopyCheck
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +96,8 @@ class SqliteDatabase:
         try:
             copy = str(info["copy"])
             stream = DumpStream(self.name, lambda: self.runner.start(producer("cat", copy)),
-                                database=self.name)
+                                database=self.name,
+                                check=partial(SqliteCopyCheck, f"SQLite copy of {self.name}", info.get("size")))
             yield DumpSession(fingerprint_of(self.name, info["tables"]), [stream])
         finally:
             self._remove(producer, str(info["dir"]))

@@ -67,7 +67,7 @@ def snapshot(src: Path) -> dict[str, object]:
     try:
         copy = workdir / src.name
         backup_copy(src, copy)
-        return {"dir": str(workdir), "copy": str(copy), "tables": table_counts(copy)}
+        return {"dir": str(workdir), "copy": str(copy), "tables": table_counts(copy), "size": copy.stat().st_size}
     except BaseException:
         shutil.rmtree(workdir, ignore_errors=True)
         raise
