@@ -158,7 +158,13 @@ def _backup_sources(settings: Settings, policy: Policy, handle: RepoHandle, run:
 
 
 def _one_line(exc: DrtoolError) -> str:
-    return exc.message.splitlines()[0] + (f" ({exc.hint})" if exc.hint else "")
+    # A CommandError reads "pg_dump exited with code 0:" and then the cause on the next line:
+    # the summary keeps both, or it would say nothing.
+    lines = exc.message.splitlines()
+    head = lines[0]
+    if head.endswith(":") and len(lines) > 1:
+        head += " " + lines[1].strip()
+    return head + (f" ({exc.hint})" if exc.hint else "")
 
 
 def _store_bundle(settings: Settings, handle: RepoHandle, run: RunRecord, emit: EventFn) -> dict[str, DrtoolError]:

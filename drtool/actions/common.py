@@ -68,7 +68,9 @@ def preflight_once(handle: RepoHandle, *, on_event=None) -> dict:  # noqa: ANN00
     """
     marker = _known_marker(handle)
     if marker.exists():
-        handle.restic.run(["cat", "config"], timeout=120)
+        # --no-lock: reading the config needs no lock, and a storage that refuses writes must
+        # not keep this probe retrying a lock upload (minutes) before the run says so.
+        handle.restic.run(["--no-lock", "cat", "config"], timeout=120)
         return {"checked": "probe"}
     info = preflight(handle, create=True, on_event=on_event)
     marker.write_text(handle.repository.url + "\n")

@@ -118,6 +118,8 @@ class RunLifecycle:
         self._record_local()
         if self.handle is not None:
             publish_offsite(self.handle, self._offsite_path, self._offsite_body(run), run.details, self.emit)
+            if run.details.get("offsite_record") and self.catalog is not None:   # the bucket answers again
+                _quietly("offsite backlog", lambda: self._publish_backlog(run))
         self._record_local()
         if self.catalog is not None:
             _quietly("metrics", lambda: update_metrics(self.settings, self.catalog))
@@ -132,6 +134,14 @@ class RunLifecycle:
                                 f" (recorded as failed run {run.id})",
                                 hint=self._crash_hint()) from exc
         return False                      # KeyboardInterrupt, SystemExit: recorded, then re-raised
+
+    def _publish_backlog(self, run: RunRecord) -> None:
+        from drtool.actions.offsite_backlog import publish_backlog
+
+        assert self.catalog is not None and self.handle is not None
+        late = publish_backlog(self.catalog, self.handle, run.policy, run.id)
+        if late:
+            run.details["offsite_backlog_published"] = late
 
     def _outcome(self, exc: BaseException | None) -> tuple[str, str | None]:
         if exc is None:
