@@ -29,6 +29,9 @@ def check_target_dir(target: Path, *, force: bool) -> None:
 def restore_files(restic: Restic, snapshot_id: str, target: Path, *, force: bool = False,
                   verify: bool = True) -> dict[str, Any]:
     check_target_dir(target, force=force)
+    if force and target.is_dir():
+        from drtool.sources.restore_guard import check_tree_restore
+        check_tree_restore(restic, snapshot_id, target)     # never through a symlink already there
     target.mkdir(parents=True, exist_ok=True, mode=0o700)
     args = ["restore", snapshot_id, "--target", str(target)]
     if verify:

@@ -125,6 +125,9 @@ class SqliteDatabase:
 
     def restore(self, reader: StreamReader, target: DbTarget, *, force: bool = False) -> RestoreResult:
         dest = _target_path(target)
+        if dest.is_symlink():
+            raise RestoreRefused(f"restore target {dest} is a symlink (to {os.readlink(dest)}); nothing was changed",
+                                 hint="give the path of the file itself: a restore never follows a link")
         stream = pick_stream(reader.names(), self.name)
         if dest.exists() and dest.stat().st_size > 0 and not force:
             raise RestoreRefused(f"{dest} exists and is not empty; nothing was changed",
