@@ -341,7 +341,7 @@ def to_json(obj):
 
 # ------------------------------------------------------------------ main
 
-SECTIONS = ("pgbackup", "files", "startup", "pgrestore", "scheduler", "recover")
+SECTIONS = ("pgbackup", "files", "startup", "pgrestore", "scheduler", "recover", "streamcheck")
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -398,13 +398,18 @@ def main(argv: list[str] | None = None) -> int:
         s3.make_bucket("bench")
         b = Bench(root, s3, pwfile)
         from bench import extra
-        if "pgbackup" in ns.only or "pgrestore" in ns.only or "recover" in ns.only:
+        if {"pgbackup", "pgrestore", "recover", "streamcheck"} & set(ns.only):
             with ScratchPostgres() as pg:
-                if "pgbackup" in ns.only:
+                if "pgbackup" in ns.only or "streamcheck" in ns.only:
                     log(f"filling PostgreSQL (~{ns.pg_mb} MB)")
                     meta["postgres"] = fill_postgres(pg, ns.pg_mb)
                     log(f"database: {meta['postgres']}")
+                if "pgbackup" in ns.only:
                     res["postgres"] = bench_postgres(b, pg, ns.reps)
+                if "streamcheck" in ns.only:
+                    from bench.streamcheck import bench_streamcheck
+                    log("stream check: pg_dump -> restic with the archive check and without (os.splice)")
+                    res["streamcheck"] = bench_streamcheck(b, pg, ns.reps)
                 if "pgrestore" in ns.only:
                     log(f"filling PostgreSQL database drill (~{ns.restore_mb} MB, several indexes)")
                     meta["pgrestore_db"] = extra.fill_restore_db(pg, ns.restore_mb, psql)
@@ -455,7 +460,8 @@ def main(argv: list[str] | None = None) -> int:
     table = print_report(res, rows)
     from bench.extra import report_lines
     from bench.recover import report_lines as recover_lines
-    more = report_lines(res) + recover_lines(res)
+    from bench.streamcheck import report_lines as streamcheck_lines
+    more = report_lines(res) + recover_lines(res) + streamcheck_lines(res)
     if more:
         print("\n".join(more))
         table += "\n" + "\n".join(more)

@@ -269,7 +269,8 @@ class Restic:
 
         def give_up() -> None:
             proc.kill()
-            self.mark_down(watch.error())
+            if watch.storage_down:
+                self.mark_down(watch.error())
         watch = RetryWatch(proc, self.wait_unavailable, give_up, url=self.access.url)
         return watch
 

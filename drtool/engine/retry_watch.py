@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 
 from drtool.engine.restic_errors import classify
-from drtool.errors import StorageError, StorageThrottled, StorageUnreachable
+from drtool.errors import DrtoolError, RepositoryError, StorageThrottled, StorageUnreachable
 from drtool.execute import Process
 
 RETRY_LINE = re.compile(r"^.*returned error, retrying after \S+: (?P<cause>.*)$", re.MULTILINE)   # a Go duration
@@ -30,19 +30,33 @@ QUIET_S = 60.0                 # restic's longest wait between two retries is ~2
 POLL_S = 0.5
 
 
-def last_retry_line(stderr: str) -> str | None:
-    """restic's most recent "retrying" line about the storage being unavailable (pure).
+MISSING_S = 20.0               # an object that is not there will not appear by asking again
+REPOSITORY_OBJECTS = ("data", "index", "snapshot", "key")   # not "lock": those come and go
 
-    Only a refused/reset connection, a timeout or a 5xx/SlowDown answer counts: restic also
-    retries a 404 (a lock another restic just removed), which says nothing about the storage."""
+
+def last_retry_line(stderr: str, kind: str = "unavailable") -> str | None:
+    """restic's most recent "retrying" line of `kind` (pure): "unavailable" (a refused or reset
+    connection, a timeout, a 5xx/SlowDown answer) or "missing" (the object does not exist).
+
+    restic 0.14 retries a missing object too, about ten times per object with backoff (later
+    versions do not): a deleted pack made a restore wait ~50 s per blob it needed. A lock
+    that is not there is no damage (another restic removed it after the listing was read):
+    restic retries that for up to a minute too, and must be let finish."""
     for match in reversed(list(RETRY_LINE.finditer(stderr))):
-        if _unavailable(match.group("cause")):
+        if retry_kind(match.group(0), match.group("cause")) == kind:
             return match.group(0)
     return None
 
 
-def _unavailable(cause: str) -> bool:
-    return isinstance(classify(None, f"Fatal: {cause}", "-"), (StorageUnreachable, StorageThrottled))
+def retry_kind(line: str, cause: str) -> str | None:
+    known = classify(None, f"Fatal: {cause}", "-")
+    if isinstance(known, (StorageUnreachable, StorageThrottled)):
+        return "unavailable"
+    low = cause.lower()
+    missing = "specified key does not exist" in low or "nosuchkey" in low or "not found" in low
+    if missing and any(f"<{kind}/" in line for kind in REPOSITORY_OBJECTS):
+        return "missing"
+    return None
 
 
 class StreakClock:
@@ -67,11 +81,13 @@ class StreakClock:
 
 
 class RetryWatch:
-    """Watches one restic process; after `limit` seconds of unbroken storage retries it calls
-    `give_up` (which kills restic) and remembers why (`error()`)."""
+    """Watches one restic process; after `limit` seconds of unbroken storage retries (or
+    MISSING_S of retries of a missing object) it calls `give_up` (which kills restic) and
+    remembers why (`error()`)."""
 
     def __init__(self, proc: Process, limit: float | None, give_up: Callable[[], None], *, url: str) -> None:
         self.gave_up_after: float | None = None
+        self.kind = ""                   # "unavailable" | "missing", once given up
         self.cause = ""
         self._proc, self._limit, self._give_up, self._url = proc, limit, give_up, url
         self._done = threading.Event()
@@ -81,27 +97,40 @@ class RetryWatch:
             self._thread.start()
 
     def _watch(self) -> None:
-        clock = StreakClock()
+        assert self._limit
+        limits = {"unavailable": self._limit, "missing": min(self._limit, MISSING_S)}
+        clocks = {kind: StreakClock() for kind in limits}
         while not self._done.wait(POLL_S):
-            line = last_retry_line(self._proc.stderr_tail())
-            streak = clock.see(line, time.monotonic())
-            if self._limit and streak >= self._limit:
-                self.gave_up_after = streak
-                match = RETRY_LINE.search(line or "")
-                self.cause = match.group("cause")[:300] if match else ""
-                self._give_up()
-                return
+            tail, now = self._proc.stderr_tail(), time.monotonic()
+            for kind, clock in clocks.items():
+                line = last_retry_line(tail, kind)
+                streak = clock.see(line, now)
+                if streak >= limits[kind]:
+                    self.gave_up_after, self.kind = streak, kind
+                    match = RETRY_LINE.search(line or "")
+                    self.cause = match.group("cause")[:300] if match else ""
+                    self._give_up()
+                    return
 
-    def error(self) -> StorageError:
-        """Throttled (5xx, SlowDown) or unreachable, as restic's last retry line says."""
+    @property
+    def storage_down(self) -> bool:
+        """Given up because the storage is unavailable (not because one object is missing)."""
+        return self.gave_up_after is not None and self.kind == "unavailable"
+
+    def error(self) -> DrtoolError:
+        """Throttled (5xx, SlowDown), unreachable or an object missing, as restic's last retry line says."""
         after = f"drtool stopped restic after {self.gave_up_after:.0f}s of failed retries ({self.cause})"
+        if self.kind == "missing":
+            return RepositoryError(f"an object of repository {self._url} is missing; {after}",
+                                   hint="the repository is damaged: run `drtool check POLICY --read-data-subset "
+                                        "100%`, restore from another snapshot, or repair it with restic")
         hint = ("nothing of this stream was kept; check the S3 server, then run again "
                 "(the repository's wait_unavailable sets how long drtool waits)")
         if isinstance(classify(None, f"Fatal: {self.cause}", self._url), StorageThrottled):
             return StorageThrottled(f"the storage of repository {self._url} kept failing requests while restic "
-                                    f"was writing; {after}", hint=hint)
+                                    f"was working; {after}", hint=hint)
         return StorageUnreachable(f"the storage of repository {self._url} stopped answering while restic was "
-                                  f"writing; {after}", hint=hint)
+                                  f"working; {after}", hint=hint)
 
     def close(self) -> None:
         self._done.set()

@@ -339,7 +339,11 @@ def restore_tar(restic: Restic, snapshot_id: str, stream: str, target: Path, *, 
     if force and target.is_dir():
         check_tar_restore(restic, snapshot_id, "/" + stream, str(target), local_symlinks(target))
     target.mkdir(parents=True, exist_ok=True, mode=0o700)
-    total = extract_dump(restic, snapshot_id, "/" + stream, LocalRunner(), str(target), timeout=timeout)
+    try:
+        total = extract_dump(restic, snapshot_id, "/" + stream, LocalRunner(), str(target), timeout=timeout)
+    except CommandError as exc:
+        from drtool.sources.files import restore_failed
+        raise restore_failed(target, exc.stderr_tail or exc.message) from None
     return {"target": str(target), "bytes": total}
 
 

@@ -111,6 +111,7 @@ class Site:
     good: dict[str, str] = field(default_factory=dict)    # "source/stream" -> sha256 of the last good bytes
     good_run: str | None = None
     pg_db: str | None = None                              # the site's own PostgreSQL database
+    _listing: list[dict[str, Any]] | None = None          # bare restic's snapshot list, until a change
     outputs: list[str] = field(default_factory=list)      # every stdout/stderr seen (leak scan)
 
     # -------------------------------------------------------------- paths
@@ -174,11 +175,27 @@ class Site:
         return [sys.executable, "-m", "drtool", "-c", str(self.config_path), *args]
 
     def drtool(self, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+        self._listing = None
         proc = subprocess.run(self.argv(*args), capture_output=True, text=True, env=self.env, timeout=timeout)
         self.outputs += [proc.stdout, proc.stderr]
         return proc
 
+    def drtool_secret(self, *args: str, secret: str, timeout: float = 240) -> subprocess.CompletedProcess:
+        """drtool with `secret` (a kit passphrase) on an inherited pipe: `--passphrase-fd N` is appended."""
+        self._listing = None
+        read_fd, write_fd = os.pipe()
+        os.write(write_fd, secret.encode() + b"\n")
+        os.close(write_fd)
+        try:
+            proc = subprocess.run([*self.argv(*args), "--passphrase-fd", str(read_fd)], capture_output=True, text=True,
+                                  env=self.env, timeout=timeout, pass_fds=(read_fd,))
+        finally:
+            os.close(read_fd)
+        self.outputs += [proc.stdout, proc.stderr]
+        return proc
+
     def start(self, *args: str, extra_env: dict[str, str] | None = None) -> Started:
+        self._listing = None
         out = self.root / f"out-{uuid.uuid4().hex[:6]}"
         stdout, stderr = open(f"{out}.stdout", "w"), open(f"{out}.stderr", "w")
         try:
@@ -193,6 +210,8 @@ class Site:
 
     def restic(self, *args: str, check: bool = True, input: bytes | None = None,  # noqa: A002
                timeout: float = 120) -> subprocess.CompletedProcess:
+        if not (args[:1] == ("--no-lock",) or args[:1] == ("list",)):
+            self._listing = None                          # it may write (a crafted backup, init)
         env = {**self.env, "RESTIC_REPOSITORY": self.direct_url, "RESTIC_PASSWORD": CANARY_PASSWORD,
                "AWS_ACCESS_KEY_ID": self.s3.access_key, "AWS_SECRET_ACCESS_KEY": CANARY_S3_SECRET}
         proc = subprocess.run(["restic", "--cache-dir", str(self.root / "bare-cache"), *args], input=input,
@@ -202,8 +221,11 @@ class Site:
         return proc
 
     def snapshots(self, *tags: str) -> list[dict[str, Any]]:
-        args = ["--no-lock", "snapshots", "--json"] + (["--tag", ",".join(tags)] if tags else [])
-        return json.loads(self.restic(*args).stdout or b"[]")
+        """Bare `restic snapshots --json`, filtered by tags (all of them) here. One listing is kept
+        until something may have changed the repository (any drtool or writing restic run)."""
+        if self._listing is None:
+            self._listing = json.loads(self.restic("--no-lock", "snapshots", "--json").stdout or b"[]")
+        return [s for s in self._listing if set(tags) <= set(s.get("tags") or ())]
 
     def dump_latest(self, policy: str, source: str, stream: str) -> bytes:
         """What the README's bare command returns: `restic dump --host H --tag ... latest /STREAM`."""
@@ -274,13 +296,21 @@ class Started:
     def pid(self) -> int:
         return self.proc.pid
 
+    def kill(self) -> None:
+        """SIGKILL drtool itself (what its children do then is the point of the test)."""
+        kill(self.proc.pid)
+        self.proc.wait(30)
+        self.site._listing = None
+
     def wait(self, timeout: float = 240) -> subprocess.CompletedProcess:
+        self.site._listing = None
         try:
             code = self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
             raise AssertionError(f"drtool did not finish in {timeout}s:\n{self.stderr_path.read_text()[-3000:]}")
+        self.site._listing = None
         done = subprocess.CompletedProcess(self.proc.args, code, self.stdout_path.read_text(),
                                            self.stderr_path.read_text())
         self.site.outputs += [done.stdout, done.stderr]

@@ -44,8 +44,7 @@ def _interrupted_then_swept(site: Site, started, policy: str, db_sources: list[s
     `cut` is the stream that was cut (None: a files source, one restic tree snapshot). Another
     stream of the same source (globals.sql) may have committed on its own before drtool died:
     its set has no fingerprint.json, so the runbook never pins it, and the next run removes it."""
-    kill(started.pid)
-    started.proc.wait(30)
+    started.kill()
     assert_no_orphans(site)
     killed = site.last_run(policy)
     assert killed["status"] == "running"            # what the dead process left; the next run decides
@@ -174,8 +173,8 @@ def test_stale_lock_of_a_dead_process_is_removed_by_the_next_run(make_site, rece
         next_run_succeeds(site, "docs", files_sources=["scans"])
     # check and forget (with something to forget) take an exclusive lock: a dead process's lock,
     # exclusive or shared, is in the way and is removed first.
-    for kind, exclusive in (("check", True), ("forget", False)):
-        leave_lock(site, exclusive=exclusive)
+    for kind in ("check", "forget"):
+        leave_lock(site)
         assert len(site.locks()) == 1
         proc = site.drtool(kind, "docs")
         assert proc.returncode == 0, proc.stderr
@@ -190,10 +189,10 @@ def test_stale_lock_of_a_dead_process_is_removed_by_the_next_run(make_site, rece
 def test_drtool_unlock_shows_and_removes_a_dead_process_lock(make_site) -> None:  # noqa: ANN001
     site = files_site(make_site)
     next_run_succeeds(site, "docs", files_sources=["scans"])
-    lock_file = leave_lock(site, exclusive=True)
+    lock_file = leave_lock(site)
     proc = site.drtool("unlock", "docs")
     assert proc.returncode == 0, proc.stderr
-    assert f"removed  {lock_file[:8]}  exclusive" in proc.stdout and "on this machine is gone" in proc.stdout
+    assert f"removed  {lock_file[:8]}  shared" in proc.stdout and "on this machine is gone" in proc.stdout
     assert site.locks() == []
     again = json.loads(site.drtool("unlock", "docs", "--json").stdout)
     assert again["found"] == [] and again["removed"] == []

@@ -79,26 +79,28 @@ def test_force_restore_over_a_symlink_that_became_a_directory(make_site, outside
     assert_no_leak(site)
 
 
-@pytest.mark.parametrize("member, why", [
-    ("../escape.txt", "has a '..' component"),
-    ("srv/../../escape.txt", "has a '..' component"),
-    ("/escape.txt", "is absolute"),
-    ("srv/link/escape.txt", "lies below the symlink srv/link of the same archive"),
-])
-def test_tar_stream_with_a_member_outside_the_target(make_site, outside, tmp_path, member: str,  # noqa: ANN001
-                                                      why: str) -> None:
+ESCAPES = [("../escape.txt", "has a '..' component"),
+           ("srv/../../escape.txt", "has a '..' component"),
+           ("/escape.txt", "is absolute"),
+           ("srv/link/escape.txt", "lies below the symlink srv/link of the same archive")]
+
+
+def test_tar_stream_with_a_member_outside_the_target(make_site, outside, tmp_path) -> None:  # noqa: ANN001
+    """One crafted archive per way out, each restored into its own empty target."""
     site = files_site(make_site)
-    next_run_succeeds(site, "docs", files_sources=["scans"])
-    data = _tar([("srv", "dir", ""), ("srv/ok.txt", "file", b"fine\n"), ("srv/link", "symlink", str(outside)),
-                 (member.replace("escape.txt", "escape.txt"), "file", b"escaped\n")])
-    _crafted(site, "docs", "scans", "scans.tar", data)
-    target = tmp_path / "restore"
-    proc = site.drtool("restore", "docs", "--source", "scans", "--target", str(target))
-    assert_one_clear_error(proc, rf"stopped: archive member '{member}' {why}; it was not written")
-    _untouched(outside)
-    assert not (tmp_path / "escape.txt").exists() and not Path("/escape.txt").exists()
-    landed = sorted(str(p.relative_to(target)) for p in target.rglob("*")) if target.exists() else []
-    assert all(not p.endswith("escape.txt") for p in landed), landed
+    assert site.drtool("init-repo", "offsite").returncode == 0
+    for n, (member, why) in enumerate(ESCAPES):
+        data = _tar([("srv", "dir", ""), ("srv/ok.txt", "file", b"fine\n"), ("srv/link", "symlink", str(outside)),
+                     (member, "file", b"escaped\n")])
+        run = f"20991231T00000{n}Z-crafted"
+        _crafted(site, "docs", "scans", "scans.tar", data, run=run)
+        target = tmp_path / f"restore{n}"
+        proc = site.drtool("restore", "docs", "--source", "scans", "--target", str(target), "--snapshot", run)
+        assert_one_clear_error(proc, rf"stopped: archive member '{member}' {why}; it was not written")
+        _untouched(outside)
+        assert not (tmp_path / "escape.txt").exists() and not Path("/escape.txt").exists()
+        landed = [str(p.relative_to(target)) for p in target.rglob("*")] if target.exists() else []
+        assert all(not p.endswith("escape.txt") for p in landed), landed
 
 
 def test_tar_restore_with_force_over_an_existing_symlink(make_site, outside, tmp_path) -> None:  # noqa: ANN001

@@ -36,7 +36,12 @@ def test_streak_ends_when_restic_stops_retrying() -> None:
 
 
 def test_a_missing_key_is_not_an_unavailable_storage() -> None:
-    """restic retries a 404 too (a lock another restic just removed): that is no outage."""
-    missing = ('Load(<lock/47c0fe8201>) returned error, retrying after 720ms: The specified key does not exist.')
+    """restic retries a 404 too (a lock another restic just removed, a deleted pack): no outage,
+    a streak of its own."""
+    missing = 'Load(<data/47c0fe8201>) returned error, retrying after 720ms: The specified key does not exist.'
     assert last_retry_line(missing + "\n") is None
     assert last_retry_line(LINES[0] + "\n" + missing + "\n") == LINES[0]
+    assert last_retry_line(LINES[0] + "\n" + missing + "\n", "missing") == missing
+    assert last_retry_line(LINES[1] + "\n", "missing") is None
+    lock = 'Load(<lock/47c0fe8201>, 0, 0) returned error, retrying after 1.2s: The specified key does not exist.'
+    assert last_retry_line(lock + "\n", "missing") is None and last_retry_line(lock + "\n") is None
