@@ -341,7 +341,8 @@ def to_json(obj):
 
 # ------------------------------------------------------------------ main
 
-SECTIONS = ("pgbackup", "files", "startup", "pgrestore", "scheduler", "recover", "fingerprint", "locks", "fleet")
+SECTIONS = ("pgbackup", "files", "startup", "pgrestore", "scheduler", "recover", "fingerprint", "locks", "fleet",
+            "streamcheck")
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -403,9 +404,9 @@ def main(argv: list[str] | None = None) -> int:
         s3.make_bucket("bench")
         b = Bench(root, s3, pwfile)
         from bench import extra
-        if {"pgbackup", "pgrestore", "recover", "fingerprint"} & set(ns.only):
+        if {"pgbackup", "pgrestore", "recover", "fingerprint", "streamcheck"} & set(ns.only):
             with ScratchPostgres() as pg:
-                if {"pgbackup", "fingerprint"} & set(ns.only):
+                if {"pgbackup", "fingerprint", "streamcheck"} & set(ns.only):
                     log(f"filling PostgreSQL (~{ns.pg_mb} MB)")
                     meta["postgres"] = fill_postgres(pg, ns.pg_mb)
                     log(f"database: {meta['postgres']}")
@@ -414,6 +415,10 @@ def main(argv: list[str] | None = None) -> int:
                 if "fingerprint" in ns.only:
                     from bench.fingerprint import bench_fingerprint
                     res["fingerprint"] = bench_fingerprint(b, pg, ns.reps)
+                if "streamcheck" in ns.only:
+                    from bench.streamcheck import bench_streamcheck
+                    log("stream check: pg_dump -> restic with the archive check and without (os.splice)")
+                    res["streamcheck"] = bench_streamcheck(b, pg, ns.reps)
                 if "pgrestore" in ns.only:
                     log(f"filling PostgreSQL database drill (~{ns.restore_mb} MB, several indexes)")
                     meta["pgrestore_db"] = extra.fill_restore_db(pg, ns.restore_mb, psql)
@@ -475,8 +480,9 @@ def main(argv: list[str] | None = None) -> int:
     from bench.locks import report_lines as lock_lines
     from bench.recover import report_lines as recover_lines
     from bench.fleet import report_lines as fleet_lines
+    from bench.streamcheck import report_lines as streamcheck_lines
     more = report_lines(res) + recover_lines(res) + fingerprint.report_lines(res) + lock_lines(res) + (
-        fleet_lines(res["fleet"]) if "fleet" in res else [])
+        fleet_lines(res["fleet"]) if "fleet" in res else []) + streamcheck_lines(res)
     if more:
         print("\n".join(more))
         table += "\n" + "\n".join(more)

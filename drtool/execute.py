@@ -30,7 +30,7 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO, Any, Protocol
 
@@ -202,11 +202,23 @@ CLEAN_ENV_KEYS = ("PATH", "HOME", "LANG", "LANGUAGE", "LC_ALL", "LC_CTYPE", "TZ"
                   "LOGNAME", "SHELL", "TERM")
 
 
+# Variables of drtool's environment that hold secrets it read by reference ({env: NAME}; set by
+# the configuration loader): no child inherits them, whatever runner starts it. A child that
+# needs one of those secrets gets it in its `env` explicitly.
+_hidden_env: frozenset[str] = frozenset()
+
+
+def hide_from_children(names: Iterable[str]) -> None:
+    global _hidden_env
+    _hidden_env = _hidden_env | frozenset(names)
+
+
 def child_env(env: Mapping[str, str] | None, *, inherit: bool = True,
               drop: Sequence[str] = ()) -> dict[str, str]:
-    """The environment of a child: drtool's (or only CLEAN_ENV_KEYS of it), minus `drop`, plus `env`."""
+    """The environment of a child: drtool's (or only CLEAN_ENV_KEYS of it), minus `drop` and the
+    secret-holding variables (hide_from_children), plus `env`."""
     if inherit:
-        merged = {k: v for k, v in os.environ.items() if k not in drop}
+        merged = {k: v for k, v in os.environ.items() if k not in drop and k not in _hidden_env}
     else:
         merged = {k: os.environ[k] for k in CLEAN_ENV_KEYS if k in os.environ}
         merged.setdefault("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")

@@ -8,13 +8,14 @@ The file's content (pid, start time, run id) is only for the message.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
 import time
 from pathlib import Path
 
-from drtool.errors import LockError
+from drtool.errors import LockError, StateError
 
 
 class PolicyLock:
@@ -26,8 +27,12 @@ class PolicyLock:
         self._fd: int | None = None
 
     def acquire(self, run_id: str = "") -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise StateError(f"cannot open the lock of policy {self.policy!r} ({self.path}): {exc.strerror}",
+                             hint=f"check free space and permissions of {self.path.parent.parent} (state_dir)") from None
         deadline = None if self.timeout is None else time.monotonic() + self.timeout
         while True:
             try:
@@ -40,13 +45,17 @@ class PolicyLock:
                     raise LockError(f"policy {self.policy!r} is already running ({holder})",
                                     hint="wait for it to finish, or pass --wait to queue behind it") from None
                 time.sleep(0.5)
-        os.ftruncate(fd, 0)
-        os.write(fd, json.dumps({"pid": os.getpid(), "since": time.time(), "run": run_id}).encode())
+        try:   # who holds it, for the message of a refused run: a full disk must not stop the run
+            os.ftruncate(fd, 0)
+            os.write(fd, json.dumps({"pid": os.getpid(), "since": time.time(), "run": run_id}).encode())
+        except OSError:
+            pass
         self._fd = fd
 
     def release(self) -> None:
         if self._fd is not None:
-            os.ftruncate(self._fd, 0)
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, 0)
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None

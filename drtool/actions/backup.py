@@ -162,7 +162,13 @@ def _backup_sources(settings: Settings, policy: Policy, handle: RepoHandle, run:
 
 
 def _one_line(exc: DrtoolError) -> str:
-    return exc.message.splitlines()[0] + (f" ({exc.hint})" if exc.hint else "")
+    # A CommandError reads "pg_dump exited with code 0:" and then the cause on the next line:
+    # the summary keeps both, or it would say nothing.
+    lines = exc.message.splitlines()
+    head = lines[0]
+    if head.endswith(":") and len(lines) > 1:
+        head += " " + lines[1].strip()
+    return head + (f" ({exc.hint})" if exc.hint else "")
 
 
 def _store_bundle(settings: Settings, handle: RepoHandle, run: RunRecord, emit: EventFn) -> dict[str, DrtoolError]:
@@ -249,8 +255,8 @@ def _backup_database(settings: Settings, policy: Policy, source: Source, handle:
                     handle.restic, stream.start, filename=stream.name,
                     tags=policy_tags(policy, source.name, run_id=run.id, stream=stream.name),
                     host=host, what=f"{source.kind} dump of {source.name}/{stream.name}", cancel=cancel,
+                    check=stream.check() if stream.check else None,
                     stall=source.stall_timeout, timeout=source.timeout,
-                    check=getattr(stream, "check", None),
                     on_progress=lambda obj, s=stream.name: emit(Progress(source.name, obj, s)),
                 )
 

@@ -6,11 +6,11 @@ import hashlib
 import logging
 import socket
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from drtool.config.loader import Settings
-from drtool.engine.restic import RepoAccess, Restic, repo_access
+from drtool.engine.restic import Restic, repo_access
 from drtool.errors import DrtoolError, RepositoryMissing
 from drtool.tags import policy_tags
 from drtool.events import Notice
@@ -51,8 +51,7 @@ def open_repo(settings: Settings, repo_name: str) -> RepoHandle:
     if hint.is_file():
         # restic tries the key the password opened last time first, instead of deriving every key
         # in turn (each escrow key of a recovery kit would add ~0.5 s to every restic process).
-        access = RepoAccess(access.url, access.password, {**access.env, "RESTIC_KEY_HINT": hint.read_text().strip()},
-                            limit_upload=access.limit_upload, limit_download=access.limit_download)
+        access = replace(access, env={**access.env, "RESTIC_KEY_HINT": hint.read_text().strip()})
     restic = Restic(access, cache_dir=cache, wait_unavailable=repo.wait_unavailable)
     return RepoHandle(repo_name, restic, settings)
 

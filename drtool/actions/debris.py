@@ -12,7 +12,8 @@ Two kinds of debris are listed in the catalog (drtool/catalog.py `debris` table)
   was down, which may be why the source failed).
 
 The next backup of the repository (under its policy lock) removes both, then the
-entry; the lock of a restic process that died is removed by the restic adapter.
+entry, and with them the stale locks the dead restic processes left (`restic unlock`,
+which keeps the locks of live processes and of other hosts).
 """
 
 from __future__ import annotations
@@ -43,7 +44,10 @@ def clean_debris(catalog: Catalog, handle: RepoHandle, host: str,
                  emit: EventFn | None = None) -> list[dict[str, Any]]:
     """Forget the debris of this repository; returns what was removed (run, reason, snapshot ids)."""
     removed = []
-    for entry in catalog.debris(handle.repository.url):
+    entries = catalog.debris(handle.repository.url)
+    if entries:      # a dead drtool's restic, or one stopped because the storage was down, left its lock
+        _remove_dead_locks(handle)
+    for entry in entries:
         try:
             listing = handle.restic.snapshots(tags=entry["tags"], host=host)
             doomed = debris_snapshots(listing, rollback=entry["reason"] == "rollback")
@@ -57,6 +61,16 @@ def clean_debris(catalog: Catalog, handle: RepoHandle, host: str,
             if emit:
                 emit(Notice(f"removed {len(doomed)} snapshot(s) left by {entry['reason']} run {entry['run_id']}"))
     return removed
+
+
+def _remove_dead_locks(handle: RepoHandle) -> None:
+    """A dead drtool's restic died by SIGKILL and left its lock (so did a restic given up on
+    because its storage stopped answering). A backup's shared lock does not meet it, so nothing else would remove it, and a bare `restic prune` from the runbook would
+    stop on it. `restic unlock` removes only stale locks (dead processes here, or 30 minutes old)."""
+    try:
+        handle.restic.unlock_stale()
+    except DrtoolError as exc:
+        log.warning("stale locks of an interrupted run not removed yet: %s", exc.message.splitlines()[0])
 
 
 def debris_snapshots(listing: list[Snapshot], *, rollback: bool) -> list[Snapshot]:

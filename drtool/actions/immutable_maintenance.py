@@ -17,7 +17,7 @@ so a lock extension follows.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any
 
@@ -69,7 +69,7 @@ def maintenance_access(settings: Settings, repo_name: str) -> RepoAccess:
         from drtool.storage.rest import authenticated_url
         env["RESTIC_REPOSITORY"] = authenticated_url(url, m.rest.username,
                                                      m.rest.password.resolve() if m.rest.password else None)
-    return RepoAccess(url, base.password, env)
+    return replace(base, url=url, env=env)
 
 
 @dataclass

@@ -121,6 +121,8 @@ class RunLifecycle:
             _quietly("3-2-1-1-0", self._assess_rule_32110)     # reads the catalog this run is now in
         if self.handle is not None:
             publish_offsite(self.handle, self._offsite_path, self._offsite_body(run), run.details, self.emit)
+            if run.details.get("offsite_record") and self.catalog is not None:   # the bucket answers again
+                _quietly("offsite backlog", lambda: self._publish_backlog(run))
         self._record_local()
         if self.catalog is not None:
             _quietly("metrics", lambda: update_metrics(self.settings, self.catalog))
@@ -141,6 +143,14 @@ class RunLifecycle:
         policy = self.settings.policies.get(self.record.policy)
         if policy is not None and self.catalog is not None:
             self.record.details["rule_32110"] = recorded_rule_32110(self.settings, policy, self.catalog)
+
+    def _publish_backlog(self, run: RunRecord) -> None:
+        from drtool.actions.offsite_backlog import publish_backlog
+
+        assert self.catalog is not None and self.handle is not None
+        late = publish_backlog(self.catalog, self.handle, run.policy, run.id)
+        if late:
+            run.details["offsite_backlog_published"] = late
 
     def _outcome(self, exc: BaseException | None) -> tuple[str, str | None]:
         if exc is None:

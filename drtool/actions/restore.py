@@ -103,8 +103,11 @@ def restore_files_to(restic: Restic, chosen: SnapshotSet, dest: str, runner: Run
     from drtool.sources.tree_remote import check_remote_dir
 
     check_remote_dir(runner, dest, force=force)
-    runner.run(["mkdir", "-p", "-m", "0700", "--", dest], timeout=300)
     snapshot_id, path = dump_path(chosen)
+    if force:        # over a tree already there: never through one of its symlinks
+        from drtool.sources.restore_guard import check_tar_restore, remote_symlinks
+        check_tar_restore(restic, snapshot_id, path, dest, remote_symlinks(runner, dest), where=f" on {runner.where}")
+    runner.run(["mkdir", "-p", "-m", "0700", "--", dest], timeout=300)
     nbytes = extract_dump(restic, snapshot_id, path, runner, dest, timeout=timeout, where=f"on {runner.where}")
     return FilesRestored(nbytes, None, f"download+decrypt+send+extract (restic dump | tar -x on {runner.where})",
                          "restic checked every blob while reading")

@@ -19,7 +19,7 @@ from drtool.errors import DrtoolError
 # Topic modules, in help order. Each defines register(group).
 COMMAND_MODULES = [
     "drtool.cli.setup",      # init, validate, schema, demo
-    "drtool.cli.backup",     # backup, snapshots, restore, forget, check, init-repo, runs
+    "drtool.cli.backup",     # backup, snapshots, restore, forget, check, unlock, init-repo, runs
     "drtool.cli.drill",      # drill, drills, status, dashboard
     "drtool.cli.schedule",   # daemon, schedule show/export
     "drtool.cli.hosts",      # hosts check/trust

@@ -1,4 +1,4 @@
-"""backup, snapshots, restore, ls, forget, check, init-repo, runs."""
+"""backup, snapshots, restore, ls, forget, check, unlock, init-repo, runs."""
 
 from __future__ import annotations
 
@@ -249,9 +249,53 @@ def check(ctx: click.Context, name: str, read_data_subset: str | None, rotate: b
         run = check_repository(settings, settings.policy(name), read_data_subset=read_data_subset)
     if as_json:
         emit_json(run.to_dict())
-    else:
-        click.echo(("OK " if run.ok else "FAILED ") + (run.error or "repository is consistent"))
+    elif run.ok:
+        click.echo("OK repository is consistent")
+    else:   # the cause on stderr, as every failed run prints it (a cron mail, a pipe, a terminal)
+        click.echo(f"FAILED  check {run.policy}  run {run.id}")
+        click.echo(f"  error: {run.error}", err=True)
     ctx.exit(run_exit_code(run))
+
+
+@click.command()
+@click.argument("name", shell_complete=complete.policies)
+@click.option("--remove-all", is_flag=True,
+              help="Remove every lock, also those of restic processes that may still run (asks first).")
+@click.option("--yes", "-y", is_flag=True, help="With --remove-all: do not ask (needed when not on a terminal).")
+@click.option("--json", "as_json", is_flag=True, help="The locks found, removed and kept, as one JSON object.")
+@click.pass_context
+def unlock(ctx: click.Context, name: str, remove_all: bool, yes: bool, as_json: bool) -> None:
+    """Show who holds policy NAME's repository locks; remove the stale ones."""
+    from drtool.actions.unlock import list_locks, unlock as unlock_repo
+    from drtool.errors import DrtoolError, UsageError
+
+    settings = _settings(ctx)
+    policy = settings.policy(name)
+    if remove_all:
+        report = list_locks(settings, policy)
+        _print_locks(report.found, "found")
+        click.echo("WARNING: --remove-all removes every lock of the repository, also those of restic processes\n"
+                   "that may be running now, here or on other hosts (a prune or check running meanwhile can lose\n"
+                   "data). Make sure no restic uses the repository.", err=True)
+        if not yes:
+            if not click.get_text_stream("stdin").isatty():
+                raise UsageError("--remove-all needs --yes when drtool is not run on a terminal; nothing was removed")
+            if not click.confirm("Remove every lock?", default=False):
+                raise DrtoolError("no lock was removed")
+    report = unlock_repo(settings, policy, remove_all=remove_all)
+    if as_json:
+        emit_json(report.to_dict())
+        return
+    click.echo(f"repository {report.repository} ({report.url}): {len(report.found)} lock(s)")
+    _print_locks(report.removed, "removed")
+    _print_locks(report.kept, "kept")
+
+
+def _print_locks(locks, verdict: str) -> None:  # noqa: ANN001 - list[LockInfo]
+    for lock in locks:
+        since = f"{lock.time:%Y-%m-%d %H:%M:%S} UTC" if lock.time else "?"
+        click.echo(f"  {verdict:8} {lock.id[:8]}  {'exclusive' if lock.exclusive else 'shared':9}  "
+                   f"{lock.username or '?'}@{lock.hostname} pid {lock.pid}  since {since}: {lock.why}")
 
 
 @click.command("init-repo")
@@ -301,5 +345,5 @@ def runs(ctx: click.Context, policy: str | None, limit: int, as_json: bool) -> N
 
 
 def register(group: click.Group) -> None:
-    for command in (backup, snapshots, restore, ls, forget, check, init_repo, runs):
+    for command in (backup, snapshots, restore, ls, forget, check, unlock, init_repo, runs):
         group.add_command(command)

@@ -171,6 +171,12 @@ def load_settings(option: str | None = None) -> Settings:
     loaded = load_all(option)
     if loaded.problems or loaded.config is None:
         raise ConfigError(loaded.problems)
+    # The variables secrets are read from ({env: NAME}) reach no child process: one that needs
+    # a secret gets it passed explicitly (restic its AWS_* keys, pg_dump its PGPASSWORD).
+    from drtool.config.secrets import referenced_env_names
+    from drtool.execute import hide_from_children
+
+    hide_from_children(referenced_env_names(loaded.config, *loaded.policies.values(), *loaded.playbooks.values()))
     return Settings(loaded.path, loaded.config, loaded.policies, loaded.playbooks)
 
 

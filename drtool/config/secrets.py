@@ -120,3 +120,21 @@ def secret_refs(value: Any, loc: tuple = ()) -> Iterator[tuple[tuple, SecretRef]
     elif isinstance(value, dict):
         for key, item in value.items():
             yield from secret_refs(item, (*loc, key))
+
+
+def referenced_env_names(*roots: Any) -> set[str]:
+    """Every NAME of an {env: NAME} reference anywhere in these models (pure walk)."""
+    names: set[str] = set()
+    todo: list[Any] = list(roots)
+    while todo:
+        item = todo.pop()
+        if isinstance(item, SecretRef):
+            if item.env:
+                names.add(item.env)
+        elif isinstance(item, BaseModel):
+            todo.extend(getattr(item, name) for name in type(item).model_fields)
+        elif isinstance(item, dict):
+            todo.extend(item.values())
+        elif isinstance(item, (list, tuple, set)):
+            todo.extend(item)
+    return names

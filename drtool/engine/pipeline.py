@@ -77,6 +77,7 @@ def stream_to_restic(
     started = time.monotonic()
     proc, pw = restic.start(stdin_backup_args(filename, tags, host), stdin=True)
     reader = JsonLineReader(proc, on_progress)
+    watch = restic.watch_retries(proc)          # a storage that stopped answering: stop restic
     producer: Process | None = None
     try:
         producer = producer_start()
@@ -87,7 +88,9 @@ def stream_to_restic(
         if moved.consumer_quit:
             # restic died: stop the producer; report restic's own error.
             producer.kill()
-            raise restic.error(proc.wait(30), proc.stderr_tail(), ["backup"])
+            code = proc.wait(30)
+            raise watch.error() if watch.gave_up_after is not None else restic.error(code, proc.stderr_tail(),
+                                                                                    ["backup"])
         code = producer.wait(60)
         _refuse_incomplete(moved, producer, code, what, check)
         # The gate: only now may restic see EOF and commit.
@@ -95,10 +98,12 @@ def stream_to_restic(
         proc.stdin.close()
         rcode = proc.wait(3600)
         reader.join(30)
-        if rcode != 0:
-            raise restic.error(rcode, proc.stderr_tail(), ["backup"])
         summary = reader.summary or {}
         snap = summary.get("snapshot_id")
+        # Given up on after the snapshot was saved (stuck removing its lock): the stream is committed.
+        if rcode != 0 and not (watch.gave_up_after is not None and snap):
+            raise watch.error() if watch.gave_up_after is not None else restic.error(rcode, proc.stderr_tail(),
+                                                                                    ["backup"])
         if not snap:
             raise CommandError(proc.argv, rcode, "restic finished without reporting a snapshot id", what="restic backup")
         return StreamResult(filename, snap, moved.copied, int(summary.get("data_added", 0)), time.monotonic() - started)
@@ -106,6 +111,7 @@ def stream_to_restic(
         _abort(restic, proc, producer, tags)
         raise
     finally:
+        watch.close()
         pw.close()
 
 
@@ -152,8 +158,9 @@ def _abort(restic: Restic, proc: Process, producer: Process | None, tags: Sequen
         if leftovers:
             log.warning("removing %d snapshot(s) of an aborted stream", len(leftovers))
             restic.forget_ids([s.id for s in leftovers])
-    except DrtoolError:
-        log.warning("could not verify that the aborted stream left no snapshot", exc_info=True)
+    except DrtoolError as exc:
+        # The next backup lists such snapshots as debris (the caller's rollback records them).
+        log.warning("could not verify that the aborted stream left no snapshot: %s", exc.message.splitlines()[0])
 
 
 def _why_stop(cancel: threading.Event | None, started: float, last_change: float, stall: float | None,
@@ -258,6 +265,7 @@ def backup_paths(
     proc, pw = restic.start(args)
     reader = JsonLineReader(proc, on_progress)
     started = time.monotonic()
+    watch = restic.watch_retries(proc)
     try:
         while True:
             try:
@@ -274,8 +282,11 @@ def backup_paths(
                                            "the files (a hung network file system?)") from None
         reader.join(30)
     finally:
+        watch.close()
         pw.close()
     summary = reader.summary or {}
+    if watch.gave_up_after is not None and not summary.get("snapshot_id"):
+        raise watch.error()
     if code == 3:
         # The snapshot was written but some files could not be read: a backup with holes is a
         # failure, and the snapshot must not stand as the latest one.
@@ -284,7 +295,7 @@ def backup_paths(
         detail = "; ".join(reader.errors[:5]) or proc.stderr_tail()
         raise CommandError(proc.argv, code, f"some files could not be read: {detail}", what="restic backup",
                            hint="the snapshot is incomplete; fix permissions or exclude the paths")
-    if code != 0:
+    if code != 0 and watch.gave_up_after is None:       # given up on after saving: committed
         raise restic.error(code, proc.stderr_tail(), ["backup"])
     snap = summary.get("snapshot_id")
     if not snap:

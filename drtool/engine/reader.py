@@ -11,7 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from drtool.engine.restic import PasswordPipe, Restic, Snapshot
-from drtool.errors import CommandError, DrtoolError
+from drtool.errors import CommandError, DrtoolError, RestoreRefused, SourceError
+from drtool.safe_paths import TarMemberGuard, safe_stream_name
 from drtool.execute import LocalProcess
 
 CHUNK = 1 << 20
@@ -44,6 +45,12 @@ class ResticProcess:
 
 class ResticStreamReader:
     def __init__(self, restic: Restic, streams: dict[str, Snapshot], sizes: dict[str, int] | None = None) -> None:
+        bad = sorted(name for name in streams if not safe_stream_name(name))
+        if bad:
+            # Stream names come from the snapshots' tags and become temp file names during restores.
+            raise RestoreRefused(f"the snapshot set has stream(s) named {', '.join(map(repr, bad))}, which are not "
+                                 "plain file names; nothing was written",
+                                 hint="these snapshots were not made by drtool; restore them by hand with restic")
         self.restic = restic
         self.streams = streams
         self._sizes = dict(sizes or {})
@@ -101,11 +108,14 @@ def free_bytes(path: Path) -> int:
 def extract_dump(restic: Restic, snapshot_id: str, path: str, runner, dest: str, *,  # noqa: ANN001 - a Runner
                  timeout: float, where: str = "here") -> int:
     """`restic dump SNAP PATH` (a tar archive) piped into `tar -x -C DEST` run by `runner`
-    (here or on a host). GNU tar strips leading `/` and refuses `..` members, so nothing lands
-    outside DEST; owners and modes are restored by number, as restic does. Returns the bytes."""
+    (here or on a host); owners and modes are restored by number, as restic does. Returns the
+    bytes. Every chunk passes a TarMemberGuard before tar sees it: a member whose name leaves
+    DEST (absolute, `..`, below a symlink of the archive) stops the restore before it is written
+    (whatever tar runs there, GNU or not)."""
     dump, pw = restic.dump(snapshot_id, path)
     untar = None
     expired = threading.Event()
+    guard = TarMemberGuard()
 
     def expire() -> None:
         expired.set()
@@ -123,9 +133,16 @@ def extract_dump(restic: Restic, snapshot_id: str, path: str, runner, dest: str,
         assert untar.stdin is not None
         try:
             for chunk in iter(lambda: dump.stdout.read(CHUNK), b""):
+                guard.feed(chunk)
+                if guard.problem:
+                    break
                 untar.stdin.write(chunk)
                 total += len(chunk)
-            untar.stdin.close()
+            if guard.problem:
+                for proc in (untar, dump):
+                    proc.kill()
+            else:
+                untar.stdin.close()
         except (BrokenPipeError, OSError, ValueError):
             pass   # tar stopped reading: its exit status says why
         tcode = untar.wait(timeout)
@@ -138,6 +155,10 @@ def extract_dump(restic: Restic, snapshot_id: str, path: str, runner, dest: str,
     finally:
         watchdog.cancel()
         pw.close()
+    if guard.problem:
+        raise SourceError(f"restore into {dest} {where} stopped: {guard.problem}; it was not written",
+                          hint=f"{guard.members - 1} member(s) before it were extracted into {dest}; "
+                               "this snapshot was not made by drtool: look at it with `restic ls` before restoring")
     if expired.is_set():
         raise CommandError(untar.argv, None, untar.stderr_tail(), what=f"restoring into {dest} {where}",
                            hint=f"it took longer than {timeout:.0f}s")

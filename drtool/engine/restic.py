@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -29,7 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from drtool.engine.restic_errors import classify, clean_stderr
-from drtool.errors import Cancelled, CommandError, DrtoolError, RepositoryError, RepositoryLocked, RepositoryMissing
+from drtool.engine.retry_watch import RetryWatch
+from drtool.errors import (Cancelled, CommandError, DrtoolError, RepositoryError, RepositoryLocked, RepositoryMissing,
+                           StorageError)
 from drtool.execute import LocalProcess, LocalRunner, Result, stop_process
 from drtool.secrets import Secret, redact
 
@@ -44,6 +45,7 @@ _SCRUB = ("RESTIC_PASSWORD", "RESTIC_PASSWORD_COMMAND", "RESTIC_PASSWORD_FILE", 
 ProgressFn = Callable[[dict[str, Any]], None]
 DEFAULT_WAIT_UNAVAILABLE = 300.0         # seconds a throttling/unreachable storage is waited out
 _BACKOFF_FIRST, _BACKOFF_CAP = 2.0, 30.0
+DOWN_MEMORY_S = 60.0                     # a storage given up on is not tried again within this time
 # Commands that only read: safe to run again after a transient failure.
 _RETRYABLE = frozenset({"cat", "snapshots", "ls", "stats", "list", "key", "unlock", "version"})
 
@@ -186,6 +188,12 @@ class Restic:
         # The caller's RESTIC_* variables would override the password we pass through the pipe.
         self._runner = LocalRunner(drop_env=_SCRUB)
         self.unlocked_stale = 0              # stale locks removed by this instance (for run records)
+        # Set once the storage has used up its wait_unavailable in this run (a command waited it out,
+        # or a running backup was given up on): for DOWN_MEMORY_S later commands fail at once with
+        # the same error instead of waiting again (a failed run's clean-up would otherwise spend the
+        # budget once per command, and each attempt of restic alone retries for ~12 s). Reset by any
+        # command that succeeds.
+        self._down: tuple[float, DrtoolError] | None = None
 
     # -- plumbing ---------------------------------------------------------
 
@@ -201,11 +209,16 @@ class Restic:
             cancel: threading.Event | None = None) -> Result:
         """Run restic to the end; a stale lock is removed and a read-only command waits out
         a throttling or unreachable storage (see the module docstring)."""
-        delays = backoff_delays(self.wait_unavailable) if _command(args) in _RETRYABLE else []
+        if self._down is not None and time.monotonic() - self._down[0] < DOWN_MEMORY_S:
+            raise self._down[1]
+        retryable = _command(args) in _RETRYABLE and self._down is None
+        delays = backoff_delays(self.wait_unavailable) if retryable else []
         unlocked = False
         while True:
             try:
-                return self._run_once(args, timeout=timeout, input=input, cancel=cancel)
+                result = self._run_once(args, timeout=timeout, input=input, cancel=cancel)
+                self._down = None
+                return result
             except RepositoryLocked:
                 if unlocked or _command(args) == "unlock":
                     raise
@@ -213,6 +226,8 @@ class Restic:
                 self.unlock_stale()
             except DrtoolError as exc:
                 if not exc.transient or not delays:
+                    if isinstance(exc, StorageError) and exc.transient:
+                        self.mark_down(exc)
                     raise
                 delay = delays.pop(0)
                 log.info("restic %s: %s; trying again in %.0fs", _command(args), exc.message.splitlines()[0], delay)
@@ -220,42 +235,64 @@ class Restic:
 
     def _run_once(self, args: Sequence[str], *, timeout: float, input: bytes | None,
                   cancel: threading.Event | None) -> Result:
-        if cancel is not None:
-            return self._run_cancellable(args, timeout=timeout, cancel=cancel)
-        with PasswordPipe(self.access.password) as pw:
-            try:
-                result = self._runner.run(self.argv(args), env={**_base_env(self.access), **pw.env},
-                                          timeout=timeout, input=input, check=False, pass_fds=(pw.read_fd,))
-            except CommandError as exc:
-                raise self.error(exc.returncode, exc.stderr_tail, args) from None
-        if result.returncode != 0:
-            raise self.error(result.returncode, result.stderr.decode("utf-8", "replace"), args)
-        return result
-
-    def _run_cancellable(self, args: Sequence[str], *, timeout: float, cancel: threading.Event) -> Result:
-        """Like run(), but polls `cancel` and interrupts restic (SIGINT: it cleans up its lock)."""
-        proc, pw = self.start(args)
+        """restic to its end, stdout collected. Interrupted (SIGINT: it removes its lock) on `cancel`
+        or after `timeout`; killed when its storage stops answering for wait_unavailable
+        (drtool/engine/retry_watch.py): restic alone retries for minutes."""
+        proc, pw = self.start(args, stdin=input is not None)
         out: list[bytes] = []
-        reader = threading.Thread(target=lambda: out.extend(iter(lambda: proc.stdout.read(65536), b"")), daemon=True)
+        reader = threading.Thread(target=lambda: out.extend(iter(lambda: proc.stdout.read(65536), b"")),
+                                  daemon=True, name="restic-stdout")
         reader.start()
-        deadline = time.monotonic() + timeout
+        if input is not None:
+            threading.Thread(target=_feed, args=(proc, input), daemon=True, name="restic-stdin").start()
+        watch = self.watch_retries(proc)
         try:
-            while True:
-                try:
-                    code = proc.wait(0.5)
-                    break
-                except subprocess.TimeoutExpired:
-                    if cancel.is_set() or time.monotonic() > deadline:
-                        stop_process(proc, grace=30)
-                        if cancel.is_set():
-                            raise Cancelled(f"restic {args[0]} was interrupted on request") from None
-                        raise CommandError(self.argv(args), None, proc.stderr_tail(), what=f"restic {args[0]}") from None
+            code = self._wait(proc, reader, args, time.monotonic() + timeout, cancel)
+        except BaseException:
+            stop_process(proc, grace=30)
+            raise
         finally:
+            watch.close()
             pw.close()
-        reader.join(30)
+        if watch.gave_up_after is not None:
+            raise watch.error()
         if code != 0:
             raise self.error(code, proc.stderr_tail(), args)
         return Result(self.argv(args), code, b"".join(out), proc.stderr_tail().encode())
+
+    def _wait(self, proc: LocalProcess, reader: threading.Thread, args: Sequence[str], deadline: float,
+              cancel: threading.Event | None) -> int:
+        # restic's stdout ends when it exits: joining the reader returns at once then, where a
+        # Popen.wait(timeout) would poll.
+        while reader.is_alive():
+            reader.join(0.5)
+            if cancel is not None and cancel.is_set():
+                stop_process(proc, grace=30)
+                raise Cancelled(f"restic {_command(args)} was interrupted on request")
+            if time.monotonic() > deadline:
+                stop_process(proc, grace=30)
+                raise CommandError(self.argv(args), None, proc.stderr_tail(), what=f"restic {_command(args)}")
+        return proc.wait(30)
+
+    def watch_retries(self, proc: LocalProcess) -> RetryWatch:
+        """Stop `proc` (a restic of this repository) once its storage has failed for longer than
+        wait_unavailable (drtool/engine/retry_watch.py); the caller asks the watch what happened."""
+        watch: RetryWatch
+
+        def give_up() -> None:
+            proc.kill()
+            if watch.storage_down:
+                self.mark_down(watch.error())
+        watch = RetryWatch(proc, self.wait_unavailable, give_up, url=self.access.url)
+        return watch
+
+    def mark_down(self, exc: DrtoolError) -> None:
+        """The storage used up its wait_unavailable: the next commands fail at once (see __init__)."""
+        self._down = (time.monotonic(), exc)
+
+    @property
+    def storage_down(self) -> bool:
+        return self._down is not None
 
     def start(self, args: Sequence[str], *, stdin: bool = False) -> tuple[LocalProcess, PasswordPipe]:
         """Start restic; the caller closes the returned pipe after restic has read it (at exit)."""
@@ -290,7 +327,7 @@ class Restic:
         """True if the repository opens; False only when it is really missing (any other
         failure, e.g. the storage is down or the password is wrong, is raised)."""
         try:
-            self.run(["cat", "config"], timeout=120)
+            self.run(["--no-lock", "cat", "config"], timeout=120)
             return True
         except RepositoryMissing:
             return False
@@ -459,6 +496,15 @@ def repo_access(settings: Any, repo_name: str) -> RepoAccess:
             repo.url, repo.rest.username, repo.rest.password.resolve() if repo.rest.password else None)
     return RepoAccess(repo.url, repo.password.resolve(), env,
                       limit_upload=repo.limit_upload, limit_download=repo.limit_download)
+
+
+def _feed(proc: LocalProcess, data: bytes) -> None:
+    assert proc.stdin is not None
+    try:
+        proc.stdin.write(data)
+        proc.stdin.close()
+    except (BrokenPipeError, OSError, ValueError):
+        pass          # restic exited early: its exit status says why
 
 
 def _command(args: Sequence[str]) -> str:

@@ -159,9 +159,10 @@ def _tail(text: str, lines: int = 8) -> str:
 
 
 def _with_password(access: Access, password: Secret) -> Any:
-    from drtool.engine.restic import RepoAccess
+    from dataclasses import replace
 
-    return RepoAccess(access.url, password, dict(access.env))
+    # replace() keeps every other field (bandwidth limits too) of the access it derives from.
+    return replace(access, password=password, env=dict(access.env))
 
 
 def _restic(access: Access) -> Any:

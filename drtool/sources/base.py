@@ -22,10 +22,13 @@ from concurrent.futures import Future
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from drtool.execute import Process
 from drtool.secrets import Secret
+
+if TYPE_CHECKING:
+    from drtool.engine.relay import StreamCheck
 
 # Fingerprint of a database source, JSON-able:
 #   {"kind": "postgres", "databases": {"siak": {"public.penduduk": 1234, ...}},
@@ -40,6 +43,10 @@ class DumpStream:
     name: str                          # unique in the source: "siak.pgdump", "globals.sql"
     start: Callable[[], Process]       # launches the producer; its stdout is the dump
     database: str | None = None        # which database this stream holds, if any
+    # A new completeness check for each start (drtool/sources/stream_checks.py, pg_archive.py):
+    # it sees every byte on the way and vetoes the commit of a stream that exited 0 but is short.
+    # A check makes the relay copy through Python instead of os.splice (cost: bench/README.md).
+    check: "Callable[[], StreamCheck] | None" = None
 
 
 class DumpSession:

@@ -11,6 +11,7 @@ listing those patterns select (drtool.sources.patterns, restic's rules).
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from drtool.engine.restic import Restic
-from drtool.errors import RestoreRefused
+from drtool.errors import CommandError, RepositoryError, RestoreRefused, SourceError, StorageError
 from drtool.sources.patterns import ancestors, matches
 
 
@@ -33,14 +34,47 @@ def check_target_dir(target: Path, *, force: bool) -> None:
 def restore_files(restic: Restic, snapshot_id: str, target: Path, *, force: bool = False,
                   verify: bool = True, include: Sequence[str] = ()) -> dict[str, Any]:
     check_target_dir(target, force=force)
+    if force and target.is_dir():
+        from drtool.sources.restore_guard import check_tree_restore
+        check_tree_restore(restic, snapshot_id, target)     # never through a symlink already there
     target.mkdir(parents=True, exist_ok=True, mode=0o700)
     args = ["restore", snapshot_id, "--target", str(target)]
     for pattern in include:
         args += ["--include", pattern]
     if verify:
         args.append("--verify")   # restic re-reads every restored file and checks its content hashes
-    restic.run(args, timeout=24 * 3600)
+    try:
+        restic.run(args, timeout=24 * 3600)
+    except CommandError as exc:
+        raise restore_failed(target, exc.stderr_tail or exc.message) from None
+    except (RepositoryError, StorageError) as exc:       # known causes: a damaged repository, the storage
+        raise restore_failed(target, exc.message, cause=exc.message.splitlines()[0], hint=exc.hint) from None
     return {"target": str(target), **({"include": list(include)} if include else {})}
+
+
+def restore_failed(target: Path, output: str, *, cause: str | None = None, hint: str | None = None) -> SourceError:
+    """A files restore that stopped half-way: its cause, and what it left in the target."""
+    from drtool.report.units import human_bytes
+
+    cause = cause or _restore_cause(target, output)
+    files, nbytes = tree_size(target) if target.exists() else (0, 0)
+    left = (f"{files} files ({human_bytes(nbytes)}) of a partial restore are left in {target}: remove them, "
+            "or make room and restore again with --force" if files else f"nothing was left in {target}")
+    return SourceError(f"restore into {target} failed: {cause}; {left}", hint=hint)
+
+
+def _restore_cause(target: Path, output: str) -> str:
+    """The line of restic's (or tar's) output that says why, a full disk said plainly."""
+    from drtool.engine.restic_errors import cause_line
+    from drtool.report.units import human_bytes
+
+    low = output.lower()
+    if "no space left on device" in low or "disk quota exceeded" in low:
+        free = shutil.disk_usage(target).free if target.exists() else 0
+        return f"no space left on device (the file system of {target} has {human_bytes(free)} free)"
+    lines = [ln.strip() for ln in output.splitlines() if ln.strip()]
+    return next((ln.split(": ", 1)[-1] for ln in lines if ln.startswith("ignoring error for")), None) \
+        or cause_line(output) or (lines[-1] if lines else "restic failed")
 
 
 @dataclass

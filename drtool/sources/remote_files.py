@@ -187,6 +187,7 @@ def _backup_with_tar(runner: Runner, source: Source, restic: Restic, run: RunRec
     result = stream_to_restic(
         restic, lambda: runner.start(argv), filename=name, tags=tags, host=host,
         what=f"tar of {source.name} on {runner.name}", cancel=cancel,
+        stall=source.stall_timeout, timeout=source.timeout,
         on_progress=lambda obj: emit(Progress(source.name, obj, name)),
     )
     run.snapshots.append(result.snapshot_id)
@@ -327,14 +328,22 @@ def restore_tar(restic: Restic, snapshot_id: str, stream: str, target: Path, *, 
                 timeout: float = 24 * 3600) -> dict[str, Any]:
     """Extract a tar-mode snapshot (`restic dump ID /SOURCE.tar | tar -x`) into `target`.
 
-    GNU tar strips leading `/` and refuses members with `..`, so nothing lands
-    outside `target`; owners and modes are restored by number, as restic does.
+    Names that leave `target` are refused (drtool/safe_paths.py), also through a symlink
+    already in it; owners and modes are restored by number, as restic does.
     """
     from drtool.engine.reader import extract_dump
+    from drtool.safe_paths import local_symlinks
+    from drtool.sources.restore_guard import check_tar_restore
 
     check_target_dir(target, force=force)
+    if force and target.is_dir():
+        check_tar_restore(restic, snapshot_id, "/" + stream, str(target), local_symlinks(target))
     target.mkdir(parents=True, exist_ok=True, mode=0o700)
-    total = extract_dump(restic, snapshot_id, "/" + stream, LocalRunner(), str(target), timeout=timeout)
+    try:
+        total = extract_dump(restic, snapshot_id, "/" + stream, LocalRunner(), str(target), timeout=timeout)
+    except CommandError as exc:
+        from drtool.sources.files import restore_failed
+        raise restore_failed(target, exc.stderr_tail or exc.message) from None
     return {"target": str(target), "bytes": total}
 
 

@@ -29,6 +29,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
+from functools import partial
 from pathlib import Path
 from typing import IO
 
@@ -47,6 +48,7 @@ from drtool.sources.base import (
     StreamReader,
 )
 from drtool.sources.sqlite_dump import open_readonly, table_counts, table_hashes
+from drtool.sources.stream_checks import SqliteCopyCheck
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +101,8 @@ class SqliteDatabase:
         try:
             copy = str(info["copy"])
             stream = DumpStream(self.name, lambda: self.runner.start(producer("cat", copy)),
-                                database=self.name)
+                                database=self.name,
+                                check=partial(SqliteCopyCheck, f"SQLite copy of {self.name}", info.get("size")))
             yield DumpSession(fingerprint_of(self.name, info["tables"], info.get("content")), [stream])
         finally:
             self._remove(producer, str(info["dir"]))
@@ -132,6 +135,9 @@ class SqliteDatabase:
 
     def restore(self, reader: StreamReader, target: DbTarget, *, force: bool = False) -> RestoreResult:
         dest = _target_path(target)
+        if dest.is_symlink():
+            raise RestoreRefused(f"restore target {dest} is a symlink (to {os.readlink(dest)}); nothing was changed",
+                                 hint="give the path of the file itself: a restore never follows a link")
         stream = pick_stream(reader.names(), self.name)
         if dest.exists() and dest.stat().st_size > 0 and not force:
             raise RestoreRefused(f"{dest} exists and is not empty; nothing was changed",

@@ -116,7 +116,8 @@ def snapshot(src: Path, *, content: bool = False) -> dict[str, object]:
     try:
         copy = workdir / src.name
         backup_copy(src, copy)
-        info: dict[str, object] = {"dir": str(workdir), "copy": str(copy), "tables": table_counts(copy)}
+        info: dict[str, object] = {"dir": str(workdir), "copy": str(copy), "tables": table_counts(copy),
+                                   "size": copy.stat().st_size}
         if content:
             info["content"] = {"method": HASH_METHOD, "tables": table_hashes(copy)}
         return info

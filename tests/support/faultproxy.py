@@ -29,7 +29,7 @@ MODES = ("pass", "slowdown", "internal", "truncate", "refuse")
 
 
 class FaultProxy:
-    def __init__(self, backend_port: int, *, backend_host: str = "127.0.0.1") -> None:
+    def __init__(self, backend_port: int, *, backend_host: str = "127.0.0.1", port: int = 0) -> None:
         self.backend = (backend_host, backend_port)
         self.mode = "pass"
         self.latency = 0.0
@@ -51,7 +51,7 @@ class FaultProxy:
 
             do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _any
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = ThreadingHTTPServer(("127.0.0.1", port), Handler)   # port: come back where it was
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 

@@ -8,6 +8,7 @@ have at least one complete snapshot set of this drill's host.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from drtool.actions.bundle import read_config_bundle
@@ -17,7 +18,7 @@ from drtool.actions.kit import kit_access
 from drtool.actions.select import snapshot_sets
 from drtool.config.models import Step
 from drtool.crypto.kit import open_kit, read_kit
-from drtool.engine.restic import RepoAccess, Restic
+from drtool.engine.restic import Restic
 from drtool.errors import UsageError
 
 
@@ -34,7 +35,7 @@ def kit(ctx: DrillContext, step: Step) -> Outcome:
         entry = opened.repository(ctx.policy.repository)
         access = kit_access(entry)   # the kit's own S3 keys (if it holds them) and the escrow key hint
         if "AWS_SECRET_ACCESS_KEY" not in access.env:
-            access = RepoAccess(access.url, access.password, {**ctx.restic.access.env, **access.env})
+            access = replace(access, env={**ctx.restic.access.env, **access.env})
         how = f"the escrow key {entry.escrow_key_id} from recovery kit {kit_file}"
     else:
         access = ctx.restic.access

@@ -38,6 +38,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
+from functools import partial
 
 from drtool.config.models import MariadbSource
 from drtool.errors import SourceError
@@ -61,6 +62,7 @@ from drtool.sources.mariadb.commands import (
     tables_sql,
 )
 from drtool.sources.mariadb.session import SqlSession
+from drtool.sources.stream_checks import MARIADB_TRAILER, TrailerCheck
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +147,8 @@ def open_dump(client: Client, spec: MariadbSource) -> Iterator[DumpSession]:
             fingerprint = hasher.hash_in_background(fingerprint, databases, names, columns)
         transactional = all(engine in TRANSACTIONAL_ENGINES for _, _, engine in tables)
         gate = _LockGate(session, databases, release_early=transactional and can_watch)
-        streams = [DumpStream(f"{db}.sql", _stream_starter(client, conn, db, gate), database=db)
+        streams = [DumpStream(f"{db}.sql", _stream_starter(client, conn, db, gate), database=db,
+                              check=partial(TrailerCheck, f"mariadb-dump of {db}", MARIADB_TRAILER))
                    for db in databases]
         yield DumpSession(fingerprint, streams)
     finally:

@@ -17,6 +17,7 @@ from functools import partial
 from drtool.config.models import PostgresSource
 from drtool.execute import Process, Runner
 from drtool.sources.base import DumpSession, DumpStream
+from drtool.sources.pg_archive import CustomArchiveCheck
 from drtool.sources.postgres.client import open_session
 from drtool.sources.postgres.commands import (
     DUMP_SUFFIX,
@@ -27,6 +28,7 @@ from drtool.sources.postgres.commands import (
 )
 from drtool.sources.postgres.fingerprint import export_snapshot, fingerprint_sessions
 from drtool.sources.psql import PsqlSession
+from drtool.sources.stream_checks import PG_DUMPALL_TRAILER, TrailerCheck
 
 
 def source_endpoint(spec: PostgresSource) -> Endpoint:
@@ -46,9 +48,11 @@ def open_dump(runner: Runner, spec: PostgresSource) -> Iterator[DumpSession]:
             session = sessions[db] = open_session(runner, src, db)
             snapshot, version = export_snapshot(session)
             streams.append(DumpStream(name=f"{db}{DUMP_SUFFIX}", database=db,
-                                      start=partial(_start_pg_dump, runner, src, db, snapshot)))
+                                      start=partial(_start_pg_dump, runner, src, db, snapshot),
+                                      check=partial(CustomArchiveCheck, f"pg_dump of {db}")))
         if spec.globals:
-            streams.append(DumpStream(name=GLOBALS_STREAM, start=partial(_start_globals, runner, src)))
+            streams.append(DumpStream(name=GLOBALS_STREAM, start=partial(_start_globals, runner, src),
+                                      check=partial(TrailerCheck, "pg_dumpall --globals-only", PG_DUMPALL_TRAILER)))
         # Exact counts (and content hashes) scan every table; they run in the exported snapshots
         # while pg_dump reads the same snapshots (PostgreSQL synchronises the sequential scans).
         fingerprint = counter.submit(lambda: fingerprint_sessions(sessions, version, content=spec.content_hash))
