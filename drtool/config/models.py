@@ -182,6 +182,62 @@ class Retention(Model):
     within: Duration | None = None
 
 
+_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def _size(value: object) -> int:
+    """Bytes from '512M', '4G', '2GiB' (binary units); a bare integer is bytes."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a size like 512M or 4G, got {value!r}")
+    if isinstance(value, int):
+        return value
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*", str(value).lower())
+    if not match:
+        raise ValueError(f"expected a size like 512M or 4G, got {value!r}")
+    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2)])
+
+
+Size = Annotated[int, BeforeValidator(_size), WithJsonSchema(
+    {"type": "string", "pattern": r"^\s*\d+(\.\d+)?\s*[KMGTkmgt]?(i?[Bb])?\s*$",
+     "description": "a size: 512M, 4G, 2GiB (binary units)"})]
+
+
+class PitrSettings(Model):
+    """Point-in-time recovery for a PostgreSQL source (drtool/actions/wal_ship.py, actions/pitr.py).
+
+    Each backup of the source adds a physical base backup (`pg_basebackup -Ft -X fetch`, streamed)
+    to its logical dumps; `drtool daemon` (or `drtool wal-ship POLICY`) streams WAL with
+    pg_receivewal into a bounded local spool and ships it to the repository in batches."""
+
+    wal_ship: Duration = 60.0              # WAL reaches the repository at most this long after it is written
+    spool_dir: str | None = None           # default: <state_dir>/wal/<policy>/<source>
+    spool_max: Size = 4 << 30              # a full spool pauses receiving (the slot keeps WAL on the server) and alerts
+    slot: str | bool = True                # replication slot: true = drtool_<policy>_<source>, a name, or false
+    canary: Duration | None = None         # opt-in: update drtool_canary every this often (achieved-RPO probe)
+    canary_database: str = "postgres"      # where the drtool_canary table lives
+
+    @field_validator("wal_ship")
+    @classmethod
+    def _ship_bounds(cls, value: float) -> float:
+        if not 1.0 <= value <= 3600.0:
+            raise ValueError("wal_ship must be between 1s and 1h")
+        return value
+
+    @field_validator("canary")
+    @classmethod
+    def _canary_bounds(cls, value: float | None) -> float | None:
+        if value is not None and value < 1.0:
+            raise ValueError("canary must be at least 1s")
+        return value
+
+    @field_validator("slot")
+    @classmethod
+    def _slot_name(cls, value: str | bool) -> str | bool:
+        if isinstance(value, str) and not re.fullmatch(r"[a-z0-9_]{1,63}", value):
+            raise ValueError("a replication slot name is 1-63 characters of a-z, 0-9 and _")
+        return value
+
+
 class PostgresSource(Model):
     database: str | None = None
     databases: list[str] | None = None
@@ -191,6 +247,7 @@ class PostgresSource(Model):
     password: SecretRef | None = None
     globals: bool = True                   # pg_dumpall --globals-only as its own stream
     bin_dir: str | None = None             # where pg_dump lives, if not on PATH
+    pitr: PitrSettings | None = None       # physical base backups + continuous WAL (point-in-time recovery)
 
     @model_validator(mode="after")
     def _one_db_field(self) -> "PostgresSource":
@@ -300,6 +357,15 @@ class Policy(Model):
     path: str | None = Field(None, exclude=True)   # the file it came from
 
     @model_validator(mode="after")
+    def _pitr_local(self) -> "Policy":
+        pitr = [s.name for s in self.sources if s.postgres is not None and s.postgres.pitr is not None]
+        if pitr and self.host is not None:
+            raise ValueError(f"pitr (source {', '.join(pitr)}) needs pg_receivewal and pg_basebackup on this machine; "
+                             "it is not supported for a policy with host: (back up that server with a policy "
+                             "without host:, its postgres host/port pointing at it)")
+        return self
+
+    @model_validator(mode="after")
     def _unique_sources(self) -> "Policy":
         seen: set[str] = set()
         for src in self.sources:
@@ -333,11 +399,24 @@ class SnapshotRandomWithin(Model):
 SnapshotSelector = Literal["latest"] | SnapshotBefore | SnapshotRandomWithin
 
 
+PointInTime = Literal["latest"] | datetime | SnapshotRandomWithin
+
+
 class RestoreStep(Model):
     source: Name
     into: str = "scratch"                  # scratch | a server URL | an absolute path
     force: bool = False
     host: Name | None = None               # restore onto this host (over SSH)
+    # PITR sources: recover the base backup + WAL to this moment (latest, a time, {random_within: 7d});
+    # into: scratch only.
+    at: PointInTime | None = None
+
+    @field_validator("at")
+    @classmethod
+    def _aware_at(cls, value: Any) -> Any:
+        if isinstance(value, datetime) and value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value
 
 
 class VerifyStep(Model):
