@@ -186,14 +186,14 @@ class Restic:
         return restic_error(code, stderr, args=args, argv=self.argv(args), url=self.access.url)
 
     def run(self, args: Sequence[str], *, timeout: float = 600.0, input: bytes | None = None,
-            cancel: threading.Event | None = None) -> Result:
+            cancel: threading.Event | None = None, cwd: str | None = None) -> Result:
         """Run restic to the end; a stale lock is removed and a read-only command waits out
         a throttling or unreachable storage (see the module docstring)."""
         delays = backoff_delays(self.wait_unavailable) if _command(args) in _RETRYABLE else []
         unlocked = False
         while True:
             try:
-                return self._run_once(args, timeout=timeout, input=input, cancel=cancel)
+                return self._run_once(args, timeout=timeout, input=input, cancel=cancel, cwd=cwd)
             except RepositoryLocked:
                 if unlocked or _command(args) == "unlock":
                     raise
@@ -207,13 +207,14 @@ class Restic:
                 self._sleep(delay)
 
     def _run_once(self, args: Sequence[str], *, timeout: float, input: bytes | None,
-                  cancel: threading.Event | None) -> Result:
+                  cancel: threading.Event | None, cwd: str | None = None) -> Result:
         if cancel is not None:
             return self._run_cancellable(args, timeout=timeout, cancel=cancel)
         with PasswordPipe(self.access.password) as pw:
             try:
                 result = self._runner.run(self.argv(args), env={**_base_env(self.access), **pw.env},
-                                          timeout=timeout, input=input, check=False, pass_fds=(pw.read_fd,))
+                                          timeout=timeout, input=input, check=False, pass_fds=(pw.read_fd,),
+                                          cwd=cwd)
             except CommandError as exc:
                 raise self.error(exc.returncode, exc.stderr_tail, args) from None
         if result.returncode != 0:

@@ -19,8 +19,19 @@ from typing import Any
 
 from drtool.config.models import PostgresSource
 from drtool.execute import Process, Runner
-from drtool.sources.base import DbTarget, DumpSession, DumpStream, Fingerprint, RestoreResult, StreamReader
-from drtool.sources.pg_basebackup import BASE_STREAM, BaseBackupCheck, pg_basebackup_argv
+from drtool.sources.base import (
+    DbTarget,
+    DumpSession,
+    DumpStream,
+    Fingerprint,
+    RestoreResult,
+    StreamReader,
+)
+from drtool.sources.pg_basebackup import (
+    BASE_STREAM,
+    BaseBackupCheck,
+    pg_basebackup_argv,
+)
 from drtool.sources.postgres import PostgresDatabase
 from drtool.sources.psql import conn_args, libpq_env
 

@@ -171,7 +171,7 @@ class PitrView:
         return max((end for _start, end in self.windows), default=None)
 
     def to_dict(self) -> dict[str, object]:
-        iso = lambda t: t.isoformat() if t else None  # noqa: E731
+        iso = lambda t: t.isoformat() if t else None
         return {"base_backups": self.base_backups, "newest_wal": iso(self.newest_wal),
                 "newest_segment": self.newest_segment, "recovery_point": iso(self.recovery_point),
                 "windows": [{"from": iso(a), "to": iso(b)} for a, b in self.windows],

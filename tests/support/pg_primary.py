@@ -72,7 +72,7 @@ class Writer:
         self._thread = threading.Thread(target=self._run, daemon=True)
         self.error: BaseException | None = None
 
-    def __enter__(self) -> "Writer":
+    def __enter__(self) -> Writer:
         psql(self.pg, "CREATE TABLE IF NOT EXISTS ticks (id int PRIMARY KEY, at timestamptz NOT NULL)", self.db)
         self._thread.start()
         return self
@@ -101,14 +101,14 @@ class Writer:
                     raise RuntimeError(f"writer lost its session: {proc.stderr_tail()}")
                 self.rows.append((n, datetime.fromisoformat(line)))
                 self._stop.wait(self.every)
-        except BaseException as exc:  # noqa: BLE001 - the test reads it
+        except BaseException as exc:
             if not self._stop.is_set():
                 self.error = exc
         finally:
             try:
                 proc.stdin.close()
                 proc.wait(10)
-            except Exception:  # noqa: BLE001
+            except Exception:
                 proc.kill()
 
 
@@ -118,7 +118,7 @@ def burn(pg: ScratchPostgres) -> None:
     shutil.rmtree(pg.data_dir)
 
 
-def wait_for(predicate, timeout: float = 60, every: float = 0.2, what: str = "condition"):  # noqa: ANN001, ANN201
+def wait_for(predicate, timeout: float = 60, every: float = 0.2, what: str = "condition"):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()

@@ -6,11 +6,18 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from drtool.sources.wal_chain import Archive, BaseBackup, OutsideWindow, analyse, merge_windows, plan_restore
+from drtool.sources.wal_chain import (
+    Archive,
+    BaseBackup,
+    OutsideWindow,
+    analyse,
+    merge_windows,
+    plan_restore,
+)
 from drtool.sources.wal_names import (
     Batch,
-    SegRange,
     Segment,
+    SegRange,
     batch_from_tags,
     batch_tags,
     format_lsn,
