@@ -280,3 +280,34 @@ def _write_private(path: Path, text: str) -> None:
 def _me() -> str:
     import pwd
     return pwd.getpwuid(os.geteuid()).pw_name
+
+
+def restore_source_at(settings: Any, policy: Policy, source_name: str, at: str, target: str, *,
+                      host: str | None = None) -> dict[str, Any]:
+    """`drtool restore POLICY --source S --at TIME --target DIR`."""
+    from drtool.actions.common import open_repo, restic_host
+    from drtool.errors import UsageError
+
+    try:
+        source = policy.source(source_name)
+    except KeyError:
+        names = ", ".join(s.name for s in policy.sources)
+        raise UsageError(f"policy {policy.name!r} has no source {source_name!r} (it has: {names})") from None
+    if source.kind != "postgres" or source.spec.pitr is None:  # type: ignore[union-attr]
+        raise UsageError(f"--at needs a PostgreSQL source with pitr:; {source_name!r} has none",
+                         hint="restore a snapshot set with --snapshot instead")
+    when = parse_at(at)
+    instance = Path(target).absolute()
+    _refuse_busy(instance)
+    handle = open_repo(settings, policy.repository)
+    return restore_to_directory(handle.restic, policy, source, when, instance, host=host or restic_host(settings),
+                                cache_dir=settings.state_dir / "pitr")
+
+
+def pitr_view(settings: Any, restic: Restic, policy: Policy, source: Source, host: str | None,
+              listing: list[Snapshot]) -> Any:
+    """The status of one PITR source (drtool/sources/wal_chain.py PitrView) from a policy's listing."""
+    from drtool.sources.wal_chain import analyse
+
+    chain = read_chain(restic, policy, source, host=host, listing=listing, cache_dir=settings.state_dir / "pitr")
+    return analyse(chain.bases, chain.batches)

@@ -24,6 +24,7 @@ COMMAND_MODULES = [
     "drtool.cli.schedule",   # daemon, schedule show/export
     "drtool.cli.hosts",      # hosts check/trust
     "drtool.cli.kit",        # kit create/verify/revoke, recover, runbook, verify-report
+    "drtool.cli.pitr",       # wal-ship
 ]
 
 
