@@ -362,7 +362,7 @@ class WalShipper:
         current = self.spool.scan().current_partial
         self.alerts.raise_(f"lost:{current}", "wal_gap",
                            f"{self.name}: the server no longer has the WAL pg_receivewal needs "
-                           f"({redact(ended.stderr.splitlines()[-1]) if ended.stderr else 'removed'}); WAL is lost "
+                           f"({redact(ended.cause)}); WAL is lost "
                            f"after {current.name(self.segsize) if current else 'the last shipped segment'}. "
                            f"Receiving starts again at the server's position; run `drtool backup "
                            f"{self.policy.name}` for a base backup after the gap")

@@ -59,6 +59,13 @@ class ReceiverExit:
     stderr: str
     wal_lost: bool                    # the server no longer has the WAL the receiver asked for
 
+    @property
+    def cause(self) -> str:
+        """The line that says why (the server's error, not pg_receivewal's closing words)."""
+        lines = [line for line in self.stderr.splitlines() if line.strip()]
+        found = [line for line in lines if WAL_REMOVED.search(line)] or [ln for ln in lines if "error" in ln]
+        return (found or lines or ["no error text"])[0].strip()
+
 
 class Receiver:
     """One pg_receivewal for one spool; `ensure()` keeps it running, with backoff after failures."""
