@@ -139,3 +139,42 @@ def test_burn_then_recover_latest_and_a_moment_between_two_writes(tmp_path, s3_s
         assert refused.returncode == 2, refused.stderr
         assert "outside the recoverable window" in refused.stderr and "Traceback" not in refused.stderr
         assert not (root / "refused").exists()
+
+
+def test_drill_recovers_to_latest_and_to_a_random_moment_and_measures_the_data_loss(tmp_path, s3_server, bucket):
+    with pitr_primary() as pg:
+        ws = workspace(tmp_path, s3_server, bucket, pg, canary="1s")
+        ws.playbook("siak-pitr", {"policy": "siak", "targets": {"rpo": "30s", "rto": "10m"}, "steps": [
+            {"name": "recover to now", "restore": {"source": "db", "into": "scratch", "at": "latest"}},
+            {"name": "rows are back", "sql": {"source": "db", "query": "SELECT count(*) FROM ticks",
+                                              "expect": {"min": 5}}},
+            {"name": "a random moment", "restore": {"source": "db", "into": "scratch",
+                                                    "at": {"random_within": "1h"}}},
+            {"name": "canary is there", "sql": {"source": "db", "database": "postgres",
+                                                "query": "SELECT count(*) FROM drtool_canary", "expect": {"equals": 1}}},
+            {"name": "verify has nothing to compare", "verify": {"source": "db"}, "on_failure": "continue"},
+        ]})
+        shipper = start_shipper(ws)
+        try:
+            with Writer(pg, "siak", every=0.3) as writer:
+                ws.drtool("backup", "siak", check=True)
+                time.sleep(4)
+                proc = ws.drtool("drill", "siak-pitr", "--json", timeout=600)
+        finally:
+            stop(shipper)
+        report = json.loads(proc.stdout.strip().splitlines()[-1])
+        steps = {s["name"]: s for s in report["steps"]}
+        assert steps["recover to now"]["status"] == "passed", steps["recover to now"]
+        assert steps["rows are back"]["status"] == "passed" and steps["canary is there"]["status"] == "passed"
+        latest = steps["recover to now"]["pitr"]
+        assert latest["rpo_method"] == "canary" and latest["target"] == "latest"
+        # The data a fire at the step's start would have cost: WAL waits at most wal_ship (2 s) plus a batch's
+        # trip; the canary is written every second.
+        assert 0 <= latest["achieved_rpo_s"] <= 2 * 2 + 1 + 3, latest
+        past = steps["a random moment"]["pitr"]
+        assert past["target"] != "latest" and past["achieved_rpo_s"] <= 1 + 1.5, past
+        assert report["rpo"]["achieved_s"] == max(latest["achieved_rpo_s"], past["achieved_rpo_s"])
+        assert report["rpo"]["met"] is True
+        assert steps["verify has nothing to compare"]["status"] == "failed"
+        assert "point in time" in steps["verify has nothing to compare"]["detail"]
+        assert proc.returncode == 1                          # that failing (continue) step fails the drill

@@ -17,6 +17,7 @@ from drtool.actions.restore import verify_files_at
 from drtool.config.models import Step
 from drtool.execute import LocalRunner
 from drtool.report.units import human_bytes
+from drtool.errors import DrillFailed
 from drtool.sources.base import compare_fingerprints
 
 
@@ -41,7 +42,10 @@ def _files(ctx: DrillContext, restored: Restored) -> Outcome:
 
 
 def _database(restored: Restored) -> Outcome:
-    assert restored.db is not None and restored.target is not None and restored.fingerprint is not None
+    if restored.fingerprint is None:          # a point-in-time recovery: no snapshot's counts describe it
+        raise DrillFailed(f"{restored.source.name} was recovered to a point in time: there are no backup row counts "
+                          "to compare with", hint="check it with `sql:` steps instead of `verify:`")
+    assert restored.db is not None and restored.target is not None
     actual = restored.db.fingerprint_target(restored.target, restored.databases)
     expected = expected_for(restored.fingerprint, restored.databases)
     problems = compare_fingerprints(expected, actual)
