@@ -86,7 +86,7 @@ def base_backup(restic: Restic, chosen: Any, cache_dir: Path | None) -> BaseBack
     return BaseBackup(chosen.run_id, chosen.streams[BASE_STREAM].id, parse_lsn(info["start_lsn"]),
                       parse_lsn(info["stop_lsn"]), int(info["timeline"]), chosen.time,
                       datetime.fromisoformat(info["stop_time"]), info.get("sysid"), int(info["segsize"]),
-                      info.get("major"))
+                      info.get("major"), info.get("backup_from", "primary") != "standby")
 
 
 def plan_for(chain: Chain, at: datetime | None) -> RestorePlan:
@@ -191,7 +191,7 @@ def _check_recovery(plan: RestorePlan, end: RecoveryEnd, broker: WalBroker) -> N
     served = set(broker.served())
     complete = sorted(n for n, ref in plan.files.items()
                       if is_segment(n) and ref.partial_bytes is None
-                      and parse_segment(n, plan.segsize).segno >= plan.base.stop_segno)
+                      and parse_segment(n, plan.segsize).segno >= plan.base.next_segno)
     missing = [n for n in complete if n not in served]
     if missing:
         raise SourceError(f"recovery ended before replaying {len(missing)} WAL segment(s) the repository holds "

@@ -175,6 +175,7 @@ class BaseBackupCheck:
         self._info = {
             "start_lsn": format_lsn(start), "stop_lsn": format_lsn(stop), "timeline": label["timeline"],
             "start_time": label["start_time"], "stop_time": datetime.now(timezone.utc).isoformat(),
+            "backup_from": label["from"],
             "sysid": str(struct.unpack("<Q", control[:8])[0]) if len(control) >= 8 else None,
             "segsize": segsize, "major": _major(self.captured["PG_VERSION"]), "bytes": self.bytes,
             "files": len(self.files)}
@@ -214,7 +215,8 @@ def _parse_label(text: str) -> dict[str, Any]:
     except (KeyError, ValueError):
         raise SourceError("the base backup's backup_label cannot be read") from None
     # START TIME is in the server's log_timezone ("... UTC", "... WIB"): kept as written, for people.
-    return {"start_lsn": start, "timeline": timeline, "start_time": fields.get("START TIME", "").strip() or None}
+    return {"start_lsn": start, "timeline": timeline, "start_time": fields.get("START TIME", "").strip() or None,
+            "from": fields.get("BACKUP FROM", "primary").strip()}
 
 
 def _major(raw: bytes) -> int | None:

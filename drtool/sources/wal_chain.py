@@ -7,7 +7,9 @@
 The rules:
 - A base backup (pg_basebackup -X fetch) carries the WAL from its start to its stop, so
   it is consistent on its own at `stop_time`; from there on it needs the archive's WAL,
-  segment after segment, from the segment holding its stop LSN.
+  segment after segment. On a primary the backup's end switches to a new segment, so the
+  base holds its stop segment whole and the archive must go on from the next one (a base
+  backup taken from a standby does not switch: the archive must hold its stop segment too).
 - A complete segment counts once it is in any batch. Of the segment pg_receivewal was
   still writing only the newest batch's copy counts (`partial`), and only as the last one.
 - A batch's `upto` time is reachable from a base when every segment from the base's stop
@@ -48,10 +50,16 @@ class BaseBackup:
     sysid: str | None = None
     segsize: int = DEFAULT_SEGMENT_SIZE
     major: int | None = None
+    from_primary: bool = True             # pg_backup_stop switched segments: the stop segment is in the base
 
     @property
     def stop_segno(self) -> int:
         return self.stop_lsn // self.segsize
+
+    @property
+    def next_segno(self) -> int:
+        """The first segment the archive must hold for this base backup to go on."""
+        return self.stop_segno + 1 if self.from_primary else self.stop_segno
 
     @property
     def start_segno(self) -> int:
@@ -121,7 +129,7 @@ class Archive:
 
     def end_time(self, base: BaseBackup) -> datetime | None:
         """The newest moment recoverable from `base` (None: only the base's own stop point)."""
-        reach = self.reach(base.stop_segno)
+        reach = self.reach(base.next_segno)
         best: datetime | None = None
         for batch in self.batches:
             newest = batch.newest
@@ -194,7 +202,7 @@ def analyse(bases: Sequence[BaseBackup], batches: Sequence[Batch]) -> PitrView:
     mine = sorted((b for b in bases if sysid is None or b.sysid in (None, sysid)), key=lambda b: b.stop_time)
     view.windows = merge_windows((b.stop_time, archive.end_time(b) or b.stop_time) for b in mine)
     if mine and newest is not None:
-        view.gaps = find_gaps(archive, min(b.stop_segno for b in mine), newest)
+        view.gaps = find_gaps(archive, min(b.next_segno for b in mine), newest)
     tlis = sorted(archive.first_of_tli)
     view.timelines = [(t, Segment(t, archive.first_of_tli[t]).name(archive.segsize)) for t in tlis]
     view.missing_history = [t for t in tlis[1:] if t not in archive.histories]
@@ -289,18 +297,18 @@ def plan_restore(bases: Sequence[BaseBackup], batches: Sequence[Batch], at: date
 
 
 def _chain_end(archive: Archive, base: BaseBackup) -> Segment | None:
-    reach = archive.reach(base.stop_segno)
+    reach = archive.reach(base.next_segno)
     nxt = archive.segment(reach + 1)
     if nxt in archive.partials:
         return nxt
-    return archive.segment(reach) if reach >= base.stop_segno else None
+    return archive.segment(reach) if reach >= base.next_segno else None
 
 
 def wal_files(archive: Archive, base: BaseBackup) -> dict[str, FileRef]:
     """Every WAL file recovery from `base` may ask for, from its start segment to the chain's end."""
     segsize = archive.segsize
     files: dict[str, FileRef] = {}
-    reach = archive.reach(base.stop_segno)
+    reach = archive.reach(base.next_segno)
     for segno in range(base.start_segno, reach + 1):
         seg = archive.segment(segno)
         batch = archive.complete.get(seg)

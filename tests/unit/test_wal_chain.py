@@ -154,3 +154,13 @@ def test_timeline_switch_is_shown_and_followed():
 
 def test_merge_windows_joins_overlaps_only():
     assert merge_windows([(at(5), at(6)), (at(0), at(2)), (at(1), at(3))]) == [(at(0), at(3)), (at(5), at(6))]
+
+
+def test_the_base_backup_holds_its_stop_segment_when_taken_from_a_primary():
+    # The shipper started after the backup's segment switch: segment 2 never reached the archive.
+    bases = [base("b1", 0, 2, 2)]
+    batches = [batch("w1", 1, complete=[3], partial=(4, 100))]
+    view = analyse(bases, batches)
+    assert view.gaps == [] and view.recovery_point == at(1)
+    standby = [BaseBackup("r", "b1", 2 * SEG, 2 * SEG + 100, 1, at(-1), at(0), "42", SEG, 15, from_primary=False)]
+    assert [(g.first, g.last) for g in analyse(standby, batches).gaps] == [(2, 2)]
