@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from drtool.actions.select import snapshot_sets
+from drtool.actions.wal_canary import CANARY_TABLE
 from drtool.config.models import Policy, Source
 from drtool.engine.reader import ResticStreamReader, extract_dump
 from drtool.engine.restic import Restic, Snapshot
@@ -47,7 +48,6 @@ from drtool.tags import FINGERPRINT_STREAM, policy_tags
 log = logging.getLogger(__name__)
 
 RECOVERY_TIMEOUT_S = 24 * 3600.0
-CANARY_TABLE = "drtool_canary"
 
 
 @dataclass

@@ -23,9 +23,9 @@ Never a silent drop (pgBackRest's archive-push-queue-max drops WAL; this does no
   the gap (a breach) until retention has dropped the base backups before it.
 Each alert is sent once per occurrence, not once per round.
 
-Beside shipping, an opt-in canary (`canary: 10s`) updates one row of `drtool_canary` in
-`canary_database` with the server's clock, so a drill can measure the data loss a real
-recovery would have had (drtool/actions/pitr.py).
+Beside shipping, an opt-in canary (`canary: 10s`, drtool/actions/wal_canary.py) updates one
+row of `drtool_canary` in `canary_database` with the server's clock, so a drill can measure the
+data loss a real recovery would have had (drtool/actions/pitr.py).
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from drtool.actions.common import RepoHandle, open_repo, restic_host
+from drtool.actions.wal_canary import Canary
 from drtool.config.loader import Settings
 from drtool.config.models import Policy, Source
 from drtool.engine.pipeline import backup_args
@@ -53,7 +54,6 @@ from drtool.sources.psql import (
     conn_args,
     libpq_env,
     psql_argv,
-    quote_literal,
 )
 from drtool.sources.wal_dump import find_waldump, valid_offset
 from drtool.sources.wal_names import Segment, batch_tags, parse_lsn, parse_segment
@@ -66,7 +66,6 @@ TICK_S = 0.5
 MAX_SEGMENTS_PER_BATCH = 64                 # 1 GiB of 16 MiB segments: a backlog goes out in bounded batches
 UPTO_MARGIN = timedelta(seconds=0.5)        # a commit stamped just before the probe may insert just after it
 RESTIC_TIMEOUT_S = 3600.0
-CANARY_TABLE = "drtool_canary"
 Gate = tuple[Callable[[str], bool], Callable[[str], None]]
 
 
@@ -139,7 +138,7 @@ class WalShipper:
         self.state: dict[str, Any] = {}
         self._session: PsqlSession | None = None
         self._next_ship = 0.0
-        self._next_canary = 0.0
+        self.canary: Canary | None = None
         self._last_ok = clock()
         self._last_ship = -1e18
         self._preflight_done = False
@@ -163,8 +162,6 @@ class WalShipper:
         session = self._sql()
         self.sysid = session.value("SELECT system_identifier::text FROM pg_control_system()")
         self.segsize = int(session.value("SELECT setting FROM pg_settings WHERE name = 'wal_segment_size'"))
-        if self.pitr.canary is not None:
-            session.query(f"CREATE TABLE IF NOT EXISTS {CANARY_TABLE} (source text PRIMARY KEY, at timestamptz NOT NULL)")
         self._waldump = find_waldump(self.spec.bin_dir)
         self.spool = Spool(self.root, self.segsize)
         self.spool.prepare()
@@ -173,12 +170,17 @@ class WalShipper:
         self.receiver = Receiver(self.spec, str(self.spool.wal),  # type: ignore[arg-type]
                                  slot_name(self.policy.name, self.source.name, self.pitr.slot), clock=self.clock)
         self.receiver.create_slot()
+        if self.pitr.canary is not None:
+            self.canary = Canary(self.spec, self.name, self.pitr.canary, self.pitr.canary_database)  # type: ignore[arg-type]
+            self.canary.start()
         log.info("WAL shipping for %s: spool %s, every %.0fs, slot %s", self.name, self.root, self.pitr.wal_ship,
                  self.receiver.slot or "none")
 
     def finish(self) -> None:
         """Stop receiving, ship what arrived, release the spool."""
         try:
+            if self.canary is not None:
+                self.canary.stop()
             if self.receiver is not None:
                 self.receiver.stop()
             if self.spool is not None:
@@ -197,9 +199,6 @@ class WalShipper:
         elif self.receiver.running and self.receiver.failures == 0:
             self.alerts.clear("receiver", f"{self.name}: pg_receivewal is receiving again")
         now = self.clock()
-        if self.pitr.canary is not None and now >= self._next_canary:
-            self._next_canary = now + self.pitr.canary
-            self._canary()
         self._bound_spool()
         if now >= self._next_ship:
             self._next_ship = now + self.pitr.wal_ship
@@ -391,7 +390,7 @@ class WalShipper:
             self.receiver.retry_now()
             self.alerts.clear("spool", f"{self.name}: the WAL spool drained; receiving again")
 
-    # ------------------------------------------------------------ SQL: probe and canary
+    # ------------------------------------------------------------ SQL: the probe
 
     def _sql(self) -> PsqlSession:
         if self._session is None:
@@ -411,14 +410,6 @@ class WalShipper:
         except (DrtoolError, ValueError, IndexError) as exc:
             self._drop_session(exc)
             return None
-
-    def _canary(self) -> None:
-        key = quote_literal(self.name)
-        try:
-            self._sql().query(f"INSERT INTO {CANARY_TABLE} VALUES ({key}, clock_timestamp()) "
-                              "ON CONFLICT (source) DO UPDATE SET at = excluded.at", 30)
-        except DrtoolError as exc:
-            self._drop_session(exc)
 
     def _drop_session(self, exc: BaseException) -> None:
         log.warning("%s: SQL session lost (%s); reconnecting", self.name, redact(str(exc)).splitlines()[0][:200])
