@@ -16,13 +16,14 @@ from dataclasses import dataclass
 
 from drtool.errors import UsageError
 
-KIND_EVENTS = {"backup": "backup_failed", "forget": "forget_failed", "check": "check_failed", "drill": "drill_failed"}
+KIND_EVENTS = {"backup": "backup_failed", "forget": "forget_failed", "check": "check_failed", "drill": "drill_failed",
+               "wal-ship": "wal_ship_failed"}
 
 
 @dataclass(frozen=True)
 class FailedUnit:
     unit: str                      # as systemd names it, or the job id from a cron line
-    kind: str                      # backup | forget | check | drill | daemon
+    kind: str                      # backup | forget | check | drill | daemon | wal-ship
     name: str | None               # policy or playbook
 
     @property
@@ -37,7 +38,7 @@ def parse_unit(text: str) -> FailedUnit:
         return FailedUnit(text, job.group(1), job.group(2))
     if re.fullmatch(r"drtool-daemon(\.service)?", text):
         return FailedUnit(text, "daemon", None)
-    unit = re.fullmatch(r"drtool-(backup|forget|check|drill)-(.+?)(\.service)?", text)
+    unit = re.fullmatch(r"drtool-(backup|forget|check|drill|wal-ship)-(.+?)(\.service)?", text)
     if unit:
         return FailedUnit(text, unit.group(1), unit.group(2))
     raise UsageError(f"{text!r} is not a drtool unit or job",
@@ -87,7 +88,7 @@ ALREADY_REPORTED_WITHIN_S = 600.0
 
 def _already_reported(settings, failed: FailedUnit) -> str | None:  # noqa: ANN001
     """The id of the job's last run if it failed moments ago and its failure alert was delivered."""
-    if failed.kind == "daemon":
+    if failed.kind in ("daemon", "wal-ship"):     # long-running: no run record of their own
         return None
     from drtool.catalog import Catalog, utcnow
 
@@ -108,7 +109,7 @@ def _already_reported(settings, failed: FailedUnit) -> str | None:  # noqa: ANN0
 
 def _last_error(settings, failed: FailedUnit) -> str | None:  # noqa: ANN001
     """The first line of the job's last recorded error, if its last run failed."""
-    if failed.kind == "daemon":
+    if failed.kind in ("daemon", "wal-ship"):     # long-running: no run record of their own
         return None
     from drtool.catalog import Catalog
 
