@@ -12,7 +12,8 @@ R rows/s (one row = id + clock_timestamp(), autocommit) and a base backup of ~M 
    server and its spool; what is offsite is what is left), the latest moment is recovered from
    the repository into a new cluster (drtool's own path: drtool/actions/pitr.py recover_into,
    drill tuning), and RPO = time of the last row committed before the kill - time of the newest
-   row in the recovered cluster. Then the shipper starts again (the slot kept the WAL);
+   row in the recovered cluster. Then the shipper starts again (the slot kept the WAL), and the
+   next fire comes once it has caught up, at a random phase of its wal_ship cycle;
 3. restore time, after the last burn: drtool's recovery (base from `restic dump`, WAL through the
    broker) vs the bare recovery from a local copy of the same files (tar -x of base.tar, every
    batch already in a local directory, restore_command `cp`, pg_ctl start -w), same settings.
@@ -65,6 +66,17 @@ def shipper(ws) -> subprocess.Popen:  # noqa: ANN001
 def spool_state(ws) -> dict:  # noqa: ANN001
     path = ws.root / "state" / "wal" / "bench" / "db" / "state.json"
     return json.loads(path.read_text()) if path.exists() else {}
+
+
+def wait_caught_up(ws, since: datetime, timeout: float = 120) -> None:  # noqa: ANN001
+    """Until a batch proves WAL written after `since` offsite (the shipper's state.json `upto`)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        upto = spool_state(ws).get("upto")
+        if upto and datetime.fromisoformat(upto) > since:
+            return
+        time.sleep(0.5)
+    raise RuntimeError("the restarted shipper did not catch up")
 
 
 def recover_latest(ws, policy, source, handle) -> tuple[float, datetime | None, dict]:  # noqa: ANN001
@@ -177,7 +189,9 @@ def run_setting(ship: int, args: argparse.Namespace, root: Path) -> dict:
                 log(f"wal_ship {ship}s: {runs} batches, {requests} S3 requests in {elapsed:.0f}s")
                 samples, restores = [], []
                 for i in range(args.burns):
-                    time.sleep(random.uniform(ship, 2 * ship))
+                    if i:   # a restarted shipper first catches up; then a fire at a random phase of its cycle
+                        wait_caught_up(ws, restarted)
+                    time.sleep(ship + random.uniform(0, ship))
                     fire = datetime.now(UTC)
                     proc.send_signal(signal.SIGKILL)                     # the fire
                     proc.wait(30)
@@ -194,6 +208,7 @@ def run_setting(ship: int, args: argparse.Namespace, root: Path) -> dict:
                         out["drtool_restore_s"] = round(took, 2)
                         out["restore_detail"] = detail
                     proc = shipper(ws)
+                    restarted = datetime.now(UTC)
                 proc.send_signal(signal.SIGTERM)
                 proc.wait(60)
             out.update({"rpo_samples_s": [round(x, 2) for x in samples if x is not None],

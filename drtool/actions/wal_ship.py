@@ -63,6 +63,7 @@ from drtool.sources.wal_spool import Spool, Staged, wal_covered
 log = logging.getLogger(__name__)
 
 TICK_S = 0.5
+FIRST_SHIP_S = 2.0
 MAX_SEGMENTS_PER_BATCH = 64                 # 1 GiB of 16 MiB segments: a backlog goes out in bounded batches
 UPTO_MARGIN = timedelta(seconds=0.5)        # a commit stamped just before the probe may insert just after it
 RESTIC_TIMEOUT_S = 3600.0
@@ -173,6 +174,9 @@ class WalShipper:
         if self.pitr.canary is not None:
             self.canary = Canary(self.spec, self.name, self.pitr.canary, self.pitr.canary_database)  # type: ignore[arg-type]
             self.canary.start()
+        # The first batch goes once the receiver had a moment to fetch what the slot kept while nobody
+        # shipped (a restart), not a whole wal_ship later.
+        self._next_ship = self.clock() + min(FIRST_SHIP_S, self.pitr.wal_ship)
         log.info("WAL shipping for %s: spool %s, every %.0fs, slot %s", self.name, self.root, self.pitr.wal_ship,
                  self.receiver.slot or "none")
 

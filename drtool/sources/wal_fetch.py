@@ -145,10 +145,13 @@ class WalBroker:
         shutil.rmtree(self._cache, ignore_errors=True)
 
     def restore_command(self, python: str) -> str:
-        """The restore_command line (no secret in it: a socket path and the placeholders)."""
+        """The restore_command line (no secret in it: a socket path and the placeholders). Only the
+        client's own 0 (served) and 1 (absent) pass; anything else (python missing, the script gone)
+        becomes the abort code, so no failure can pass for the end of the WAL."""
         import shlex
-        return " ".join([shlex.quote(python), "-I", "-S", shlex.quote(str(self.client_path)),
-                         shlex.quote(str(self.socket_path)), "%f", "%p"])
+        client = " ".join([shlex.quote(python), "-I", "-S", shlex.quote(str(self.client_path)),
+                           shlex.quote(str(self.socket_path)), "%f", "%p"])
+        return f"{client}; r=$?; [ $r -le 1 ] && exit $r; exit {ABORT_CODE}"
 
     # ------------------------------------------------------------ serving
 
