@@ -34,7 +34,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -144,11 +143,77 @@ def bare_recovery(ws, handle, policy, source, root: Path) -> float:  # noqa: ANN
     return took
 
 
+def setup(ship: int, args: argparse.Namespace, root: Path, pg, s3, proxy) -> tuple:  # noqa: ANN001
+    """A database with ~base_mb of data, a workspace on the proxied bucket, one base backup."""
+    import dataclasses
+
+    from drtool.actions.common import open_repo
+    from drtool.config import load_settings
+    from tests.support.pg_primary import psql
+    from tests.support.workspace import make_workspace
+
+    psql(pg, "CREATE DATABASE bench")
+    rows = max(1000, args.base_mb * 2**20 // 400)
+    psql(pg, "CREATE TABLE pad (id int, body text); INSERT INTO pad SELECT g, repeat(md5(g::text), 10) "
+             f"FROM generate_series(1, {rows}) g", "bench")
+    ws = make_workspace(root / f"ws-{ship}", Proxied(proxy, s3.access_key, s3.secret_key), "bench-pitr")
+    ws.policy("bench", [{"name": "db", "postgres": {"database": "bench", "port": pg.port, "bin_dir": pg.bin_dir,
+                                                   "pitr": {"wal_ship": f"{ship}s"}}}])
+    ws.drtool("init-repo", "offsite", check=True)
+    ws.drtool("backup", "bench", check=True)
+    os.environ.update(ws.env)
+    settings = load_settings(str(ws.config))
+    policy = settings.policy("bench")
+    handle = open_repo(settings, "offsite")
+    # Restores read the bucket directly: the counting proxy (Python) would slow them down.
+    handle.restic.access = dataclasses.replace(handle.restic.access, url=s3.repo_url("bench-pitr", "repo"))
+    return ws, policy, policy.source("db"), handle
+
+
+def steady(ws, proxy, ship: int, seconds: float) -> dict:  # noqa: ANN001
+    """Shipping alone: restic processes and S3 requests, scaled to an hour."""
+    time.sleep(min(ship, 15))                                          # started, first batch out
+    before, runs_before, t0 = proxy.requests, spool_state(ws).get("restic_runs", 0), time.monotonic()
+    time.sleep(seconds)
+    elapsed = time.monotonic() - t0
+    requests, runs = proxy.requests - before, spool_state(ws).get("restic_runs", 0) - runs_before
+    log(f"wal_ship {ship}s: {runs} batches, {requests} S3 requests in {elapsed:.0f}s")
+    return {"steady_s": round(elapsed, 1), "restic_per_hour": round(runs / elapsed * 3600),
+            "s3_requests_per_hour": round(requests / elapsed * 3600),
+            "s3_requests_per_batch": round(requests / runs, 1) if runs else None}
+
+
+def burns(ws, writer, proc, ship: int, count: int, recover, bare) -> tuple[dict, subprocess.Popen]:  # noqa: ANN001
+    """`count` fires: kill the shipper, recover the latest moment, measure the loss; start it again."""
+    samples, out, restarted = [], {}, None
+    for i in range(count):
+        if restarted is not None:       # a restarted shipper first catches up; then a fire at a random phase
+            wait_caught_up(ws, restarted)
+        time.sleep(ship + random.uniform(0, ship))
+        fire = datetime.now(UTC)
+        proc.send_signal(signal.SIGKILL)                                 # the fire
+        proc.wait(30)
+        last = [r for r in writer.rows if r[1] <= fire][-1]              # the last row committed before it
+        took, newest, detail = recover()
+        samples.append((last[1] - newest).total_seconds())
+        log(f"wal_ship {ship}s burn {i + 1}: RPO {samples[-1]:.2f}s, recovery {took:.1f}s "
+            f"({detail['wal_files_served']} WAL files, {detail['wal_batches_fetched']} batches; "
+            + ", ".join(f"{p['name']} {p['duration_s']:.1f}s" for p in detail["phases"]) + ")")
+        if i == count - 1:
+            out.update({"bare_restore_s": round(bare(), 2), "drtool_restore_s": round(took, 2),
+                        "restore_detail": detail})
+        proc, restarted = shipper(ws), datetime.now(UTC)
+    out.update({"rpo_samples_s": [round(x, 2) for x in samples], "rpo_max_s": round(max(samples), 2),
+                "rpo_median_s": round(statistics.median(samples), 2), "target_s": 2 * ship,
+                "met": max(samples) <= 2 * ship,
+                "restore_ratio": round(out["drtool_restore_s"] / out["bare_restore_s"], 2)})
+    return out, proc
+
+
 def run_setting(ship: int, args: argparse.Namespace, root: Path) -> dict:
     from tests.support.faultproxy import FaultProxy
-    from tests.support.pg_primary import Writer, pitr_primary, psql
+    from tests.support.pg_primary import Writer, pitr_primary
     from tests.support.services import start_rclone_s3
-    from tests.support.workspace import make_workspace
 
     s3 = start_rclone_s3(root / f"s3-{ship}")
     proxy = FaultProxy(s3.port).start()
@@ -156,65 +221,16 @@ def run_setting(ship: int, args: argparse.Namespace, root: Path) -> dict:
     out: dict = {"wal_ship_s": ship}
     try:
         with pitr_primary() as pg:
-            psql(pg, "CREATE DATABASE bench")
-            rows = max(1000, args.base_mb * 2**20 // 400)
-            psql(pg, "CREATE TABLE pad (id int, body text); INSERT INTO pad SELECT g, repeat(md5(g::text), 10) "
-                     f"FROM generate_series(1, {rows}) g", "bench")
-            ws = make_workspace(root / f"ws-{ship}", Proxied(proxy, s3.access_key, s3.secret_key), "bench-pitr")
-            ws.policy("bench", [{"name": "db", "postgres": {"database": "bench", "port": pg.port,
-                                                           "bin_dir": pg.bin_dir, "pitr": {"wal_ship": f"{ship}s"}}}])
-            ws.drtool("init-repo", "offsite", check=True)
-            ws.drtool("backup", "bench", check=True)
-            os.environ.update(ws.env)
-            from drtool.actions.common import open_repo
-            from drtool.config import load_settings
-            settings = load_settings(str(ws.config))
-            policy = settings.policy("bench")
-            source = policy.source("db")
-            handle = open_repo(settings, "offsite")
-            # Restores read the bucket directly: the counting proxy (Python) would slow them down.
-            import dataclasses
-            handle.restic.access = dataclasses.replace(handle.restic.access, url=s3.repo_url("bench-pitr", "repo"))
+            ws, policy, source, handle = setup(ship, args, root, pg, s3, proxy)
             with Writer(pg, "bench", every=1.0 / args.rate) as writer:
                 proc = shipper(ws)
-                time.sleep(min(ship, 15))                              # started, first batch out
-                before, runs_before, t0 = proxy.requests, spool_state(ws).get("restic_runs", 0), time.monotonic()
-                time.sleep(args.steady)
-                elapsed = time.monotonic() - t0
-                requests = proxy.requests - before
-                runs = spool_state(ws).get("restic_runs", 0) - runs_before
-                out.update({"steady_s": round(elapsed, 1), "restic_per_hour": round(runs / elapsed * 3600),
-                            "s3_requests_per_hour": round(requests / elapsed * 3600),
-                            "s3_requests_per_batch": round(requests / runs, 1) if runs else None})
-                log(f"wal_ship {ship}s: {runs} batches, {requests} S3 requests in {elapsed:.0f}s")
-                samples, restores = [], []
-                for i in range(args.burns):
-                    if i:   # a restarted shipper first catches up; then a fire at a random phase of its cycle
-                        wait_caught_up(ws, restarted)
-                    time.sleep(ship + random.uniform(0, ship))
-                    fire = datetime.now(UTC)
-                    proc.send_signal(signal.SIGKILL)                     # the fire
-                    proc.wait(30)
-                    last = [r for r in writer.rows if r[1] <= fire][-1]  # the last row committed before it
-                    took, newest, detail = recover_latest(ws, policy, source, handle)
-                    rpo = (last[1] - newest).total_seconds() if newest else None
-                    samples.append(rpo)
-                    restores.append(took)
-                    log(f"wal_ship {ship}s burn {i + 1}: RPO {rpo:.2f}s, recovery {took:.1f}s "
-                        f"({detail['wal_files_served']} WAL files, {detail['wal_batches_fetched']} batches; "
-                        + ", ".join(f"{p['name']} {p['duration_s']:.1f}s" for p in detail["phases"]) + ")")
-                    if i == args.burns - 1:
-                        out["bare_restore_s"] = round(bare_recovery(ws, handle, policy, source, root), 2)
-                        out["drtool_restore_s"] = round(took, 2)
-                        out["restore_detail"] = detail
-                    proc = shipper(ws)
-                    restarted = datetime.now(UTC)
+                out.update(steady(ws, proxy, ship, args.steady))
+                fired, proc = burns(ws, writer, proc, ship, args.burns,
+                                    lambda: recover_latest(ws, policy, source, handle),
+                                    lambda: bare_recovery(ws, handle, policy, source, root))
+                out.update(fired)
                 proc.send_signal(signal.SIGTERM)
                 proc.wait(60)
-            out.update({"rpo_samples_s": [round(x, 2) for x in samples if x is not None],
-                        "rpo_max_s": round(max(samples), 2), "rpo_median_s": round(statistics.median(samples), 2),
-                        "target_s": 2 * ship, "met": max(samples) <= 2 * ship,
-                        "restore_ratio": round(out["drtool_restore_s"] / out["bare_restore_s"], 2)})
     finally:
         proxy.stop()
         s3.stop()

@@ -34,20 +34,26 @@ def pitr_sections(policy: Policy, host: str | None, *, start: int) -> list[str]:
 def _section(number: int, policy: Policy, source: Source, host: str | None) -> str:
     hf = f"--host {_Q(host)} " if host else ""
     tags = lambda *t: _Q(",".join([f"policy={policy.name}", *t]))  # noqa: E731
-    slug = _Q(source.name)
     prose = [
         f"Instead of sections 4 to {number - 1} when `{source.name}` must come back to a moment after its last "
         "snapshot set: the newest base backup before `PITR_TARGET` (empty: the latest moment the WAL holds), "
         "replayed with the WAL batches up to it. Run sections 1-3, then this one. `PITR_DIR`: the new data "
         "directory (new or empty; its parent must be enterable by the postgres user).",
     ]
-    commands = [
+    commands = [*_choose_base(source, hf, tags), *_restore_files(source, hf, tags), *_replay()]
+    return "\n".join([f"## {number}. Point-in-time recovery of PostgreSQL source `{source.name}` (base backup + WAL)",
+                      "", *(p + "\n" for p in prose), "```sh pitr", *commands, "```"])
+
+
+def _choose_base(source: Source, hf: str, tags) -> list[str]:  # noqa: ANN001
+    """The newest complete base backup whose fingerprint (written after it) predates the target."""
+    stream = lambda name: tags(f"source={source.name}", f"stream={name}")  # noqa: E731
+    return [
         f'PITR_DIR="${{PITR_DIR:-/var/lib/postgresql/drtool-pitr-{source.name}}}" PITR_TARGET="${{PITR_TARGET:-}}" '
         'PITR_PORT="${PITR_PORT:-5432}"',
-        f'W="$RECOVERY_DIR"/pitr-{slug}; install -d -m 700 "$W"',
-        f"restic snapshots {hf}--tag {tags(f'source={source.name}', 'stream=fingerprint.json')} --json "
-        '> "$W"/fingerprints.json',
-        f"restic snapshots {hf}--tag {tags(f'source={source.name}', 'stream=base.tar')} --json > \"$W\"/bases.json",
+        f'W="$RECOVERY_DIR"/pitr-{_Q(source.name)}; install -d -m 700 "$W"',
+        f"restic snapshots {hf}--tag {stream('fingerprint.json')} --json > \"$W\"/fingerprints.json",
+        f"restic snapshots {hf}--tag {stream('base.tar')} --json > \"$W\"/bases.json",
         'BASE_RUN=""',
         "for run in $(jq -r '.[].tags[] | select(startswith(\"run=\")) | ltrimstr(\"run=\")' \"$W\"/bases.json); do",
         "  done_at=$(jq -r --arg r \"run=$run\" '.[] | select(.tags | index($r)) | .time' \"$W\"/fingerprints.json)",
@@ -58,12 +64,18 @@ def _section(number: int, policy: Policy, source: Source, host: str | None) -> s
         "done",
         '[ -n "$BASE_RUN" ] || { echo "no complete base backup before ${PITR_TARGET:-now}" >&2; exit 1; }',
         'echo "base backup of run $BASE_RUN"',
-        f"restic dump {hf}--tag {tags(f'source={source.name}', 'stream=fingerprint.json')},run=\"$BASE_RUN\" "
-        'latest /fingerprint.json > "$W"/fingerprint.json',
+        f"restic dump {hf}--tag {stream('fingerprint.json')},run=\"$BASE_RUN\" latest /fingerprint.json "
+        '> "$W"/fingerprint.json',
         "MAJOR=$(jq -r .pitr.major \"$W\"/fingerprint.json) SYSID=$(jq -r .pitr.sysid \"$W\"/fingerprint.json) "
         "SEGSIZE=$(jq -r .pitr.segsize \"$W\"/fingerprint.json)",
         'PG_BIN="${PG_BIN:-/usr/lib/postgresql/$MAJOR/bin}"',
         '[ -x "$PG_BIN/pg_ctl" ] || apt-get install -y "postgresql-$MAJOR"',
+    ]
+
+
+def _restore_files(source: Source, hf: str, tags) -> list[str]:  # noqa: ANN001
+    """base.tar into the new data directory; every WAL batch of the cluster into one directory."""
+    return [
         '[ ! -e "$PITR_DIR" ] || [ -z "$(ls -A "$PITR_DIR")" ] || { echo "$PITR_DIR is not empty" >&2; exit 1; }',
         'install -d -m 700 -o postgres -g postgres "$PITR_DIR" "$PITR_DIR.wal" "$PITR_DIR.sock"',
         f"restic dump {hf}--tag {tags(f'source={source.name}', 'stream=base.tar')},run=\"$BASE_RUN\" latest "
@@ -72,12 +84,18 @@ def _section(number: int, policy: Policy, source: Source, host: str | None) -> s
         '> "$W"/batches',
         'while read -r id; do restic restore "$id" --target "$PITR_DIR.wal" >/dev/null; done < "$W"/batches',
         'rm -f "$PITR_DIR.wal"/manifest.json',
-        'for part in "$PITR_DIR.wal"/*.partial; do',
+        'for part in "$PITR_DIR.wal"/*.partial; do                 # only the newest copy of a segment counts',
         '  [ -e "$part" ] || continue',
         '  seg="${part%.partial}"',
         '  if [ -e "$seg" ]; then rm -f "$part"; else truncate -s "$SEGSIZE" "$part"; mv "$part" "$seg"; fi',
         "done",
         'chown -R postgres:postgres "$PITR_DIR.wal"',
+    ]
+
+
+def _replay() -> list[str]:
+    """Recovery settings (read last: they win), replay, promote, check."""
+    return [
         'cat >> "$PITR_DIR"/postgresql.auto.conf <<EOF',
         "# recovery (runbook): loopback only, no archiving, WAL from the restored batches",
         "listen_addresses = '127.0.0.1'",
@@ -99,5 +117,3 @@ def _section(number: int, policy: Policy, source: Source, host: str | None) -> s
         '[ "$("${PSQL[@]}" -c "SELECT pg_is_in_recovery()")" = f ] || { echo "still in recovery" >&2; exit 1; }',
         'echo "recovered; newest replayed commit: $("${PSQL[@]}" -c "SELECT pg_last_xact_replay_timestamp()")"',
     ]
-    return "\n".join([f"## {number}. Point-in-time recovery of PostgreSQL source `{source.name}` (base backup + WAL)",
-                      "", *(p + "\n" for p in prose), "```sh pitr", *commands, "```"])
