@@ -186,3 +186,47 @@ def test_doomed_batches():
     # copies (p8a, p8b). Kept: needed segments (c5), the longest copy of 7 (p7), a history file, the newest.
     assert doomed == {"old", "p4a", "c4", "p8a", "p8b"}
     assert doomed_batches(batches, []) == []                              # no base kept: nothing goes
+
+
+# ---------------------------------------------------------------- configuration and usage errors
+
+def test_pitr_settings_are_checked_with_file_positions(tmp_path):
+    from drtool.config import load_settings
+    from drtool.errors import ConfigError
+
+    (tmp_path / "policies").mkdir()
+    (tmp_path / "drtool.yaml").write_text(f"state_dir: {tmp_path / 'state'}\nrepositories:\n"
+                                          "  offsite: {url: /srv/offsite, password: {env: DRTOOL_TEST_PW}}\n"
+                                          "hosts:\n  db1: {address: 127.0.0.1}\n")
+    (tmp_path / "policies" / "siak.yaml").write_text(
+        "name: siak\nrepository: offsite\nhost: db1\nsources:\n  - name: db\n"
+        "    postgres: {database: siak, pitr: {wal_ship: 0.5s, spool_max: lots, slot: Bad-Name}}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(str(tmp_path / "drtool.yaml"))
+    text = str(caught.value)
+    assert "wal_ship must be between 1s and 1h" in text and "expected a size like 512M" in text
+    assert "replication slot name" in text and "siak.yaml:6" in text
+    (tmp_path / "policies" / "siak.yaml").write_text(
+        "name: siak\nrepository: offsite\nhost: db1\nsources:\n  - name: db\n    postgres: {database: siak, pitr: {}}\n")
+    with pytest.raises(ConfigError, match="not supported for a policy with host:"):
+        load_settings(str(tmp_path / "drtool.yaml"))
+
+
+def test_restore_at_needs_a_pitr_source_and_a_time(tmp_path):
+    from drtool.actions.pitr import parse_at, restore_source_at
+    from drtool.config import load_settings
+    from drtool.errors import UsageError
+
+    (tmp_path / "policies").mkdir()
+    (tmp_path / "drtool.yaml").write_text(f"state_dir: {tmp_path / 'state'}\nrepositories:\n"
+                                          "  offsite: {url: /srv/offsite, password: {env: DRTOOL_TEST_PW}}\n")
+    (tmp_path / "policies" / "siak.yaml").write_text(
+        "name: siak\nrepository: offsite\nsources:\n  - name: db\n    postgres: {database: siak}\n")
+    settings = load_settings(str(tmp_path / "drtool.yaml"))
+    with pytest.raises(UsageError, match="needs a PostgreSQL source with pitr"):
+        restore_source_at(settings, settings.policy("siak"), "db", "latest", str(tmp_path / "t"))
+    assert not (tmp_path / "t").exists()
+    assert parse_at("latest") is None and parse_at("2026-12-01T14:05:00").tzinfo is not None
+    assert parse_at("2026-12-01T14:05:00+07:00").utcoffset() == timedelta(hours=7)
+    with pytest.raises(UsageError, match="neither `latest` nor a time"):
+        parse_at("yesterday")
