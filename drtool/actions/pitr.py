@@ -142,12 +142,13 @@ def recover_into(server: RecoveryPostgres, restic: Restic, policy: Policy, sourc
                  port: int, timeout: float = RECOVERY_TIMEOUT_S, reference: datetime | None = None) -> PitrResult:
     """Restore `plan` into `server` (started: its directory exists), replay, promote, check, measure."""
     phases: list[dict[str, Any]] = []
-    started = time.monotonic()
-    nbytes = server.extract(lambda argv, runner: extract_dump(restic, plan.base.snapshot_id, "/" + BASE_STREAM,
-                                                              runner, str(server.data_dir), timeout=timeout))
-    phases.append(_phase("download+extract base backup", started, nbytes))
     owner = "postgres" if os.geteuid() == 0 else None
     with WalBroker(restic, plan.files, plan.segsize, server.dir, owner) as broker:  # type: ignore[arg-type]
+        broker.prefetch()                  # the WAL downloads while the base backup is extracted
+        started = time.monotonic()
+        nbytes = server.extract(lambda argv, runner: extract_dump(restic, plan.base.snapshot_id, "/" + BASE_STREAM,
+                                                                  runner, str(server.data_dir), timeout=timeout))
+        phases.append(_phase("download+extract base backup (WAL prefetched meanwhile)", started, nbytes))
         command = broker.restore_command(client_python())
         server.configure(command, plan.target, port)
         _preflight(server, command, broker)

@@ -17,6 +17,8 @@ except an exit above 125, which aborts recovery. So:
   never ends early as if the WAL ended there);
 - one `restic restore` per batch, not per segment; the batch stays in a private cache until
   its files were served; a partial copy is padded with zeros to the segment size;
+- `prefetch()` fetches the batches in the order recovery will want them while the base backup
+  is still being extracted, at most PREFETCH_AHEAD batches ahead of what was served;
 - every request is logged (`requests`), so the recovery can be checked afterwards.
 """
 
@@ -45,6 +47,7 @@ log = logging.getLogger(__name__)
 ABORT_CODE = 150                       # > 125: PostgreSQL aborts recovery instead of ending it
 NAME_RE = re.compile(r"^[0-9A-F]{24}$|^[0-9A-F]{8}\.history$")
 RESTORE_TIMEOUT_S = 3600.0
+PREFETCH_AHEAD = 4                     # batches in the cache not yet served (bounds its disk use)
 
 CLIENT = r'''"""drtool's restore_command client: ask drtool's WAL broker for %f, write it to %p."""
 import os, socket, sys
@@ -107,6 +110,8 @@ class WalBroker:
         self._server: socket.socket | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._prefetcher: threading.Thread | None = None
+        self.prefetch_error: str | None = None
 
     # ------------------------------------------------------------ lifecycle
 
@@ -138,11 +143,42 @@ class WalBroker:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(5)
+        if self._prefetcher is not None:
+            self._prefetcher.join(RESTORE_TIMEOUT_S)
         if self._server is not None:
             self._server.close()
         self.socket_path.unlink(missing_ok=True)
         self.client_path.unlink(missing_ok=True)
         shutil.rmtree(self._cache, ignore_errors=True)
+
+    def prefetch(self) -> None:
+        """Fetch the plan's batches ahead of recovery, in the order of the segments they serve."""
+        first: dict[str, str] = {}
+        for name, ref in sorted(self.files.items()):
+            first.setdefault(ref.snapshot_id, name)
+        order = sorted(first, key=first.get)  # type: ignore[arg-type]
+        self._prefetcher = threading.Thread(target=self._prefetch, args=(order,), name="wal-prefetch", daemon=True)
+        self._prefetcher.start()
+
+    def _prefetch(self, order: list[str]) -> None:
+        for snapshot_id in order:
+            while self._waiting() >= PREFETCH_AHEAD:
+                if self._stop.wait(0.2):
+                    return
+            if self._stop.is_set():
+                return
+            try:
+                with self._fetch_lock:
+                    if not (self._cache / snapshot_id).exists():
+                        self._restore_batch(snapshot_id)
+            except DrtoolError as exc:     # the request for it will fail loudly, with this reason
+                self.prefetch_error = exc.message.splitlines()[0]
+                return
+
+    def _waiting(self) -> int:
+        """Batches in the cache with files still to serve."""
+        return sum(1 for d in self._cache.iterdir() if d.is_dir() and not d.name.endswith(".part")
+                   and any(f.name != MANIFEST for f in d.iterdir()))
 
     def restore_command(self, python: str) -> str:
         """The restore_command line (no secret in it: a socket path and the placeholders). Only the
@@ -204,6 +240,8 @@ class WalBroker:
             data = path.read_bytes()
             self._verify(batch_dir, ref.stored_as, data)
             path.unlink()                  # served: the cache holds only what is still to come
+            if not any(f.name != MANIFEST for f in batch_dir.iterdir()):
+                shutil.rmtree(batch_dir, ignore_errors=True)
         if ref.partial_bytes is not None:
             data = data + bytes(self.segsize - len(data))
         return data
@@ -213,13 +251,17 @@ class WalBroker:
         asked for twice, e.g. after recovery restarted)."""
         target = self._cache / snapshot_id
         if not (target / wanted).exists():
-            shutil.rmtree(target, ignore_errors=True)
-            partial = self._cache / f"{snapshot_id}.part"
-            shutil.rmtree(partial, ignore_errors=True)
-            self.restic.restore(snapshot_id, partial, timeout=RESTORE_TIMEOUT_S)
-            partial.rename(target)
-            self.batches_fetched += 1
+            self._restore_batch(snapshot_id)
         return target
+
+    def _restore_batch(self, snapshot_id: str) -> None:
+        target = self._cache / snapshot_id
+        shutil.rmtree(target, ignore_errors=True)
+        partial = self._cache / f"{snapshot_id}.part"
+        shutil.rmtree(partial, ignore_errors=True)
+        self.restic.restore(snapshot_id, partial, timeout=RESTORE_TIMEOUT_S)
+        partial.rename(target)
+        self.batches_fetched += 1
 
     def _verify(self, batch_dir: Path, stored_as: str, data: bytes) -> None:
         try:

@@ -73,3 +73,27 @@ def test_broker_serves_the_plan_refuses_the_rest_and_stops_recovery_on_a_damaged
     assert not broker.socket_path.exists() and not broker.client_path.exists()
     # The broker gone (drtool died): the client cannot ask, and says so with the abort code.
     assert ask(broker, "000000010000000000000003", tmp_path / "late") == ABORT_CODE
+
+
+def test_prefetch_fetches_the_batches_before_they_are_asked_for(tmp_path):
+    import time
+
+    restic = Restic(RepoAccess(str(tmp_path / "repo"), Secret(PASSWORD)), cache_dir=tmp_path / "cache")
+    restic.init()
+    seg = b"\x03" * SEG
+    first = batch(restic, tmp_path, "b1", {"000000010000000000000003": seg})
+    second = batch(restic, tmp_path, "b2", {"000000010000000000000004": seg})
+    files = {"000000010000000000000003": FileRef(first, "000000010000000000000003"),
+             "000000010000000000000004": FileRef(second, "000000010000000000000004")}
+    home = tmp_path / "cluster"
+    home.mkdir()
+    with WalBroker(restic, files, SEG, home, owner=None) as broker:
+        broker.prefetch()
+        deadline = time.monotonic() + 60
+        while broker.batches_fetched < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert broker.batches_fetched == 2 and broker.requests == []            # nobody asked yet
+        assert ask(broker, "000000010000000000000003", tmp_path / "a") == 0
+        assert ask(broker, "000000010000000000000004", tmp_path / "b") == 0
+        assert broker.batches_fetched == 2                                      # served from the cache
+        assert (tmp_path / "b").read_bytes() == seg
