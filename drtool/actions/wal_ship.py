@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from drtool.actions.common import RepoHandle, open_repo, restic_host
+from drtool.actions.wal_alerts import Alerts
 from drtool.actions.wal_canary import Canary
 from drtool.config.loader import Settings
 from drtool.config.models import Policy, Source
@@ -57,7 +58,13 @@ from drtool.sources.psql import (
 )
 from drtool.sources.wal_dump import find_waldump, valid_offset
 from drtool.sources.wal_names import Segment, batch_tags, parse_lsn, parse_segment
-from drtool.sources.wal_receiver import Receiver, ReceiverExit, slot_name
+from drtool.sources.wal_receiver import (
+    Receiver,
+    ReceiverExit,
+    drop_slot_sql,
+    slot_name,
+    slot_sql,
+)
 from drtool.sources.wal_spool import Spool, Staged, wal_covered
 
 log = logging.getLogger(__name__)
@@ -82,34 +89,6 @@ def pitr_sources(policy: Policy) -> list[Source]:
     return [s for s in policy.sources if s.kind == "postgres" and s.spec.pitr is not None]  # type: ignore[union-attr]
 
 
-class Alerts:
-    """Each condition alerts once when it starts and once when it ends."""
-
-    def __init__(self, send: Callable[[Event], None], policy: str) -> None:
-        self._send, self._policy = send, policy
-        self.active: set[str] = set()
-
-    def raise_(self, key: str, kind: str, message: str, **details: Any) -> None:
-        if key in self.active:
-            return
-        self.active.add(key)
-        log.error("%s", message)
-        self._emit(Event(kind, message, policy=self._policy, details=details))
-
-    def clear(self, key: str, message: str) -> None:
-        if key not in self.active:
-            return
-        self.active.discard(key)
-        log.info("%s", message)
-        self._emit(Event("wal_ship_recovered", message, policy=self._policy))
-
-    def _emit(self, event: Event) -> None:
-        try:
-            self._send(event)
-        except Exception:
-            log.exception("sending %s failed", event.kind)
-
-
 @dataclass
 class Probe:
     lsn: int
@@ -126,6 +105,8 @@ class WalShipper:
         self.spec = source.spec
         self.pitr = source.spec.pitr  # type: ignore[union-attr]
         self.handle: RepoHandle = open_repo(settings, policy.repository)
+        # A storage that is down is not waited out for minutes: the next batch tries again in wal_ship.
+        self.handle.restic.wait_unavailable = min(self.handle.restic.wait_unavailable, self.pitr.wal_ship)
         self.host = restic_host(settings)
         self.gate = gate
         self.clock = clock
@@ -142,6 +123,8 @@ class WalShipper:
         self.canary: Canary | None = None
         self._last_ok = clock()
         self._last_ship = -1e18
+        self._shipping = threading.Thread()          # the batch in flight (none yet)
+        self._ship_lock = threading.Lock()
         self._preflight_done = False
         self.sysid: str | None = None
         self.segsize = 0
@@ -170,7 +153,7 @@ class WalShipper:
         self.state = self.spool.load_state()
         self.receiver = Receiver(self.spec, str(self.spool.wal),  # type: ignore[arg-type]
                                  slot_name(self.policy.name, self.source.name, self.pitr.slot), clock=self.clock)
-        self.receiver.create_slot()
+        self._ensure_slot()
         if self.pitr.canary is not None:
             self.canary = Canary(self.spec, self.name, self.pitr.canary, self.pitr.canary_database)  # type: ignore[arg-type]
             self.canary.start()
@@ -187,6 +170,7 @@ class WalShipper:
                 self.canary.stop()
             if self.receiver is not None:
                 self.receiver.stop()
+            self._shipping.join(RESTIC_TIMEOUT_S)
             if self.spool is not None:
                 self.ship_once(final=True)
         finally:
@@ -204,15 +188,22 @@ class WalShipper:
             self.alerts.clear("receiver", f"{self.name}: pg_receivewal is receiving again")
         now = self.clock()
         self._bound_spool()
-        if now >= self._next_ship:
+        if now >= self._next_ship and not self._shipping.is_alive():
+            # In a thread of its own: a storage that hangs must not stop the receiver's supervision,
+            # the spool bound or the alert that says WAL is not getting out.
             self._next_ship = now + self.pitr.wal_ship
-            self.ship_once()
+            self._shipping = threading.Thread(target=self.ship_once, name=f"ship-{self.name}", daemon=True)
+            self._shipping.start()
         self._check_stale()
 
     # ------------------------------------------------------------ shipping
 
     def ship_once(self, *, final: bool = False) -> str | None:
         """Ship one batch if there is anything new (or a heartbeat is due); returns its snapshot id."""
+        with self._ship_lock:                   # one batch at a time (the loop's thread, a gap, the last one)
+            return self._ship_gated()
+
+    def _ship_gated(self) -> str | None:
         assert self.spool is not None
         repo = self.policy.repository
         if self.gate is not None and not self.gate[0](repo):
@@ -372,9 +363,9 @@ class WalShipper:
         self.ship_once()                                   # what we have of the old segment goes out first
         if current is not None:
             self.spool.discard_partial(current)
-        if self.receiver.slot:
-            self.receiver.drop_slot()
-            self.receiver.create_slot()
+        if self.receiver.slot:                             # an invalidated slot: a fresh one, reserving now
+            self._sql().query(drop_slot_sql(self.receiver.slot), 60)
+            self._ensure_slot()
         self.receiver.retry_now()
 
     def _bound_spool(self) -> None:
@@ -405,6 +396,18 @@ class WalShipper:
             self._session = PsqlSession(LocalRunner(), argv, libpq_env(password),
                                         f"postgres {spec.user}@{spec.host}:{spec.port}/{db}")
         return self._session
+
+    def _ensure_slot(self) -> None:
+        assert self.receiver is not None
+        if not self.receiver.slot:
+            return
+        try:
+            self._sql().query(slot_sql(self.receiver.slot), 60)
+        except DrtoolError as exc:
+            raise SourceError(f"cannot create the replication slot {self.receiver.slot} on {self.spec.host}:"
+                              f"{self.spec.port}: {exc.message.splitlines()[0]}",
+                              hint="the user needs the REPLICATION privilege and the server max_replication_slots "
+                                   "> 0 (or set pitr.slot: false, and accept gaps when drtool is down)") from None
 
     def _probe(self) -> Probe | None:
         try:

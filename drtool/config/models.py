@@ -223,6 +223,13 @@ class PitrSettings(Model):
             raise ValueError("wal_ship must be between 1s and 1h")
         return value
 
+    @field_validator("spool_max")
+    @classmethod
+    def _spool_bounds(cls, value: int) -> int:
+        if value < 64 << 20:
+            raise ValueError("spool_max must be at least 64M (a few WAL segments of 16 MB)")
+        return value
+
     @field_validator("canary")
     @classmethod
     def _canary_bounds(cls, value: float | None) -> float | None:

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 
 from drtool.config.models import PostgresSource
-from drtool.errors import CommandError, SourceError
+from drtool.errors import CommandError
 from drtool.execute import LocalProcess, LocalRunner, stop_process
 from drtool.sources.psql import conn_args, libpq_env, pg_tool
 
@@ -45,12 +45,18 @@ def receivewal_argv(bin_dir: str | None, conn: list[str], directory: str, slot: 
     return argv + (["--slot", slot] if slot else [])
 
 
-def create_slot_argv(bin_dir: str | None, conn: list[str], slot: str) -> list[str]:
-    return [pg_tool(bin_dir, "pg_receivewal"), *conn, "--create-slot", "--if-not-exists", "--slot", slot]
+def slot_sql(slot: str) -> str:
+    """Create the slot unless it exists, reserving WAL at once (pg_receivewal --create-slot would
+    reserve only from its first connection: WAL written before that would be lost)."""
+    name = "'" + slot.replace("'", "''") + "'"
+    return (f"SELECT pg_create_physical_replication_slot({name}, true) "
+            f"WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = {name})")
 
 
-def drop_slot_argv(bin_dir: str | None, conn: list[str], slot: str) -> list[str]:
-    return [pg_tool(bin_dir, "pg_receivewal"), *conn, "--drop-slot", "--slot", slot]
+def drop_slot_sql(slot: str) -> str:
+    name = "'" + slot.replace("'", "''") + "'"
+    return (f"SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+            f"WHERE slot_name = {name} AND NOT active")
 
 
 @dataclass
@@ -92,22 +98,6 @@ class Receiver:
     @property
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
-
-    def create_slot(self) -> None:
-        if not self.slot:
-            return
-        try:
-            self._runner.run(create_slot_argv(self.spec.bin_dir, self._conn, self.slot), env=self._env, timeout=60)
-        except CommandError as exc:
-            raise SourceError(f"cannot create the replication slot {self.slot} on "
-                              f"{self.spec.host}:{self.spec.port}: {exc.stderr_tail.strip()[-500:]}",
-                              hint="the user needs the REPLICATION privilege, pg_hba.conf a `replication` line, "
-                                   "and the server max_replication_slots > 0") from None
-
-    def drop_slot(self) -> None:
-        if self.slot:
-            self._runner.run(drop_slot_argv(self.spec.bin_dir, self._conn, self.slot), env=self._env, timeout=60,
-                             check=False)
 
     def ensure(self) -> ReceiverExit | None:
         """Start it when due; return how it ended if it exited since the last look."""

@@ -142,3 +142,61 @@ def test_without_a_slot_lost_wal_is_an_alert_and_a_gap(tmp_path, s3_server, buck
         code, row = status(ws)
         assert code == 1 and "wal-gap" in row["problems"], row
         assert row["pitr"]["db"]["gaps"], row["pitr"]
+
+
+def test_a_full_spool_pauses_and_alerts_and_drops_nothing(tmp_path, s3_server, bucket, monkeypatch):
+    from tests.support.faultproxy import FaultProxy
+    from tests.support.workspace import make_workspace
+
+    proxy = FaultProxy(s3_server.port).start()
+
+    class Proxied:
+        access_key, secret_key = s3_server.access_key, s3_server.secret_key
+
+        def repo_url(self, b: str, prefix: str) -> str:
+            return proxy.repo_url(b, prefix)
+
+    try:
+        with pitr_primary() as pg:
+            psql(pg, "CREATE DATABASE siak")
+            ws = make_workspace(tmp_path / "ws", Proxied(), bucket)
+            ws.policy("siak", [{"name": "db", "postgres": {"database": "siak", "port": pg.port, "bin_dir": pg.bin_dir,
+                                                          "pitr": {"wal_ship": "1s", "spool_max": "64M"}}}])
+            ws.drtool("init-repo", "offsite", check=True)
+            ws.drtool("backup", "siak", check=True)
+            for key, value in ws.env.items():
+                monkeypatch.setenv(key, value)
+            from drtool.config import load_settings
+            settings = load_settings(str(ws.config))
+            policy = settings.policy("siak")
+            events: list = []
+            shipper = WalShipper(settings, policy, policy.source("db"), send=events.append)
+            done = threading.Event()
+            thread = threading.Thread(target=shipper.run, args=(done,))
+            thread.start()
+            try:
+                wait_for(lambda: shipper.spool is not None and receivers_of(shipper.spool.wal), what="receiving")
+                proxy.set("refuse")                                   # the storage is gone: nothing ships
+                psql(pg, "CREATE TABLE ticks (id int PRIMARY KEY, at timestamptz)", "siak")
+                for i in range(6):                                    # 6 segments of 16 MB > 64M
+                    psql(pg, f"INSERT INTO ticks VALUES ({i}, now()); SELECT pg_switch_wal()", "siak")
+                wait_for(lambda: [e for e in events if e.kind == "wal_spool_full"], timeout=60, what="wal_spool_full")
+                assert shipper.receiver.paused and not receivers_of(shipper.spool.wal)
+                assert "slot keeps the WAL on the server" in next(e for e in events if e.kind == "wal_spool_full").message
+                wait_for(lambda: [e for e in events if e.kind == "wal_ship_failed"], timeout=60, what="wal_ship_failed")
+                proxy.set("pass")                                     # back: the spool drains, receiving resumes
+                wait_for(lambda: not shipper.receiver.paused and receivers_of(shipper.spool.wal), timeout=120,
+                         what="receiving again")
+                psql(pg, "INSERT INTO ticks VALUES (100, now()); SELECT pg_switch_wal()", "siak")
+                wait_for(lambda: len([e for e in events if e.kind == "wal_ship_recovered"]) >= 2, timeout=120,
+                         what="both alerts cleared")
+            finally:
+                done.set()
+                thread.join(120)
+            code, row = status(ws)
+            view = row["pitr"]["db"]
+            assert view["gaps"] == [] and "wal-gap" not in row["problems"], view        # nothing was dropped
+            kinds = [e.kind for e in events]
+            assert kinds.count("wal_spool_full") == 1 and kinds.count("wal_ship_failed") == 1, kinds   # once each
+    finally:
+        proxy.stop()
