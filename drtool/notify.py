@@ -43,8 +43,10 @@ log = logging.getLogger(__name__)
 RUN_KINDS = ("backup", "forget", "check", "drill", "kit-verify", "recover", "lock-extend", "copy", "rollback")
 FAILURE_KINDS = frozenset(
     {f"{k}_{s}" for k in RUN_KINDS for s in ("failed", "cancelled", "interrupted")}
-    | {"rpo_breach", "rto_breach", "forecast_breach", "state_failed", "unit_failed"})
-SUCCESS_KINDS = frozenset({f"{k}_succeeded" for k in RUN_KINDS} | {"rpo_recovered"})
+    | {"rpo_breach", "rto_breach", "forecast_breach", "state_failed", "unit_failed"}
+    # Continuous WAL shipping (drtool/actions/wal_ship.py): never a silent drop.
+    | {"wal_ship_failed", "wal_spool_full", "wal_gap", "wal_receiver_failed"})
+SUCCESS_KINDS = frozenset({f"{k}_succeeded" for k in RUN_KINDS} | {"rpo_recovered", "wal_ship_recovered"})
 START_KINDS = frozenset({f"{k}_started" for k in RUN_KINDS})
 KINDS = FAILURE_KINDS | SUCCESS_KINDS | START_KINDS
 BODY_LIMIT = 64 * 1024

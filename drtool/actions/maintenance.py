@@ -53,12 +53,14 @@ def _forget(settings: Settings, policy: Policy, handle: RepoHandle, details: dic
     now = utcnow()
     forget_ids: list[str] = []
     report: dict[str, dict[str, int]] = {}
+    kept_sets: dict[str, list] = {}
     for source in policy.sources:
         retention = source.retention or policy.retention
         listing = handle.restic.snapshots(tags=policy_tags(policy, source.name), host=host)
         sets = snapshot_sets(handle.restic, policy, source, host=host, listing=listing)
         kept = keep_indices([s.time for s in sets], retention, now)
         drop = [s for i, s in enumerate(sets) if i not in kept]
+        kept_sets[source.name] = [s for i, s in enumerate(sets) if i in kept]
         complete_runs = {s.run_id for s in sets}
         debris = [snap for snap in listing
                   if snap.tag("run") not in complete_runs and source.kind != "files"
@@ -67,6 +69,9 @@ def _forget(settings: Settings, policy: Policy, handle: RepoHandle, details: dic
             forget_ids += [x.id for x in ([s.files] if s.files else s.streams.values())]
         forget_ids += [d.id for d in debris]
         report[source.name] = {"kept": len(kept), "forgotten": len(drop), "debris": len(debris)}
+    wal_ids, wal_report = _wal_retention(handle, policy, host, kept_sets)
+    forget_ids += wal_ids
+    report.update(wal_report)
     bundles = _old_bundles(handle, host)
     forget_ids += bundles
     report["(configuration bundles)"] = {"kept": BUNDLES_KEPT, "forgotten": len(bundles), "debris": 0}
@@ -92,6 +97,16 @@ def check_repository(settings: Settings, policy: Policy, *, read_data_subset: st
         output = handle.restic.check(read_data_subset, cancel=cancel)
         lc.record.details["output_tail"] = output[-1500:]
     return lc.record
+
+
+def _wal_retention(handle: RepoHandle, policy: Policy, host: str, kept_sets: dict[str, list]) -> \
+        tuple[list[str], dict[str, dict[str, int]]]:
+    """PITR sources: WAL batches go with the base backups they no longer serve (drtool/actions/pitr_retention.py)."""
+    from drtool.actions.wal_ship import pitr_sources
+    if not pitr_sources(policy):
+        return [], {}
+    from drtool.actions.pitr_retention import wal_to_forget
+    return wal_to_forget(handle, policy, host, kept_sets)
 
 
 def _old_bundles(handle, host: str) -> list[str]:  # noqa: ANN001

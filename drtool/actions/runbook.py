@@ -26,6 +26,11 @@ psql / mariadb / sqlite3.
 Every `sh` block, in order, is also a bash script (`extract_script`) that
 `bash -e` runs as written: values the runbook cannot know are read from
 variables the operator sets or is prompted for, never written here.
+
+A PostgreSQL source with `pitr:` also gets a point-in-time section
+(drtool/actions/runbook_pitr.py): its blocks are fenced ```sh pitr, so the
+default script (one complete set) leaves them out; `extract_script(text,
+pitr=True)` gives the setup blocks (kit, tools, repository) plus those.
 """
 
 from __future__ import annotations
@@ -107,13 +112,22 @@ def render_runbook(policy: Policy, repository: Repository, *, host: str | None,
     ]
     for number, source in enumerate(policy.sources, start=len(blocks)):
         blocks.append(_SOURCE_SECTIONS[source.kind](number, policy, source, hint))
+    from drtool.actions.runbook_pitr import pitr_sections
+    blocks += pitr_sections(policy, hint.host, start=len(blocks))
     blocks.append(_afterwards(policy))
     return "\n\n".join(blocks) + "\n"
 
 
-def extract_script(runbook: str) -> str:
-    """The runbook's `sh` blocks joined into one bash script, in order."""
+SETUP_BLOCKS = 3          # kit, tools, repository: rendered first, needed by every way of recovering
+
+
+def extract_script(runbook: str, *, pitr: bool = False) -> str:
+    """The runbook's `sh` blocks joined into one bash script, in order; with `pitr`, the setup
+    blocks and then the point-in-time blocks (```sh pitr) instead of the snapshot-set ones."""
     blocks = re.findall(r"^```sh\n(.*?)^```$", runbook, flags=re.MULTILINE | re.DOTALL)
+    if pitr:
+        blocks = blocks[:SETUP_BLOCKS] + re.findall(r"^```sh pitr\n(.*?)^```$", runbook,
+                                                    flags=re.MULTILINE | re.DOTALL)
     return "#!/bin/bash\n" + "\n".join(blocks)
 
 

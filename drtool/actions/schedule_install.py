@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from drtool.actions.schedule import default_env_file, env_file_instructions, env_file_problems, env_secret_names
-from drtool.actions.systemd import DAEMON_UNIT, all_units, is_generated
+from drtool.actions.systemd import DAEMON_UNIT, WAL_UNIT_PREFIX, all_units, is_generated
 from drtool.config.loader import Settings
 from drtool.errors import DrtoolError, UsageError
 
@@ -44,25 +44,26 @@ def plan_install(units: dict[str, str], generated: Sequence[str], unit_dir: Path
     """The steps of an install (pure): `generated` are the drtool unit files already in unit_dir."""
     stale = sorted(set(generated) - set(units))
     steps: list[Step] = []
-    stale_active = [u for u in stale if u.endswith(".timer") or u == DAEMON_UNIT]
+    stale_active = [u for u in stale if u.endswith(".timer") or u == DAEMON_UNIT or u.startswith(WAL_UNIT_PREFIX)]
     if stale_active:
         steps.append(_run(systemctl, "disable", "--now", *stale_active))
     steps += [Step("remove", str(unit_dir / u)) for u in stale]
     steps += [Step("write", str(unit_dir / name), text=text) for name, text in sorted(units.items())]
     steps.append(_run(systemctl, "daemon-reload"))
     timers = sorted(u for u in units if u.endswith(".timer"))
+    wal = sorted(u for u in units if u.startswith(WAL_UNIT_PREFIX))     # the daemon ships WAL itself
     if daemon:
-        if timers:
-            steps.append(_run(systemctl, "disable", "--now", *timers))
+        if timers or wal:
+            steps.append(_run(systemctl, "disable", "--now", *timers, *wal))
         steps.append(_run(systemctl, "enable", "--now", DAEMON_UNIT))
     else:
         steps.append(_run(systemctl, "disable", "--now", DAEMON_UNIT))
-        steps.append(_run(systemctl, "enable", "--now", *timers))
+        steps.append(_run(systemctl, "enable", "--now", *timers, *wal))
     return steps
 
 
 def plan_uninstall(generated: Sequence[str], unit_dir: Path, *, systemctl: str = "systemctl") -> list[Step]:
-    active = sorted(u for u in generated if u.endswith(".timer") or u == DAEMON_UNIT)
+    active = sorted(u for u in generated if u.endswith(".timer") or u == DAEMON_UNIT or u.startswith(WAL_UNIT_PREFIX))
     steps = [_run(systemctl, "disable", "--now", *active)] if active else []
     steps += [Step("remove", str(unit_dir / u)) for u in sorted(generated)]
     if generated:

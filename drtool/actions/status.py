@@ -20,6 +20,13 @@ one is the row's `verdict`:
     check-overdue  a check schedule is set and no check succeeded since the slot before last
     forget-failed  the last forget (retention) run failed
     copy-failed    the last copy into one of the policy's `copies:` failed (or was not verified)
+    wal-gap        (PITR sources) a WAL segment is missing between the oldest base backup and the
+                   newest WAL: some moment of the window cannot be recovered
+
+PITR sources (postgres with pitr:) count for the RPO with their recovery point, the newest
+moment base backup + WAL can recover (drtool/sources/wal_chain.py), not their newest base
+backup; each row's `pitr` gives, per such source, the newest WAL offsite, the recoverable
+window(s), the gaps and the timeline switches.
 
 Warnings (shown, exit 0): forecast-breach (the RTO forecast exceeds the target
 within forecast.horizon, default 90 days), invalid-signature (offsite records
@@ -46,28 +53,41 @@ from drtool.config.models import Policy
 from drtool.errors import DrtoolError
 from drtool.tags import policy_tags
 
-PROBLEMS = ("rpo-breach", "backup-failed", "rto-breach", "drill-failed", "never-drilled",
+PROBLEMS = ("rpo-breach", "wal-gap", "backup-failed", "rto-breach", "drill-failed", "never-drilled",
             "check-failed", "check-overdue", "forget-failed", "copy-failed")
-CRITICAL = ("rpo-breach", "backup-failed", "rto-breach", "drill-failed")   # Nagios CRITICAL; the rest WARNING
+CRITICAL = ("rpo-breach", "wal-gap", "backup-failed", "rto-breach", "drill-failed")   # Nagios CRITICAL; the rest WARNING
 CHECK_GRACE = timedelta(hours=6)      # a check may run for hours, and the daemon delays jobs by their jitter
 
 
 def newest_snapshot_time(settings: Settings, policy: Policy) -> datetime | None:
     """When the policy was last completely backed up: the oldest of its sources' newest
-    complete snapshot sets (None if any source has none). Reads the repository."""
+    complete snapshot sets (a PITR source: its recovery point), None if any source has none.
+    Reads the repository."""
+    return recovery_points(settings, policy)[0]
+
+
+def recovery_points(settings: Settings, policy: Policy) -> tuple[datetime | None, dict[str, Any]]:
+    """(newest_snapshot_time, {PITR source: its PitrView}) from one listing of the repository."""
+    from drtool.actions.pitr import pitr_view
+
     handle = open_repo(settings, policy.repository)
     # One lock-free listing for the whole policy: this runs every few minutes in the daemon's
     # watchdog and must stay cheap; it only reads.
     host = restic_host(settings)           # this host's sets prove this host's RPO, no other's
     listing = handle.restic.snapshots(tags=policy_tags(policy), host=host, no_lock=True)
-    newest: list[datetime] = []
+    newest: list[datetime | None] = []
+    views: dict[str, Any] = {}
     for source in policy.sources:
         mine = [s for s in listing if s.tag("source") == source.name]
         sets = snapshot_sets(handle.restic, policy, source, host=host, listing=mine)
-        if not sets:
-            return None
-        newest.append(sets[-1].time)
-    return min(newest) if newest else None
+        point = sets[-1].time if sets else None
+        if source.kind == "postgres" and source.spec.pitr is not None:  # type: ignore[union-attr]
+            views[source.name] = view = pitr_view(settings, handle.restic, policy, source, host, listing)
+            point = max((t for t in (point, view.recovery_point) if t is not None), default=None)
+        newest.append(point)
+    if not newest or any(t is None for t in newest):
+        return None, views
+    return min(newest), views  # type: ignore[type-var]
 
 
 def verdict(*, backup_age_s: float | None, rpo_s: float | None, repo_error: bool,
@@ -78,12 +98,14 @@ def verdict(*, backup_age_s: float | None, rpo_s: float | None, repo_error: bool
 
 def problems(*, backup_age_s: float | None, rpo_s: float | None, repo_error: bool, drill: dict[str, Any] | None,
              last_runs: dict[str, dict[str, Any] | None] | None = None, check_overdue: bool = False,
-             copies: dict[str, dict[str, Any] | None] | None = None) -> list[str]:
+             copies: dict[str, dict[str, Any] | None] | None = None, wal_gap: bool = False) -> list[str]:
     """Pure: every problem code of one policy, most urgent first (see the module docstring)."""
     runs = last_runs or {}
     found = []
     if repo_error or backup_age_s is None or (rpo_s is not None and backup_age_s > rpo_s):
         found.append("rpo-breach")
+    if wal_gap:
+        found.append("wal-gap")
     if _failed(runs.get("backup")):
         found.append("backup-failed")
     if drill is None:
@@ -131,11 +153,14 @@ def policy_status(settings: Settings, policy: Policy, catalog: Catalog, now: dat
     row: dict[str, Any] = {"policy": policy.name, "repository": policy.repository,
                            "rpo_target_s": policy.targets.rpo, "rto_target_s": policy.targets.rto}
     repo_error = False
+    views: dict[str, Any] = {}
     try:
-        newest = newest_snapshot_time(settings, policy)
+        newest, views = recovery_points(settings, policy)
     except DrtoolError as exc:
         newest, repo_error = None, True
         row["error"] = exc.message.splitlines()[0][:300]
+    if views:
+        row["pitr"] = {name: view.to_dict() for name, view in views.items()}
     row["last_backup"] = newest.isoformat() if newest else None
     row["backup_age_s"] = round((now - newest).total_seconds(), 1) if newest else None
     age, rpo = row["backup_age_s"], policy.targets.rpo
@@ -148,7 +173,8 @@ def policy_status(settings: Settings, policy: Policy, catalog: Catalog, now: dat
     overdue = _check_overdue(settings, policy, history, now)
     row["copies"] = {name: _run_summary_of(history, "copy", name) for name in policy.copies}
     codes = problems(backup_age_s=age, rpo_s=rpo, repo_error=repo_error, drill=row["last_drill"],
-                     last_runs=row["last_runs"], check_overdue=overdue, copies=row["copies"])
+                     last_runs=row["last_runs"], check_overdue=overdue, copies=row["copies"],
+                     wal_gap=any(view.gaps for view in views.values()))
     row["problems"] = codes
     row["verdict"] = codes[0] if codes else "ok"
     result = policy_forecast(settings, policy, history, now, horizon_days)

@@ -54,8 +54,11 @@ def _exec_quote(arg: str) -> str:
 
 
 def writable_paths(settings: Settings) -> list[str]:
-    """What the services write outside /tmp: state_dir, the metrics textfile's folder, restore paths."""
+    """What the services write outside /tmp: state_dir, the metrics textfile's folder, restore paths,
+    WAL spools."""
+    from drtool.actions.wal_ship import pitr_sources, spool_root
     paths = [str(settings.state_dir.resolve())]
+    paths += [str(spool_root(settings, p, s).resolve()) for p in settings.policies.values() for s in pitr_sources(p)]
     if settings.config.metrics.textfile:
         paths.append(str(Path(settings.config.metrics.textfile).parent))
     for playbook in settings.playbooks.values():
@@ -104,6 +107,30 @@ def daemon_unit(settings: Settings, program: str, env_file: Path | None) -> str:
     return "\n".join(lines)
 
 
+WAL_UNIT_PREFIX = "drtool-wal-ship-"
+
+
+def wal_units(settings: Settings, program: str, env_file: Path | None) -> dict[str, str]:
+    """One long-running `drtool wal-ship POLICY` per policy with PITR sources: how timers-mode sites
+    ship WAL continuously (the daemon ships it itself; `install --daemon` leaves these disabled)."""
+    from drtool.actions.wal_ship import pitr_sources
+
+    units = {}
+    for policy in sorted(settings.policies.values(), key=lambda p: p.name):
+        if not pitr_sources(policy):
+            continue
+        lines = [GENERATED, "[Unit]", f"Description=drtool: ship the WAL of policy {policy.name} continuously",
+                 "Wants=network-online.target", "After=network-online.target",
+                 "OnFailure=drtool-failure@%n.service", "",
+                 *service_section(settings, exec_line(base_argv(settings, program) + ["wal-ship", policy.name]),
+                                  env_file),
+                 "Type=simple", "Restart=always", "RestartSec=10",
+                 # SIGTERM: it stops receiving and ships what arrived before exiting.
+                 "KillSignal=SIGTERM", "TimeoutStopSec=120", "", "[Install]", "WantedBy=multi-user.target", ""]
+        units[f"{WAL_UNIT_PREFIX}{re.sub(r'[^A-Za-z0-9_.-]', '_', policy.name)}.service"] = "\n".join(lines)
+    return units
+
+
 def failure_unit(settings: Settings, program: str, env_file: Path | None) -> str:
     # %i is the failed unit's name: not escaped, it is meant as a specifier here.
     exec_start = exec_line(base_argv(settings, program) + ["schedule", "on-failure"]) + " %i"
@@ -129,6 +156,7 @@ def all_units(settings: Settings, *, program: str | None = None, env_file: Path 
         raise UsageError("cannot export to systemd:\n  " + "\n  ".join(problems))
     units[DAEMON_UNIT] = daemon_unit(settings, program, env)
     units[FAILURE_UNIT] = failure_unit(settings, program, env)
+    units.update(wal_units(settings, program, env))
     return units
 
 

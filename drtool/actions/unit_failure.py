@@ -17,14 +17,14 @@ from dataclasses import dataclass
 from drtool.errors import UsageError
 
 KIND_EVENTS = {"backup": "backup_failed", "forget": "forget_failed", "check": "check_failed", "drill": "drill_failed",
-               "lock-extend": "lock-extend_failed"}
-_KINDS = "backup|forget|check|drill|lock-extend"
+               "lock-extend": "lock-extend_failed", "wal-ship": "wal_ship_failed"}
+_KINDS = "backup|forget|check|drill|lock-extend|wal-ship"
 
 
 @dataclass(frozen=True)
 class FailedUnit:
     unit: str                      # as systemd names it, or the job id from a cron line
-    kind: str                      # backup | forget | check | drill | lock-extend | daemon
+    kind: str                      # backup | forget | check | drill | lock-extend | wal-ship | daemon
     name: str | None               # policy, playbook or (lock-extend) repository
 
     @property
@@ -92,7 +92,7 @@ ALREADY_REPORTED_WITHIN_S = 600.0
 
 def _last_run(settings, failed: FailedUnit):  # noqa: ANN001, ANN202 - RunRecord | None
     """The job's newest recorded run (None for the daemon, or when the catalog cannot be read)."""
-    if failed.kind == "daemon":
+    if failed.kind in ("daemon", "wal-ship"):     # long-running: no run record of their own
         return None
     from drtool.catalog import Catalog
 

@@ -26,6 +26,7 @@ COMMAND_MODULES = [
     "drtool.cli.kit",        # kit create/verify/revoke, recover, runbook, verify-report
     "drtool.cli.repo",       # repo lock-extend, repo rollback
     "drtool.cli.fleet",      # fleet status; pool enqueue/worker/status
+    "drtool.cli.pitr",       # wal-ship
 ]
 
 

@@ -189,9 +189,10 @@ def status(ctx: click.Context, as_json: bool, nagios: bool, horizon: str | None)
     """One row per policy: last good backup vs RPO, last drill vs RTO, forecast, verdict.
 
     Exit code: 0 every policy is fine (warnings such as a forecast breach are shown but do not fail),
-    1 at least one policy has a problem (rpo-breach, backup-failed, rto-breach, drill-failed,
+    1 at least one policy has a problem (rpo-breach, wal-gap, backup-failed, rto-breach, drill-failed,
     never-drilled, check-failed, check-overdue, forget-failed, copy-failed), 2 bad usage/configuration.
     Under the table: each policy's 3-2-1-1-0 letters and what to do about those that fall short.
+    PITR sources also show their recoverable window, newest WAL offsite, gaps and timelines.
     """
     if nagios:
         ctx.exit(_nagios(ctx, horizon))
@@ -234,6 +235,9 @@ def _print_status(rows: list[dict]) -> None:
     print_table(["policy", "last backup (UTC)", "age", "RPO", "last drill", "RTO achieved", "RTO",
                  "RTO in 90d", "breach by", "verdict"], table, styles=styles, right=frozenset({2, 3, 5, 6, 7}))
     for r in rows:
+        for name, view in (r.get("pitr") or {}).items():
+            for line in _pitr_lines(f"{r['policy']}/{name}", view):
+                click.echo(line)
         if r.get("error"):
             click.echo(f"{r['policy']}: {r['error']}", err=True)
         for w in r["warnings"]:
@@ -254,6 +258,21 @@ def rule_lines(row: dict) -> list[str]:
     for letter in rule["assessment"]:
         if not letter["met"]:
             lines.append(f"  {letter['letter']} ({letter['name']}): {letter['detail']}; to do: {letter['advice']}")
+    return lines
+
+
+def _pitr_lines(name: str, view: dict) -> list[str]:
+    """Window, newest WAL, timelines and gaps of one PITR source, for people."""
+    day = lambda t: (t or "?")[:19].replace("T", " ")  # noqa: E731
+    windows = ", ".join(f"{day(w['from'])} .. {day(w['to'])}" for w in view["windows"]) or "none"
+    newest = f"{day(view['newest_wal'])} ({view['newest_segment']})" if view["newest_wal"] else "none"
+    lines = [f"{name}: PITR window (UTC) {windows}; newest WAL offsite {newest}; "
+             f"{view['base_backups']} base backup(s); timelines "
+             + (", ".join(str(t["timeline"]) for t in view["timelines"]) or "-")]
+    lines += [f"{name}: wal-gap: {g['message']}" for g in view["gaps"]]
+    if view.get("missing_history"):
+        lines.append(f"{name}: warning: no history file offsite for timeline(s) "
+                     + ", ".join(str(t) for t in view["missing_history"]))
     return lines
 
 

@@ -250,6 +250,9 @@ def kit_upgrade(old: Path, out: Path, recipients: tuple[str, ...], armor: bool, 
               help="postgresql://user@host:port[/db] to restore into (default: a new PostgreSQL that stays running). "
                    "Password via PGPASSWORD.")
 @click.option("--snapshot", default="latest", show_default=True, help="latest, a run id or a snapshot id.")
+@click.option("--at", "at", metavar="TIME|latest",
+              help="PITR sources: recover base backup + WAL to this moment (ISO time, no offset = UTC) instead "
+                   "of restoring their snapshot set.")
 @click.option("--force", is_flag=True, help="Restore over non-empty targets.")
 @click.option("--list", "list_only", is_flag=True, help="Only list what the kit can recover.")
 @click.option("--dry-run", is_flag=True, help="Show what would be recovered, from which set, into where, how many "
@@ -265,8 +268,8 @@ def kit_upgrade(old: Path, out: Path, recipients: tuple[str, ...], armor: bool, 
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def recover(ctx: click.Context, kit_file: Path, policy: str | None, target_root: Path | None,
-            to_original_paths: bool, pg_target: str | None, snapshot: str, force: bool, list_only: bool,
-            host: str | None, data_dir: Path | None, state_dir: Path | None, dry_run: bool,
+            to_original_paths: bool, pg_target: str | None, snapshot: str, at: str | None, force: bool,
+            list_only: bool, host: str | None, data_dir: Path | None, state_dir: Path | None, dry_run: bool,
             passphrase_fd: int | None, identity: Path | None, as_json: bool) -> None:
     """Recover a policy on a fresh machine from the recovery kit alone (no drtool.yaml needed)."""
     from drtool.actions.recover import RecoverOptions
@@ -277,7 +280,7 @@ def recover(ctx: click.Context, kit_file: Path, policy: str | None, target_root:
     options = RecoverOptions(policy=policy, target_root=target_root, original_paths=to_original_paths,
                              pg_target=pg_target, selector=snapshot, force=force, list_only=list_only,
                              host=host, data_dir=data_dir, identity=identity, state_dir=state_dir,
-                             dry_run=dry_run)
+                             dry_run=dry_run, at=at)
 
     def progress(event: ProgressEvent) -> None:
         if not as_json and isinstance(event, StepDone):
@@ -312,8 +315,9 @@ def _print_recover(report: Any) -> None:
         state = "verified" if src.get("verified") and not src.get("problems") else "NOT VERIFIED"
         extra = f", {src['rows']} rows" if "rows" in src else (
             f", {src['files_checked']} entries" if "files_checked" in src else "")
-        click.echo(f"  {src['source']} ({src['kind']}) from {src['snapshot']['run']} into {src['target']}: "
-                   f"{state}{extra}")
+        origin = (f"base backup {src['pitr']['base_backup']['run']} + WAL to {src['pitr']['target']}"
+                  if src.get("pitr") else src["snapshot"]["run"])
+        click.echo(f"  {src['source']} ({src['kind']}) from {origin} into {src['target']}: {state}{extra}")
         for problem in src.get("problems", [])[:20]:
             click.echo(f"    MISMATCH {problem}", err=True)
     for hint in report.connections:

@@ -1,8 +1,9 @@
-"""The building blocks of every configuration model: the frozen, strict base model, durations
+"""The building blocks of every configuration model: the frozen, strict base model, durations, sizes
 with units, names, argv lists."""
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, WithJsonSchema
@@ -25,6 +26,25 @@ NAME_RULE = "ASCII letters, digits, `_ . -`, up to 64 characters, starting with 
 Name = Annotated[str, Field(pattern=NAME_PATTERN, description=f"a name: {NAME_RULE}")]
 Argv = Annotated[list[str], Field(min_length=1)]
 Rate = Annotated[int, BeforeValidator(parse_rate)]          # KiB/s
+
+_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def _size(value: object) -> int:
+    """Bytes from '512M', '4G', '2GiB' (binary units); a bare integer is bytes."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a size like 512M or 4G, got {value!r}")
+    if isinstance(value, int):
+        return value
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*", str(value).lower())
+    if not match:
+        raise ValueError(f"expected a size like 512M or 4G, got {value!r}")
+    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2)])
+
+
+Size = Annotated[int, BeforeValidator(_size), WithJsonSchema(
+    {"type": "string", "pattern": r"^\s*\d+(\.\d+)?\s*[KMGTkmgt]?(i?[Bb])?\s*$",
+     "description": "a size: 512M, 4G, 2GiB (binary units)"})]
 
 
 class Model(BaseModel):

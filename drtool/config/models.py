@@ -16,6 +16,8 @@ from pydantic import Field, field_validator, model_validator
 from drtool.config.base import (DURATION_PATTERN, NAME_PATTERN, NAME_RULE, Argv, Duration, Model, Name,  # noqa: F401
                                 Rate, _duration)
 from drtool.config.secrets import SecretRef
+from drtool.config.source_models import (SOURCE_KINDS, DatabaseSpec, FilesSource, MariadbSource,  # noqa: F401
+                                         PitrSettings, PostgresSource, Retention, Source, SqliteSource)
 from drtool.config.storage_models import (DEFAULT_LOCK_SCHEDULE, Immutable, Maintenance, RestSettings,  # noqa: F401
                                           S3Settings, backend_problem, rest_url_problem)
 
@@ -185,101 +187,6 @@ class Targets(Model):
     rto: Duration | None = None
 
 
-class Retention(Model):
-    last: int | None = Field(None, ge=0)
-    hourly: int | None = Field(None, ge=0)
-    daily: int | None = Field(None, ge=0)
-    weekly: int | None = Field(None, ge=0)
-    monthly: int | None = Field(None, ge=0)
-    yearly: int | None = Field(None, ge=0)
-    within: Duration | None = None
-
-
-class DatabaseSpec(Model):
-    """What PostgreSQL and MariaDB sources share: one database or several, content hashes."""
-    database: str | None = None
-    databases: list[str] | None = None
-    content_hash: bool = True              # hash every table's rows into the fingerprint (bench/README.md)
-
-    @model_validator(mode="after")
-    def _one_db_field(self) -> "DatabaseSpec":
-        if (self.database is None) == (self.databases is None):
-            raise ValueError("give exactly one of database: NAME or databases: [NAMES]")
-        return self
-
-    @property
-    def database_names(self) -> list[str]:
-        return [self.database] if self.database else list(self.databases or [])
-
-
-class PostgresSource(DatabaseSpec):
-    host: str = "127.0.0.1"
-    port: int = Field(5432, ge=1, le=65535)
-    user: str = "postgres"
-    password: SecretRef | None = None
-    globals: bool = True                   # pg_dumpall --globals-only as its own stream
-    bin_dir: str | None = None             # where pg_dump lives, if not on PATH
-
-
-class MariadbSource(DatabaseSpec):
-    host: str | None = "127.0.0.1"
-    port: int = Field(3306, ge=1, le=65535)
-    socket: str | None = None
-    user: str = "root"
-    password: SecretRef | None = None
-
-
-class SqliteSource(Model):
-    path: str
-    content_hash: bool = True              # hash every table's rows into the fingerprint
-
-
-class FilesSource(Model):
-    paths: Annotated[list[str], Field(min_length=1)]
-    exclude: list[str] = []
-    one_file_system: bool = False
-
-    @field_validator("paths")
-    @classmethod
-    def _absolute(cls, paths: list[str]) -> list[str]:
-        for p in paths:
-            if not p.startswith("/"):
-                raise ValueError(f"paths must be absolute, got {p!r}")
-        return paths
-
-
-SOURCE_KINDS = ("postgres", "mariadb", "sqlite", "files")
-
-
-class Source(Model):
-    name: Name
-    postgres: PostgresSource | None = None
-    mariadb: MariadbSource | None = None
-    sqlite: SqliteSource | None = None
-    files: FilesSource | None = None
-    retention: Retention | None = None     # overrides the policy's retention for this source
-    # A dump (or restic reading files) that moves no byte for stall_timeout is stuck: the source
-    # fails and nothing is committed. timeout bounds the whole source.
-    stall_timeout: Duration = 600.0
-    timeout: Duration = 86400.0
-
-    @model_validator(mode="after")
-    def _exactly_one_kind(self) -> "Source":
-        kinds = [k for k in SOURCE_KINDS if getattr(self, k) is not None]
-        if len(kinds) != 1:
-            raise ValueError(f"a source needs exactly one of {', '.join(SOURCE_KINDS)}"
-                             + (f"; got {', '.join(kinds)}" if kinds else ""))
-        return self
-
-    @property
-    def kind(self) -> str:
-        return next(k for k in SOURCE_KINDS if getattr(self, k) is not None)
-
-    @property
-    def spec(self) -> PostgresSource | MariadbSource | SqliteSource | FilesSource:
-        return getattr(self, self.kind)
-
-
 class Hooks(Model):
     before: list[Argv] = []
     after: list[Argv] = []
@@ -312,6 +219,15 @@ class Policy(Model):
     # with its own password and credentials: the second and third copies of 3-2-1-1-0.
     copies: list[Name] = []
     path: str | None = Field(None, exclude=True)   # the file it came from
+
+    @model_validator(mode="after")
+    def _pitr_local(self) -> "Policy":
+        pitr = [s.name for s in self.sources if s.postgres is not None and s.postgres.pitr is not None]
+        if pitr and self.host is not None:
+            raise ValueError(f"pitr (source {', '.join(pitr)}) needs pg_receivewal and pg_basebackup on this machine; "
+                             "it is not supported for a policy with host: (back up that server with a policy "
+                             "without host:, its postgres host/port pointing at it)")
+        return self
 
     @model_validator(mode="after")
     def _unique_sources(self) -> "Policy":
@@ -354,11 +270,24 @@ class SnapshotRandomWithin(Model):
 SnapshotSelector = Literal["latest"] | SnapshotBefore | SnapshotRandomWithin
 
 
+PointInTime = Literal["latest"] | datetime | SnapshotRandomWithin
+
+
 class RestoreStep(Model):
     source: Name
     into: str = "scratch"                  # scratch | a server URL | an absolute path
     force: bool = False
     host: Name | None = None               # restore onto this host (over SSH)
+    # PITR sources: recover the base backup + WAL to this moment (latest, a time, {random_within: 7d});
+    # into: scratch only.
+    at: PointInTime | None = None
+
+    @field_validator("at")
+    @classmethod
+    def _aware_at(cls, value: Any) -> Any:
+        if isinstance(value, datetime) and value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value
 
 
 class VerifyStep(Model):

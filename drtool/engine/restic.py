@@ -206,7 +206,7 @@ class Restic:
         return restic_error(code, stderr, args=args, argv=self.argv(args), url=self.access.url)
 
     def run(self, args: Sequence[str], *, timeout: float = 600.0, input: bytes | None = None,
-            cancel: threading.Event | None = None) -> Result:
+            cancel: threading.Event | None = None, cwd: str | None = None) -> Result:
         """Run restic to the end; a stale lock is removed and a read-only command waits out
         a throttling or unreachable storage (see the module docstring)."""
         if self._down is not None and time.monotonic() - self._down[0] < DOWN_MEMORY_S:
@@ -216,7 +216,7 @@ class Restic:
         unlocked = False
         while True:
             try:
-                result = self._run_once(args, timeout=timeout, input=input, cancel=cancel)
+                result = self._run_once(args, timeout=timeout, input=input, cancel=cancel, cwd=cwd)
                 self._down = None
                 return result
             except RepositoryLocked:
@@ -234,11 +234,11 @@ class Restic:
                 self._sleep(delay)
 
     def _run_once(self, args: Sequence[str], *, timeout: float, input: bytes | None,
-                  cancel: threading.Event | None) -> Result:
+                  cancel: threading.Event | None, cwd: str | None = None) -> Result:
         """restic to its end, stdout collected. Interrupted (SIGINT: it removes its lock) on `cancel`
         or after `timeout`; killed when its storage stops answering for wait_unavailable
         (drtool/engine/retry_watch.py): restic alone retries for minutes."""
-        proc, pw = self.start(args, stdin=input is not None)
+        proc, pw = self.start(args, stdin=input is not None, cwd=cwd)
         out: list[bytes] = []
         reader = threading.Thread(target=lambda: out.extend(iter(lambda: proc.stdout.read(65536), b"")),
                                   daemon=True, name="restic-stdout")
@@ -294,12 +294,13 @@ class Restic:
     def storage_down(self) -> bool:
         return self._down is not None
 
-    def start(self, args: Sequence[str], *, stdin: bool = False) -> tuple[LocalProcess, PasswordPipe]:
+    def start(self, args: Sequence[str], *, stdin: bool = False,
+              cwd: str | None = None) -> tuple[LocalProcess, PasswordPipe]:
         """Start restic; the caller closes the returned pipe after restic has read it (at exit)."""
         pw = PasswordPipe(self.access.password)
         try:
             proc = self._runner.start(self.argv(args), env={**_base_env(self.access), **pw.env},
-                                      stdin=stdin, pass_fds=(pw.read_fd,))
+                                      stdin=stdin, pass_fds=(pw.read_fd,), cwd=cwd)
         except BaseException:
             pw.close()
             raise

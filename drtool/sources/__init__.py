@@ -15,6 +15,9 @@ if TYPE_CHECKING:  # keep `python -m drtool.sources.sqlite_dump` (run remotely) 
 
 def database_source(source: "Source", runner: "Runner") -> "DatabaseSource":
     kind = source.kind
+    if kind == "postgres" and source.spec.pitr is not None:   # type: ignore[union-attr]
+        from drtool.sources.pg_physical import PitrDatabase   # logical dumps + a physical base backup
+        return PitrDatabase(source.spec, runner)  # type: ignore[arg-type]
     if kind == "postgres":
         from drtool.sources.postgres import PostgresDatabase
         return PostgresDatabase(source.spec, runner)  # type: ignore[arg-type]

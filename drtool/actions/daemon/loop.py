@@ -6,6 +6,7 @@ The parts it wires together (each in its own module):
     state.py     first sight / last attempt / check rotation (0600 JSON)
     dispatch.py  what each job kind runs; every kind returns a RunRecord
     watchdog.py  the RPO watchdog (reads the repositories)
+    wal.py       the WAL shippers of PITR sources (continuous, one thread each)
 
 Every job goes through the same actions as the CLI, so its record, offsite copy,
 notifications and metrics come from the run lifecycle; the daemon itself notifies only
@@ -39,6 +40,7 @@ from drtool.actions.daemon.dispatch import Dispatch, JobRequest, default_dispatc
 from drtool.actions.daemon.jobs import MAINTENANCE, JobInfo, build_jobs
 from drtool.actions.daemon.planner import Busy, Queue
 from drtool.actions.daemon.state import DaemonState
+from drtool.actions.daemon.wal import WalSupervisor
 from drtool.actions.daemon.watchdog import RpoWatchdog, SnapshotTime, default_snapshot_time
 from drtool.catalog import Catalog, RunRecord
 from drtool.config.loader import Settings
@@ -96,6 +98,7 @@ class Daemon:
         self.catalog = Catalog(settings.state_dir)
         self.rpo = RpoWatchdog(snapshot_time, self._send)
         self._pool = ThreadPoolExecutor(max_workers=64, thread_name_prefix="drtool-job")
+        self.wal: WalSupervisor | None = None             # started by run(); PITR sources ship WAL continuously
 
     @property
     def snapshot_time(self) -> SnapshotTime:
@@ -317,6 +320,8 @@ class Daemon:
             log.error("configuration reload failed; keeping the previous configuration:\n%s", exc)
             return False
         log.info("configuration reloaded: %d scheduled job(s)", len(self.jobs))
+        if self.wal is not None:
+            self.wal.apply(self.settings)
         return True
 
     def request_stop(self) -> None:
@@ -357,6 +362,8 @@ class Daemon:
             signal.signal(signal.SIGHUP, lambda *_: self.request_reload())
         server = self._start_metrics_server()
         pages = self._start_pages_server()
+        self.wal = WalSupervisor(self._send, (self._begin_read, self._end_read))
+        self.wal.apply(self.settings)
         scheduler = schedule.Scheduler()
         scheduler.every(self.tick_seconds).seconds.do(self._guarded, self.tick)
         scheduler.every(self.watchdog_seconds).seconds.do(self._guarded, self._watchdog_async)
@@ -374,6 +381,7 @@ class Daemon:
                 self._stop.wait(0.2)
         finally:
             log.info("drtool daemon: stopping; %d job(s) running", len(self.running()))
+            self.wal.stop()                               # each ships what it received, then stops
             self.shutdown()
             for running_server in (server, pages):
                 if running_server:

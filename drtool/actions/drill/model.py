@@ -6,7 +6,8 @@ restore steps, the phases where the time went. `DrillReport` sums them into
 the verdict:
 
     RTO achieved = first step's start -> last restore step's end
-    RPO achieved = age of the restored snapshot (the oldest, if several) at drill start
+    RPO achieved = age of the restored snapshot (the oldest, if several) at drill start; a step that
+                   measured the data loss itself (a point-in-time recovery's canary) gives it instead
     passed       = every step passed, and each target that is set holds
 """
 
@@ -194,6 +195,10 @@ class DrillReport:
 
     @property
     def rpo_achieved_s(self) -> float | None:
+        measured = [s.data["rpo_achieved_s"] for s in self.steps
+                    if s.status == "passed" and s.data.get("rpo_achieved_s") is not None]
+        if measured:
+            return max(measured)
         return rpo_achieved(self.snapshot_time, self.started_at)
 
     @property
@@ -219,7 +224,10 @@ class DrillReport:
                        if recovery_complete(self.steps) and achieved is not None
                        else f"RTO not achieved: recovery did not complete (target {_secs(self.rto_target_s)})")
         if self.rpo_met is False:
-            out.append(f"RPO breached: restored snapshot was {_secs(self.rpo_achieved_s)} old, "
+            measured = any(s.data.get("rpo_achieved_s") is not None for s in self.steps if s.status == "passed")
+            out.append(f"RPO breached: {_secs(self.rpo_achieved_s)} of data lost (measured in the recovered "
+                       f"database), target {_secs(self.rpo_target_s)}" if measured else
+                       f"RPO breached: restored snapshot was {_secs(self.rpo_achieved_s)} old, "
                        f"target {_secs(self.rpo_target_s)}")
         if self.error:
             out.append(self.error)

@@ -29,6 +29,9 @@ RESTORE_TIMEOUT_S = 24 * 3600.0
 
 def restore(ctx: DrillContext, step: Step) -> Outcome:
     spec = step.restore
+    if spec.at is not None:                   # point-in-time recovery (PITR sources)
+        from drtool.actions.drill.pitr_step import restore_at
+        return restore_at(ctx, step)
     source = ctx.policy.source(spec.source)
     chosen = ctx.snapshot_set(source.name)
     if spec.host and spec.into == "scratch":

@@ -15,6 +15,7 @@ from drtool.actions.restore import verify_files_at
 from drtool.config.models import Step
 from drtool.execute import LocalRunner
 from drtool.report.units import human_bytes
+from drtool.errors import DrillFailed
 from drtool.sources.base import expected_for, verify_restored  # noqa: F401 - expected_for kept importable here
 
 
@@ -40,7 +41,10 @@ def _files(ctx: DrillContext, restored: Restored) -> Outcome:
 
 def _database(restored: Restored, content: bool = True) -> Outcome:
     """Counts, and the content hashes recorded at backup time (unless `content: false`)."""
-    assert restored.db is not None and restored.target is not None and restored.fingerprint is not None
+    if restored.fingerprint is None:          # a point-in-time recovery: no snapshot's counts describe it
+        raise DrillFailed(f"{restored.source.name} was recovered to a point in time: there are no backup row counts "
+                          "to compare with", hint="check it with `sql:` steps instead of `verify:`")
+    assert restored.db is not None and restored.target is not None
     check = verify_restored(restored.db, restored.target, restored.databases, restored.fingerprint, content=content)
     if check.problems:
         raise StepFailed(f"{len(check.problems)} differences from the backup fingerprint, first: {check.problems[0]}",

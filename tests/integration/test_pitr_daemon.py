@@ -1,0 +1,77 @@
+"""`drtool daemon` ships the WAL of a PITR source by itself, beside scheduled retention on the same
+repository (a batch and forget/prune never collide), retention keeps exactly what the kept base
+backup needs, and SIGTERM stops the shipper with its receiver; the kept base backup still
+recovers every committed row."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from datetime import datetime
+
+import pytest
+
+from drtool.catalog import Catalog
+from drtool.sources.wal_names import parse_lsn
+from tests.integration.test_pitr import batches, restore_at, restored_ids, server_root, wait_offsite  # noqa: F401
+from tests.integration.test_pitr_gaps import receivers_of
+from tests.support.pg_primary import Writer, burn, pitr_primary, psql, wait_for
+from tests.support.workspace import make_workspace
+
+pytestmark = pytest.mark.integration
+
+
+def test_daemon_ships_wal_beside_retention_and_stops_cleanly(tmp_path, s3_server, bucket, server_root):  # noqa: F811
+    root, started = server_root
+    with pitr_primary() as pg:
+        psql(pg, "CREATE DATABASE siak")
+        ws = make_workspace(tmp_path / "ws", s3_server, bucket)
+        ws.policy("siak", [{"name": "db", "postgres": {"database": "siak", "port": pg.port, "bin_dir": pg.bin_dir,
+                                                      "pitr": {"wal_ship": "1s"}}}],
+                  retention={"last": 1}, forget_schedule="every 4s")
+        ws.drtool("init-repo", "offsite", check=True)
+        spool = ws.root / "state" / "wal" / "siak" / "db" / "wal"
+        catalog = Catalog(ws.root / "state")
+        with Writer(pg, "siak", every=0.2) as writer:
+            ws.drtool("backup", "siak", check=True)                          # base backup 1
+            daemon = subprocess.Popen([sys.executable, "-m", "drtool", "-c", str(ws.config), "daemon"],
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                      env={**ws.env, "DRTOOL_WATCHDOG_SECONDS": "3600", "DRTOOL_DAEMON_GRACE": "30"})
+            try:
+                wait_for(lambda: receivers_of(spool), what="the daemon's pg_receivewal")
+                for _ in range(2):
+                    psql(pg, "SELECT pg_switch_wal()")
+                    time.sleep(1.5)
+                ws.drtool("backup", "siak", "--wait", check=True)             # base backup 2
+                second = datetime.now().astimezone()
+                psql(pg, "SELECT pg_switch_wal()")
+                wait_for(lambda: [r for r in catalog.runs(policy="siak", limit=50)
+                                  if r.kind == "forget" and r.status == "success" and r.started_at > second],
+                         timeout=90, what="a forget after the second base backup")
+                writer.stop()
+                rows = list(writer.rows)
+                wait_offsite(ws, rows[-1][1])
+            finally:
+                daemon.send_signal(signal.SIGTERM)
+                _out, err = daemon.communicate(timeout=120)
+        assert daemon.returncode == 0, err
+        assert not receivers_of(spool), "pg_receivewal outlived the daemon"
+        forgets = [r for r in catalog.runs(policy="siak", limit=100) if r.kind == "forget"]
+        assert forgets and all(r.status == "success" for r in forgets), [(r.status, r.error) for r in forgets]
+        assert sum(r.details["sources"]["db (WAL)"]["forgotten"] for r in forgets) > 0   # retention did act
+
+        # Retention: one base backup left, and no WAL batch wholly before its start.
+        sets = json.loads(ws.drtool("snapshots", "siak", "--json", check=True).stdout)
+        assert len(sets) == 1
+        fingerprint = json.loads(ws.restic("dump", "--tag", f"source=db,run={sets[0]['run']},stream=fingerprint.json",
+                                           "latest", "/fingerprint.json").stdout)
+        start = parse_lsn(fingerprint["pitr"]["start_lsn"]) // fingerprint["pitr"]["segsize"]
+        left = batches(ws)
+        assert left and all(b.newest.segno >= start for b in left), [(b.newest, start) for b in left]
+
+        burn(pg)
+        latest = restore_at(ws, "latest", root / "latest", started)
+        assert restored_ids(latest, pg.bin_dir) == [n for n, _ in rows]
