@@ -3,8 +3,9 @@
     backup_policy(settings, policy) -> RunRecord
 
 Under the policy lock and inside the run lifecycle (drtool/actions/lifecycle.py):
-reach the host, probe the repository (a wrong password or a missing repository
-stops the run before any dump starts; a throttling storage is waited out), remove
+reach the host, check the repository the first time this machine uses it (later
+runs need no probe: restic opens the repository before it reads a byte of its
+stdin, so a wrong password stops each dump within its first 64 KiB), remove
 the debris of earlier runs, run the before-hooks, then back up every source. A
 source is all or nothing. A source that failed for a transient cause (storage
 throttled or unreachable, a lock) is tried again, up to `retries` times, and only

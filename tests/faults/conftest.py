@@ -579,7 +579,10 @@ def stop_after(pid: int, nbytes: int, field_name: str = "wchar", timeout: float 
     however busy the machine is."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        os.kill(pid, signal.SIGSTOP)
+        try:
+            os.kill(pid, signal.SIGSTOP)
+        except ProcessLookupError:
+            raise AssertionError(f"process {pid} ended before it moved {nbytes} bytes") from None
         done = io_bytes(pid, field_name)
         if done < 0:
             raise AssertionError(f"process {pid} ended before it moved {nbytes} bytes")

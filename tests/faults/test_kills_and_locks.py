@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -142,7 +143,9 @@ def leave_lock(site: Site, *, other_host: str | None = None, exclusive: bool = F
     try:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            new = (set(os.listdir(locks_dir)) if locks_dir.exists() else set()) - before
+            # rclone writes an object as `.rclone_*` first and renames it: only a finished lock counts.
+            new = {name for name in (set(os.listdir(locks_dir)) if locks_dir.exists() else set()) - before
+                   if re.fullmatch(r"[0-9a-f]{64}", name)}
             if new:
                 proc.kill()
                 proc.wait()

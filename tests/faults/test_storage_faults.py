@@ -137,7 +137,10 @@ def test_wrong_s3_secret(make_site, receiver) -> None:  # noqa: ANN001
     assert_no_leak(site)
 
 
-def test_wrong_repository_password_stops_before_any_dump(make_site, pg_server, receiver) -> None:  # noqa: ANN001
+def test_wrong_repository_password_stops_the_run_at_once(make_site, pg_server, receiver) -> None:  # noqa: ANN001
+    """There is no probe before the dumps (it would cost every run a restic start): the dump and
+    restic start together, restic refuses the password, and the dump is stopped then, with the
+    cause named and nothing committed."""
     site = pg_site(make_site, pg_server, receiver)
     next_run_succeeds(site, "siak", ["siak-db"])
     password = site.root / "secrets" / "repo.pass"
@@ -146,7 +149,8 @@ def test_wrong_repository_password_stops_before_any_dump(make_site, pg_server, r
     proc = site.drtool("backup", "siak")
     password.write_text(right)
     run = assert_clean_backup_failure(site, proc, "siak", r"wrong password", db_sources=["siak-db"])
-    assert "sources" not in run["details"], "a dump ran although the repository could not be opened"
+    failed = run["details"]["attempts"][0]["failed"]
+    assert "wrong password" in failed["siak-db"], failed       # the source failed on the repository, not its dump
     assert "not-the-password" not in proc.stdout + proc.stderr
     next_run_succeeds(site, "siak", ["siak-db"])
     assert_no_leak(site)
