@@ -85,13 +85,7 @@ def decrypt(data: bytes, *, passphrase: str | None = None, identities: Sequence[
         if passphrase is None:
             raise KitError("this kit is sealed with a passphrase; none was given",
                            hint="give it with --passphrase-fd N, or on the terminal")
-        try:
-            return pyrage.passphrase.decrypt(binary, normalise(passphrase))
-        except pyrage.DecryptError:
-            # age cannot tell a wrong passphrase from changed bytes; say both.
-            raise KitError("cannot open the recovery kit: wrong passphrase, or the kit was altered or truncated",
-                           hint="check the passphrase (case, keyboard layout); if it is right, "
-                                "use another copy of the kit") from None
+        return _decrypt_passphrase(binary, normalise(passphrase))
     if not identities:
         raise KitError("this kit is sealed to a public key (age recipients); no identity was given",
                        hint="give the custodian's age identity or SSH private key with --identity FILE")
@@ -101,6 +95,31 @@ def decrypt(data: bytes, *, passphrase: str | None = None, identities: Sequence[
         raise KitError(f"cannot open the recovery kit with the identity given: {exc}",
                        hint="use the private key of one of the custodians the kit was made for, "
                             "or another copy of the kit") from None
+
+
+EXCESSIVE_WORK_TRIES = 3
+
+
+def _decrypt_passphrase(binary: bytes, passphrase: str) -> bytes:
+    import pyrage
+
+    for attempt in range(EXCESSIVE_WORK_TRIES):
+        try:
+            return pyrage.passphrase.decrypt(binary, passphrase)
+        except pyrage.DecryptError as exc:
+            # age refuses a work factor over 16x what it measures this machine can do in a second;
+            # that short measurement goes wrong on a machine busy for a moment, so measure again.
+            if "Excessive work" not in str(exc):
+                break
+            if attempt == EXCESSIVE_WORK_TRIES - 1:
+                raise KitError("age refused to open the kit: its passphrase work factor would take this machine "
+                               "too long (age measured it as too slow, " + str(exc).splitlines()[-1].strip() + ")",
+                               hint="try again when the machine is less busy, or open the kit on a faster "
+                                    "machine") from None
+    # age cannot tell a wrong passphrase from changed bytes; say both.
+    raise KitError("cannot open the recovery kit: wrong passphrase, or the kit was altered or truncated",
+                   hint="check the passphrase (case, keyboard layout); if it is right, "
+                        "use another copy of the kit")
 
 
 def _first_stanza(binary: bytes) -> str:

@@ -41,14 +41,15 @@ PITR_KEY = "pitr"
 class PitrSession(DumpSession):
     """The logical session's streams plus base.tar; its fingerprint gains the base backup's facts."""
 
-    def __init__(self, inner: DumpSession, base: DumpStream, check: BaseBackupCheck) -> None:
+    def __init__(self, inner: DumpSession, base: DumpStream, checks: list[BaseBackupCheck]) -> None:
         super().__init__(inner._fingerprint, [*inner.streams, base])
-        self._inner, self._check = inner, check
+        self._inner, self._checks = inner, checks
 
     @property
     def fingerprint(self) -> Fingerprint:
-        # Read by the engine only after every stream (base.tar included) was committed.
-        return {**self._inner.fingerprint, PITR_KEY: self._check.info()}
+        # Read by the engine only after every stream (base.tar included) was committed: the
+        # newest check is the one that saw the committed base.tar.
+        return {**self._inner.fingerprint, PITR_KEY: self._checks[-1].info()}
 
 
 class PitrDatabase:
@@ -62,10 +63,14 @@ class PitrDatabase:
     @contextmanager
     def open_dump(self) -> Iterator[DumpSession]:
         with self.logical.open_dump() as session:
-            check = BaseBackupCheck()
-            stream = DumpStream(name=BASE_STREAM, start=partial(self._start_base_backup))
-            stream.check = check  # type: ignore[attr-defined] - the pipeline's StreamCheck
-            yield PitrSession(session, stream, check)
+            checks: list[BaseBackupCheck] = []   # one per start of the stream (the pipeline's factory)
+
+            def new_check() -> BaseBackupCheck:
+                checks.append(BaseBackupCheck())
+                return checks[-1]
+
+            stream = DumpStream(name=BASE_STREAM, start=partial(self._start_base_backup), check=new_check)
+            yield PitrSession(session, stream, checks)
 
     def _start_base_backup(self) -> Process:
         spec = self.spec

@@ -172,3 +172,16 @@ def test_old_format_kits_still_open_and_digest_ignores_armour() -> None:
     assert kit_format(old) == "legacy"
     assert open_kit(old, PASS).custodian == "alice"
     assert payload_digest(armor(old).encode()) == payload_digest(old)
+
+
+def test_a_work_factor_age_refuses_is_named_not_called_a_wrong_passphrase() -> None:
+    """age refuses a scrypt work factor over 16x what it measures this machine can do: drtool
+    measures again (a busy moment skews it), then says what happened instead of "wrong passphrase"."""
+    sealed = kit_age.encrypt_passphrase(b'{"k": 1}', "right passphrase")
+    head, stanza, rest = sealed.split(b"\n", 2)
+    assert stanza.startswith(b"-> scrypt ")
+    greedy = b"\n".join([head, stanza.rsplit(b" ", 1)[0] + b" 30", rest])   # 2^30: minutes of scrypt
+    with pytest.raises(KitError) as err:
+        kit_age.decrypt(greedy, passphrase="right passphrase")
+    assert "work factor" in err.value.message and "wrong passphrase" not in err.value.message
+    assert kit_age.decrypt(sealed, passphrase="right passphrase") == b'{"k": 1}'
