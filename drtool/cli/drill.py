@@ -218,34 +218,41 @@ def _status_rows(ctx: click.Context, horizon: str | None) -> list[dict]:
 
 def _print_status(rows: list[dict]) -> None:
     from drtool.cli.render import print_table
-    from drtool.report.text import forecast_lines
 
     table, styles = [], []
     for r in rows:
-        d = r["last_drill"] or {}
-        f = r["forecast"]
-        p90 = next((p for p in f["predictions"] if p["days"] == 90), None)
-        table.append([r["policy"], (r["last_backup"] or "never")[:19].replace("T", " "), _fmt(r["backup_age_s"]),
-                      _fmt(r["rpo_target_s"]), (d.get("started_at") or "never")[:19].replace("T", " "), _fmt(d.get("rto_achieved_s")),
-                      _fmt(d.get("rto_target_s") or r["rto_target_s"]),
-                      _fmt(p90["rto_s"]) if p90 else "-", (f.get("breach_at") or "-")[:10],
-                      " ".join(r["problems"]) or "ok"])
+        table.append(_status_cells(r))
         style = "green" if not r["problems"] else ("yellow" if r["verdict"] == "never-drilled" else "bold red")
         styles.append([None] * 9 + [style])
     print_table(["policy", "last backup (UTC)", "age", "RPO", "last drill", "RTO achieved", "RTO",
                  "RTO in 90d", "breach by", "verdict"], table, styles=styles, right=frozenset({2, 3, 5, 6, 7}))
     for r in rows:
-        for name, view in (r.get("pitr") or {}).items():
-            for line in _pitr_lines(f"{r['policy']}/{name}", view):
-                click.echo(line)
-        if r.get("error"):
-            click.echo(f"{r['policy']}: {r['error']}", err=True)
-        for w in r["warnings"]:
-            click.echo(f"{r['policy']}: warning: {w['code']}: {w['message']}")
-        for line in rule_lines(r):
+        _print_status_notes(r)
+
+
+def _status_cells(r: dict) -> list[str]:
+    d = r["last_drill"] or {}
+    f = r["forecast"]
+    p90 = next((p for p in f["predictions"] if p["days"] == 90), None)
+    return [r["policy"], (r["last_backup"] or "never")[:19].replace("T", " "), _fmt(r["backup_age_s"]),
+            _fmt(r["rpo_target_s"]), (d.get("started_at") or "never")[:19].replace("T", " "),
+            _fmt(d.get("rto_achieved_s")), _fmt(d.get("rto_target_s") or r["rto_target_s"]),
+            _fmt(p90["rto_s"]) if p90 else "-", (f.get("breach_at") or "-")[:10], " ".join(r["problems"]) or "ok"]
+
+
+def _print_status_notes(r: dict) -> None:
+    """Under the table, per policy: PITR windows, errors, warnings, 3-2-1-1-0, the forecast."""
+    from drtool.report.text import forecast_lines
+
+    for name, view in (r.get("pitr") or {}).items():
+        for line in _pitr_lines(f"{r['policy']}/{name}", view):
             click.echo(line)
-        for line in forecast_lines(r["forecast"]):
-            click.echo(line)
+    if r.get("error"):
+        click.echo(f"{r['policy']}: {r['error']}", err=True)
+    for w in r["warnings"]:
+        click.echo(f"{r['policy']}: warning: {w['code']}: {w['message']}")
+    for line in [*rule_lines(r), *forecast_lines(r["forecast"])]:
+        click.echo(line)
 
 
 def rule_lines(row: dict) -> list[str]:
