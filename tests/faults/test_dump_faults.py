@@ -26,13 +26,13 @@ POLICY, SOURCE = "siak", "siak-db"
 @pytest.fixture(scope="module")
 def site(tmp_path_factory, fault_s3, pg_server, module_receiver):  # noqa: ANN001, ANN201
     with _site_factory(tmp_path_factory.mktemp("dumps"), fault_s3, "dump-faults") as make:
-        site = pg_site(make, pg_server, module_receiver, policy=POLICY, stall_timeout="10s")  # 3 s stalled on a loaded machine
+        site = pg_site(make, pg_server, module_receiver, policy=POLICY, stall_timeout="120s")  # shorter stalled healthy dumps under 3 test workers
         next_run_succeeds(site, POLICY, [SOURCE])
         yield site
 
 
-def _use_bin_dir(site, bin_dir: str, pg) -> None:  # noqa: ANN001
-    site.policy(POLICY, [{"name": SOURCE, "stall_timeout": "10s",
+def _use_bin_dir(site, bin_dir: str, pg, stall_timeout: str = "120s") -> None:  # noqa: ANN001
+    site.policy(POLICY, [{"name": SOURCE, "stall_timeout": stall_timeout,
                           "postgres": {"database": site.pg_db, "port": pg.port, "bin_dir": bin_dir}}])
 
 
@@ -80,13 +80,17 @@ def test_truncated_dump_with_exit_0(site, pg_server) -> None:  # noqa: ANN001
     _fails_cleanly(site, proc, r"exited 0 but is not complete.*inside a data block")
 
 
-def test_stalled_dump_is_stopped(site) -> None:  # noqa: ANN001
-    """The dump writes a third, then hangs (SIGSTOP): stall_timeout (10 s) stops it."""
+def test_stalled_dump_is_stopped(site, pg_server) -> None:  # noqa: ANN001
+    """The dump writes a third, then hangs (SIGSTOP): stall_timeout (5 s here) stops it."""
     size = _dump_size(site)
-    started = site.start("backup", POLICY)
-    pg_dump = wait_for_child(started.pid, "pg_dump")
-    stop_after(pg_dump, size // 3)
-    proc = started.wait(timeout=60)
+    _use_bin_dir(site, pg_server.bin_dir, pg_server, stall_timeout="5s")
+    try:
+        started = site.start("backup", POLICY)
+        pg_dump = wait_for_child(started.pid, "pg_dump")
+        stop_after(pg_dump, size // 3)
+        proc = started.wait(timeout=60)
+    finally:
+        _use_bin_dir(site, pg_server.bin_dir, pg_server)
     _fails_cleanly(site, proc, r"stalled")
 
 
