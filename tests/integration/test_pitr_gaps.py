@@ -43,14 +43,15 @@ def receivers_of(spool: Path) -> list[int]:
     return found
 
 
-def _base_start_segno(ws) -> int:  # noqa: ANN001
-    """The segment number where the newest base backup starts (its fingerprint's start_lsn)."""
+def _base_stop_segno(ws) -> int:  # noqa: ANN001
+    """The segment holding the newest base backup's stop LSN: up to it, WAL is inside base.tar
+    itself (-X fetch), so only a later segment missing from the batches is a hole."""
     from drtool.sources.wal_names import parse_lsn
 
     sets = json.loads(ws.drtool("snapshots", "siak", "--json", check=True).stdout)
     fingerprint = json.loads(ws.restic("dump", "--tag", f"source=db,run={sets[0]['run']},stream=fingerprint.json",
                                        "latest", "/fingerprint.json").stdout)
-    return parse_lsn(fingerprint["pitr"]["start_lsn"]) // fingerprint["pitr"]["segsize"]
+    return parse_lsn(fingerprint["pitr"]["stop_lsn"]) // fingerprint["pitr"]["segsize"]
 
 
 def status(ws) -> tuple[int, dict]:  # noqa: ANN001
@@ -102,12 +103,13 @@ def test_killed_receiver_and_shipper_lose_nothing_and_a_deleted_batch_is_a_gap(t
 
         # Now lose one batch from the middle of the chain: one holding complete segments no other batch
         # holds (a killed shipper may have shipped some twice), before the newest one.
-        # Only a segment from the base backup's start on makes a hole in the recoverable window (an
-        # older one is outside it, rightly no gap: on a loaded machine such a batch may be the only
-        # one whose segments no other batch holds).
+        # Only a segment after the base backup's stop makes a hole in the recoverable window (older
+        # ones are outside it or inside base.tar, rightly no gap: on a loaded machine such a batch
+        # may be the only one whose segments no other batch holds).
         every = batches(ws)
-        newest = max(b.newest.segno for b in every)
-        start = _base_start_segno(ws)
+        # Between two complete segments: the newest batch's own segment may be a partial one.
+        newest = max(seg.segno for b in every for seg in b.complete)
+        start = _base_stop_segno(ws) + 1
         def unique(b):  # noqa: ANN001, ANN202
             return [s for s in b.complete if start <= s.segno < newest
                     and not any(s in o.complete for o in every if o is not b)]
