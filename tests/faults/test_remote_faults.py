@@ -4,7 +4,6 @@ whatever tar the host has)."""
 
 from __future__ import annotations
 
-import io
 import os
 import tarfile
 from pathlib import Path
@@ -12,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.faults.conftest import (
+    crafted_tar,
     HOST,
     Site,
     assert_clean_backup_failure,
@@ -60,19 +60,6 @@ def test_changed_ssh_host_key(make_site, receiver, sshd, tmp_path) -> None:  # n
     assert_no_leak(site)
 
 
-def _tar(members: list[tuple[str, str, bytes | str]]) -> bytes:
-    out = io.BytesIO()
-    with tarfile.open(fileobj=out, mode="w", format=tarfile.GNU_FORMAT) as tf:
-        for name, kind, payload in members:
-            info = tarfile.TarInfo(name)
-            if kind == "file":
-                info.size = len(payload)
-                tf.addfile(info, io.BytesIO(payload))
-            else:
-                info.type = tarfile.SYMTYPE if kind == "symlink" else tarfile.DIRTYPE
-                info.linkname = payload if kind == "symlink" else ""
-                tf.addfile(info)
-    return out.getvalue()
 
 
 def _restore_onto_host(site: Site, dest: Path, force: bool, monkeypatch) -> None:  # noqa: ANN001
@@ -104,8 +91,8 @@ def test_tar_restore_onto_a_host_stops_at_a_member_outside(make_site, receiver, 
     outside = tmp_path / "outside"
     outside.mkdir()
     for n, member in enumerate(["../escape.txt", "/escape.txt", "srv/link/escape.txt"]):
-        data = _tar([("srv", "dir", ""), ("srv/ok.txt", "file", b"ok\n"), ("srv/link", "symlink", str(outside)),
-                     (member, "file", b"escaped\n")])
+        data = crafted_tar([("srv", "dir", ""), ("srv/ok.txt", "file", b"ok\n"), ("srv/link", "symlink", str(outside)),
+                     (member, "file", b"escaped\n")], tarfile.GNU_FORMAT)
         site.restic("backup", "--host", HOST, "--tag", f"drtool,policy=records,source=docs,run=20991231T00000{n}Z-x,"
                     "stream=docs.tar", "--stdin", "--stdin-filename", "docs.tar", input=data)
         dest = tmp_path / f"on-host{n}" / "restore"
@@ -127,7 +114,7 @@ def test_force_restore_onto_a_host_through_its_symlink(make_site, receiver, sshd
     os.symlink(outside, dest / "srv" / "link_out")                 # an earlier restore left it there
     site.restic("backup", "--host", HOST, "--tag", "drtool,policy=records,source=docs,run=20991231T000000Z-y,"
                 "stream=docs.tar", "--stdin", "--stdin-filename", "docs.tar",
-                input=_tar([("srv", "dir", ""), ("srv/link_out", "dir", ""), ("srv/link_out/PWNED", "file", b"x")]))
+                input=crafted_tar([("srv", "dir", ""), ("srv/link_out", "dir", ""), ("srv/link_out/PWNED", "file", b"x")], tarfile.GNU_FORMAT))
     with pytest.raises(RestoreRefused) as refused:
         _restore_onto_host(site, dest, True, monkeypatch)
     assert "on host db1" in refused.value.message and "srv/link_out/PWNED (through srv/link_out -> " in \

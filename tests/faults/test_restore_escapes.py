@@ -7,32 +7,17 @@ outside, and a normal restore still works."""
 
 from __future__ import annotations
 
-import io
 import json
 import os
-import tarfile
 from pathlib import Path
 
 import pytest
 
-from tests.faults.conftest import HOST, Site, assert_no_leak, assert_one_clear_error, files_site, next_run_succeeds
+from tests.faults.conftest import HOST, crafted_tar, Site, assert_no_leak, assert_one_clear_error, files_site, next_run_succeeds
 
 pytestmark = pytest.mark.integration
 
 
-def _tar(members: list[tuple[str, str, bytes | str]]) -> bytes:
-    out = io.BytesIO()
-    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tf:
-        for name, kind, payload in members:
-            info = tarfile.TarInfo(name)
-            if kind == "file":
-                info.size = len(payload)
-                tf.addfile(info, io.BytesIO(payload))
-            else:
-                info.type = tarfile.SYMTYPE if kind == "symlink" else tarfile.DIRTYPE
-                info.linkname = payload if kind == "symlink" else ""
-                tf.addfile(info)
-    return out.getvalue()
 
 
 def _crafted(site: Site, policy: str, source: str, stream: str, data: bytes, run: str = "20991231T000000Z-crafted") -> None:
@@ -90,7 +75,7 @@ def test_tar_stream_with_a_member_outside_the_target(make_site, outside, tmp_pat
     site = files_site(make_site)
     assert site.drtool("init-repo", "offsite").returncode == 0
     for n, (member, why) in enumerate(ESCAPES):
-        data = _tar([("srv", "dir", ""), ("srv/ok.txt", "file", b"fine\n"), ("srv/link", "symlink", str(outside)),
+        data = crafted_tar([("srv", "dir", ""), ("srv/ok.txt", "file", b"fine\n"), ("srv/link", "symlink", str(outside)),
                      (member, "file", b"escaped\n")])
         run = f"20991231T00000{n}Z-crafted"
         _crafted(site, "docs", "scans", "scans.tar", data, run=run)
@@ -110,7 +95,7 @@ def test_tar_restore_with_force_over_an_existing_symlink(make_site, outside, tmp
     (target / "srv").mkdir(parents=True)
     (target / "srv" / "link_out").symlink_to(outside)          # left by an earlier restore
     _crafted(site, "docs", "scans", "scans.tar",
-             _tar([("srv", "dir", ""), ("srv/link_out", "dir", ""), ("srv/link_out/PWNED", "file", b"x\n")]))
+             crafted_tar([("srv", "dir", ""), ("srv/link_out", "dir", ""), ("srv/link_out/PWNED", "file", b"x\n")]))
     proc = site.drtool("restore", "docs", "--source", "scans", "--target", str(target), "--force")
     assert_one_clear_error(proc, r"would write outside it: srv/link_out/PWNED \(through srv/link_out -> ", code=2)
     _untouched(outside)
