@@ -71,6 +71,7 @@ log = logging.getLogger(__name__)
 
 TICK_S = 0.5
 FIRST_SHIP_S = 2.0
+POSTPONED_RETRY_S = 2.0      # a batch the daemon's maintenance postponed is tried again this soon
 MAX_SEGMENTS_PER_BATCH = 64                 # 1 GiB of 16 MiB segments: a backlog goes out in bounded batches
 UPTO_MARGIN = timedelta(seconds=0.5)        # a commit stamped just before the probe may insert just after it
 RESTIC_TIMEOUT_S = 3600.0
@@ -207,7 +208,8 @@ class WalShipper:
         assert self.spool is not None
         repo = self.policy.repository
         if self.gate is not None and not self.gate[0](repo):
-            log.debug("%s: maintenance is running on %s, batch postponed", self.name, repo)
+            log.debug("%s: maintenance runs or waits on %s, batch postponed", self.name, repo)
+            self._next_ship = min(self._next_ship, self.clock() + POSTPONED_RETRY_S)   # not a whole wal_ship later
             return None
         try:
             return self._ship()

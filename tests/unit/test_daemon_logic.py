@@ -420,6 +420,28 @@ def test_watchdog_and_maintenance_of_one_repository_never_overlap(tmp_path: Path
     settle(daemon)
 
 
+def test_a_reader_that_never_pauses_cannot_keep_maintenance_out(tmp_path: Path, release: Any) -> None:
+    """WAL batches read the repository back to back (overlapping, under load): once a forget waits
+    for them, new reads are refused, the running one ends, and the forget starts."""
+    fakes = Fakes(hold={"forget:db": threading.Event()})
+    release(fakes)
+    daemon, _e, clock = make(tmp_path, fakes, policies={"db": "repository: offsite\nforget_schedule: every 10s\n"})
+    daemon.tick()
+    assert daemon._begin_read("offsite")                     # batch 1 reads
+    clock.now = T0 + timedelta(seconds=10)
+    assert daemon.tick() == []                               # the forget is due and waits for batch 1
+    assert not daemon._begin_read("offsite")                 # batch 2 is postponed, not overlapped
+    assert daemon._begin_read("other")                       # another repository's reads go on
+    daemon._end_read("other")
+    daemon._end_read("offsite")                              # batch 1 ends
+    assert daemon.tick() == ["forget:db"]
+    assert not daemon._begin_read("offsite")                 # and no batch runs beside the prune
+    fakes.hold["forget:db"].set()
+    settle(daemon)
+    assert daemon._begin_read("offsite")                     # reads resume after it
+    daemon._end_read("offsite")
+
+
 def test_real_dispatch_passes_cancel_and_schedule_trigger(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     from drtool.actions import backup, drill, immutable, maintenance
     from drtool.actions.daemon import default_dispatch

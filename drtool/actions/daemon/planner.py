@@ -5,7 +5,9 @@ oldest slot first (kind order breaks ties), one may start unless:
 - it is backing off (its policy was locked by someone else a moment ago);
 - the concurrency limit is reached;
 - it conflicts with a running job (`conflicts`);
-- it is maintenance and the watchdog is reading its repository;
+- it is maintenance and the watchdog (or a WAL batch) is reading its repository; the
+  repository is then in `Queue.wanted`, and new reads of it wait (readers never starve
+  maintenance: a WAL shipper reading every second otherwise keeps a forget out for good);
 - it conflicts with a job that has been waiting longer (no starvation: a forget on a
   repository that several policies back up to often would otherwise wait forever).
 
@@ -23,6 +25,9 @@ from zoneinfo import ZoneInfo
 
 from drtool.actions.daemon.jobs import MAINTENANCE, JobInfo, conflicts
 from drtool.schedule_math import KIND_ORDER, Due, due_window
+
+
+READING = "the watchdog or a WAL batch is reading the repository"
 
 
 @dataclass
@@ -45,7 +50,7 @@ def blocked(info: JobInfo, now: datetime, busy: Busy, waiting_ahead: list[JobInf
     if any(conflicts(info, r) for r in busy.running):
         return "conflicts with a running job"
     if info.kind in MAINTENANCE and busy.reading.get(info.repository):
-        return "the watchdog is reading the repository"
+        return READING
     if any(conflicts(info, w) for w in waiting_ahead):
         return "queued behind a job waiting longer"
     return None
@@ -55,6 +60,7 @@ def blocked(info: JobInfo, now: datetime, busy: Busy, waiting_ahead: list[JobInf
 class Queue:
     waiting: dict[str, datetime] = field(default_factory=dict)            # job id -> first slot it waited for
     not_before: dict[str, tuple[float, float]] = field(default_factory=dict)   # job id -> (evaluated at, due at)
+    wanted: set[str] = field(default_factory=set)     # repositories whose maintenance waits for reads to end
 
     def forget(self, job_id: str) -> None:
         """The job started or finished: its reference time moved, evaluate it again."""
@@ -90,6 +96,7 @@ class Queue:
         ordered = sorted(due, key=lambda d: self.waiting.get(d.job.id, d.slot).timestamp())   # stable
         start: list[tuple[JobInfo, Due]] = []
         waiting_ahead: list[JobInfo] = []
+        self.wanted = set()
         running = list(busy.running)
         for item in ordered:
             info = by_id[item.job.id]
@@ -101,4 +108,6 @@ class Queue:
             elif reason != "backing off":
                 self.waiting.setdefault(info.job.id, item.slot)
                 waiting_ahead.append(info)
+                if reason == READING:
+                    self.wanted.add(info.repository)
         return start
