@@ -48,9 +48,7 @@ def test_daemon_ships_wal_beside_retention_and_stops_cleanly(tmp_path, s3_server
                 ws.drtool("backup", "siak", "--wait", check=True)             # base backup 2
                 second = datetime.now().astimezone()
                 psql(pg, "SELECT pg_switch_wal()")
-                wait_for(lambda: [r for r in catalog.runs(policy="siak", limit=50)
-                                  if r.kind == "forget" and r.status == "success" and r.started_at > second],
-                         timeout=90, what="a forget after the second base backup")
+                _wait_for_forget_after(catalog, second)
                 writer.stop()
                 rows = list(writer.rows)
                 wait_offsite(ws, rows[-1][1])
@@ -78,3 +76,18 @@ def test_daemon_ships_wal_beside_retention_and_stops_cleanly(tmp_path, s3_server
         burn(pg)
         latest = restore_at(ws, "latest", root / "latest", started)
         assert restored_ids(latest, pg.bin_dir) == [n for n, _ in rows]
+
+
+def _wait_for_forget_after(catalog: Catalog, moment: datetime) -> None:
+    """A forget that started after `moment` succeeded. The one running at `moment` may take long
+    on a loaded machine (prune over S3 under three test workers), and the next starts 4 s after it;
+    a timeout says what the forgets did."""
+    def forgets():  # noqa: ANN202
+        return [r for r in catalog.runs(policy="siak", limit=50) if r.kind == "forget"]
+
+    try:
+        wait_for(lambda: [r for r in forgets() if r.status == "success" and r.started_at > moment],
+                 timeout=240, what="a forget after the second base backup")
+    except AssertionError as exc:
+        seen = [(r.started_at.isoformat(timespec="seconds"), r.status, r.error) for r in forgets()]
+        raise AssertionError(f"{exc}; second base backup at {moment:%H:%M:%S}; forgets: {seen}") from None
