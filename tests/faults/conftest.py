@@ -574,25 +574,38 @@ def io_bytes(pid: int, field_name: str = "wchar") -> int:
     return -1
 
 
-def stop_after(pid: int, nbytes: int, field_name: str = "wchar", timeout: float = 60.0) -> int:
+def stop_after(pid: int, nbytes: int, field_name: str = "wchar", timeout: float = 60.0, *,
+               owner: Started | None = None) -> int:
     """Let `pid` move `nbytes` (its /proc io counter), then SIGSTOP it; returns the count reached.
 
     It runs in 1 ms steps between SIGSTOPs, so the fault lands where it was meant to land
-    however busy the machine is."""
+    however busy the machine is. When `pid` ends first, the failure says what `owner` (the
+    drtool above it) printed: the reason is there, not in the child."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
             os.kill(pid, signal.SIGSTOP)
         except ProcessLookupError:
-            raise AssertionError(f"process {pid} ended before it moved {nbytes} bytes") from None
+            raise AssertionError(_ended_early(pid, nbytes, owner)) from None
         done = io_bytes(pid, field_name)
         if done < 0:
-            raise AssertionError(f"process {pid} ended before it moved {nbytes} bytes")
+            raise AssertionError(_ended_early(pid, nbytes, owner))
         if done >= nbytes:
             return done
         os.kill(pid, signal.SIGCONT)
         time.sleep(0.001)
     raise AssertionError(f"process {pid} moved only {io_bytes(pid, field_name)} of {nbytes} bytes in {timeout}s")
+
+
+def _ended_early(pid: int, nbytes: int, owner: Started | None) -> str:
+    message = f"process {pid} ended before it moved {nbytes} bytes"
+    if owner is None:
+        return message
+    try:
+        code = owner.proc.wait(60)
+    except subprocess.TimeoutExpired:
+        return f"{message}; drtool {owner.pid} is still running"
+    return f"{message}; drtool exited {code}:\n{owner.stderr_path.read_text()[-3000:]}"
 
 
 def kill(pid: int, sig: int = signal.SIGKILL) -> None:

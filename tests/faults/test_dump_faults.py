@@ -54,7 +54,7 @@ def test_pg_dump_killed_mid_stream(site, percent: int) -> None:  # noqa: ANN001
     size = _dump_size(site)
     started = site.start("backup", POLICY)
     pg_dump = wait_for_child(started.pid, "pg_dump")
-    reached = stop_after(pg_dump, size * percent // 100)
+    reached = stop_after(pg_dump, size * percent // 100, owner=started)
     kill(pg_dump)
     proc = started.wait()
     # The fault landed mid-stream, near where it was meant to (on a loaded machine the 1 ms steps of
@@ -87,7 +87,7 @@ def test_stalled_dump_is_stopped(site, pg_server) -> None:  # noqa: ANN001
     try:
         started = site.start("backup", POLICY)
         pg_dump = wait_for_child(started.pid, "pg_dump")
-        stop_after(pg_dump, size // 3)
+        stop_after(pg_dump, size // 3, owner=started)
         proc = started.wait(timeout=60)
     finally:
         _use_bin_dir(site, pg_server.bin_dir, pg_server)
@@ -98,7 +98,7 @@ def test_restic_killed_mid_upload(site) -> None:  # noqa: ANN001
     size = _dump_size(site)
     started = site.start("backup", POLICY)
     restic = _stream_restic(started.pid, f"{site.pg_db}.pgdump")
-    stop_after(restic, size // 2, "rchar")
+    stop_after(restic, size // 2, "rchar", owner=started)
     kill(restic)
     proc = started.wait()
     _fails_cleanly(site, proc, r"restic backup.*killed by signal 9")

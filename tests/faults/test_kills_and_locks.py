@@ -65,7 +65,7 @@ def test_drtool_killed_mid_stream(make_site, pg_server, receiver) -> None:  # no
     next_run_succeeds(site, "siak", ["siak-db"])
     started = site.start("backup", "siak")
     pg_dump = wait_for_child(started.pid, "pg_dump")
-    stop_after(pg_dump, 6 << 20)                    # 6 of 16 MB streamed into restic, then drtool dies
+    stop_after(pg_dump, 6 << 20, owner=started)     # 6 of 16 MB streamed into restic, then drtool dies
     _interrupted_then_swept(site, started, "siak", ["siak-db"], cut=f"{site.pg_db}.pgdump")
 
 
@@ -77,7 +77,7 @@ def test_drtool_killed_mid_files_backup(make_site, receiver) -> None:  # noqa: A
     restic = wait_for_child(started.pid, "restic", alive=lambda: started.proc.poll() is None)
     while "backup" not in Path(f"/proc/{restic}/cmdline").read_text():      # the probe comes first
         restic = wait_for_child(started.pid, "restic")
-    stop_after(restic, 8 << 20, "rchar")
+    stop_after(restic, 8 << 20, "rchar", owner=started)
     _interrupted_then_swept(site, started, "docs", [], cut=None)
 
 
@@ -88,7 +88,7 @@ def test_daemon_stopped_mid_backup(make_site, pg_server, receiver) -> None:  # n
                                                          "bin_dir": pg_server.bin_dir}}], schedule="every 2s")
     daemon = site.start("-v", "daemon", extra_env={"DRTOOL_DAEMON_GRACE": "0", "DRTOOL_WATCHDOG_SECONDS": "600"})
     pg_dump = wait_for_child(daemon.pid, "pg_dump", timeout=90)
-    stop_after(pg_dump, 6 << 20)                    # mid-stream when the stop comes
+    stop_after(pg_dump, 6 << 20, owner=daemon)      # mid-stream when the stop comes
     daemon.proc.send_signal(signal.SIGTERM)
     done = daemon.wait(timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]

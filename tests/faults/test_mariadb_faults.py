@@ -38,7 +38,7 @@ def test_mariadb_dump_killed_mid_stream(make_site, receiver, maria) -> None:  # 
     size = first["details"]["sources"]["arsip-db"]["streams"]["siak.sql"]["bytes_in"]
     started = site.start("backup", "arsip")
     dump = wait_for_child(started.pid, "mariadb-dump")
-    stop_after(dump, size // 2)
+    stop_after(dump, size // 2, owner=started)
     kill(dump)
     proc = started.wait()
     assert_clean_backup_failure(site, proc, "arsip", r"dump of arsip-db/siak\.sql was killed by signal 9",

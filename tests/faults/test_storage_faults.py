@@ -53,7 +53,7 @@ def test_s3_gone_mid_stream(make_site, pg_server, receiver) -> None:  # noqa: AN
     next_run_succeeds(site, "siak", ["siak-db"])
     started = site.start("backup", "siak")
     pg_dump = wait_for_child(started.pid, "pg_dump")
-    stop_after(pg_dump, 5 << 20)
+    stop_after(pg_dump, 5 << 20, owner=started)
     site.s3_down()                                          # the server dies while the dump streams
     import os
     import signal
