@@ -306,9 +306,10 @@ def restore_source_at(settings: Any, policy: Policy, source_name: str, at: str, 
 
 
 def pitr_view(settings: Any, restic: Restic, policy: Policy, source: Source, host: str | None,
-              listing: list[Snapshot]) -> Any:
-    """The status of one PITR source (drtool/sources/wal_chain.py PitrView) from a policy's listing."""
+              listing: list[Snapshot], shipped: tuple[str, str] | None = None) -> Any:
+    """The status of one PITR source (drtool/sources/wal_chain.py PitrView) from a policy's listing;
+    `shipped` (wal_ship.shipped_segment) must be read before that listing was."""
     from drtool.sources.wal_chain import analyse
 
     chain = read_chain(restic, policy, source, host=host, listing=listing, cache_dir=settings.state_dir / "pitr")
-    return analyse(chain.bases, chain.batches)
+    return analyse(chain.bases, chain.batches, shipped)

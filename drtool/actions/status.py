@@ -69,8 +69,13 @@ def newest_snapshot_time(settings: Settings, policy: Policy) -> datetime | None:
 def recovery_points(settings: Settings, policy: Policy) -> tuple[datetime | None, dict[str, Any]]:
     """(newest_snapshot_time, {PITR source: its PitrView}) from one listing of the repository."""
     from drtool.actions.pitr import pitr_view
+    from drtool.actions.wal_ship import shipped_segment
 
     handle = open_repo(settings, policy.repository)
+    # What this host shipped, before the listing: a batch committed in between then only makes the
+    # listing newer than the state, never the state newer than the listing (a false gap).
+    shipped = {s.name: shipped_segment(settings, policy, s) for s in policy.sources
+               if s.kind == "postgres" and s.spec.pitr is not None}  # type: ignore[union-attr]
     # One lock-free listing for the whole policy: this runs every few minutes in the daemon's
     # watchdog and must stay cheap; it only reads.
     host = restic_host(settings)           # this host's sets prove this host's RPO, no other's
@@ -82,7 +87,8 @@ def recovery_points(settings: Settings, policy: Policy) -> tuple[datetime | None
         sets = snapshot_sets(handle.restic, policy, source, host=host, listing=mine)
         point = sets[-1].time if sets else None
         if source.kind == "postgres" and source.spec.pitr is not None:  # type: ignore[union-attr]
-            views[source.name] = view = pitr_view(settings, handle.restic, policy, source, host, listing)
+            views[source.name] = view = pitr_view(settings, handle.restic, policy, source, host, listing,
+                                                  shipped.get(source.name))
             point = max((t for t in (point, view.recovery_point) if t is not None), default=None)
         newest.append(point)
     if not newest or any(t is None for t in newest):

@@ -78,6 +78,17 @@ RESTIC_TIMEOUT_S = 3600.0
 Gate = tuple[Callable[[str], bool], Callable[[str], None]]
 
 
+def shipped_segment(settings: Settings, policy: Policy, source: Source) -> tuple[str, str] | None:
+    """(system identifier, newest complete segment name) this host shipped, from its spool state;
+    None when it never shipped one (or shipped before the state named its cluster)."""
+    from drtool.sources.wal_spool import read_state
+
+    state = read_state(spool_root(settings, policy, source))
+    if state.get("sysid") and state.get("last_complete"):
+        return str(state["sysid"]), str(state["last_complete"])
+    return None
+
+
 def spool_root(settings: Settings, policy: Policy, source: Source) -> Path:
     configured = source.spec.pitr.spool_dir  # type: ignore[union-attr]
     if configured:
@@ -320,6 +331,7 @@ class WalShipper:
     def _shipped(self, staged: Staged, upto: datetime | None) -> None:
         if staged.complete:
             self.state["last_complete"] = staged.complete[-1].name(self.segsize)
+            self.state["sysid"] = self.sysid          # whose WAL: `status` compares it with the repository's
         if staged.partial is not None:
             self.state["partial"] = self._partial_key(staged)
         if upto is not None:

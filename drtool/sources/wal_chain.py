@@ -33,6 +33,7 @@ from drtool.sources.wal_names import (
     Batch,
     Segment,
     history_name,
+    parse_segment,
 )
 
 
@@ -151,10 +152,14 @@ class Gap:
     after: datetime | None                # newest WAL time before the gap
     before: datetime | None               # oldest WAL time after it
     segsize: int = DEFAULT_SEGMENT_SIZE
+    shipped: bool = False                 # the chain's end: known missing only because this host shipped it
 
     def describe(self) -> str:
         first, last = Segment(self.tli, self.first).name(self.segsize), Segment(self.tli, self.last).name(self.segsize)
         what = first if first == last else f"{first}..{last}"
+        if self.shipped:
+            since = f" (WAL after {self.after:%Y-%m-%d %H:%M:%S} UTC)" if self.after else ""
+            return f"WAL {what} is missing{since}: this host shipped it, the repository no longer holds it"
         when = ""
         if self.after or self.before:
             when = (f" (between {self.after:%Y-%m-%d %H:%M:%S} and " if self.after else " (before ") + \
@@ -190,8 +195,13 @@ class PitrView:
                 "missing_history": self.missing_history, "foreign_batches": self.foreign_batches}
 
 
-def analyse(bases: Sequence[BaseBackup], batches: Sequence[Batch]) -> PitrView:
-    """Windows, gaps and timelines of one source, for the cluster of its newest base backup."""
+def analyse(bases: Sequence[BaseBackup], batches: Sequence[Batch],
+            shipped: tuple[str, str] | None = None) -> PitrView:
+    """Windows, gaps and timelines of one source, for the cluster of its newest base backup.
+
+    `shipped`: (system identifier, newest complete segment name) this host shipped, read before the
+    listing. A repository that lost its newest batches shows no hole (nothing follows them), only
+    an earlier end; what this host knows it shipped makes that loss a gap too."""
     sysid = max(bases, key=lambda b: b.stop_time).sysid if bases else None
     archive = Archive(batches, sysid)
     foreign = len(batches) - len(archive.batches)
@@ -201,8 +211,18 @@ def analyse(bases: Sequence[BaseBackup], batches: Sequence[Batch]) -> PitrView:
                     foreign_batches=foreign)
     mine = sorted((b for b in bases if sysid is None or b.sysid in (None, sysid)), key=lambda b: b.stop_time)
     view.windows = merge_windows((b.stop_time, archive.end_time(b) or b.stop_time) for b in mine)
-    if mine and newest is not None:
-        view.gaps = find_gaps(archive, min(b.next_segno for b in mine), newest)
+    mine_shipped = None
+    if shipped is not None and sysid is not None and shipped[0] == sysid:
+        try:
+            seg = parse_segment(shipped[1], archive.segsize)
+        except ValueError:
+            seg = None                    # a damaged spool state proves nothing
+        # Of the timeline that owns it: after a recovery to a new timeline the state names the old
+        # one's segments until the first new batch, and those are no loss.
+        if seg is not None and archive.segment(seg.segno) == seg:
+            mine_shipped = seg.segno
+    if mine and (newest is not None or mine_shipped is not None):
+        view.gaps = find_gaps(archive, min(b.next_segno for b in mine), newest, mine_shipped)
     tlis = sorted(archive.first_of_tli)
     view.timelines = [(t, Segment(t, archive.first_of_tli[t]).name(archive.segsize)) for t in tlis]
     view.missing_history = [t for t in tlis[1:] if t not in archive.histories]
@@ -219,21 +239,28 @@ def merge_windows(windows: Iterable[tuple[datetime, datetime]]) -> list[tuple[da
     return merged
 
 
-def find_gaps(archive: Archive, from_segno: int, newest: int) -> list[Gap]:
-    """Missing segments in [from_segno, newest]; the newest one may be a partial copy only."""
+def find_gaps(archive: Archive, from_segno: int, newest: int | None, shipped: int | None = None) -> list[Gap]:
+    """Missing segments in [from_segno, newest]; the newest one may be a partial copy only.
+    Up to `shipped` (this host shipped it complete) every segment must be complete."""
+    last = max(n for n in (newest, shipped) if n is not None)
+    complete_upto = shipped if shipped is not None else last - 1
+
+    def present(n: int) -> bool:
+        seg = archive.segment(n)
+        return seg in archive.complete or (n == last and n > complete_upto and seg in archive.partials)
+
     gaps: list[Gap] = []
     n = from_segno
-    while n <= newest:
-        seg = archive.segment(n)
-        present = seg in archive.complete or (n == newest and seg in archive.partials)
-        if present:
+    while n <= last:
+        if present(n):
             n += 1
             continue
-        start = n
-        while n <= newest and not (archive.has(n) or (n == newest and archive.segment(n) in archive.partials)):
+        start, tli = n, archive.segment(n).tli
+        while n <= last and not present(n):
             n += 1
-        gaps.append(Gap(seg.tli, start, n - 1, _time_before(archive, start), _time_after(archive, n - 1),
-                        archive.segsize))
+        # A gap that reaches `last` has nothing after it in the repository: only `shipped` shows it.
+        gaps.append(Gap(tli, start, n - 1, _time_before(archive, start), _time_after(archive, n - 1),
+                        archive.segsize, shipped=n - 1 == last))
     return gaps
 
 

@@ -207,12 +207,7 @@ class Spool:
     # ------------------------------------------------------------ state
 
     def load_state(self) -> dict[str, Any]:
-        try:
-            return json.loads((self.root / "state.json").read_text())
-        except FileNotFoundError:
-            return {}
-        except (OSError, ValueError):
-            return {}                                   # a damaged state only costs one re-ship
+        return read_state(self.root)
 
     def save_state(self, state: dict[str, Any]) -> None:
         path = self.root / "state.json"
@@ -229,3 +224,13 @@ def _sha256(path: Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def read_state(root: Path) -> dict[str, Any]:
+    """A spool's state.json ({} when absent or damaged: that only costs one re-ship). Read
+    without the spool lock: it is replaced atomically."""
+    try:
+        state = json.loads((root / "state.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return state if isinstance(state, dict) else {}

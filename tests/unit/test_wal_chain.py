@@ -164,3 +164,36 @@ def test_the_base_backup_holds_its_stop_segment_when_taken_from_a_primary():
     assert view.gaps == [] and view.recovery_point == at(1)
     standby = [BaseBackup("r", "b1", 2 * SEG, 2 * SEG + 100, 1, at(-1), at(0), "42", SEG, 15, from_primary=False)]
     assert [(g.first, g.last) for g in analyse(standby, batches).gaps] == [(2, 2)]
+
+
+def name(segno: int, tli: int = 1) -> str:
+    return Segment(tli, segno).name(SEG)
+
+
+def test_lost_newest_batches_are_a_gap_only_through_what_this_host_shipped():
+    bases = [base("b1", 0, 2, 2)]
+    left = [batch("w2", 2, complete=[2], partial=(3, 100))]    # w3 (complete 3 and 4, partial 5) was lost
+    assert analyse(bases, left).gaps == []                      # nothing after it: the repository alone cannot tell
+    view = analyse(bases, left, shipped=("42", name(4)))
+    assert [(g.first, g.last, g.shipped) for g in view.gaps] == [(3, 4, True)]
+    assert "this host shipped it, the repository no longer holds it" in view.gaps[0].describe()
+    assert view.recovery_point == at(2)
+
+
+def test_a_lost_complete_copy_is_a_gap_even_when_an_older_partial_of_it_is_left():
+    bases = [base("b1", 0, 2, 2)]
+    left = [batch("w2", 2, complete=[2], partial=(3, 100))]    # w3 held 3 complete (partial 4), lost
+    assert analyse(bases, left).gaps == []
+    assert [(g.first, g.last) for g in analyse(bases, left, shipped=("42", name(3))).gaps] == [(3, 3)]
+
+
+def test_what_this_host_shipped_counts_only_for_its_cluster_and_timeline():
+    bases = [base("b1", 0, 2, 2)]
+    chain = [batch("w2", 2, complete=[2], partial=(3, 100)), batch("w3", 3, complete=[3, 4], partial=(5, 10))]
+    assert analyse(bases, chain, shipped=("42", name(4))).gaps == []          # all there
+    assert analyse(bases, chain, shipped=("42", name(3))).gaps == []          # the state is older: no claim
+    assert analyse(bases, chain[:1], shipped=("7", name(4))).gaps == []       # another cluster's spool state
+    assert analyse(bases, chain[:1], shipped=("42", "garbage")).gaps == []
+    # Recovered to timeline 2 from segment 3 on: until its first batch the state names timeline 1's 4.
+    switched = chain[:1] + [Batch("t2", at(4), "t2", (SegRange(2, 3, 3),), (Segment(2, 4), 10), (2,), at(4), "42", SEG)]
+    assert analyse(bases, switched, shipped=("42", name(4, tli=1))).gaps == []
