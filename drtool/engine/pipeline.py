@@ -152,7 +152,7 @@ def _abort(restic: Restic, proc: Process, producer: Process | None, tags: Sequen
             pass
     # SIGINT while stdin is still open: restic runs its cleanup (removes its lock) and exits
     # 130 without saving a snapshot.
-    stop_process(proc, grace=20)
+    stop_process(proc, grace=_cleanup_grace(restic))
     try:
         leftovers = restic.snapshots(tags=list(tags))
         if leftovers:
@@ -161,6 +161,13 @@ def _abort(restic: Restic, proc: Process, producer: Process | None, tags: Sequen
     except DrtoolError as exc:
         # The next backup lists such snapshots as debris (the caller's rollback records them).
         log.warning("could not verify that the aborted stream left no snapshot: %s", exc.message.splitlines()[0])
+
+
+def _cleanup_grace(restic: Restic) -> float:
+    """How long an interrupted restic may take to remove its lock. Against a storage this run
+    already gave up on it cannot (it would retry for the whole grace): the lock it leaves is
+    stale, and the next run's `restic unlock` removes it."""
+    return 2.0 if restic.storage_down else 20.0
 
 
 def _why_stop(cancel: threading.Event | None, started: float, last_change: float, stall: float | None,
@@ -225,7 +232,7 @@ class PendingSnapshot:
             return
         self._done = True
         try:
-            stop_process(self._proc, grace=20)      # SIGINT with stdin open: restic saves nothing
+            stop_process(self._proc, grace=_cleanup_grace(self.restic))   # SIGINT, stdin open: nothing saved
         finally:
             self._pw.close()
 
