@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from drtool.events import Notice, ProgressEvent, StepDone, StepStarted
-
 from drtool.cli import complete
 from drtool.cli.render import emit_json
+
+if TYPE_CHECKING:
+    from drtool.events import ProgressEvent
 
 
 def _settings(ctx: click.Context):  # noqa: ANN202
@@ -29,6 +31,9 @@ class StepPrinter:
         self.quiet = quiet
 
     def __call__(self, event: ProgressEvent) -> None:
+        # Imported here: `--help` skips building the event classes.
+        from drtool.events import Notice, StepDone, StepStarted
+
         if self.quiet:
             return
         if isinstance(event, StepStarted):

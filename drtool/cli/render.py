@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from drtool.events import Notice, Progress, ProgressEvent, SourceFailed, SourceStarted
+if TYPE_CHECKING:
+    from drtool.events import Progress, ProgressEvent
 
 
 class _Output:
@@ -41,6 +42,10 @@ class ProgressPrinter:
         self._task = None
 
     def __call__(self, event: ProgressEvent) -> None:
+        # Imported here: every command module imports this one, and `--help` should not pay
+        # for building the event classes.
+        from drtool.events import Notice, Progress, SourceFailed, SourceStarted
+
         if self.as_json:
             data = event.to_dict()
             if isinstance(event, Progress) and event.is_status:   # restic's status lines, trimmed
