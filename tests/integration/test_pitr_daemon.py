@@ -9,13 +9,12 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from datetime import datetime
 
 import pytest
 
 from drtool.catalog import Catalog
-from drtool.sources.wal_names import parse_lsn
+from drtool.sources.wal_names import DEFAULT_SEGMENT_SIZE, parse_lsn, parse_segment
 from tests.integration.test_pitr import batches, restore_at, restored_ids, server_root, wait_offsite  # noqa: F401
 from tests.integration.test_pitr_gaps import receivers_of
 from tests.support.pg_primary import Writer, burn, pitr_primary, psql, wait_for
@@ -42,9 +41,15 @@ def test_daemon_ships_wal_beside_retention_and_stops_cleanly(tmp_path, s3_server
                                       env={**ws.env, "DRTOOL_WATCHDOG_SECONDS": "3600", "DRTOOL_DAEMON_GRACE": "30"})
             try:
                 wait_for(lambda: receivers_of(spool), what="the daemon's pg_receivewal")
+                # Two segments, each offsite before the next switch: the first one's batch then lies
+                # wholly before base backup 2, and retention must remove it (waiting, not sleeping: a
+                # batch postponed by a forget could otherwise straddle the base backup's start).
                 for _ in range(2):
                     psql(pg, "SELECT pg_switch_wal()")
-                    time.sleep(1.5)
+                    done = parse_segment(psql(pg, "SELECT pg_walfile_name(pg_current_wal_lsn())"),
+                                         DEFAULT_SEGMENT_SIZE).segno - 1
+                    wait_for(lambda: any(s.segno >= done for b in batches(ws) for s in b.complete),  # noqa: B023
+                             timeout=120, what=f"WAL segment {done} offsite")
                 ws.drtool("backup", "siak", "--wait", check=True)             # base backup 2
                 second = datetime.now().astimezone()
                 psql(pg, "SELECT pg_switch_wal()")

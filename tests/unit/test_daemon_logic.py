@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from drtool.actions.daemon import Daemon, JobInfo, JobRequest, build_jobs, conflicts, next_subset
+from drtool.actions.daemon.planner import READ_PATIENCE
 from drtool.catalog import RunRecord
 from drtool.config import load_settings
 from drtool.errors import LockError
@@ -421,8 +422,8 @@ def test_watchdog_and_maintenance_of_one_repository_never_overlap(tmp_path: Path
 
 
 def test_a_reader_that_never_pauses_cannot_keep_maintenance_out(tmp_path: Path, release: Any) -> None:
-    """WAL batches read the repository back to back (overlapping, under load): once a forget waits
-    for them, new reads are refused, the running one ends, and the forget starts."""
+    """WAL batches read the repository back to back (overlapping, under load): once a forget has
+    waited READ_PATIENCE for them, new reads are refused, the running one ends, and the forget starts."""
     fakes = Fakes(hold={"forget:db": threading.Event()})
     release(fakes)
     daemon, _e, clock = make(tmp_path, fakes, policies={"db": "repository: offsite\nforget_schedule: every 10s\n"})
@@ -430,7 +431,11 @@ def test_a_reader_that_never_pauses_cannot_keep_maintenance_out(tmp_path: Path, 
     assert daemon._begin_read("offsite")                     # batch 1 reads
     clock.now = T0 + timedelta(seconds=10)
     assert daemon.tick() == []                               # the forget is due and waits for batch 1
-    assert not daemon._begin_read("offsite")                 # batch 2 is postponed, not overlapped
+    assert daemon._begin_read("offsite")                     # for a while batches still go (WAL first) ...
+    daemon._end_read("offsite")
+    clock.now = T0 + timedelta(seconds=10) + READ_PATIENCE
+    assert daemon.tick() == []
+    assert not daemon._begin_read("offsite")                 # ... then batch 2 is postponed, not overlapped
     assert daemon._begin_read("other")                       # another repository's reads go on
     daemon._end_read("other")
     daemon._end_read("offsite")                              # batch 1 ends

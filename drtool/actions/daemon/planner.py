@@ -5,9 +5,11 @@ oldest slot first (kind order breaks ties), one may start unless:
 - it is backing off (its policy was locked by someone else a moment ago);
 - the concurrency limit is reached;
 - it conflicts with a running job (`conflicts`);
-- it is maintenance and the watchdog (or a WAL batch) is reading its repository; the
-  repository is then in `Queue.wanted`, and new reads of it wait (readers never starve
-  maintenance: a WAL shipper reading every second otherwise keeps a forget out for good);
+- it is maintenance and the watchdog (or a WAL batch) is reading its repository. Once it has
+  waited so for READ_PATIENCE, the repository is in `Queue.wanted` and new reads of it wait:
+  readers never starve maintenance (a WAL shipper reading every second kept a forget out for
+  good), and maintenance never starves WAL shipping either (a forget due again as soon as it
+  ends would otherwise hold the WAL back for as long as it is scheduled);
 - it conflicts with a job that has been waiting longer (no starvation: a forget on a
   repository that several policies back up to often would otherwise wait forever).
 
@@ -20,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from drtool.actions.daemon.jobs import MAINTENANCE, JobInfo, conflicts
@@ -28,6 +30,7 @@ from drtool.schedule_math import KIND_ORDER, Due, due_window
 
 
 READING = "the watchdog or a WAL batch is reading the repository"
+READ_PATIENCE = timedelta(seconds=30)       # maintenance waits this long for reads before new reads wait
 
 
 @dataclass
@@ -61,6 +64,7 @@ class Queue:
     waiting: dict[str, datetime] = field(default_factory=dict)            # job id -> first slot it waited for
     not_before: dict[str, tuple[float, float]] = field(default_factory=dict)   # job id -> (evaluated at, due at)
     wanted: set[str] = field(default_factory=set)     # repositories whose maintenance waits for reads to end
+    read_blocked: dict[str, datetime] = field(default_factory=dict)   # job id -> since when reads block it
 
     def forget(self, job_id: str) -> None:
         """The job started or finished: its reference time moved, evaluate it again."""
@@ -97,6 +101,7 @@ class Queue:
         start: list[tuple[JobInfo, Due]] = []
         waiting_ahead: list[JobInfo] = []
         self.wanted = set()
+        blocked_now: set[str] = set()
         running = list(busy.running)
         for item in ordered:
             info = by_id[item.job.id]
@@ -109,5 +114,8 @@ class Queue:
                 self.waiting.setdefault(info.job.id, item.slot)
                 waiting_ahead.append(info)
                 if reason == READING:
-                    self.wanted.add(info.repository)
+                    blocked_now.add(info.job.id)
+                    if now - self.read_blocked.setdefault(info.job.id, now) >= READ_PATIENCE:
+                        self.wanted.add(info.repository)
+        self.read_blocked = {job_id: t for job_id, t in self.read_blocked.items() if job_id in blocked_now}
         return start
