@@ -69,13 +69,12 @@ def newest_snapshot_time(settings: Settings, policy: Policy) -> datetime | None:
 def recovery_points(settings: Settings, policy: Policy) -> tuple[datetime | None, dict[str, Any]]:
     """(newest_snapshot_time, {PITR source: its PitrView}) from one listing of the repository."""
     from drtool.actions.pitr import pitr_view
-    from drtool.actions.wal_ship import shipped_segment
+    from drtool.actions.wal_ship import pitr_sources, shipped_segment
 
     handle = open_repo(settings, policy.repository)
     # What this host shipped, before the listing: a batch committed in between then only makes the
     # listing newer than the state, never the state newer than the listing (a false gap).
-    shipped = {s.name: shipped_segment(settings, policy, s) for s in policy.sources
-               if s.kind == "postgres" and s.spec.pitr is not None}  # type: ignore[union-attr]
+    shipped = {s.name: shipped_segment(settings, policy, s) for s in pitr_sources(policy)}
     # One lock-free listing for the whole policy: this runs every few minutes in the daemon's
     # watchdog and must stay cheap; it only reads.
     host = restic_host(settings)           # this host's sets prove this host's RPO, no other's

@@ -65,7 +65,7 @@ from drtool.sources.wal_receiver import (
     slot_name,
     slot_sql,
 )
-from drtool.sources.wal_spool import Spool, Staged, wal_covered
+from drtool.sources.wal_spool import Spool, Staged, read_state, wal_covered
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +81,6 @@ Gate = tuple[Callable[[str], bool], Callable[[str], None]]
 def shipped_segment(settings: Settings, policy: Policy, source: Source) -> tuple[str, str] | None:
     """(system identifier, newest complete segment name) this host shipped, from its spool state;
     None when it never shipped one (or shipped before the state named its cluster)."""
-    from drtool.sources.wal_spool import read_state
-
     state = read_state(spool_root(settings, policy, source))
     if state.get("sysid") and state.get("last_complete"):
         return str(state["sysid"]), str(state["last_complete"])

@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import io
-import tarfile
 import os
 import re
 import shutil
@@ -663,20 +661,3 @@ def wrapper_bin_dir(root: Path, real_bin: str, name: str, script: str) -> str:
     wrapper.write_text(f"#!/bin/bash\nREAL={Path(real_bin) / name}\n{script}\n")
     wrapper.chmod(0o755)
     return str(bin_dir)
-
-
-def crafted_tar(members: list[tuple[str, str, bytes | str]], tar_format: int = tarfile.PAX_FORMAT) -> bytes:
-    """A tar of (name, "file" | "dir" | "symlink", payload or link target) members, names as given
-    (`..`, absolute, below a symlink): what an attacker would put in a snapshot."""
-    out = io.BytesIO()
-    with tarfile.open(fileobj=out, mode="w", format=tar_format) as tf:
-        for name, kind, payload in members:
-            info = tarfile.TarInfo(name)
-            if kind == "file":
-                info.size = len(payload)
-                tf.addfile(info, io.BytesIO(payload))
-            else:
-                info.type = tarfile.SYMTYPE if kind == "symlink" else tarfile.DIRTYPE
-                info.linkname = payload if kind == "symlink" else ""
-                tf.addfile(info)
-    return out.getvalue()

@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 
 from tests.faults.conftest import (
-    crafted_tar,
     HOST,
     Site,
     assert_clean_backup_failure,
     assert_no_leak,
     next_run_succeeds,
 )
+from tests.support.tars import crafted_tar
 from tests.support.sshd import SshServer, keygen, start_sshd
 
 pytestmark = pytest.mark.integration
@@ -92,7 +92,7 @@ def test_tar_restore_onto_a_host_stops_at_a_member_outside(make_site, receiver, 
     outside.mkdir()
     for n, member in enumerate(["../escape.txt", "/escape.txt", "srv/link/escape.txt"]):
         data = crafted_tar([("srv", "dir", ""), ("srv/ok.txt", "file", b"ok\n"), ("srv/link", "symlink", str(outside)),
-                     (member, "file", b"escaped\n")], tarfile.GNU_FORMAT)
+                            (member, "file", b"escaped\n")], tarfile.GNU_FORMAT)
         site.restic("backup", "--host", HOST, "--tag", f"drtool,policy=records,source=docs,run=20991231T00000{n}Z-x,"
                     "stream=docs.tar", "--stdin", "--stdin-filename", "docs.tar", input=data)
         dest = tmp_path / f"on-host{n}" / "restore"
@@ -114,7 +114,8 @@ def test_force_restore_onto_a_host_through_its_symlink(make_site, receiver, sshd
     os.symlink(outside, dest / "srv" / "link_out")                 # an earlier restore left it there
     site.restic("backup", "--host", HOST, "--tag", "drtool,policy=records,source=docs,run=20991231T000000Z-y,"
                 "stream=docs.tar", "--stdin", "--stdin-filename", "docs.tar",
-                input=crafted_tar([("srv", "dir", ""), ("srv/link_out", "dir", ""), ("srv/link_out/PWNED", "file", b"x")], tarfile.GNU_FORMAT))
+                input=crafted_tar([("srv", "dir", ""), ("srv/link_out", "dir", ""), ("srv/link_out/PWNED", "file", b"x")],
+                                  tarfile.GNU_FORMAT))
     with pytest.raises(RestoreRefused) as refused:
         _restore_onto_host(site, dest, True, monkeypatch)
     assert "on host db1" in refused.value.message and "srv/link_out/PWNED (through srv/link_out -> " in \

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.conftest import HOST, crafted_tar, Site, assert_no_leak, assert_one_clear_error, files_site, next_run_succeeds
+from tests.faults.conftest import HOST, Site, assert_no_leak, assert_one_clear_error, files_site, next_run_succeeds
+from tests.support.tars import crafted_tar
 
 pytestmark = pytest.mark.integration
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from drtool.actions.wal_ship import WalShipper
+from drtool.sources.wal_names import DEFAULT_SEGMENT_SIZE, parse_segment
 from tests.integration.test_pitr import (
     batches,
     restore_at,
@@ -152,7 +153,6 @@ def test_without_a_slot_lost_wal_is_an_alert_and_a_gap(tmp_path, s3_server, buck
 
         run(lambda: batches(ws))                   # ships, then stops (its partial stays in the spool)
         burn_wal(pg, rounds=4)                     # nobody holds the WAL: the server recycles it
-        from drtool.sources.wal_names import DEFAULT_SEGMENT_SIZE, parse_segment
         now_at = parse_segment(psql(pg, "SELECT pg_walfile_name(pg_current_wal_lsn())"), DEFAULT_SEGMENT_SIZE).segno
         # The receiver cannot resume where it stopped: an alert, then it starts at the server's position;
         # the hole shows in the repository once WAL from after it is there (not just more batches).

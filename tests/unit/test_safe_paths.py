@@ -3,7 +3,6 @@ format GNU tar and Go's archive/tar (restic dump) use, and on real GNU tar outpu
 
 from __future__ import annotations
 
-import io
 import random
 import subprocess
 import tarfile
@@ -19,23 +18,9 @@ from drtool.safe_paths import (
     symlink_crossings,
 )
 
+from tests.support.tars import crafted_tar
+
 FORMATS = [tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT]
-
-
-def _tar(members: list[tuple[str, str, bytes | str]], fmt: int) -> bytes:
-    """(name, kind: file|dir|symlink|hardlink, data or link target) -> archive bytes."""
-    out = io.BytesIO()
-    with tarfile.open(fileobj=out, mode="w", format=fmt) as tf:
-        for name, kind, payload in members:
-            info = tarfile.TarInfo(name)
-            if kind == "file":
-                info.size = len(payload)
-                tf.addfile(info, io.BytesIO(payload))
-                continue
-            info.type = {"dir": tarfile.DIRTYPE, "symlink": tarfile.SYMTYPE, "hardlink": tarfile.LNKTYPE}[kind]
-            info.linkname = payload if isinstance(payload, str) else ""
-            tf.addfile(info)
-    return out.getvalue()
 
 
 def _guard(data: bytes, chunk: int | None = None) -> TarMemberGuard:
@@ -62,7 +47,7 @@ GOOD = [("srv", "dir", ""), ("srv/scans", "dir", ""), ("srv/scans/a.pdf", "file"
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("chunk", [None, 1, 511, 513, 100_000])
 def test_a_normal_archive_passes(fmt: int, chunk: int | None) -> None:
-    guard = _guard(_tar(GOOD, fmt), chunk)
+    guard = _guard(crafted_tar(GOOD, fmt), chunk)
     assert guard.problem is None and guard.members == len(GOOD)
 
 
@@ -79,7 +64,7 @@ def test_a_normal_archive_passes(fmt: int, chunk: int | None) -> None:
 def test_a_member_that_leaves_the_target_is_caught(fmt: int, bad: tuple, why: str) -> None:
     if fmt == tarfile.USTAR_FORMAT and len(bad[0]) > 255:
         pytest.skip("ustar cannot hold that name")
-    data = _tar(GOOD + [bad] + [("srv/after.txt", "file", b"after")], fmt)
+    data = crafted_tar(GOOD + [bad] + [("srv/after.txt", "file", b"after")], fmt)
     for chunk in (None, 7, 600):
         guard = _guard(data, chunk)
         assert guard.problem == f"archive member {bad[0]!r} {why}", guard.problem

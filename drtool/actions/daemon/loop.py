@@ -229,7 +229,8 @@ class Daemon:
         """Reading snapshots takes a restic lock; forget/prune and check lock exclusively, and restic
         0.14 does not retry a lock. So the watchdog and maintenance of one repository never overlap:
         the watchdog skips a repository under maintenance, and maintenance waits for the read;
-        while it waits, new reads are refused, so the reads end and it can start."""
+        once it has waited READ_PATIENCE (planner.py), new reads are refused, so the reads end and
+        it can start."""
         with self._lock:
             if any(r.info.kind in MAINTENANCE and r.info.repository == repository for r in self._running.values()):
                 return False
