@@ -52,7 +52,8 @@ def open_repo(settings: Settings, repo_name: str) -> RepoHandle:
         # restic tries the key the password opened last time first, instead of deriving every key
         # in turn (each escrow key of a recovery kit would add ~0.5 s to every restic process).
         access = replace(access, env={**access.env, "RESTIC_KEY_HINT": hint.read_text().strip()})
-    restic = Restic(access, cache_dir=cache, wait_unavailable=repo.wait_unavailable)
+    restic = Restic(access, cache_dir=cache, wait_unavailable=repo.wait_unavailable,
+                    lock_wait=repo.lock_wait)
     return RepoHandle(repo_name, restic, settings)
 
 

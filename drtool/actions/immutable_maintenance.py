@@ -48,7 +48,8 @@ def maintenance_handle(settings: Settings, repo_name: str) -> RepoHandle:
     handle = open_repo(settings, repo_name)
     access = maintenance_access(settings, repo_name)
     return RepoHandle(repo_name, Restic(access, cache_dir=handle.restic.cache_dir,
-                                        wait_unavailable=repo.wait_unavailable), settings)
+                                        wait_unavailable=repo.wait_unavailable, lock_wait=repo.lock_wait),
+                      settings)
 
 
 def maintenance_access(settings: Settings, repo_name: str) -> RepoAccess:

@@ -35,6 +35,9 @@ class Repository(Model):
     # How long a throttling (503 SlowDown) or unreachable storage is waited out, with
     # exponential backoff, before a run gives up on it.
     wait_unavailable: Duration = 300.0
+    # How long a command waits for a live restic lock (another drtool, an admin's restic, another
+    # host) before it fails; stale locks of dead processes on this host are removed at once.
+    lock_wait: Duration = 120.0
     # Bandwidth for every restic process on this repository (restic --limit-upload/-download).
     limit_upload: Rate | None = None
     limit_download: Rate | None = None

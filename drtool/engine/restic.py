@@ -11,7 +11,9 @@ Two failures are handled here rather than reported at once:
 - a lock left by a restic process that died on this host (drtool killed, power
   cut) is removed with plain `restic unlock` (which removes only stale locks: of
   dead processes on this host, or not refreshed for 30 minutes) and the command
-  tried once more. Locks of live processes, here or on other hosts, are kept.
+  tried once more. Locks of live processes, here or on other hosts, are kept and
+  waited for, up to the repository's `lock_wait` (an admin's `restic snapshots`
+  holds its lock for seconds; without the wait a nightly forget that met it failed).
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ _SCRUB = ("RESTIC_PASSWORD", "RESTIC_PASSWORD_COMMAND", "RESTIC_PASSWORD_FILE", 
 
 ProgressFn = Callable[[dict[str, Any]], None]
 DEFAULT_WAIT_UNAVAILABLE = 300.0         # seconds a throttling/unreachable storage is waited out
+DEFAULT_LOCK_WAIT = 120.0                # seconds a live restic lock is waited for
+_LOCK_FIRST, _LOCK_CAP = 1.0, 15.0
 _BACKOFF_FIRST, _BACKOFF_CAP = 2.0, 30.0
 DOWN_MEMORY_S = 60.0                     # a storage given up on is not tried again within this time
 # Commands that only read: safe to run again after a transient failure.
@@ -134,16 +138,18 @@ def backoff_delays(total: float, first: float = _BACKOFF_FIRST, cap: float = _BA
 
 class Restic:
     def __init__(self, access: RepoAccess, *, binary: str = RESTIC, cache_dir: Path | None = None,
-                 wait_unavailable: float = DEFAULT_WAIT_UNAVAILABLE,
+                 wait_unavailable: float = DEFAULT_WAIT_UNAVAILABLE, lock_wait: float = DEFAULT_LOCK_WAIT,
                  sleep: Callable[[float], None] = time.sleep) -> None:
         self.access = access
         self.binary = binary
         self.cache_dir = cache_dir
         self.wait_unavailable = wait_unavailable
+        self.lock_wait = lock_wait
         self._sleep = sleep
         # The caller's RESTIC_* variables would override the password we pass through the pipe.
         self._runner = LocalRunner(drop_env=_SCRUB)
         self.unlocked_stale = 0              # stale locks removed by this instance (for run records)
+        self.lock_waited = 0.0               # seconds spent waiting for live locks
         # Set once the storage has used up its wait_unavailable in this run (a command waited it out,
         # or a running backup was given up on): for DOWN_MEMORY_S later commands fail at once with
         # the same error instead of waiting again (a failed run's clean-up would otherwise spend the
@@ -169,17 +175,28 @@ class Restic:
             raise self._down[1]
         retryable = _command(args) in _RETRYABLE and self._down is None
         delays = backoff_delays(self.wait_unavailable) if retryable else []
-        unlocked = False
+        lock_delays: list[float] | None = None       # set once stale locks were removed
         while True:
             try:
                 result = self._run_once(args, timeout=timeout, input=input, cancel=cancel, cwd=cwd)
                 self._down = None
                 return result
-            except RepositoryLocked:
-                if unlocked or _command(args) == "unlock":
+            except RepositoryLocked as exc:
+                if _command(args) == "unlock":
                     raise
-                unlocked = True
-                self.unlock_stale()
+                if lock_delays is None:
+                    lock_delays = backoff_delays(self.lock_wait, _LOCK_FIRST, _LOCK_CAP)
+                    self.unlock_stale()
+                    continue
+                if not lock_delays or (cancel is not None and cancel.is_set()):
+                    raise
+                delay = lock_delays.pop(0)
+                # The first wait is a warning: a run that stands still must say why.
+                level = logging.INFO if self.lock_waited else logging.WARNING
+                log.log(level, "restic %s: %s; waiting %.0fs for it", _command(args), exc.message.splitlines()[0],
+                        delay)
+                self._sleep(delay)
+                self.lock_waited += delay
             except DrtoolError as exc:
                 if not exc.transient or not delays:
                     if isinstance(exc, StorageError) and exc.transient:

@@ -87,8 +87,8 @@ def classify(code: int | None, stderr: str, url: str) -> DrtoolError | None:
                              hint="check the repository password reference in drtool.yaml (or the recovery kit)")
     if code == 11 or "already locked" in low or "unable to create lock" in low:
         return RepositoryLocked(f"repository {url} is locked by another restic process ({shown})",
-                                hint="drtool removes locks of dead processes on this host by itself; "
-                                     "`drtool unlock POLICY` shows who holds the others")
+                                hint="drtool removes locks of dead processes on this host by itself and waits "
+                                     "`lock_wait` for live ones; `drtool unlock POLICY` shows who holds them")
     if _matches(low, _DENIED):
         return AccessDenied(f"the storage of repository {url} refused the credentials ({shown})",
                             hint="check access_key_id / secret_access_key in drtool.yaml and the bucket policy")

@@ -362,6 +362,7 @@ def new_site(root: Path, s3: Any, name: str, receiver: Receiver | None) -> Site:
             "url": proxy.repo_url(bucket, site.prefix),
             "password": {"file": str(secrets_dir / "repo.pass")},
             "wait_unavailable": "4s",
+            "lock_wait": "3s",              # a lock of another host fails a run after 3 s, not 2 min
             "s3": {"access_key_id": {"env": "FAULT_S3_KEY"},
                    "secret_access_key": {"file": str(secrets_dir / "s3.secret")}},
         }},

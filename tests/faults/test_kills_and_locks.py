@@ -4,12 +4,15 @@ host (with `drtool unlock`)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import signal
 import subprocess
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -128,6 +131,17 @@ def leave_lock(site: Site, *, other_host: str | None = None, exclusive: bool = F
 
     Shared: `restic backup --stdin` waiting on its stdin. Exclusive: `restic check` through the
     site's proxy slowed down, killed once its lock is on the server."""
+    with lock_holder(site, other_host=other_host, exclusive=exclusive) as (proc, name):
+        proc.kill()
+        proc.wait()
+        return name
+
+
+@contextlib.contextmanager
+def lock_holder(site: Site, *, other_host: str | None = None,
+                exclusive: bool = False) -> Iterator[tuple[subprocess.Popen, str]]:
+    """A live restic process holding a lock of the site's repository, and the lock's file name;
+    killed on exit if still running."""
     locks_dir = site.repo_dir / "locks"
     before = set(os.listdir(locks_dir)) if locks_dir.exists() else set()
     url = site.proxy.repo_url(site.bucket, site.prefix) if exclusive else site.direct_url
@@ -147,11 +161,11 @@ def leave_lock(site: Site, *, other_host: str | None = None, exclusive: bool = F
             new = {name for name in (set(os.listdir(locks_dir)) if locks_dir.exists() else set()) - before
                    if re.fullmatch(r"[0-9a-f]{64}", name)}
             if new:
-                proc.kill()
-                proc.wait()
-                return new.pop()
+                break
             time.sleep(0.005)
-        raise AssertionError("restic made no lock")
+        else:
+            raise AssertionError("restic made no lock")
+        yield proc, new.pop()
     finally:
         site.proxy.latency = 0.0
         if proc.poll() is None:
@@ -197,6 +211,39 @@ def test_drtool_unlock_shows_and_removes_a_dead_process_lock(make_site) -> None:
     assert site.locks() == []
     again = json.loads(site.drtool("unlock", "docs", "--json").stdout)
     assert again["found"] == [] and again["removed"] == []
+
+
+def test_a_live_lock_is_waited_for_and_the_forget_then_runs(make_site) -> None:  # noqa: ANN001
+    """An admin's restic (here: a backup waiting on its stdin) holds a lock while a forget starts:
+    the forget says it waits, and runs once that restic is done, instead of failing the night."""
+    site = files_site(make_site)
+    site.policy("docs", [{"name": "scans", "files": {"paths": [str(site.data / "akta")]}}], retention={"last": 1})
+    site.repository(lock_wait="90s")
+    for _ in range(2):
+        next_run_succeeds(site, "docs", files_sources=["scans"])
+    with lock_holder(site) as (holder, _name):
+        forget = subprocess.Popen(site.argv("-v", "forget", "docs"), stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True, env=site.env)
+        said: list[str] = []
+        reader = threading.Thread(target=lambda: said.extend(forget.stderr), daemon=True)
+        reader.start()
+        deadline = time.monotonic() + 60
+        while not any("waiting" in line for line in said) and forget.poll() is None \
+                and time.monotonic() < deadline:
+            time.sleep(0.1)
+        waiting = [line for line in said if "waiting" in line]
+        assert waiting and forget.poll() is None, (forget.poll(), said)
+        assert "locked by another restic process" in waiting[0] and "WARNING" in waiting[0], waiting
+        holder.send_signal(signal.SIGINT)        # restic removes its own lock when interrupted
+        holder.wait(30)
+        out = forget.stdout.read()
+        forget.wait(120)
+        reader.join(10)
+    assert forget.returncode == 0, "".join(said) + out
+    run = site.last_run("docs", "forget")
+    assert run["status"] == "success" and run["details"]["forgotten_ids"] == 1
+    assert site.locks() == []
+    assert_no_leak(site)
 
 
 def test_lock_of_another_host_is_kept_named_and_removed_only_when_told(make_site, receiver) -> None:  # noqa: ANN001

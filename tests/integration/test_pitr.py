@@ -55,7 +55,8 @@ def start_shipper(ws: Workspace) -> subprocess.Popen:
 
 
 def batches(ws: Workspace) -> list:
-    snaps = json.loads(ws.restic("snapshots", "--json").stdout or "[]")
+    # --no-lock: the test watches, it must not hold a lock a forget of the daemon then meets
+    snaps = json.loads(ws.restic("--no-lock", "snapshots", "--json").stdout or "[]")
     found = [batch_from_tags(s["id"], datetime.fromisoformat(s["time"][:26] + "+00:00"), s["tags"]) for s in snaps]
     return [b for b in found if b is not None]
 
