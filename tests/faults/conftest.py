@@ -111,6 +111,8 @@ class Site:
     good: dict[str, str] = field(default_factory=dict)    # "source/stream" -> sha256 of the last good bytes
     good_run: str | None = None
     pg_db: str | None = None                              # the site's own PostgreSQL database
+    pg_bin: str | None = None                             # its PostgreSQL bin dir (pg_dump pausable)
+    pause_flag: Path | None = None                        # exists: the next backup's pg_dump stops at once
     _listing: list[dict[str, Any]] | None = None          # bare restic's snapshot list, until a change
     outputs: list[str] = field(default_factory=list)      # every stdout/stderr seen (leak scan)
 
@@ -154,6 +156,11 @@ class Site:
         path = self.root / "playbooks" / f"{name}.yaml"
         path.write_text(yaml.safe_dump({"name": name, **doc}, sort_keys=False))
         return path
+
+    def pause_next_dump(self) -> None:
+        """The next backup's pg_dump stops itself before its first byte (see pausable_bin_dir)."""
+        assert self.pause_flag is not None, "not a pg_site"
+        self.pause_flag.touch()
 
     def s3_down(self) -> None:
         """The S3 server is gone: open connections are cut at their next request, new ones refused."""
@@ -307,14 +314,28 @@ class Started:
         try:
             code = self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
+            where = hung_process_report(self.proc.pid)
             self.proc.kill()
             self.proc.wait()
-            raise AssertionError(f"drtool did not finish in {timeout}s:\n{self.stderr_path.read_text()[-3000:]}")
+            raise AssertionError(f"drtool did not finish in {timeout}s:\n{self.stderr_path.read_text()[-3000:]}"
+                                 f"\n{where}") from None
         self.site._listing = None
         done = subprocess.CompletedProcess(self.proc.args, code, self.stdout_path.read_text(),
                                            self.stderr_path.read_text())
         self.site.outputs += [done.stdout, done.stderr]
         return done
+
+
+def hung_process_report(pid: int) -> str:
+    """Where a hung drtool stands: its children, and its Python threads' stacks when py-spy is
+    installed (a hang seen once under load must say where it was)."""
+    tree = subprocess.run(["ps", "-o", "pid,ppid,stat,etime,args", "--ppid", str(pid)],
+                          capture_output=True, text=True).stdout
+    stacks = "(py-spy not installed)"
+    if shutil.which("py-spy"):
+        spy = subprocess.run(["py-spy", "dump", "--pid", str(pid)], capture_output=True, text=True, timeout=60)
+        stacks = spy.stdout[-12000:] or spy.stderr[-2000:]
+    return f"children:\n{tree}\nthreads:\n{stacks}"
 
 
 @pytest.fixture()
@@ -392,7 +413,8 @@ def pg_site(make_site: Callable[..., Site], pg: Any, receiver: Receiver | None =
     db = "f_" + uuid.uuid4().hex[:10]
     pg.sql(f"create database {db} template {PG_TEMPLATE}")
     site.pg_db = db
-    source = {"name": "siak-db", "postgres": {"database": db, "port": pg.port, "bin_dir": bin_dir or pg.bin_dir},
+    site.pg_bin, site.pause_flag = pausable_bin_dir(site.root, pg.bin_dir)
+    source = {"name": "siak-db", "postgres": {"database": db, "port": pg.port, "bin_dir": bin_dir or site.pg_bin},
               **source_extra}
     site.policy(policy, [source])
     return site
@@ -662,3 +684,14 @@ def wrapper_bin_dir(root: Path, real_bin: str, name: str, script: str) -> str:
     wrapper.write_text(f"#!/bin/bash\nREAL={Path(real_bin) / name}\n{script}\n")
     wrapper.chmod(0o755)
     return str(bin_dir)
+
+
+def pausable_bin_dir(root: Path, real_bin: str) -> tuple[str, Path]:
+    """A bin dir whose next `pg_dump --snapshot=...` (a backup's dump, not a version probe) stops
+    itself before it writes a byte when the returned flag file exists (it removes the flag): then
+    `stop_after` lets it run in 1 ms steps from its first byte. Found only after it started, a dump
+    on a loaded machine could write all of its 16 MB before the first stop."""
+    flag = root / f"pause-next-dump-{uuid.uuid4().hex[:6]}"
+    script = (f'case "$*" in *--snapshot=*) if rm {flag} 2>/dev/null; then kill -STOP $$; fi ;; esac\n'
+              'exec "$REAL" "$@"')
+    return wrapper_bin_dir(root, real_bin, "pg_dump", script), flag

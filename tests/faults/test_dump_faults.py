@@ -52,6 +52,7 @@ def _fails_cleanly(site, proc, cause: str) -> dict:  # noqa: ANN001
 @pytest.mark.parametrize("percent", [10, 50, 90])
 def test_pg_dump_killed_mid_stream(site, percent: int) -> None:  # noqa: ANN001
     size = _dump_size(site)
+    site.pause_next_dump()
     started = site.start("backup", POLICY)
     pg_dump = wait_for_child(started.pid, "pg_dump")
     reached = stop_after(pg_dump, size * percent // 100, owner=started)
@@ -67,7 +68,7 @@ def test_empty_dump_with_exit_0(site, pg_server) -> None:  # noqa: ANN001
     fake = wrapper_bin_dir(site.root, pg_server.bin_dir, "pg_dump", "exit 0")
     _use_bin_dir(site, fake, pg_server)
     proc = site.drtool("backup", POLICY)
-    _use_bin_dir(site, pg_server.bin_dir, pg_server)
+    _use_bin_dir(site, site.pg_bin, pg_server)
     _fails_cleanly(site, proc, r"dump was empty")
 
 
@@ -76,21 +77,22 @@ def test_truncated_dump_with_exit_0(site, pg_server) -> None:  # noqa: ANN001
     fake = wrapper_bin_dir(site.root, pg_server.bin_dir, "pg_dump", '"$REAL" "$@" | head -c 2000000\nexit 0')
     _use_bin_dir(site, fake, pg_server)
     proc = site.drtool("backup", POLICY)
-    _use_bin_dir(site, pg_server.bin_dir, pg_server)
+    _use_bin_dir(site, site.pg_bin, pg_server)
     _fails_cleanly(site, proc, r"exited 0 but is not complete.*inside a data block")
 
 
 def test_stalled_dump_is_stopped(site, pg_server) -> None:  # noqa: ANN001
     """The dump writes a third, then hangs (SIGSTOP): stall_timeout (5 s here) stops it."""
     size = _dump_size(site)
-    _use_bin_dir(site, pg_server.bin_dir, pg_server, stall_timeout="5s")
+    _use_bin_dir(site, site.pg_bin, pg_server, stall_timeout="5s")
     try:
+        site.pause_next_dump()
         started = site.start("backup", POLICY)
         pg_dump = wait_for_child(started.pid, "pg_dump")
         stop_after(pg_dump, size // 3, owner=started)
         proc = started.wait(timeout=60)
     finally:
-        _use_bin_dir(site, pg_server.bin_dir, pg_server)
+        _use_bin_dir(site, site.pg_bin, pg_server)
     _fails_cleanly(site, proc, r"stalled")
 
 

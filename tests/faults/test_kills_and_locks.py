@@ -66,6 +66,7 @@ def _interrupted_then_swept(site: Site, started, policy: str, db_sources: list[s
 def test_drtool_killed_mid_stream(make_site, pg_server, receiver) -> None:  # noqa: ANN001
     site = pg_site(make_site, pg_server, receiver)
     next_run_succeeds(site, "siak", ["siak-db"])
+    site.pause_next_dump()
     started = site.start("backup", "siak")
     pg_dump = wait_for_child(started.pid, "pg_dump")
     stop_after(pg_dump, 6 << 20, owner=started)     # 6 of 16 MB streamed into restic, then drtool dies
@@ -88,7 +89,8 @@ def test_daemon_stopped_mid_backup(make_site, pg_server, receiver) -> None:  # n
     site = pg_site(make_site, pg_server, receiver)
     next_run_succeeds(site, "siak", ["siak-db"])
     site.policy("siak", [{"name": "siak-db", "postgres": {"database": site.pg_db, "port": pg_server.port,
-                                                         "bin_dir": pg_server.bin_dir}}], schedule="every 2s")
+                                                         "bin_dir": site.pg_bin}}], schedule="every 2s")
+    site.pause_next_dump()
     daemon = site.start("-v", "daemon", extra_env={"DRTOOL_DAEMON_GRACE": "0", "DRTOOL_WATCHDOG_SECONDS": "600"})
     pg_dump = wait_for_child(daemon.pid, "pg_dump", timeout=90)
     stop_after(pg_dump, 6 << 20, owner=daemon)      # mid-stream when the stop comes

@@ -51,6 +51,7 @@ def test_s3_down_before_the_run(make_site, receiver) -> None:  # noqa: ANN001
 def test_s3_gone_mid_stream(make_site, pg_server, receiver) -> None:  # noqa: ANN001
     site = pg_site(make_site, pg_server, receiver)
     next_run_succeeds(site, "siak", ["siak-db"])
+    site.pause_next_dump()
     started = site.start("backup", "siak")
     pg_dump = wait_for_child(started.pid, "pg_dump")
     stop_after(pg_dump, 5 << 20, owner=started)
