@@ -67,20 +67,30 @@ def cause_line(stderr: str) -> str:
     return cleaned[0].strip() if cleaned else ""
 
 
+_QUOTED_URL = re.compile(r'"[a-z][a-z0-9+.-]*://[^"]*"')
+
+
 def _matches(text: str, markers: tuple[str, ...]) -> str | None:
     for marker in markers:
-        if marker == "eof":
-            if re.search(r"\beof\b", text):
+        if marker == "eof" or marker.isdigit():
+            # Whole words: "503" inside an object id (.../data/e2/...a25034...) or a port is no status.
+            if re.search(rf"\b{marker}\b", text):
                 return marker
         elif marker in text:
             return marker
     return None
 
 
+def _without_urls(text: str) -> str:
+    """The cause without the URLs Go quotes in it (`Put "http://.../data/ab/abcd...": dial tcp ...`):
+    an object id, a bucket or a prefix may hold any marker ("503", "forbidden")."""
+    return _QUOTED_URL.sub('"URL"', text)
+
+
 def classify(code: int | None, stderr: str, url: str) -> DrtoolError | None:
     """A typed error for a known cause, or None (the caller keeps restic's own lines)."""
     cause = cause_line(stderr)
-    low = cause.lower()
+    low = _without_urls(cause.lower())
     shown = cause[:300]
     if code == 12 or "wrong password" in low or "no key found" in low:
         return WrongPassword(f"restic could not open repository {url}: wrong password or no key found",

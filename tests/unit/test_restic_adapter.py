@@ -59,6 +59,13 @@ QUESTION = "\nIs there a repository at the following location?\n" + URL + "\n"
     (1, "Fatal: unable to open config file: Stat: The request signature we calculated does not match the "
         "signature you provided. Check your key and signing method." + QUESTION, AccessDenied),
     (1, "The AWS Access Key Id you provided does not exist (InvalidAccessKeyId)", AccessDenied),
+    # Seen under load: an object id holding "503" made a dead server read as a throttling one.
+    (1, "Fatal: client.PutObject: Put \"http://127.0.0.1:38857/gone-9b786ce0/repo/data/e2/e259beebdf10586b7638fd5d6e"
+        "46afaf2ddaac9b5b446b9f9a25034141de9691\": dial tcp 127.0.0.1:38857: connect: connection refused",
+     StorageUnreachable),
+    (1, "Fatal: Get \"http://127.0.0.1:4030/forbidden-files/repo/index/403a\": connection reset by peer",
+     StorageUnreachable),
+    (1, "Fatal: client.PutObject: 503 Service Unavailable", StorageThrottled),
 ])
 def test_known_failures_are_typed_by_their_cause_not_by_the_repository_question(code, stderr, kind):
     err = classify_failure(code, stderr, URL)
