@@ -191,10 +191,8 @@ class Restic:
                 if not lock_delays or (cancel is not None and cancel.is_set()):
                     raise
                 delay = lock_delays.pop(0)
-                # The first wait is a warning: a run that stands still must say why.
-                level = logging.INFO if self.lock_waited else logging.WARNING
-                log.log(level, "restic %s: %s; waiting %.0fs for it", _command(args), exc.message.splitlines()[0],
-                        delay)
+                level = logging.INFO if self.lock_waited else logging.WARNING   # a run standing still says why
+                log.log(level, "restic %s: %s; waiting %.0fs for it", _command(args), exc.message.split("\n")[0], delay)
                 self._sleep(delay)
                 self.lock_waited += delay
             except DrtoolError as exc:
