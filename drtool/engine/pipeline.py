@@ -198,13 +198,16 @@ class PendingSnapshot:
     restic opens the repository, derives the key and loads the index while the dump runs
     (half a second of a backup's fixed cost), then waits on its stdin. `commit(data)` writes
     the bytes and closes stdin: the gate opens, restic saves the snapshot. `abort()`
-    interrupts it with stdin still open: nothing is committed, as for a failed stream."""
+    interrupts it with stdin still open: nothing is committed, as for a failed stream.
+    Watched like a stream's restic: a storage that dies before the commit is given up on after
+    wait_unavailable (restic alone would retry the commit for minutes)."""
 
     def __init__(self, restic: Restic, *, filename: str, tags: Sequence[str], host: str) -> None:
         self.restic = restic
         self.tags = list(tags)
         self._proc, self._pw = restic.start(stdin_backup_args(filename, tags, host), stdin=True)
         self._reader = JsonLineReader(self._proc, None)
+        self._watch = restic.watch_retries(self._proc)
         self._done = False
 
     def commit(self, data: bytes) -> str:
@@ -219,10 +222,12 @@ class PendingSnapshot:
             code = self._proc.wait(600)
             self._reader.join(30)
         finally:
-            self._pw.close()
-        if code != 0:
-            raise self.restic.error(code, self._proc.stderr_tail(), ["backup"])
+            self._close()
         snap = (self._reader.summary or {}).get("snapshot_id")
+        if self._watch.gave_up_after is not None and not snap:
+            raise self._watch.error()
+        if code != 0 and self._watch.gave_up_after is None:    # given up on after saving: committed
+            raise self.restic.error(code, self._proc.stderr_tail(), ["backup"])
         if not snap:
             raise CommandError(self._proc.argv, code, "restic did not report a snapshot id", what="restic backup")
         return snap
@@ -234,7 +239,11 @@ class PendingSnapshot:
         try:
             stop_process(self._proc, grace=_cleanup_grace(self.restic))   # SIGINT, stdin open: nothing saved
         finally:
-            self._pw.close()
+            self._close()
+
+    def _close(self) -> None:
+        self._watch.close()
+        self._pw.close()
 
 
 def backup_bytes(restic: Restic, data: bytes, *, filename: str, tags: Sequence[str], host: str) -> str:

@@ -158,9 +158,17 @@ class Site:
         return path
 
     def pause_next_dump(self) -> None:
-        """The next backup's pg_dump stops itself before its first byte (see pausable_bin_dir)."""
+        """The next backup's pg_dump stops itself before its first byte (see pausable_bin_dir);
+        `paused_dump` finds it and lets later dumps run."""
         assert self.pause_flag is not None, "not a pg_site"
         self.pause_flag.touch()
+
+    def paused_dump(self, root: int, timeout: float = 60.0) -> int:
+        """The pid of the pg_dump below `root` that pause_next_dump stopped."""
+        pid = wait_for_child(root, "pg_dump", timeout)
+        assert self.pause_flag is not None
+        self.pause_flag.unlink(missing_ok=True)
+        return pid
 
     def s3_down(self) -> None:
         """The S3 server is gone: open connections are cut at their next request, new ones refused."""
@@ -565,6 +573,52 @@ def descendants(root: int) -> list[int]:
     return out
 
 
+def stream_restic(root: int, stream: str, timeout: float = 60.0) -> int:
+    """The restic process below `root` that reads `stream` (its --stdin-filename)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for pid in descendants(root):
+            argv = cmdline(pid)
+            if argv and argv[0].endswith(b"restic") and stream.encode() in argv:
+                return pid
+        time.sleep(0.005)
+    raise AssertionError(f"no restic reading {stream}")
+
+
+def cmdline(pid: int) -> list[bytes]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return []
+
+
+def cpu_ticks(pid: int) -> int:
+    """utime + stime of `pid` (clock ticks), -1 once it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return -1
+    fields = stat[stat.rfind(b")") + 2:].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def wait_idle(pid: int, quiet: float = 1.0, timeout: float = 60.0) -> None:
+    """Until `pid` has used no CPU for `quiet` seconds (a restic that opened its repository and
+    now waits on its stdin)."""
+    deadline = time.monotonic() + timeout
+    last, since = cpu_ticks(pid), time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        now = cpu_ticks(pid)
+        if now < 0:
+            raise AssertionError(f"process {pid} ended while it was awaited idle")
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            return
+    raise AssertionError(f"process {pid} kept using CPU for {timeout}s")
+
+
 def comm(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/comm").read_text().strip()
@@ -687,11 +741,11 @@ def wrapper_bin_dir(root: Path, real_bin: str, name: str, script: str) -> str:
 
 
 def pausable_bin_dir(root: Path, real_bin: str) -> tuple[str, Path]:
-    """A bin dir whose next `pg_dump --snapshot=...` (a backup's dump, not a version probe) stops
-    itself before it writes a byte when the returned flag file exists (it removes the flag): then
-    `stop_after` lets it run in 1 ms steps from its first byte. Found only after it started, a dump
-    on a loaded machine could write all of its 16 MB before the first stop."""
+    """A bin dir whose `pg_dump --snapshot=...` (a backup's dump, not a version probe) stops itself
+    before it writes a byte while the returned flag file exists: `stop_after` then lets it run in
+    1 ms steps from its first byte. Found only after it started, a dump on a loaded machine could
+    write all of its 16 MB before the first stop. Builtins only: a forked child would carry the
+    name pg_dump until its exec and could be taken for the dump."""
     flag = root / f"pause-next-dump-{uuid.uuid4().hex[:6]}"
-    script = (f'case "$*" in *--snapshot=*) if rm {flag} 2>/dev/null; then kill -STOP $$; fi ;; esac\n'
-              'exec "$REAL" "$@"')
+    script = f'case "$*" in *--snapshot=*) [ -e {flag} ] && kill -STOP $$ ;; esac\nexec "$REAL" "$@"'
     return wrapper_bin_dir(root, real_bin, "pg_dump", script), flag

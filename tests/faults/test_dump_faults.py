@@ -15,7 +15,7 @@ from tests.faults.conftest import (
     next_run_succeeds,
     pg_site,
     stop_after,
-    wait_for_child,
+    stream_restic,
     wrapper_bin_dir,
 )
 
@@ -54,7 +54,7 @@ def test_pg_dump_killed_mid_stream(site, percent: int) -> None:  # noqa: ANN001
     size = _dump_size(site)
     site.pause_next_dump()
     started = site.start("backup", POLICY)
-    pg_dump = wait_for_child(started.pid, "pg_dump")
+    pg_dump = site.paused_dump(started.pid)
     reached = stop_after(pg_dump, size * percent // 100, owner=started)
     kill(pg_dump)
     proc = started.wait()
@@ -88,7 +88,7 @@ def test_stalled_dump_is_stopped(site, pg_server) -> None:  # noqa: ANN001
     try:
         site.pause_next_dump()
         started = site.start("backup", POLICY)
-        pg_dump = wait_for_child(started.pid, "pg_dump")
+        pg_dump = site.paused_dump(started.pid)
         stop_after(pg_dump, size // 3, owner=started)
         proc = started.wait(timeout=60)
     finally:
@@ -99,28 +99,8 @@ def test_stalled_dump_is_stopped(site, pg_server) -> None:  # noqa: ANN001
 def test_restic_killed_mid_upload(site) -> None:  # noqa: ANN001
     size = _dump_size(site)
     started = site.start("backup", POLICY)
-    restic = _stream_restic(started.pid, f"{site.pg_db}.pgdump")
+    restic = stream_restic(started.pid, f"{site.pg_db}.pgdump")
     stop_after(restic, size // 2, "rchar", owner=started)
     kill(restic)
     proc = started.wait()
     _fails_cleanly(site, proc, r"restic backup.*killed by signal 9")
-
-
-def _stream_restic(root: int, stream: str) -> int:
-    """The restic process that reads `stream` (there is one per stream, two at a time)."""
-    from pathlib import Path
-
-    from tests.faults.conftest import descendants
-    import time
-
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        for pid in descendants(root):
-            try:
-                argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if argv and argv[0].endswith(b"restic") and stream.encode() in argv:
-                return pid
-        time.sleep(0.005)
-    raise AssertionError(f"no restic reading {stream}")

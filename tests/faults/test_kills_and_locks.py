@@ -68,7 +68,7 @@ def test_drtool_killed_mid_stream(make_site, pg_server, receiver) -> None:  # no
     next_run_succeeds(site, "siak", ["siak-db"])
     site.pause_next_dump()
     started = site.start("backup", "siak")
-    pg_dump = wait_for_child(started.pid, "pg_dump")
+    pg_dump = site.paused_dump(started.pid)
     stop_after(pg_dump, 6 << 20, owner=started)     # 6 of 16 MB streamed into restic, then drtool dies
     _interrupted_then_swept(site, started, "siak", ["siak-db"], cut=f"{site.pg_db}.pgdump")
 
@@ -92,7 +92,7 @@ def test_daemon_stopped_mid_backup(make_site, pg_server, receiver) -> None:  # n
                                                          "bin_dir": site.pg_bin}}], schedule="every 2s")
     site.pause_next_dump()
     daemon = site.start("-v", "daemon", extra_env={"DRTOOL_DAEMON_GRACE": "0", "DRTOOL_WATCHDOG_SECONDS": "600"})
-    pg_dump = wait_for_child(daemon.pid, "pg_dump", timeout=90)
+    pg_dump = site.paused_dump(daemon.pid, timeout=90)
     stop_after(pg_dump, 6 << 20, owner=daemon)      # mid-stream when the stop comes
     daemon.proc.send_signal(signal.SIGTERM)
     done = daemon.wait(timeout=120)
