@@ -166,6 +166,10 @@ class Site:
     def paused_dump(self, root: int, timeout: float = 60.0) -> int:
         """The pid of the pg_dump below `root` that pause_next_dump stopped."""
         pid = wait_for_child(root, "pg_dump", timeout)
+        deadline = time.monotonic() + timeout
+        while _state(pid) != "T":          # the flag goes once it stopped: sooner, it might not stop
+            assert time.monotonic() < deadline, f"pg_dump {pid} did not pause (state {_state(pid)!r})"
+            time.sleep(0.002)
         assert self.pause_flag is not None
         self.pause_flag.unlink(missing_ok=True)
         return pid
@@ -579,7 +583,9 @@ def stream_restic(root: int, stream: str, timeout: float = 60.0) -> int:
     while time.monotonic() < deadline:
         for pid in descendants(root):
             argv = cmdline(pid)
-            if argv and argv[0].endswith(b"restic") and stream.encode() in argv:
+            # --stdin-filename, not any argument: a tag filter (`--tag ...,stream=NAME`) names it too.
+            if argv and argv[0].endswith(b"restic") and stream.encode() in argv and \
+                    argv[argv.index(stream.encode()) - 1] == b"--stdin-filename":
                 return pid
         time.sleep(0.005)
     raise AssertionError(f"no restic reading {stream}")
@@ -592,6 +598,15 @@ def cmdline(pid: int) -> list[bytes]:
         return []
 
 
+def _state(pid: int) -> str:
+    """The one-letter state of `pid` (R, S, T for stopped, Z...), "" once it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return ""
+    return stat[stat.rfind(b")") + 2:].split()[0].decode()
+
+
 def cpu_ticks(pid: int) -> int:
     """utime + stime of `pid` (clock ticks), -1 once it is gone."""
     try:
@@ -602,16 +617,16 @@ def cpu_ticks(pid: int) -> int:
     return int(fields[11]) + int(fields[12])
 
 
-def wait_idle(pid: int, quiet: float = 1.0, timeout: float = 60.0) -> None:
+def wait_idle(pid: int, quiet: float = 1.0, timeout: float = 60.0, *, owner: Started | None = None) -> None:
     """Until `pid` has used no CPU for `quiet` seconds (a restic that opened its repository and
-    now waits on its stdin)."""
+    now waits on its stdin); if it ends, the failure says what `owner` printed."""
     deadline = time.monotonic() + timeout
     last, since = cpu_ticks(pid), time.monotonic()
     while time.monotonic() < deadline:
         time.sleep(0.1)
         now = cpu_ticks(pid)
         if now < 0:
-            raise AssertionError(f"process {pid} ended while it was awaited idle")
+            raise AssertionError(_ended_early(pid, None, owner))
         if now != last:
             last, since = now, time.monotonic()
         elif time.monotonic() - since >= quiet:
@@ -672,8 +687,9 @@ def stop_after(pid: int, nbytes: int, field_name: str = "wchar", timeout: float 
     raise AssertionError(f"process {pid} moved only {io_bytes(pid, field_name)} of {nbytes} bytes in {timeout}s")
 
 
-def _ended_early(pid: int, nbytes: int, owner: Started | None) -> str:
-    message = f"process {pid} ended before it moved {nbytes} bytes"
+def _ended_early(pid: int, nbytes: int | None, owner: Started | None) -> str:
+    message = f"process {pid} ended " + (f"before it moved {nbytes} bytes" if nbytes is not None
+                                         else "while it was awaited idle")
     if owner is None:
         return message
     try:

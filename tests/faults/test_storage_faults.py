@@ -83,7 +83,7 @@ def test_s3_gone_before_the_fingerprint_commits(make_site, pg_server, receiver) 
     started = site.start("backup", "siak")
     pg_dump = site.paused_dump(started.pid)
     fingerprint = stream_restic(started.pid, "fingerprint.json")
-    wait_idle(fingerprint)                      # repository open, index loaded: it waits for its data
+    wait_idle(fingerprint, owner=started)       # repository open, index loaded: it waits for its data
     os.kill(fingerprint, signal.SIGSTOP)
     os.kill(pg_dump, signal.SIGCONT)
     deadline = time.monotonic() + 120          # the dump and globals streams commit
