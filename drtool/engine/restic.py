@@ -188,12 +188,13 @@ class Restic:
                     lock_delays = backoff_delays(self.lock_wait, _LOCK_FIRST, _LOCK_CAP)
                     self.unlock_stale()
                     continue
-                if not lock_delays or (cancel is not None and cancel.is_set()):
+                if not lock_delays:
                     raise
                 delay = lock_delays.pop(0)
                 level = logging.INFO if self.lock_waited else logging.WARNING   # a run standing still says why
                 log.log(level, "restic %s: %s; waiting %.0fs for it", _command(args), exc.message.split("\n")[0], delay)
-                self._sleep(delay)
+                if cancel.wait(delay) if cancel is not None else self._sleep(delay):     # True: cancelled
+                    raise Cancelled(f"restic {_command(args)} was interrupted on request") from None
                 self.lock_waited += delay
             except DrtoolError as exc:
                 if not exc.transient or not delays:

@@ -130,3 +130,54 @@ def test_snapshot_tags():
     snap = Snapshot.from_json({"id": "a" * 64, "time": "2026-11-28T02:00:00Z",
                                "tags": ["drtool", "policy=siak", "run=r1"], "paths": ["/siak.pgdump"]})
     assert snap.tag("policy") == "siak" and snap.tag("stream") is None and snap.short_id == "a" * 8
+
+
+def _locked_restic(locked: int, lock_wait: float):  # noqa: ANN202
+    """Restic's retry loop alone (pure logic): `_run_once` fails with a live lock `locked` times.
+    Returns (restic, calls made, sleeps)."""
+    from drtool.engine.restic import RepoAccess, Restic
+
+    slept: list[float] = []
+    restic = Restic(RepoAccess(URL, Secret("pw")), lock_wait=lock_wait, sleep=slept.append)
+    calls = {"run": 0, "unlock": 0}
+
+    def run_once(args, **_kw):  # noqa: ANN001, ANN202
+        calls["run"] += 1
+        if calls["run"] <= locked:
+            raise RepositoryLocked(f"repository {URL} is locked by another restic process (pid 7 on h)")
+        return "done"
+
+    restic._run_once = run_once
+    restic.unlock_stale = lambda: calls.__setitem__("unlock", calls["unlock"] + 1)
+    return restic, calls, slept
+
+
+def test_a_live_lock_is_waited_for_with_backoff_after_stale_locks_are_removed():
+    restic, calls, slept = _locked_restic(locked=4, lock_wait=60)
+    assert restic.run(["forget", "x"]) == "done"
+    assert calls == {"run": 5, "unlock": 1}          # stale locks removed once, at the first meeting
+    assert slept == [1.0, 2.0, 4.0] and restic.lock_waited == 7.0
+
+
+def test_a_lock_that_outlasts_lock_wait_fails_and_zero_means_no_wait():
+    restic, calls, slept = _locked_restic(locked=100, lock_wait=10)
+    with pytest.raises(RepositoryLocked):
+        restic.run(["check"])
+    assert sum(slept) <= 10 and slept == [1.0, 2.0, 4.0]
+    restic, calls, slept = _locked_restic(locked=100, lock_wait=0)
+    with pytest.raises(RepositoryLocked):
+        restic.run(["check"])
+    assert slept == [] and calls == {"run": 2, "unlock": 1}
+
+
+def test_a_cancel_ends_the_wait_for_a_lock():
+    import threading
+
+    from drtool.errors import Cancelled
+
+    restic, _calls, slept = _locked_restic(locked=100, lock_wait=600)
+    cancel = threading.Event()
+    cancel.set()
+    with pytest.raises(Cancelled):
+        restic.run(["forget"], cancel=cancel)
+    assert slept == []
