@@ -23,6 +23,7 @@ from collections import defaultdict
 from typing import Any
 
 from drtool.actions.common import RepoHandle
+from drtool.actions.unlock import remove_stale_locks
 from drtool.catalog import Catalog
 from drtool.config.loader import Settings
 from drtool.engine.restic import Snapshot
@@ -65,12 +66,17 @@ def clean_debris(catalog: Catalog, handle: RepoHandle, host: str,
 
 def _remove_dead_locks(handle: RepoHandle) -> None:
     """A dead drtool's restic died by SIGKILL and left its lock (so did a restic given up on
-    because its storage stopped answering). A backup's shared lock does not meet it, so nothing else would remove it, and a bare `restic prune` from the runbook would
-    stop on it. `restic unlock` removes only stale locks (dead processes here, or 30 minutes old)."""
+    because its storage stopped answering). A backup's shared lock does not meet it, so nothing
+    else would remove it, and a bare `restic prune` from the runbook would stop on it. `restic
+    unlock` removes only stale locks (dead processes here, or 30 minutes old)."""
     try:
-        handle.restic.unlock_stale()
+        left = remove_stale_locks(handle)
     except DrtoolError as exc:
         log.warning("stale locks of an interrupted run not removed yet: %s", exc.message.splitlines()[0])
+        return
+    for info in left:
+        log.warning("stale lock %s (%s) is still in the repository after `restic unlock`; "
+                    "`drtool unlock POLICY` shows it", info.id[:8], info.why)
 
 
 def debris_snapshots(listing: list[Snapshot], *, rollback: bool) -> list[Snapshot]:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -127,6 +128,21 @@ def unlock(settings: Settings, policy: Policy, *, remove_all: bool = False) -> U
     report.removed = [info for info in report.found if info.id not in left]
     report.kept = [info for info in report.found if info.id in left]
     return report
+
+
+def remove_stale_locks(handle, *, attempts: int = 3, pause: float = 1.0) -> list[LockInfo]:  # noqa: ANN001
+    """`restic unlock`, then read the locks again: a stale lock still there gets another try (seen
+    once under load after a SIGKILLed restic; each try is cheap next to a run). Returns the stale
+    locks left after `attempts` tries."""
+    left: list[LockInfo] = []
+    for attempt in range(attempts):
+        if attempt:
+            time.sleep(pause)
+        handle.restic.unlock_stale()
+        left = [info for info in _read(handle) if info.stale]
+        if not left:
+            break
+    return left
 
 
 def _read(handle) -> list[LockInfo]:  # noqa: ANN001 - RepoHandle

@@ -165,14 +165,20 @@ class Site:
 
     def paused_dump(self, root: int, timeout: float = 60.0) -> int:
         """The pid of the pg_dump below `root` that pause_next_dump stopped."""
-        pid = wait_for_child(root, "pg_dump", timeout)
+        # A backup's dump, not a `pg_dump --version` probe; the flag goes once it stopped: sooner,
+        # it might not stop at all.
         deadline = time.monotonic() + timeout
-        while _state(pid) != "T":          # the flag goes once it stopped: sooner, it might not stop
-            assert time.monotonic() < deadline, f"pg_dump {pid} did not pause (state {_state(pid)!r})"
+        while True:
+            dumps = [pid for pid in descendants(root) if comm(pid) == "pg_dump"
+                     and any(arg.startswith(b"--snapshot=") for arg in cmdline(pid))]
+            stopped = [pid for pid in dumps if _state(pid) == "T"]
+            if stopped:
+                break
+            assert time.monotonic() < deadline, f"no backup pg_dump paused below {root} (seen: {dumps})"
             time.sleep(0.002)
         assert self.pause_flag is not None
         self.pause_flag.unlink(missing_ok=True)
-        return pid
+        return stopped[0]
 
     def s3_down(self) -> None:
         """The S3 server is gone: open connections are cut at their next request, new ones refused."""
