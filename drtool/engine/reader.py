@@ -10,24 +10,28 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from drtool.engine.restic import PasswordPipe, Restic, Snapshot
+from drtool.engine.restic import Restic, Snapshot
 from drtool.errors import CommandError, DrtoolError, RestoreRefused, SourceError
 from drtool.safe_paths import TarMemberGuard, safe_stream_name
-from drtool.execute import LocalProcess
 
 CHUNK = 1 << 20
 
 
 class ResticProcess:
-    """`restic dump` as a Process; the password pipe is closed when it ends."""
+    """`restic dump` as a Process, watched like every restic drtool runs: once its storage has
+    failed for longer than wait_unavailable it is stopped (restic alone retries each blob for
+    over a minute, and a restore needs many), and its error text says so first. The password
+    pipe and the watch are closed when it ends."""
 
-    def __init__(self, proc: LocalProcess, pw: PasswordPipe) -> None:
-        self._proc, self._pw = proc, pw
-        self.argv, self.stdin, self.stdout = proc.argv, proc.stdin, proc.stdout
+    def __init__(self, restic: Restic, snapshot_id: str, path: str) -> None:
+        self._restic = restic
+        self._proc, self._pw = restic.dump(snapshot_id, path)
+        self._watch = restic.watch_retries(self._proc)
+        self.argv, self.stdin, self.stdout = self._proc.argv, self._proc.stdin, self._proc.stdout
 
     def wait(self, timeout: float | None = None) -> int:
         code = self._proc.wait(timeout)
-        self._pw.close()
+        self.close()
         return code
 
     def poll(self) -> int | None:
@@ -40,7 +44,20 @@ class ResticProcess:
         self._proc.terminate()
 
     def stderr_tail(self) -> str:
-        return self._proc.stderr_tail()
+        tail = self._proc.stderr_tail()
+        if self._watch.gave_up_after is not None:
+            return f"{self._watch.error().message}\n{tail}"
+        return tail
+
+    def failure(self, code: int) -> DrtoolError:
+        """The typed error of a dump that ended with `code` (not 0)."""
+        if self._watch.gave_up_after is not None:
+            return self._watch.error()
+        return self._restic.error(code, self._proc.stderr_tail(), ["dump"])
+
+    def close(self) -> None:
+        self._watch.close()
+        self._pw.close()
 
 
 class ResticStreamReader:
@@ -59,9 +76,7 @@ class ResticStreamReader:
         return sorted(n for n in self.streams if n != "fingerprint.json")
 
     def open(self, name: str) -> ResticProcess:
-        snap = self.streams[name]
-        proc, pw = self.restic.dump(snap.id, f"/{name}")
-        return ResticProcess(proc, pw)
+        return ResticProcess(self.restic, self.streams[name].id, f"/{name}")
 
     def save(self, name: str, dest: Path) -> int:
         proc = self.open(name)
@@ -77,7 +92,7 @@ class ResticStreamReader:
                 proc.kill()
                 proc.wait(30)
         if code != 0:
-            raise self.restic.error(code, proc.stderr_tail(), ["dump"])
+            raise proc.failure(code)
         return total
 
     def read_bytes(self, name: str, limit: int = 64 << 20) -> bytes:
@@ -85,7 +100,7 @@ class ResticStreamReader:
         data = proc.stdout.read(limit + 1)
         code = proc.wait(600)
         if code != 0:
-            raise self.restic.error(code, proc.stderr_tail(), ["dump"])
+            raise proc.failure(code)
         if len(data) > limit:
             raise DrtoolError(f"stream {name} is larger than expected")
         return data
@@ -112,7 +127,7 @@ def extract_dump(restic: Restic, snapshot_id: str, path: str, runner, dest: str,
     bytes. Every chunk passes a TarMemberGuard before tar sees it: a member whose name leaves
     DEST (absolute, `..`, below a symlink of the archive) stops the restore before it is written
     (whatever tar runs there, GNU or not)."""
-    dump, pw = restic.dump(snapshot_id, path)
+    dump = ResticProcess(restic, snapshot_id, path)
     untar = None
     expired = threading.Event()
     guard = TarMemberGuard()
@@ -154,7 +169,7 @@ def extract_dump(restic: Restic, snapshot_id: str, path: str, runner, dest: str,
         raise
     finally:
         watchdog.cancel()
-        pw.close()
+        dump.close()
     if guard.problem:
         raise SourceError(f"restore into {dest} {where} stopped: {guard.problem}; it was not written",
                           hint=f"{guard.members - 1} member(s) before it were extracted into {dest}; "
@@ -163,7 +178,7 @@ def extract_dump(restic: Restic, snapshot_id: str, path: str, runner, dest: str,
         raise CommandError(untar.argv, None, untar.stderr_tail(), what=f"restoring into {dest} {where}",
                            hint=f"it took longer than {timeout:.0f}s")
     if dcode != 0:
-        raise restic.error(dcode, dump.stderr_tail(), ["dump"])
+        raise dump.failure(dcode)
     if tcode != 0:
         raise CommandError(untar.argv, tcode, untar.stderr_tail(), what=f"tar extracting into {dest} {where}",
                            hint="the restore is incomplete; check free space and the target's file system")
@@ -176,7 +191,7 @@ def walk_dump_tar(restic: Restic, snapshot_id: str, path: str,
     each member (rel: normalised, no leading '/'). Returns every rel seen plus the parent
     directories tar creates without them being members. Nothing is kept in memory."""
     seen: set[str] = set()
-    dump, pw = restic.dump(snapshot_id, path)
+    dump = ResticProcess(restic, snapshot_id, path)
     try:
         with tarfile.open(fileobj=dump.stdout, mode="r|") as archive:
             for member in archive:
@@ -192,9 +207,9 @@ def walk_dump_tar(restic: Restic, snapshot_id: str, path: str,
     finally:
         if dump.poll() is None:
             dump.kill()
-        pw.close()
+        dump.close()
     if code != 0:
-        raise restic.error(code, dump.stderr_tail(), ["dump"])
+        raise dump.failure(code)
     todo = {posixpath.dirname(p) for p in seen} - seen - {""}
     while todo:
         seen |= todo

@@ -14,6 +14,8 @@ from tests.faults.conftest import (
     assert_clean_backup_failure,
     assert_no_leak,
     assert_no_partial,
+    assert_one_clear_error,
+    cmdline,
     descendants,
     files_site,
     next_run_succeeds,
@@ -103,6 +105,39 @@ def test_s3_gone_before_the_fingerprint_commits(make_site, pg_server, receiver) 
     assert_no_partial(site, run["id"])
     _published_late(site, run["id"])
     assert_no_leak(site)
+
+
+def test_s3_gone_mid_restore(make_site, pg_server) -> None:  # noqa: ANN001
+    """The server dies while `restic dump` streams a database into pg_restore: the restore fails
+    once wait_unavailable is used up, naming the storage, not after restic's minutes of retries."""
+    site = pg_site(make_site, pg_server)
+    next_run_succeeds(site, "siak", ["siak-db"])
+    target = f"postgresql://postgres@127.0.0.1:{pg_server.port}/r_{site.pg_db}"
+    started = site.start("restore", "siak", "--source", "siak-db", "--target", target)
+    dump = _restic_dump(started)
+    stop_after(dump, 2 << 20, owner=started)                # 2 of the 16 MB are in pg_restore
+    site.s3_down()
+    os.kill(dump, signal.SIGCONT)
+    begun = time.monotonic()
+    proc = started.wait(timeout=240)
+    took = time.monotonic() - begun
+    site.s3_up()
+    assert took < 60, f"restic was left retrying against a dead storage for {took:.0f}s"
+    assert_one_clear_error(proc, r"stopped answering|cannot reach")
+    assert "partly restored" in proc.stderr                 # what the target holds now
+    assert_no_leak(site)
+
+
+def _restic_dump(started) -> int:  # noqa: ANN001 - a Started
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        for pid in descendants(started.pid):
+            argv = cmdline(pid)
+            if _is_restic(pid) and b"dump" in argv and any(a.endswith(b".pgdump") for a in argv):
+                return pid
+        assert started.proc.poll() is None, started.stderr_path.read_text()[-3000:]
+        time.sleep(0.005)
+    raise AssertionError("no restic dump of the database stream")
 
 
 def _is_restic(pid: int) -> bool:
