@@ -114,6 +114,15 @@ def _replay() -> list[str]:
         'install -m 600 -o postgres -g postgres /dev/null "$PITR_DIR.log"',
         '(cd / && runuser -u postgres -- "$PG_BIN"/pg_ctl -D "$PITR_DIR" -l "$PITR_DIR.log" -w -t 86400 start)',
         'cd /; PSQL=(runuser -u postgres -- "$PG_BIN"/psql -X -A -t -h "$PITR_DIR.sock" -p "$PITR_PORT" -d postgres)',
+        # With hot_standby off, `pg_ctl -w` returns as soon as replay begins, and nobody can
+        # connect until the server promoted: it removes recovery.signal then.
+        'echo "replaying WAL until the server promotes (progress: $PITR_DIR.log)"',
+        'while [ -e "$PITR_DIR"/recovery.signal ]; do',
+        '  runuser -u postgres -- "$PG_BIN"/pg_ctl -D "$PITR_DIR" status >/dev/null '
+        '|| { echo "the server stopped during recovery: see $PITR_DIR.log" >&2; exit 1; }',
+        "  sleep 1",
+        "done",
+        'for _ in $(seq 60); do "${PSQL[@]}" -c "SELECT 1" >/dev/null 2>&1 && break; sleep 1; done',
         '[ "$("${PSQL[@]}" -c "SELECT pg_is_in_recovery()")" = f ] || { echo "still in recovery" >&2; exit 1; }',
         'echo "recovered; newest replayed commit: $("${PSQL[@]}" -c "SELECT pg_last_xact_replay_timestamp()")"',
     ]
