@@ -146,31 +146,11 @@ class BaseBackupCheck:
     # -------------------------------------------------------------- verdict
 
     def finish(self) -> None:
-        if self.problem:
-            raise SourceError(f"the base backup stream is damaged: {self.problem}")
-        if self._left or self._buf or self._zero_blocks < 2:
-            raise SourceError(f"the base backup tar stream ended after {self.bytes} bytes without its "
-                              "end-of-archive marker (cut short)")
-        missing = [n for n in ("backup_label", "global/pg_control", "PG_VERSION") if n not in self.captured]
-        if missing:
-            raise SourceError(f"the base backup has no {', '.join(missing)}: not a pg_basebackup of a data directory")
+        """Raise SourceError unless the stream was a whole base backup that can become consistent."""
+        self._check_archive()
         label = _parse_label(self.captured["backup_label"].decode("utf-8", "replace"))
         manifest = self._manifest()
-        wal = {n.split("/")[-1]: size for n, size in self.files.items()
-               if n.startswith("pg_wal/") and is_segment(n.split("/")[-1])}
-        if not wal:
-            raise SourceError("the base backup holds no WAL (pg_wal/ is empty): it was not taken with -X fetch")
-        segsize = max(wal.values())
-        start = label["start_lsn"]
-        stop = manifest.get("stop_lsn") if manifest else None
-        if stop is None:      # no manifest (server < 13): up to the last WAL file it holds
-            stop = (max(parse_segment(n, segsize).segno for n in wal) + 1) * segsize - 1
-        needed = range(start // segsize, stop // segsize + 1)
-        have = {parse_segment(n, segsize).segno for n, size in wal.items() if size == segsize}
-        lacking = [n for n in needed if n not in have]
-        if lacking:
-            raise SourceError(f"the base backup lacks {len(lacking)} WAL segment(s) between {format_lsn(start)} "
-                              f"and {format_lsn(stop)}: it cannot become consistent")
+        start, stop, segsize = self._check_wal(label["start_lsn"], manifest.get("stop_lsn") if manifest else None)
         control = self.captured["global/pg_control"]
         self._info = {
             "start_lsn": format_lsn(start), "stop_lsn": format_lsn(stop), "timeline": label["timeline"],
@@ -179,6 +159,34 @@ class BaseBackupCheck:
             "sysid": str(struct.unpack("<Q", control[:8])[0]) if len(control) >= 8 else None,
             "segsize": segsize, "major": _major(self.captured["PG_VERSION"]), "bytes": self.bytes,
             "files": len(self.files)}
+
+    def _check_archive(self) -> None:
+        """A whole tar archive (not cut short, not damaged) of a data directory."""
+        if self.problem:
+            raise SourceError(f"the base backup stream is damaged: {self.problem}")
+        if self._left or self._buf or self._zero_blocks < 2:
+            raise SourceError(f"the base backup tar stream ended after {self.bytes} bytes without its "
+                              "end-of-archive marker (cut short)")
+        missing = [n for n in ("backup_label", "global/pg_control", "PG_VERSION") if n not in self.captured]
+        if missing:
+            raise SourceError(f"the base backup has no {', '.join(missing)}: not a pg_basebackup of a data directory")
+
+    def _check_wal(self, start: int, stop: int | None) -> tuple[int, int, int]:
+        """(start, stop, segment size): every WAL segment from start to stop is in the archive."""
+        wal = {n.split("/")[-1]: size for n, size in self.files.items()
+               if n.startswith("pg_wal/") and is_segment(n.split("/")[-1])}
+        if not wal:
+            raise SourceError("the base backup holds no WAL (pg_wal/ is empty): it was not taken with -X fetch")
+        segsize = max(wal.values())
+        if stop is None:      # no manifest (server < 13): up to the last WAL file it holds
+            stop = (max(parse_segment(n, segsize).segno for n in wal) + 1) * segsize - 1
+        needed = range(start // segsize, stop // segsize + 1)
+        have = {parse_segment(n, segsize).segno for n, size in wal.items() if size == segsize}
+        lacking = [n for n in needed if n not in have]
+        if lacking:
+            raise SourceError(f"the base backup lacks {len(lacking)} WAL segment(s) between {format_lsn(start)} "
+                              f"and {format_lsn(stop)}: it cannot become consistent")
+        return start, stop, segsize
 
     def _manifest(self) -> dict[str, Any] | None:
         raw = self.captured.get("backup_manifest")

@@ -211,22 +211,27 @@ def analyse(bases: Sequence[BaseBackup], batches: Sequence[Batch],
                     foreign_batches=foreign)
     mine = sorted((b for b in bases if sysid is None or b.sysid in (None, sysid)), key=lambda b: b.stop_time)
     view.windows = merge_windows((b.stop_time, archive.end_time(b) or b.stop_time) for b in mine)
-    mine_shipped = None
-    if shipped is not None and sysid is not None and shipped[0] == sysid:
-        try:
-            seg = parse_segment(shipped[1], archive.segsize)
-        except ValueError:
-            seg = None                    # a damaged spool state proves nothing
-        # Of the timeline that owns it: after a recovery to a new timeline the state names the old
-        # one's segments until the first new batch, and those are no loss.
-        if seg is not None and archive.segment(seg.segno) == seg:
-            mine_shipped = seg.segno
+    mine_shipped = _shipped_segno(archive, sysid, shipped)
     if mine and (newest is not None or mine_shipped is not None):
         view.gaps = find_gaps(archive, min(b.next_segno for b in mine), newest, mine_shipped)
     tlis = sorted(archive.first_of_tli)
     view.timelines = [(t, Segment(t, archive.first_of_tli[t]).name(archive.segsize)) for t in tlis]
     view.missing_history = [t for t in tlis[1:] if t not in archive.histories]
     return view
+
+
+def _shipped_segno(archive: Archive, sysid: str | None, shipped: tuple[str, str] | None) -> int | None:
+    """The segment number this host says it shipped complete, when that claim is about this
+    cluster and about the timeline that owns the segment; else None (it claims nothing)."""
+    if shipped is None or sysid is None or shipped[0] != sysid:
+        return None
+    try:
+        seg = parse_segment(shipped[1], archive.segsize)
+    except ValueError:
+        return None                       # a damaged spool state proves nothing
+    # After a recovery to a new timeline the state names the old one's segments until the first
+    # new batch, and those are no loss.
+    return seg.segno if archive.segment(seg.segno) == seg else None
 
 
 def merge_windows(windows: Iterable[tuple[datetime, datetime]]) -> list[tuple[datetime, datetime]]:

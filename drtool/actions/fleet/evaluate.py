@@ -22,7 +22,7 @@ from typing import Any
 from drtool.actions.fleet.read import SiteRead
 from drtool.actions.status import drill_summary, problems
 from drtool.config.fleet import Site
-from drtool.forecast import drill_point, forecast, size_series
+from drtool.forecast import Forecast, drill_point, forecast, size_series
 from drtool.records import HistoryRecord
 
 RUN_KINDS = ("backup", "check", "forget")
@@ -56,26 +56,46 @@ def policy_row(site: Site, policy: str, usable: list[HistoryRecord], now: dateti
     runs = {kind: [d for d in mine if d.get("kind") == kind] for kind in RUN_KINDS}
     drills = [d for d in mine if _is_drill(d)]
     rpo, rto = targets_for(site, policy, runs["backup"], drills)
-    good = [d for d in runs["backup"] if d.get("status") == "success"]
-    last_good = _finished(good[-1]) if good else None
-    age = round((now - last_good).total_seconds(), 1) if last_good else None
+    last_good, age = _last_good_backup(runs["backup"], now)
     counted = rto_drills(drills, rto)
     last_drill = drill_summary(counted[-1]) if counted else None
     last_runs = {kind: _run_summary(runs[kind]) for kind in RUN_KINDS}
     codes = problems(backup_age_s=age, rpo_s=rpo, repo_error=unreachable, drill=last_drill, last_runs=last_runs)
-    points = [p for p in (drill_point(d) for d in counted) if p is not None]
-    sizes = size_series(runs["backup"], points[-1].sources if points else ())
-    result = forecast(policy, rto, points, sizes, now, alert_days=horizon_days)
-    warnings = []
-    if result.status in ("breach-forecast", "breached"):
-        warnings.append({"code": "forecast-breach", "message": result.message})
+    predicted = _forecast(policy, rto, counted, runs["backup"], now, horizon_days)
     return {"site": site.name, "policy": policy, "rpo_target_s": rpo, "rto_target_s": rto,
             "last_backup": last_good.isoformat() if last_good else None, "backup_age_s": age,
-            "rpo_met": None if rpo is None else (age is not None and age <= rpo),
-            "last_runs": last_runs, "last_drill": last_drill, "problems": codes,
-            "verdict": codes[0] if codes else "ok", "forecast": result.to_dict(), "warnings": warnings,
+            "rpo_met": _within(age, rpo), "last_runs": last_runs, "last_drill": last_drill, "problems": codes,
+            "verdict": codes[0] if codes else "ok", "forecast": predicted.to_dict(),
+            "warnings": _forecast_warnings(predicted),
             "hosts": sorted({h for h in (_host(d) for d in mine) if h}),
             "rule_32110": rule_32110(runs["backup"] + runs["check"])}
+
+
+def _last_good_backup(backups: list[dict[str, Any]], now: datetime) -> tuple[datetime | None, float | None]:
+    """When the newest successful backup finished, and how long ago (seconds)."""
+    good = [d for d in backups if d.get("status") == "success"]
+    if not good:
+        return None, None
+    finished = _finished(good[-1])
+    return finished, round((now - finished).total_seconds(), 1)
+
+
+def _within(age: float | None, target: float | None) -> bool | None:
+    """None when there is no target; False when there is one and no backup."""
+    return None if target is None else (age is not None and age <= target)
+
+
+def _forecast(policy: str, rto: float | None, counted: list[dict[str, Any]], backups: list[dict[str, Any]],
+              now: datetime, horizon_days: float) -> Forecast:
+    points = [p for p in (drill_point(d) for d in counted) if p is not None]
+    sizes = size_series(backups, points[-1].sources if points else ())
+    return forecast(policy, rto, points, sizes, now, alert_days=horizon_days)
+
+
+def _forecast_warnings(predicted: Forecast) -> list[dict[str, str]]:
+    if predicted.status in ("breach-forecast", "breached"):
+        return [{"code": "forecast-breach", "message": predicted.message}]
+    return []
 
 
 def targets_for(site: Site, policy: str, backups: list[dict[str, Any]],
