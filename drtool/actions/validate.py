@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import socket
 import stat
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,15 +78,23 @@ def _models(loaded: Loaded) -> list[tuple[Any, str]]:
 
 
 def _check_secrets(loaded: Loaded, report: Report) -> None:
-    results: dict[str, str | None] = {}       # each reference is resolved once, reported where it is used
-    for model, path in _models(loaded):
+    problems, report.secrets_checked = secret_ref_problems(_models(loaded))
+    report.problems += problems
+
+
+def secret_ref_problems(models: Iterable[tuple[Any, str]]) -> tuple[list[str], int]:
+    """Every secret reference inside (model, file) pairs resolved once: the problems, each at the
+    file:line:col of every place it is used, and how many references there were."""
+    results: dict[str, str | None] = {}
+    problems: list[str] = []
+    for model, path in models:
         for loc, ref in secret_refs(model):
             key = ref.model_dump_json()
             if key not in results:
                 results[key] = secret_problem(ref)
             if results[key]:
-                report.problems.append(f"{_where(path, loc)}: at '{loc_text(loc)}': {results[key]}")
-    report.secrets_checked = len(results)
+                problems.append(f"{position(path, loc)}: at '{loc_text(loc)}': {results[key]}")
+    return problems, len(results)
 
 
 def secret_problem(ref: SecretRef) -> str | None:
@@ -135,7 +144,7 @@ def _check_paths(loaded: Loaded, report: Report) -> None:
             for j, raw in enumerate(paths):
                 if not os.path.lexists(raw):
                     loc = ("sources", i, "files", "paths", j) if source.files else ("sources", i, "sqlite", "path")
-                    report.problems.append(f"{_where(policy.path or '?', loc)}: at '{loc_text(loc)}': "
+                    report.problems.append(f"{position(policy.path or '?', loc)}: at '{loc_text(loc)}': "
                                            f"{raw} does not exist on this machine (a backup would miss it)")
 
 
@@ -152,7 +161,7 @@ def s3_locations(loaded: Loaded, report: Report) -> dict[str, Any]:
             try:
                 found[name] = parse_s3_url(repo.url)
             except StorageError as exc:
-                report.problems.append(f"{_where(str(loaded.path), ('repositories', name, 'url'))}: "
+                report.problems.append(f"{position(str(loaded.path), ('repositories', name, 'url'))}: "
                                        f"at 'repositories.{name}.url': {exc.message}")
     return found
 
@@ -164,12 +173,12 @@ def _check_network(loaded: Loaded, report: Report, locations: dict[str, Any]) ->
         parts = urlsplit(location.endpoint_url)
         problem = tcp_problem(parts.hostname or "", parts.port or (443 if location.secure else 80))
         if problem:
-            report.problems.append(f"{_where(str(loaded.path), ('repositories', name, 'url'))}: at "
+            report.problems.append(f"{position(str(loaded.path), ('repositories', name, 'url'))}: at "
                                    f"'repositories.{name}.url': S3 endpoint {location.endpoint_url} {problem}")
     for name, host in config.hosts.items():
         problem = tcp_problem(host.address, host.port)
         if problem:
-            report.problems.append(f"{_where(str(loaded.path), ('hosts', name, 'address'))}: at "
+            report.problems.append(f"{position(str(loaded.path), ('hosts', name, 'address'))}: at "
                                    f"'hosts.{name}.address': SSH host {host.address}:{host.port} {problem}")
 
 
@@ -185,7 +194,7 @@ def tcp_problem(host: str, port: int, timeout: float = NETWORK_TIMEOUT) -> str |
 
 # ---------------------------------------------------------------- positions
 
-def _where(path: str, loc: tuple) -> str:
+def position(path: str, loc: tuple) -> str:
     try:
         return read_document(Path(path)).where(loc)
     except ConfigError:

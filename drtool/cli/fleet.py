@@ -49,6 +49,28 @@ def status(ctx: click.Context, fleet_file: str | None, sites: tuple[str, ...], a
     ctx.exit(1 if result.breached else 0)
 
 
+@fleet.command("validate")
+@click.option("--fleet", "fleet_file", metavar="FILE", help=FLEET_HELP)
+@click.option("--static", is_flag=True, help="Check only the file (syntax, types, keys, URLs): no secrets.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def validate(ctx: click.Context, fleet_file: str | None, static: bool, as_json: bool) -> None:
+    """Check the fleet file and resolve every secret it references; all problems with file:line:col (exit 2)."""
+    from drtool.actions.fleet.validate import validate_fleet
+    from drtool.errors import ConfigError
+
+    report = validate_fleet(fleet_file, static=static)
+    if as_json:
+        from drtool.cli.render import emit_json
+        emit_json(report.to_dict())
+        ctx.exit(0 if report.valid else 2)
+    if not report.valid:
+        raise ConfigError(report.problems)
+    click.echo(f"{report.path}: ok — {len(report.sites)} sites ({', '.join(report.sites)})"
+               + (" (--static: secrets not checked)" if static else
+                  f", {report.secrets_checked} secret reference(s) resolved"))
+
+
 def _print_status(result) -> None:  # noqa: ANN001 - FleetStatus
     from drtool.cli.render import print_table
     from drtool.report.fleet_page import letters
