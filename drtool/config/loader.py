@@ -291,10 +291,20 @@ def check_playbook(playbook: Playbook, policies: dict[str, Policy], invalid: set
         if source is not None and source not in names:
             problems.append(f"{_field_pos(playbook.path, ('steps', i, step.kind, 'source'))}: at 'steps[{i}].{step.kind}.source': "
                             f"policy {policy.name!r} has no source {source!r} (it has: {', '.join(sorted(names))})")
+        elif step.kind == "restore" and source is not None:
+            problems += _part_problems(playbook, i, step.spec, policy.source(source).kind)
     problem = _schedule_problem(playbook.schedule)
     if problem:
         problems.append(f"{_field_pos(playbook.path, ('schedule',))}: at 'schedule': {problem}")
     return problems
+
+
+def _part_problems(playbook: Playbook, i: int, spec: Any, kind: str) -> list[str]:
+    """A restore step's tables:/schemas: against the kind of its source (as `restore --table`)."""
+    wrong = [(key, allowed) for key, allowed in (("tables", ("postgres", "mariadb")), ("schemas", ("postgres",)))
+             if getattr(spec, key) and kind not in allowed]
+    return [f"{_field_pos(playbook.path, ('steps', i, 'restore', key))}: at 'steps[{i}].restore.{key}': "
+            f"a {kind} source has no {key} ({key}: is for {' and '.join(allowed)} sources)" for key, allowed in wrong]
 
 
 def _schedule_problem(expr: str | None) -> str | None:

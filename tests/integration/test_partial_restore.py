@@ -267,3 +267,28 @@ def test_drill_dry_run_plans_every_step_and_starts_nothing(siak) -> None:  # noq
     assert 0 < plan["rpo_if_run_now_s"] < 3600
     code, history, err = siak.run_json("drills")
     assert code == 0 and history == []          # a dry run is not a drill: nothing recorded
+
+
+def test_drill_restores_one_table_and_verifies_only_it(siak) -> None:  # noqa: ANN001
+    """A drill step can restore part of a database (tables:), like `restore --table`; its verify
+    step compares those tables only, counts and content, and a name the backup lacks fails the step."""
+    siak.playbook("one-table", {"policy": "siak", "steps": [
+        {"name": "restore penduduk", "restore": {"source": "db", "tables": ["penduduk"]}},
+        {"name": "check", "verify": {"source": "db"}},
+        {"name": "count", "sql": {"source": "db", "query": "select count(*) from penduduk", "expect": {"equals": "120"}}},
+        {"name": "alone", "sql": {"source": "db", "query": "select to_regclass('arsip.dokumen') is null",
+                                  "expect": {"equals": "t"}}},
+    ]})
+    code, report, err = siak.run_json("drill", "one-table")
+    assert code == 0, err
+    steps = {s["name"]: s for s in report["steps"]}
+    assert all(s["status"] == "passed" for s in steps.values()), steps
+    assert steps["restore penduduk"]["tables"] == ["public.penduduk"]
+    assert any("FK CONSTRAINT public audit" in s for s in steps["restore penduduk"]["skipped"])
+    assert steps["check"]["tables"] == 1 and steps["check"]["rows"] == 120          # not the other 2 tables
+    assert "content of 1 tables equal to the backup" in steps["check"]["detail"]
+
+    siak.playbook("no-such-table", {"policy": "siak", "steps": [
+        {"name": "restore", "restore": {"source": "db", "tables": ["nope"]}}]})
+    code, report, err = siak.run_json("drill", "no-such-table")
+    assert code != 0 and "holds no table 'nope'" in (err + str(report)) and "Traceback" not in err

@@ -195,3 +195,27 @@ def test_from_nothing_playbook_takes_only_checks_and_one_key() -> None:
         Playbook.model_validate({"name": "fire", "policy": "siak", "from_nothing": {"kit": "k"}})
     with pytest.raises(ValidationError, match="at least one step"):
         Playbook.model_validate({"name": "p", "policy": "siak", "steps": []})
+
+
+def test_partial_restore_step_fits_its_source(tmp_path):
+    """tables:/schemas: of a restore step are for database sources (schemas: PostgreSQL only), at
+    their position; and they cannot be combined with at: (a point-in-time recovery is whole)."""
+    cfg = _setup(tmp_path, "name: siak\nrepository: offsite\nsources:\n  - name: f\n    files: {paths: [/x]}\n"
+                           "  - name: m\n    mariadb: {database: x}\n")
+    (tmp_path / "playbooks").mkdir()
+    (tmp_path / "playbooks" / "d.yaml").write_text(
+        "name: d\npolicy: siak\nsteps:\n  - name: r\n    restore: {source: f, tables: [t]}\n"
+        "  - name: s\n    restore:\n      source: m\n      schemas: [arsip]\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings(str(cfg))
+    problems = info.value.problems
+    assert any("d.yaml:5:" in p and "steps[0].restore.tables" in p and "a files source has no tables" in p
+               for p in problems), problems
+    assert any("d.yaml:9:" in p and "steps[1].restore.schemas" in p and "is for postgres sources" in p
+               for p in problems), problems
+    from pydantic import ValidationError
+
+    from drtool.config.models import RestoreStep
+    with pytest.raises(ValidationError, match="choose one"):
+        RestoreStep.model_validate({"source": "db", "at": "latest", "tables": ["t"]})
+    assert RestoreStep.model_validate({"source": "db", "tables": ["t"]}).tables == ["t"]

@@ -49,6 +49,7 @@ class Restored:
     scratch: bool = True
     host: str | None = None                 # None: this machine
     runner: Runner | None = None            # how to reach `host` (verify steps use it)
+    tables: list[str] | None = None         # a partial restore (tables:/schemas:): what it restored
 
     @property
     def where(self) -> str:

@@ -13,16 +13,18 @@ from __future__ import annotations
 
 import time
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from drtool.actions.drill.context import DrillContext, Restored
 from drtool.actions.drill.model import Outcome, phase_dict
 from drtool.actions.restore import parse_db_target, restore_files_to
 from drtool.actions.select import SnapshotSet
-from drtool.config.models import Source, Step
+from drtool.config.models import RestoreStep, Source, Step
 from drtool.engine.reader import ResticStreamReader
 from drtool.errors import UsageError
 from drtool.execute import Runner
 from drtool.report.units import human_bytes
+from drtool.sources.base import Fingerprint
 
 RESTORE_TIMEOUT_S = 24 * 3600.0
 
@@ -81,15 +83,29 @@ def _database(ctx: DrillContext, step: Step, source: Source, chosen: SnapshotSet
         target = parse_db_target(source.kind, spec.into)
     db = database_source(source, runner)
     reader = ResticStreamReader(ctx.restic, chosen.streams, sizes=fingerprint.get("stream_bytes"))
-    result = db.restore(reader, target, force=spec.force)
+    result = db.restore(reader, target, force=spec.force, **_part(spec, fingerprint))
     phases += [phase_dict(p.name, p.duration_s, p.bytes) for p in result.phases]
+    part = list(result.tables) if spec.tables or spec.schemas else None
     ctx.restored[source.name] = Restored(source, chosen, target=target, databases=list(result.databases), db=db,
-                                         fingerprint=fingerprint, scratch=scratch, host=spec.host, runner=runner)
+                                         fingerprint=fingerprint, scratch=scratch, host=spec.host, runner=runner,
+                                         tables=part)
     where = f" on host {spec.host}" if spec.host else ""
-    return Outcome(f"{', '.join(result.databases) or 'nothing'} ({human_bytes(result.bytes)}) from "
+    what = f"{len(part)} table(s) of " if part is not None else ""
+    return Outcome(f"{what}{', '.join(result.databases) or 'nothing'} ({human_bytes(result.bytes)}) from "
                    f"{chosen.primary.short_id} into {target.describe()}{where}", phases,
                    {"target": target.describe(), "databases": list(result.databases), "bytes": result.bytes,
+                    **({"tables": part, "skipped": list(result.skipped)} if part is not None else {}),
                     **({"host": spec.host} if spec.host else {})})
+
+
+def _part(spec: RestoreStep, fingerprint: Fingerprint) -> dict[str, Any]:
+    """The keyword arguments of a partial restore (tables:/schemas:); unknown names stop the step
+    before anything is written, as `drtool restore --table` does."""
+    if not (spec.tables or spec.schemas):
+        return {}
+    from drtool.actions.dry_run import matching_tables
+    matching_tables(fingerprint, spec.tables, spec.schemas)
+    return {key: tuple(value) for key, value in (("tables", spec.tables), ("schemas", spec.schemas)) if value}
 
 
 def _absolute(path: str, host: str | None) -> str:

@@ -45,7 +45,8 @@ def _database(restored: Restored, content: bool = True) -> Outcome:
         raise DrillFailed(f"{restored.source.name} was recovered to a point in time: there are no backup row counts "
                           "to compare with", hint="check it with `sql:` steps instead of `verify:`")
     assert restored.db is not None and restored.target is not None
-    check = verify_restored(restored.db, restored.target, restored.databases, restored.fingerprint, content=content)
+    check = verify_restored(restored.db, restored.target, restored.databases, restored.fingerprint, content=content,
+                            tables=restored.tables)
     if check.problems:
         raise StepFailed(f"{len(check.problems)} differences from the backup fingerprint, first: {check.problems[0]}",
                          data={"problems": check.problems})
