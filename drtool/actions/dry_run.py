@@ -148,13 +148,16 @@ def _plan_step(restic: Restic, policy: Any, step: Any, sets: dict[str, Any],  # 
         return {**out, "runnable": False, "would": f"cannot run: {chosen}"}
     if step.kind == "restore":
         source = policy.source(source_name)
-        plan = (files_plan(restic, chosen) if source.kind == "files" else database_plan(restic, source, chosen))
+        plan = (files_plan(restic, chosen) if source.kind == "files" else
+                database_plan(restic, source, chosen, tables=spec.tables, schemas=spec.schemas))
         plans[source_name] = plan
         where = SCRATCH[source.kind] + " (not started in a dry run)" if spec.into == "scratch" else spec.into
         where += f" on host {spec.host}" if spec.host else ""
-        return {**out, "would": f"restore {source_name} from set {chosen.primary.short_id} (run {chosen.run_id}, "
+        what = f"{len(plan['tables'])} table(s) of {source_name}" if "tables" in plan else source_name
+        return {**out, "would": f"restore {what} from set {chosen.primary.short_id} (run {chosen.run_id}, "
                                 f"{chosen.time:%Y-%m-%d %H:%M} UTC) into {where}",
-                "snapshot": chosen.to_dict(), "bytes": plan.get("bytes"), "streams": plan.get("streams")}
+                "snapshot": chosen.to_dict(), "bytes": plan.get("bytes"), "streams": plan.get("streams"),
+                **({"tables": plan["tables"]} if "tables" in plan else {})}
     if step.kind == "verify":
         checks = plans.get(source_name, {}).get("checks", [])
         if policy.source(source_name).kind == "files":

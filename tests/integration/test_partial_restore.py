@@ -279,6 +279,11 @@ def test_drill_restores_one_table_and_verifies_only_it(siak) -> None:  # noqa: A
         {"name": "alone", "sql": {"source": "db", "query": "select to_regclass('arsip.dokumen') is null",
                                   "expect": {"equals": "t"}}},
     ]})
+    code, plan, err = siak.run_json("drill", "one-table", "--dry-run")
+    assert code == 0, err
+    planned = {s["name"]: s for s in plan["steps"]}
+    assert planned["restore penduduk"]["tables"] == ["public.penduduk"]
+    assert planned["check"]["checks"] == ["row counts and content hashes of the 1 restored tables"]
     code, report, err = siak.run_json("drill", "one-table")
     assert code == 0, err
     steps = {s["name"]: s for s in report["steps"]}
