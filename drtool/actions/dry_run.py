@@ -148,7 +148,7 @@ def _plan_step(restic: Restic, policy: Any, step: Any, sets: dict[str, Any],  # 
         return {**out, "runnable": False, "would": f"cannot run: {chosen}"}
     if step.kind == "restore":
         source = policy.source(source_name)
-        plan = (files_plan(restic, chosen) if source.kind == "files" else
+        plan = (files_plan(restic, chosen, spec.paths) if source.kind == "files" else
                 database_plan(restic, source, chosen, tables=spec.tables, schemas=spec.schemas))
         plans[source_name] = plan
         where = SCRATCH[source.kind] + " (not started in a dry run)" if spec.into == "scratch" else spec.into

@@ -85,14 +85,17 @@ class FilesRestored:
 
 
 def restore_files_to(restic: Restic, chosen: SnapshotSet, dest: str, runner: Runner, *, force: bool = False,
-                     timeout: float = RESTORE_TIMEOUT_S) -> FilesRestored:
-    """Restore a files set into `dest` on the runner's machine.
+                     timeout: float = RESTORE_TIMEOUT_S, include: Sequence[str] = ()) -> FilesRestored:
+    """Restore a files set (or the `include` patterns of it) into `dest` on the runner's machine.
 
     Here: `restic restore --verify` (tree snapshots) or the tar relay (tar sets). On a
     host: `restic dump SNAP /` streamed into `tar -x -C DEST` there over the channel."""
+    if include and runner.name != "local":
+        raise UsageError(f"a part of a files set (paths:) is restored on this machine only, not on {runner.where}",
+                         hint="restore it here, or the whole set onto the host")
     if runner.name == "local":
         from drtool.sources.files import tree_size
-        restore_files_set(restic, chosen, Path(dest), force=force)
+        restore_files_set(restic, chosen, Path(dest), force=force, include=include)
         files, nbytes = tree_size(Path(dest))
         if chosen.files is not None:
             return FilesRestored(nbytes, files, "download+decrypt+write+verify (restic restore --verify)",
@@ -113,14 +116,23 @@ def restore_files_to(restic: Restic, chosen: SnapshotSet, dest: str, runner: Run
                          "restic checked every blob while reading")
 
 
-def verify_files_at(restic: Restic, chosen: SnapshotSet, dest: str, runner: Runner):  # noqa: ANN201 - TreeDiff
-    """Compare a restored tree, here or on a host, with its snapshot."""
+def verify_files_at(restic: Restic, chosen: SnapshotSet, dest: str, runner: Runner,  # noqa: ANN201 - TreeDiff
+                    include: Sequence[str] = ()):
+    """Compare a restored tree (or the `include` part of it), here or on a host, with its snapshot."""
     if runner.name == "local":
-        return verify_files_set(restic, chosen, Path(dest))
+        return verify_files_set(restic, chosen, Path(dest), include)
     from drtool.sources.tree_remote import verify_remote_tree
 
     snapshot_id, path = dump_path(chosen)
     return verify_remote_tree(restic, snapshot_id, path, runner, dest, runner.where)
+
+
+def refuse_missing_paths(restic: Restic, chosen: SnapshotSet, include: Sequence[str]) -> None:
+    """A part of a files set (--path, a step's paths:) must be something the snapshot holds."""
+    refuse_paths_of_tar(chosen, include)
+    if include and not files_plan(restic, chosen, include)["entries"]:
+        raise UsageError(f"no entry of snapshot {chosen.primary.short_id} matches {', '.join(include)}; "
+                         "nothing was written", hint="browse it with `drtool ls POLICY --source SOURCE`")
 
 
 def refuse_paths_of_tar(chosen: SnapshotSet, include: Sequence[str]) -> None:
@@ -248,12 +260,7 @@ def _source(policy: Policy, source_name: str) -> Source:
 
 def _restore_files(handle: RepoHandle, source: Source, chosen: SnapshotSet, dest: Path, force: bool,
                    part: Part) -> RestoreOutcome:
-    refuse_paths_of_tar(chosen, part.paths)
-    if part.paths:
-        selected = files_plan(handle.restic, chosen, part.paths)
-        if not selected["entries"]:
-            raise UsageError(f"no entry of snapshot {chosen.primary.short_id} matches {', '.join(part.paths)}; "
-                             "nothing was written", hint="browse it with `drtool ls POLICY --source SOURCE`")
+    refuse_missing_paths(handle.restic, chosen, part.paths)
     detail = restore_files_set(handle.restic, chosen, dest, force=force, include=part.paths)
     if part.paths:
         # drtool selects with restic's rules; the check proves both agree on what was asked for.

@@ -300,9 +300,9 @@ def check_playbook(playbook: Playbook, policies: dict[str, Policy], invalid: set
 
 
 def _part_problems(playbook: Playbook, i: int, spec: Any, kind: str) -> list[str]:
-    """A restore step's tables:/schemas: against the kind of its source (as `restore --table`)."""
-    wrong = [(key, allowed) for key, allowed in (("tables", ("postgres", "mariadb")), ("schemas", ("postgres",)))
-             if getattr(spec, key) and kind not in allowed]
+    """A restore step's paths:/tables:/schemas: against the kind of its source (as `restore --path`)."""
+    rules = (("paths", ("files",)), ("tables", ("postgres", "mariadb")), ("schemas", ("postgres",)))
+    wrong = [(key, allowed) for key, allowed in rules if getattr(spec, key) and kind not in allowed]
     return [f"{_field_pos(playbook.path, ('steps', i, 'restore', key))}: at 'steps[{i}].restore.{key}': "
             f"a {kind} source has no {key} ({key}: is for {' and '.join(allowed)} sources)" for key, allowed in wrong]
 

@@ -284,15 +284,17 @@ class RestoreStep(Model):
     # PITR sources: recover the base backup + WAL to this moment (latest, a time, {random_within: 7d});
     # into: scratch only.
     at: PointInTime | None = None
-    # Part of a database, with what belongs to it (as `drtool restore --table/--schema`): PostgreSQL
-    # [SCHEMA.]TABLE or a schema, MariaDB TABLE; a later verify step compares those tables only.
+    # Part of a source, as `drtool restore --path/--table/--schema`: files by restic --include
+    # pattern; PostgreSQL [SCHEMA.]TABLE or a schema, MariaDB TABLE, with what belongs to them. A
+    # later verify step compares that part only.
+    paths: list[str] = []
     tables: list[str] = []
     schemas: list[str] = []
 
     @model_validator(mode="after")
     def _part_not_at(self) -> "RestoreStep":
-        if self.at is not None and (self.tables or self.schemas):
-            raise ValueError("tables:/schemas: restore part of a dump; at: recovers a whole cluster: choose one")
+        if self.at is not None and (self.paths or self.tables or self.schemas):
+            raise ValueError("paths:/tables:/schemas: restore part of a set; at: recovers a whole cluster: choose one")
         return self
 
     @field_validator("at")

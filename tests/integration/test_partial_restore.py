@@ -81,6 +81,28 @@ def test_partial_files_restore_keeps_target_safety_and_refuses_nonsense(scans, t
     assert code == 2 and "--table / --schema are for postgres and mariadb sources" in err
 
 
+def test_drill_restores_one_month_of_files_and_verifies_only_it(scans) -> None:  # noqa: ANN001
+    """paths: on a files restore step restores what the patterns select; the verify step compares
+    exactly that part with the snapshot (the other month is not a difference)."""
+    env, _ = scans
+    env.playbook("one-month", {"policy": "docs", "steps": [
+        {"name": "restore november", "restore": {"source": "scans", "paths": ["scans/2026/11/*"]}},
+        {"name": "check", "verify": {"source": "scans"}},
+        {"name": "october absent", "command": ["sh", "-c", 'find "$DRTOOL_RESTORE_DIR" -name ktp-11-0.pdf | grep -q . '
+                                                           '&& ! find "$DRTOOL_RESTORE_DIR" -name "ktp-10-*" | grep -q .']},
+    ]})
+    code, report, err = env.run_json("drill", "one-month")
+    assert code == 0, err
+    steps = {s["name"]: s for s in report["steps"]}
+    assert all(s["status"] == "passed" for s in steps.values()), steps
+    assert steps["restore november"]["files"] == 4 and steps["restore november"]["paths"] == ["scans/2026/11/*"]
+    assert steps["check"]["checked"] >= 4
+    env.playbook("no-such-month", {"policy": "docs", "steps": [
+        {"name": "restore", "restore": {"source": "scans", "paths": ["scans/1999/*"]}}]})
+    code, report, err = env.run_json("drill", "no-such-month")
+    assert code != 0 and "no entry of snapshot" in (err + str(report)) and "Traceback" not in err
+
+
 def test_ls_browses_files_with_sizes_and_times(scans) -> None:  # noqa: ANN001
     env, root = scans
     code, listing, err = env.run_json("ls", "docs", "--source", "scans", str(root / "2026" / "11"))

@@ -205,7 +205,8 @@ def test_partial_restore_step_fits_its_source(tmp_path):
     (tmp_path / "playbooks").mkdir()
     (tmp_path / "playbooks" / "d.yaml").write_text(
         "name: d\npolicy: siak\nsteps:\n  - name: r\n    restore: {source: f, tables: [t]}\n"
-        "  - name: s\n    restore:\n      source: m\n      schemas: [arsip]\n")
+        "  - name: s\n    restore:\n      source: m\n      schemas: [arsip]\n"
+        "  - name: p\n    restore: {source: m, paths: [x]}\n")
     with pytest.raises(ConfigError) as info:
         load_settings(str(cfg))
     problems = info.value.problems
@@ -213,6 +214,7 @@ def test_partial_restore_step_fits_its_source(tmp_path):
                for p in problems), problems
     assert any("d.yaml:9:" in p and "steps[1].restore.schemas" in p and "is for postgres sources" in p
                for p in problems), problems
+    assert any("d.yaml:11:" in p and "a mariadb source has no paths" in p for p in problems), problems
     from pydantic import ValidationError
 
     from drtool.config.models import RestoreStep

@@ -50,6 +50,7 @@ class Restored:
     host: str | None = None                 # None: this machine
     runner: Runner | None = None            # how to reach `host` (verify steps use it)
     tables: list[str] | None = None         # a partial restore (tables:/schemas:): what it restored
+    paths: list[str] | None = None          # ... of files (paths:): the patterns it restored
 
     @property
     def where(self) -> str:

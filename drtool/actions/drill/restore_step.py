@@ -17,7 +17,7 @@ from typing import Any
 
 from drtool.actions.drill.context import DrillContext, Restored
 from drtool.actions.drill.model import Outcome, phase_dict
-from drtool.actions.restore import parse_db_target, restore_files_to
+from drtool.actions.restore import parse_db_target, refuse_missing_paths, restore_files_to
 from drtool.actions.select import SnapshotSet
 from drtool.config.models import RestoreStep, Source, Step
 from drtool.engine.reader import ResticStreamReader
@@ -53,14 +53,18 @@ def _files(ctx: DrillContext, step: Step, source: Source, chosen: SnapshotSet, r
     dest = str(ctx.scratch_dir(source.name)) if scratch else _absolute(spec.into, spec.host)
     timeout = (step.timeout + 5.0) if step.timeout else RESTORE_TIMEOUT_S
     started = time.monotonic()
-    done = restore_files_to(ctx.restic, chosen, dest, runner, force=spec.force, timeout=timeout)
+    if spec.paths:
+        refuse_missing_paths(ctx.restic, chosen, spec.paths)          # nothing written yet
+    done = restore_files_to(ctx.restic, chosen, dest, runner, force=spec.force, timeout=timeout, include=spec.paths)
     took = time.monotonic() - started
     where = f" on host {spec.host}" if spec.host else ""
     ctx.restored[source.name] = Restored(source, chosen, directory=Path(dest) if not spec.host else PurePosixPath(dest),
-                                         scratch=scratch, host=spec.host, runner=runner)
+                                         scratch=scratch, host=spec.host, runner=runner, paths=spec.paths or None)
     phase = phase_dict(done.phase, took, done.bytes)
-    return Outcome(f"{done.describe()} from {chosen.primary.short_id} into {dest}{where}; {done.checked}",
+    what = f" matching {', '.join(spec.paths)}" if spec.paths else ""
+    return Outcome(f"{done.describe()}{what} from {chosen.primary.short_id} into {dest}{where}; {done.checked}",
                    [phase], {"target": dest, "bytes": done.bytes, "files": done.files,
+                             **({"paths": spec.paths} if spec.paths else {}),
                              **({"host": spec.host} if spec.host else {})})
 
 

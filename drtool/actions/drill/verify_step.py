@@ -29,7 +29,7 @@ def verify(ctx: DrillContext, step: Step) -> Outcome:
 def _files(ctx: DrillContext, restored: Restored) -> Outcome:
     assert restored.directory is not None
     runner = restored.runner or LocalRunner()
-    diff = verify_files_at(ctx.restic, restored.chosen, str(restored.directory), runner)
+    diff = verify_files_at(ctx.restic, restored.chosen, str(restored.directory), runner, restored.paths or ())
     if diff.problems:
         raise StepFailed(f"{len(diff.problems)} differences on {restored.where} from the snapshot, first: "
                          f"{diff.problems[0]}", data={"problems": diff.problems, "host": restored.host})
