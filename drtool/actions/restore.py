@@ -14,7 +14,7 @@ from drtool.actions.common import RepoHandle, open_repo, restic_host
 from drtool.actions.dry_run import database_plan, files_plan, matching_tables, target_state
 from drtool.actions.select import FINGERPRINT_STREAM, SnapshotSet, choose, snapshot_sets
 from drtool.config.loader import Settings
-from drtool.config.models import Policy, Source
+from drtool.config.models import PART_SOURCE_KINDS, Policy, RestoreStep, Source
 from drtool.engine.reader import ResticStreamReader
 from drtool.engine.restic import Restic
 from drtool.errors import UsageError
@@ -196,6 +196,10 @@ class Part:
     tables: tuple[str, ...] = ()          # postgres [SCHEMA.]TABLE, mariadb TABLE
     schemas: tuple[str, ...] = ()         # postgres
 
+    @classmethod
+    def of_step(cls, spec: RestoreStep) -> "Part":
+        return cls(tuple(spec.paths), tuple(spec.tables), tuple(spec.schemas))
+
     def __bool__(self) -> bool:
         return bool(self.paths or self.tables or self.schemas)
 
@@ -203,13 +207,21 @@ class Part:
         """Bad combinations are usage errors, before anything is read or written."""
         for pattern in self.paths:
             check_pattern(pattern)
-        if self.paths and source.kind != "files":
+        if self.paths and source.kind not in PART_SOURCE_KINDS["paths"]:
             raise UsageError(f"--path is for files sources; {source.name} is {source.kind}",
                              hint="use --table (postgres, mariadb) or --schema (postgres)")
-        if (self.tables or self.schemas) and source.kind not in ("postgres", "mariadb"):
+        if (self.tables or self.schemas) and source.kind not in PART_SOURCE_KINDS["tables"]:
             raise UsageError(f"--table / --schema are for postgres and mariadb sources; {source.name} is {source.kind}")
-        if self.schemas and source.kind != "postgres":
+        if self.schemas and source.kind not in PART_SOURCE_KINDS["schemas"]:
             raise UsageError("--schema is for postgres sources (a MariaDB database is its own schema)")
+
+    def restore_kwargs(self, fingerprint: Fingerprint) -> dict[str, Any]:
+        """The database restore's keyword arguments for this part; a table or schema the backup
+        lacks is a usage error before anything is touched."""
+        if not (self.tables or self.schemas):
+            return {}
+        matching_tables(fingerprint, self.tables, self.schemas)
+        return {key: value for key, value in (("tables", self.tables), ("schemas", self.schemas)) if value}
 
 
 def restore_source(settings: Settings, policy: Policy, source_name: str, *, target: str,
@@ -232,14 +244,8 @@ def restore_source(settings: Settings, policy: Policy, source_name: str, *, targ
     db = database_source(source, LocalRunner())
     dbt = parse_db_target(source.kind, target)
     expected = read_fingerprint(handle, chosen)
-    if part:
-        matching_tables(expected, part.tables, part.schemas)      # unknown names: exit 2, nothing touched
+    kwargs = part.restore_kwargs(expected)                       # unknown names: exit 2, nothing touched
     reader = ResticStreamReader(handle.restic, chosen.streams, sizes=expected.get("stream_bytes"))
-    kwargs: dict[str, Any] = {}
-    if part.tables:
-        kwargs["tables"] = part.tables
-    if part.schemas:
-        kwargs["schemas"] = part.schemas
     result = db.restore(reader, dbt, force=force, **kwargs)
     names = result.databases
     check = verify_restored(db, dbt, names, expected, tables=result.tables if part else None)

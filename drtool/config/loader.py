@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from drtool.config.models import NAME_PATTERN, NAME_RULE, Config, Playbook, Policy, beside
+from drtool.config.models import NAME_PATTERN, NAME_RULE, PART_SOURCE_KINDS, Config, Playbook, Policy, beside
 from drtool.config.yaml_doc import Document, parse_document, read_document
 from drtool.errors import ConfigError
 
@@ -301,8 +301,7 @@ def check_playbook(playbook: Playbook, policies: dict[str, Policy], invalid: set
 
 def _part_problems(playbook: Playbook, i: int, spec: Any, kind: str) -> list[str]:
     """A restore step's paths:/tables:/schemas: against the kind of its source (as `restore --path`)."""
-    rules = (("paths", ("files",)), ("tables", ("postgres", "mariadb")), ("schemas", ("postgres",)))
-    wrong = [(key, allowed) for key, allowed in rules if getattr(spec, key) and kind not in allowed]
+    wrong = [(key, allowed) for key, allowed in PART_SOURCE_KINDS.items() if getattr(spec, key) and kind not in allowed]
     return [f"{_field_pos(playbook.path, ('steps', i, 'restore', key))}: at 'steps[{i}].restore.{key}': "
             f"a {kind} source has no {key} ({key}: is for {' and '.join(allowed)} sources)" for key, allowed in wrong]
 

@@ -276,6 +276,12 @@ SnapshotSelector = Literal["latest"] | SnapshotBefore | SnapshotRandomWithin
 PointInTime = Literal["latest"] | datetime | SnapshotRandomWithin
 
 
+# The part keys of a restore (`restore --path/--table/--schema`, a restore step's paths:/tables:/
+# schemas:) and the source kinds each is for.
+PART_SOURCE_KINDS: dict[str, tuple[str, ...]] = {"paths": ("files",), "tables": ("postgres", "mariadb"),
+                                                 "schemas": ("postgres",)}
+
+
 class RestoreStep(Model):
     source: Name
     into: str = "scratch"                  # scratch | a server URL | an absolute path

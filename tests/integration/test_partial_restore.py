@@ -101,6 +101,10 @@ def test_drill_restores_one_month_of_files_and_verifies_only_it(scans) -> None: 
         {"name": "restore", "restore": {"source": "scans", "paths": ["scans/1999/*"]}}]})
     code, report, err = env.run_json("drill", "no-such-month")
     assert code != 0 and "no entry of snapshot" in (err + str(report)) and "Traceback" not in err
+    env.playbook("climbs-out", {"policy": "docs", "steps": [
+        {"name": "restore", "restore": {"source": "scans", "paths": ["../etc/*"]}}]})
+    code, report, err = env.run_json("drill", "climbs-out")
+    assert code != 0 and "'..' and NUL are not allowed" in (err + str(report)) and "Traceback" not in err
 
 
 def test_ls_browses_files_with_sizes_and_times(scans) -> None:  # noqa: ANN001

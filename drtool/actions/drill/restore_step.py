@@ -13,18 +13,16 @@ from __future__ import annotations
 
 import time
 from pathlib import Path, PurePosixPath
-from typing import Any
 
 from drtool.actions.drill.context import DrillContext, Restored
 from drtool.actions.drill.model import Outcome, phase_dict
-from drtool.actions.restore import parse_db_target, refuse_missing_paths, restore_files_to
+from drtool.actions.restore import Part, parse_db_target, refuse_missing_paths, restore_files_to
 from drtool.actions.select import SnapshotSet
-from drtool.config.models import RestoreStep, Source, Step
+from drtool.config.models import Source, Step
 from drtool.engine.reader import ResticStreamReader
 from drtool.errors import UsageError
 from drtool.execute import Runner
 from drtool.report.units import human_bytes
-from drtool.sources.base import Fingerprint
 
 RESTORE_TIMEOUT_S = 24 * 3600.0
 
@@ -41,6 +39,7 @@ def restore(ctx: DrillContext, step: Step) -> Outcome:
             "a server URL as seen from that host, e.g. postgresql://postgres@127.0.0.1:5432/name"
         raise UsageError(f"restore step {step.name!r} targets host {spec.host!r}: into: must be {what}, not scratch",
                          hint="scratch instances are started on this machine only")
+    Part.of_step(spec).check(source)           # as `drtool restore --path/--table`: before anything is read
     runner = ctx.runner(spec.host)
     if source.kind == "files":
         return _files(ctx, step, source, chosen, runner)
@@ -87,7 +86,7 @@ def _database(ctx: DrillContext, step: Step, source: Source, chosen: SnapshotSet
         target = parse_db_target(source.kind, spec.into)
     db = database_source(source, runner)
     reader = ResticStreamReader(ctx.restic, chosen.streams, sizes=fingerprint.get("stream_bytes"))
-    result = db.restore(reader, target, force=spec.force, **_part(spec, fingerprint))
+    result = db.restore(reader, target, force=spec.force, **Part.of_step(spec).restore_kwargs(fingerprint))
     phases += [phase_dict(p.name, p.duration_s, p.bytes) for p in result.phases]
     part = list(result.tables) if spec.tables or spec.schemas else None
     ctx.restored[source.name] = Restored(source, chosen, target=target, databases=list(result.databases), db=db,
@@ -100,16 +99,6 @@ def _database(ctx: DrillContext, step: Step, source: Source, chosen: SnapshotSet
                    {"target": target.describe(), "databases": list(result.databases), "bytes": result.bytes,
                     **({"tables": part, "skipped": list(result.skipped)} if part is not None else {}),
                     **({"host": spec.host} if spec.host else {})})
-
-
-def _part(spec: RestoreStep, fingerprint: Fingerprint) -> dict[str, Any]:
-    """The keyword arguments of a partial restore (tables:/schemas:); unknown names stop the step
-    before anything is written, as `drtool restore --table` does."""
-    if not (spec.tables or spec.schemas):
-        return {}
-    from drtool.actions.dry_run import matching_tables
-    matching_tables(fingerprint, spec.tables, spec.schemas)
-    return {key: tuple(value) for key, value in (("tables", spec.tables), ("schemas", spec.schemas)) if value}
 
 
 def _absolute(path: str, host: str | None) -> str:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from drtool.actions.validate import secret_ref_problems
-from drtool.config.fleet import find_fleet, load_fleet
+from drtool.config.fleet import load_fleet
 
 
 @dataclass
@@ -35,8 +35,9 @@ class FleetReport:
 
 
 def validate_fleet(option: str | None, *, static: bool = False) -> FleetReport:
-    path = find_fleet(option)
-    fleet = load_fleet(str(path))
+    fleet = load_fleet(option)
+    assert fleet.path is not None            # the loader records the file it read
+    path = Path(fleet.path)
     report = FleetReport(path, [site.name for site in fleet.sites], static=static)
     if static:
         return report
