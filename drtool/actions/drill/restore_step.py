@@ -52,8 +52,7 @@ def _files(ctx: DrillContext, step: Step, source: Source, chosen: SnapshotSet, r
     dest = str(ctx.scratch_dir(source.name)) if scratch else _absolute(spec.into, spec.host)
     timeout = (step.timeout + 5.0) if step.timeout else RESTORE_TIMEOUT_S
     started = time.monotonic()
-    if spec.paths:
-        refuse_missing_paths(ctx.restic, chosen, spec.paths)          # nothing written yet
+    refuse_missing_paths(ctx.restic, chosen, spec.paths)              # nothing written yet
     done = restore_files_to(ctx.restic, chosen, dest, runner, force=spec.force, timeout=timeout, include=spec.paths)
     took = time.monotonic() - started
     where = f" on host {spec.host}" if spec.host else ""
