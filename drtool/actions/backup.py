@@ -26,6 +26,7 @@ from drtool.actions.common import RepoHandle, learn_key_hint, open_repo, policy_
 from drtool.actions.debris import clean_debris, record_rollback_debris
 from drtool.actions.follow_ups import after_backup
 from drtool.actions.hooks import run_hooks
+from drtool.actions.machine_key import ensure_machine_key
 from drtool.actions.lifecycle import RunLifecycle
 from drtool.catalog import RunRecord, new_run_id, utcnow
 from drtool.config.loader import Settings
@@ -113,6 +114,9 @@ def _run(settings: Settings, policy: Policy, handle: RepoHandle, lc: RunLifecycl
                            + (f" (complete: {', '.join(done)})" if done else ""))
     run_hooks("after", policy.hooks.after, timeout=policy.hooks.timeout, env=_hook_env(policy, run))
     learn_key_hint(handle)          # once per repository and machine; a no-op afterwards
+    made = ensure_machine_key(handle, restic_host(settings))     # likewise
+    if made:
+        run.details["machine_key"] = made
     after_backup(settings, policy, handle, lc, emit, cancel)     # lock extension, copies: runs of their own
 
 

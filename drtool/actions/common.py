@@ -9,6 +9,7 @@ import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from drtool.actions.machine_key import machine_key_slot
 from drtool.config.loader import Settings
 from drtool.engine.restic import Restic, repo_access
 from drtool.errors import DrtoolError, RepositoryMissing
@@ -53,7 +54,8 @@ def open_repo(settings: Settings, repo_name: str) -> RepoHandle:
         # in turn (each escrow key of a recovery kit would add ~0.5 s to every restic process).
         access = replace(access, env={**access.env, "RESTIC_KEY_HINT": hint.read_text().strip()})
     restic = Restic(access, cache_dir=cache, wait_unavailable=repo.wait_unavailable,
-                    lock_wait=repo.lock_wait)
+                    lock_wait=repo.lock_wait, machine_key=machine_key_slot(settings, repo))
+    restic.check_machine_key_soon()      # overlaps the run's set-up instead of delaying its first restic
     return RepoHandle(repo_name, restic, settings)
 
 

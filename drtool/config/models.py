@@ -41,6 +41,10 @@ class Repository(Model):
     # Bandwidth for every restic process on this repository (restic --limit-upload/-download).
     limit_upload: Rate | None = None
     limit_download: Rate | None = None
+    # This machine opens the repository with a key of its own (a random 256-bit password in
+    # state_dir, a small scrypt work factor): each restic process starts without its ~0.5 s key
+    # derivation. drtool/actions/machine_key.py says why that weakens nothing.
+    machine_key: bool = True
 
     @field_validator("url")
     @classmethod

@@ -28,7 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from drtool.engine.machine_key import MachineKey, MachineKeySlot
 from drtool.engine.restic_errors import classify, clean_stderr
+from drtool.engine.restic_json import JsonLineReader, ProgressFn  # noqa: F401 - re-exported
 from drtool.engine.snapshot import Snapshot, parse_restic_time  # noqa: F401 - restic's snapshots, re-exported
 from drtool.engine.retry_watch import RetryWatch
 from drtool.errors import (Cancelled, CommandError, DrtoolError, RepositoryError, RepositoryLocked, RepositoryMissing,
@@ -44,7 +46,6 @@ RESTIC = os.environ.get("DRTOOL_RESTIC", "restic")
 _SCRUB = ("RESTIC_PASSWORD", "RESTIC_PASSWORD_COMMAND", "RESTIC_PASSWORD_FILE", "RESTIC_REPOSITORY",
           "RESTIC_REPOSITORY_FILE")
 
-ProgressFn = Callable[[dict[str, Any]], None]
 DEFAULT_WAIT_UNAVAILABLE = 300.0         # seconds a throttling/unreachable storage is waited out
 DEFAULT_LOCK_WAIT = 120.0                # seconds a live restic lock is waited for
 _LOCK_FIRST, _LOCK_CAP = 1.0, 15.0
@@ -139,8 +140,9 @@ def backoff_delays(total: float, first: float = _BACKOFF_FIRST, cap: float = _BA
 class Restic:
     def __init__(self, access: RepoAccess, *, binary: str = RESTIC, cache_dir: Path | None = None,
                  wait_unavailable: float = DEFAULT_WAIT_UNAVAILABLE, lock_wait: float = DEFAULT_LOCK_WAIT,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
-        self.access = access
+                 sleep: Callable[[float], None] = time.sleep, machine_key: MachineKeySlot | None = None) -> None:
+        self.access = access                 # the repository password: kits, keys and copies use it
+        self.machine_key = machine_key       # opens the repository without ~0.5 s of KDF per process
         self.binary = binary
         self.cache_dir = cache_dir
         self.wait_unavailable = wait_unavailable
@@ -206,11 +208,11 @@ class Restic:
                 self._sleep(delay)
 
     def _run_once(self, args: Sequence[str], *, timeout: float, input: bytes | None,
-                  cancel: threading.Event | None, cwd: str | None = None) -> Result:
+                  cancel: threading.Event | None, cwd: str | None = None, key: MachineKey | None = None) -> Result:
         """restic to its end, stdout collected. Interrupted (SIGINT: it removes its lock) on `cancel`
         or after `timeout`; killed when its storage stops answering for wait_unavailable
         (drtool/engine/retry_watch.py): restic alone retries for minutes."""
-        proc, pw = self.start(args, stdin=input is not None, cwd=cwd)
+        proc, pw = self.start(args, stdin=input is not None, cwd=cwd, key=key)
         out: list[bytes] = []
         reader = threading.Thread(target=lambda: out.extend(iter(lambda: proc.stdout.read(65536), b"")),
                                   daemon=True, name="restic-stdout")
@@ -266,17 +268,39 @@ class Restic:
     def storage_down(self) -> bool:
         return self._down is not None
 
-    def start(self, args: Sequence[str], *, stdin: bool = False,
-              cwd: str | None = None) -> tuple[LocalProcess, PasswordPipe]:
-        """Start restic; the caller closes the returned pipe after restic has read it (at exit)."""
-        pw = PasswordPipe(self.access.password)
+    def start(self, args: Sequence[str], *, stdin: bool = False, cwd: str | None = None,
+              key: MachineKey | None = None) -> tuple[LocalProcess, PasswordPipe]:
+        """Start restic; the caller closes the returned pipe after restic has read it (at exit).
+        It opens the repository with the machine key if there is one restic accepts (`key`:
+        that one, unchecked: the check itself), else with the repository password."""
+        key = key or self._usable_machine_key()
+        if self._down is not None and time.monotonic() - self._down[0] < DOWN_MEMORY_S:
+            raise self._down[1]             # given up on in this run (by the key's check too): as run() does
+        password, hint = (key.password, {"RESTIC_KEY_HINT": key.key_id}) if key else (self.access.password, {})
+        pw = PasswordPipe(password)
         try:
-            proc = self._runner.start(self.argv(args), env={**_base_env(self.access), **pw.env},
+            proc = self._runner.start(self.argv(args), env={**_base_env(self.access), **hint, **pw.env},
                                       stdin=stdin, pass_fds=(pw.read_fd,), cwd=cwd)
         except BaseException:
             pw.close()
             raise
         return proc, pw
+
+    def _usable_machine_key(self) -> MachineKey | None:
+        return self.machine_key.usable(self.opens_with) if self.machine_key is not None else None
+
+    def opens_with(self, key: MachineKey) -> DrtoolError | None:
+        """None if restic opens the repository with `key`, else why not (no lock: it only reads)."""
+        try:
+            self._run_once(["--no-lock", "cat", "config"], timeout=120, input=None, cancel=None, key=key)
+            return None
+        except DrtoolError as exc:
+            return exc
+
+    def check_machine_key_soon(self) -> None:
+        """Check the machine key in the background now, so the first command finds it checked."""
+        if self.machine_key is not None:
+            threading.Thread(target=self._usable_machine_key, daemon=True, name="machine-key-check").start()
 
     def run_json(self, args: Sequence[str], *, timeout: float = 600.0) -> Any:
         result = self.run([*args, "--json"], timeout=timeout)
@@ -405,51 +429,6 @@ class Restic:
 
     def stats(self, snapshot_id: str, mode: str = "restore-size") -> dict[str, Any]:
         return self.run_json(["stats", "--mode", mode, snapshot_id], timeout=600) or {}
-
-
-class JsonLineReader:
-    """Reads restic's --json stdout in a thread: progress events out, summary kept.
-
-    Only the last status line and the summary are kept, so memory stays
-    bounded whatever the number of files.
-    """
-
-    def __init__(self, proc: LocalProcess, on_progress: ProgressFn | None) -> None:
-        self.summary: dict[str, Any] | None = None
-        self.errors: list[str] = []
-        # When restic last made progress (a new file or byte, an error, the summary): its status
-        # lines keep coming at a fixed rate even when it is stuck on a hung file system.
-        self.last_change = time.monotonic()
-        self._seen: tuple[Any, ...] = ()
-        self._on_progress = on_progress
-        self._thread = threading.Thread(target=self._read, args=(proc,), daemon=True)
-        self._thread.start()
-
-    def _read(self, proc: LocalProcess) -> None:
-        for raw in proc.stdout:
-            line = raw.strip()
-            if not line.startswith(b"{"):
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            kind = obj.get("message_type")
-            moved = (obj.get("files_done"), obj.get("bytes_done")) if kind == "status" else (kind, id(obj))
-            if moved != self._seen:
-                self._seen, self.last_change = moved, time.monotonic()
-            if kind == "summary":
-                self.summary = obj
-            elif kind == "error" and len(self.errors) < 50:
-                self.errors.append(redact(str(obj.get("error", obj))))
-            if self._on_progress is not None:
-                try:
-                    self._on_progress(obj)
-                except Exception:  # noqa: BLE001 - a display problem must not break a backup
-                    log.debug("progress callback failed", exc_info=True)
-
-    def join(self, timeout: float | None = None) -> None:
-        self._thread.join(timeout)
 
 
 def repo_access(settings: Any, repo_name: str) -> RepoAccess:

@@ -121,6 +121,11 @@ class S3Client:
                 self.calls[model.name] += 1
 
 
+    def put_repository_file(self, relpath: str, data: bytes) -> None:
+        """Write one of restic's own files (e.g. keys/<id>) under the repository prefix."""
+        key = self.location.repo_prefix + relpath
+        self._call(f"write {key}", lambda c: c.put_object(Bucket=self.location.bucket, Key=key, Body=data))
+
     # ------------------------------------------------------------ error mapping
 
     def _call(self, what: str, fn: Callable[[Any], T]) -> T:
