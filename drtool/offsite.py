@@ -32,11 +32,6 @@ class OffsiteRecords:
             self._unsupported = (f"{repo.url.split(':', 1)[0]}: repositories hold restic's files only; "
                                  "this run's record is kept in the local catalog")
 
-    def warm_up(self) -> None:
-        """Build the S3 client now (boto3 takes ~0.4 s of CPU to import), e.g. in a background thread."""
-        if self._store is not None:
-            self._store.client()
-
     def put_json(self, relpath: str, obj: Any) -> None:
         if self._unsupported:
             from drtool.errors import StorageError

@@ -96,7 +96,6 @@ def _run(settings: Settings, policy: Policy, handle: RepoHandle, lc: RunLifecycl
     run = lc.record
     # The targets travel with the signed record: a fleet view reading the bucket has no policy file.
     run.details["targets"] = {"rpo_s": policy.targets.rpo, "rto_s": policy.targets.rto}
-    _warm_up_offsite(handle)
     _reach_host(settings, policy)
     run.details["preflight"] = preflight_once(handle, on_event=emit)
     if lc.catalog is not None and not handle.repository.append_only:   # append-only: forget removes debris
@@ -340,20 +339,6 @@ def _in_pairs(fn, items):  # noqa: ANN001, ANN202
     if first_error is not None:
         raise first_error
     return results
-
-
-def _warm_up_offsite(handle: RepoHandle) -> None:
-    """Import boto3 and build the S3 client in the background while the backup runs:
-    the run record is uploaded at the end, and boto3 takes ~0.4 s of CPU to load."""
-    if handle.repository.is_s3:
-        threading.Thread(target=_quietly, args=(handle.offsite,), daemon=True, name="offsite-warmup").start()
-
-
-def _quietly(fn) -> None:  # noqa: ANN001
-    try:
-        fn().warm_up()
-    except Exception:  # noqa: BLE001 - only a warm-up; the real upload reports errors
-        log.debug("offsite warm-up failed", exc_info=True)
 
 
 def _hook_env(policy: Policy, run: RunRecord) -> dict[str, str]:

@@ -140,10 +140,35 @@ class S3Client:
         except BotoCoreError as exc:
             raise self._transport_error(what, exc) from exc
 
+    def put_object_light(self, key: str, data: bytes, content_type: str) -> None:
+        """PutObject without boto3 (s3_put.py: ~1 ms instead of ~0.46 s of CPU to load boto3
+        and build its client), with the same errors as `_call`."""
+        from drtool.storage.s3_put import Unreachable, put_object
+
+        access, secret = self._credentials()
+        what = f"write {key}"
+        with self._client_lock:
+            self.calls["PutObject"] += 1
+        try:
+            refused = put_object(self.location.endpoint_url, self.location.bucket, key, data,
+                                 access_key=access.reveal(), secret_key=secret.reveal(), region=self.region,
+                                 content_type=content_type, timeout=self.read_timeout, attempts=self.max_attempts)
+        except Unreachable as exc:
+            where = self.location.endpoint_url
+            happened = (f"S3 endpoint {where} did not answer within {self.read_timeout:g}s" if exc.timed_out
+                        else f"cannot connect to S3 endpoint {where} ({exc.reason})")
+            raise StorageError(f"{happened} (while trying to {what} in bucket {self.location.bucket!r})",
+                               hint=_UNREACHABLE_HINT) from None
+        if refused is not None:
+            raise self._refusal(what, refused.code, refused.status, refused.message)
+
     def _client_error(self, what: str, exc: Any) -> StorageError:
-        code = error_code(exc)
-        where = self.location.where()
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        return self._refusal(what, error_code(exc), status, exc.response.get("Error", {}).get("Message") or "")
+
+    def _refusal(self, what: str, code: str, status: int | None, message: str) -> StorageError:
+        """The error for an S3 answer refusing `what` (error code, HTTP status, S3's message)."""
+        where = self.location.where()
         if code in _AUTH_CODES:
             return StorageError(
                 f"S3 endpoint {self.location.endpoint_url} rejected the credentials ({code}) "
@@ -160,7 +185,6 @@ class S3Client:
         if code in MISSING_BUCKET_CODES:
             return StorageError(f"bucket {self.location.bucket!r} does not exist at {self.location.endpoint_url}",
                                 hint="run the preflight with bucket creation allowed, or create the bucket")
-        message = exc.response.get("Error", {}).get("Message") or ""
         return StorageError(f"S3 error while trying to {what} in {where}: {code} (HTTP {status}) {message}".rstrip(),
                             hint="see the S3 provider's documentation for this error code")
 
@@ -185,8 +209,11 @@ class S3Client:
         else:
             happened = f"talking to S3 endpoint {where} failed: {type(exc).__name__}: {exc}"
         return StorageError(f"{happened} (while trying to {what} in bucket {self.location.bucket!r})",
-                            hint="check the repository URL (host, port, http/https), that the server is "
-                                 "running, and that the network or firewall lets this machine reach it")
+                            hint=_UNREACHABLE_HINT)
+
+
+_UNREACHABLE_HINT = ("check the repository URL (host, port, http/https), that the server is running, and that "
+                     "the network or firewall lets this machine reach it")
 
 
 

@@ -37,6 +37,10 @@ class RecordsMixin(S3Client):
         if len(data) > MAX_OBJECT_BYTES:
             raise StorageError(f"catalog object {relpath} is {len(data)} bytes, above the {MAX_OBJECT_BYTES} limit")
         key = self.catalog_key(relpath)
+        if self._client is None:
+            # Most runs write one record and nothing else to S3: not worth loading boto3 for.
+            self.put_object_light(key, data, content_type)
+            return
         self._call(f"write {key}", lambda c: c.put_object(
             Bucket=self.location.bucket, Key=key, Body=data, ContentType=content_type))
 

@@ -4,6 +4,8 @@ go through the separate maintenance path only."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tests.support.drtool_env import DrtoolEnv, data_root, make_env
@@ -61,6 +63,11 @@ def test_backup_and_drill_through_an_append_only_server_and_the_attack_drill_pas
     code, out, err = env.run("backup", "siak")
     assert code == 0, out + err
     assert server.password not in out + err              # restic prints the URL; never its password
+    # The append-only server took this machine's key too (a new file, never an overwrite): the
+    # drill and the restore below open the repository with it.
+    (made,) = env.state_dir.glob("repos/*.machinekey")
+    key_id = json.loads(made.read_text())["key_id"]
+    assert (tmp_path / "rest-data" / "siak" / "keys" / key_id).is_file()
     code, report, err = env.run_json("drill", "siak-drill")
     assert code == 0, err
     attack = report["steps"][2]
