@@ -185,9 +185,13 @@ def bench_postgres(b: Bench, pg, reps: int) -> dict:
         log(f"pg backup bare #{i}")
         return check(timed_pipe(dump, consumer, env_producer=pg_env, env_consumer=bare.env), "pg_dump | restic")
 
+    # One first run of each side, reported apart: drtool's first backup on a machine also learns
+    # the key hint, makes the machine key and stores the configuration bundle, once; a nightly
+    # run is what the ratio is about.
+    first = (a(-1), bb(-1))
     ra, rb = alternate(reps, a, bb)
     dump_bytes = restic_summary(rb[0].stdout).get("total_bytes_processed", 0)
-    return {"drtool": ra, "bare": rb, "bytes": dump_bytes}
+    return {"drtool": ra, "bare": rb, "bytes": dump_bytes, "first": first}
 
 
 def bench_files(b: Bench, tree: Path, tree_bytes: int, reps: int) -> dict:
@@ -219,7 +223,7 @@ def bench_files(b: Bench, tree: Path, tree_bytes: int, reps: int) -> dict:
     def rb(i: int) -> Run:
         target = b.root / f"restore-bare-{i}"
         log(f"files restore bare #{i}")
-        r = bares[i].run("restore", "latest", "--target", str(target))
+        r = bares[i].run("restore", "latest", "--target", str(target), "--verify")   # drtool verifies too
         shutil.rmtree(target, ignore_errors=True)
         return r
 
@@ -286,14 +290,17 @@ def build_rows(res: dict) -> list[dict]:
                      "bare_MBps": nbytes / 2**20 / mb if nbytes and mb else None,
                      "target": f"<= {target:.2f}", "met": ratio <= target})
 
+    # Issue 16's targets: a fixed overhead of at most 1.0 s, so 300 MB <= 1.25x and 1 GB <= 1.08x for
+    # PostgreSQL; files first/unchanged <= 1.15x; a verified files restore <= 1.05x.
     if "postgres" in res:
         p = res["postgres"]
-        ratio_row("backup postgres", secs(p["drtool"]), secs(p["bare"]), p["bytes"], 1.05)
+        target = 1.25 if p["bytes"] < 600 * 2**20 else 1.08
+        ratio_row("backup postgres", secs(p["drtool"]), secs(p["bare"]), p["bytes"], target)
     if "files" in res:
         f = res["files"]
-        ratio_row("backup files, first", secs(f["first"][0]), secs(f["first"][1]), f["bytes"], 1.05)
-        ratio_row("backup files, unchanged", secs(f["second"][0]), secs(f["second"][1]), f["bytes"], 1.05)
-        ratio_row("restore files", secs(f["restore"][0]), secs(f["restore"][1]), f["bytes"], 1.05)
+        ratio_row("backup files, first", secs(f["first"][0]), secs(f["first"][1]), f["bytes"], 1.15)
+        ratio_row("backup files, unchanged", secs(f["second"][0]), secs(f["second"][1]), f["bytes"], 1.15)
+        ratio_row("restore files (verified)", secs(f["restore"][0]), secs(f["restore"][1]), f["bytes"], 1.05)
     return rows
 
 
@@ -306,6 +313,13 @@ def print_report(res: dict, rows: list[dict]) -> str:
         lines.append(f"{r['metric']:<26}{r['drtool_s']:>9.2f}{r['bare_s']:>9.2f}{r['ratio']:>7.3f}  "
                      f"{r['drtool_spread']:<15}{r['bare_spread']:<15}{mbps}  {r['target']:<8} "
                      f"{'yes' if r['met'] else 'NO'}")
+    for r in rows:
+        over = r["drtool_s"] - r["bare_s"]
+        lines.append(f"  {r['metric']}: drtool's overhead {over:+.2f} s (target <= 1.00 s: {'yes' if over <= 1.0 else 'NO'})")
+    if "postgres" in res and res["postgres"].get("first"):
+        da, db = res["postgres"]["first"]
+        lines.append(f"  backup postgres, first run on this machine (not in the ratio): drtool {da.seconds:.2f} s, "
+                     f"bare {db.seconds:.2f} s")
     if "rss" in res:
         for k, v in res["rss"].items():
             mib = v / 1024 if v else float("nan")

@@ -98,6 +98,11 @@ def _run(settings: Settings, policy: Policy, handle: RepoHandle, lc: RunLifecycl
     run.details["targets"] = {"rpo_s": policy.targets.rpo, "rto_s": policy.targets.rto}
     _reach_host(settings, policy)
     run.details["preflight"] = preflight_once(handle, on_event=emit)
+    # Before the first stream, so every restic process of this run (the first one too) opens
+    # the repository without its ~0.5 s key derivation. Once per repository and machine.
+    made = ensure_machine_key(handle, restic_host(settings))
+    if made:
+        run.details["machine_key"] = made
     if lc.catalog is not None and not handle.repository.append_only:   # append-only: forget removes debris
         removed = clean_debris(lc.catalog, handle, restic_host(settings), emit)
         if removed:
@@ -113,9 +118,6 @@ def _run(settings: Settings, policy: Policy, handle: RepoHandle, lc: RunLifecycl
                            + (f" (complete: {', '.join(done)})" if done else ""))
     run_hooks("after", policy.hooks.after, timeout=policy.hooks.timeout, env=_hook_env(policy, run))
     learn_key_hint(handle)          # once per repository and machine; a no-op afterwards
-    made = ensure_machine_key(handle, restic_host(settings))     # likewise
-    if made:
-        run.details["machine_key"] = made
     after_backup(settings, policy, handle, lc, emit, cancel)     # lock extension, copies: runs of their own
 
 

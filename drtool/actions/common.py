@@ -16,7 +16,7 @@ from drtool.errors import DrtoolError, RepositoryMissing
 from drtool.tags import policy_tags
 from drtool.events import Notice
 
-__all__ = ["RepoHandle", "open_repo", "policy_tags", "preflight", "preflight_once", "publish_offsite",
+__all__ = ["RepoHandle", "checked_preflight", "open_repo", "policy_tags", "preflight", "preflight_once", "publish_offsite",
            "restic_host", "signed", "state_path"]
 
 log = logging.getLogger(__name__)
@@ -70,6 +70,8 @@ def learn_key_hint(handle: RepoHandle) -> str | None:
     path = _key_hint_path(handle.settings, handle.repository.url)
     if path.is_file():
         return path.read_text().strip()
+    if handle.restic.machine_key is not None and not handle.restic.machine_key.rejected:
+        return None        # the machine key opens the repository; learning this one costs a key derivation
     from drtool.engine.restic_keys import list_keys
 
     try:
@@ -104,8 +106,13 @@ def preflight_once(handle: RepoHandle, *, on_event=None) -> dict:  # noqa: ANN00
     marker = _known_marker(handle)
     if marker.exists():
         return {"checked": "earlier"}
+    return checked_preflight(handle, on_event=on_event)
+
+
+def checked_preflight(handle: RepoHandle, *, on_event=None) -> dict:  # noqa: ANN001
+    """The full preflight, creating what is missing, remembered for later runs (`drtool init-repo`)."""
     info = preflight(handle, create=True, on_event=on_event)
-    marker.write_text(handle.repository.url + "\n")
+    _known_marker(handle).write_text(handle.repository.url + "\n")
     return info
 
 

@@ -83,7 +83,7 @@ def ensure_machine_key(handle: Any, host: str) -> dict[str, Any] | None:
     machine key every restic process only costs its key derivation again."""
     repo, restic = handle.repository, handle.restic
     slot = restic.machine_key
-    if not repo.machine_key or (slot is not None and not slot.rejected):
+    if not repo.machine_key or restic.usable_machine_key() is not None:    # waits for the key's check
         return None
     path = _state_file(handle.settings, repo.url)
     try:

@@ -335,13 +335,16 @@ def _print_locks(locks, verdict: str) -> None:  # noqa: ANN001 - list[LockInfo]
 @click.pass_context
 def init_repo(ctx: click.Context, name: str, as_json: bool) -> None:
     """Create the bucket (if allowed) and initialise repository NAME."""
-    from drtool.actions.common import open_repo, preflight
+    from drtool.actions.common import checked_preflight, open_repo, restic_host
+    from drtool.actions.machine_key import ensure_machine_key
     from drtool.errors import UsageError
 
     settings = _settings(ctx)
     if name not in settings.config.repositories:
         raise UsageError(f"no repository named {name!r} in {settings.path}")
-    info = preflight(open_repo(settings, name), create=True)
+    handle = open_repo(settings, name)
+    info = checked_preflight(handle)
+    ensure_machine_key(handle, restic_host(settings))       # this machine's key, before its first backup
     repo = settings.config.repositories[name]
     if as_json:
         emit_json({"repository": name, "url": repo.url, "initialised": bool(info.get("initialised")),

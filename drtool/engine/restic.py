@@ -273,7 +273,7 @@ class Restic:
         """Start restic; the caller closes the returned pipe after restic has read it (at exit).
         It opens the repository with the machine key if there is one restic accepts (`key`:
         that one, unchecked: the check itself), else with the repository password."""
-        key = key or self._usable_machine_key()
+        key = key or self.usable_machine_key()
         if self._down is not None and time.monotonic() - self._down[0] < DOWN_MEMORY_S:
             raise self._down[1]             # given up on in this run (by the key's check too): as run() does
         password, hint = (key.password, {"RESTIC_KEY_HINT": key.key_id}) if key else (self.access.password, {})
@@ -286,7 +286,8 @@ class Restic:
             raise
         return proc, pw
 
-    def _usable_machine_key(self) -> MachineKey | None:
+    def usable_machine_key(self) -> MachineKey | None:
+        """The machine key restic accepts (checked once, on the first call), or None."""
         return self.machine_key.usable(self.opens_with) if self.machine_key is not None else None
 
     def opens_with(self, key: MachineKey) -> DrtoolError | None:
@@ -300,7 +301,7 @@ class Restic:
     def check_machine_key_soon(self) -> None:
         """Check the machine key in the background now, so the first command finds it checked."""
         if self.machine_key is not None:
-            threading.Thread(target=self._usable_machine_key, daemon=True, name="machine-key-check").start()
+            threading.Thread(target=self.usable_machine_key, daemon=True, name="machine-key-check").start()
 
     def run_json(self, args: Sequence[str], *, timeout: float = 600.0) -> Any:
         result = self.run([*args, "--json"], timeout=timeout)

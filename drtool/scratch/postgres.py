@@ -69,6 +69,10 @@ RESTORE_TUNING: dict[str, str] = {
     "maintenance_work_mem": "512MB",
     "autovacuum": "off",
     "shared_buffers": "256MB",
+    # The data load is one transaction on these instances (no WAL for it, wal_level=minimal),
+    # holding a few locks per table until it commits: room for 512 x max_connections locks
+    # (~20 MB of shared memory) instead of 64 x, enough for dumps of ~10,000 tables.
+    "max_locks_per_transaction": "512",
 }
 
 

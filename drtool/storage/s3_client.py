@@ -124,6 +124,9 @@ class S3Client:
     def put_repository_file(self, relpath: str, data: bytes) -> None:
         """Write one of restic's own files (e.g. keys/<id>) under the repository prefix."""
         key = self.location.repo_prefix + relpath
+        if self._client is None:
+            self.put_object_light(key, data, "application/octet-stream")
+            return
         self._call(f"write {key}", lambda c: c.put_object(Bucket=self.location.bucket, Key=key, Body=data))
 
     # ------------------------------------------------------------ error mapping

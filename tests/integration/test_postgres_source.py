@@ -173,6 +173,41 @@ def test_restore_roundtrip_matches_fingerprint_and_content(
     assert all(p.duration_s >= 0 for p in result.phases) and result.bytes > 0
 
 
+def _wal_written(server: ScratchPostgres, fn) -> int:  # noqa: ANN001
+    admin, target = source_for(server, "postgres"), server.target()
+    before = admin.query(target, "SELECT pg_current_wal_lsn()", "postgres")[0][0]
+    fn()
+    return int(admin.query(target, f"SELECT pg_current_wal_lsn() - '{before}'::pg_lsn", "postgres")[0][0])
+
+
+@pytest.mark.parametrize(("strategy", "logged"), [("overlap", False), ("stream", True)])
+def test_a_load_into_a_minimal_wal_scratch_instance_is_not_wal_logged(
+    populated: ScratchPostgres, tmp_path: Path, scratch: ScratchPostgres, strategy: str, logged: bool,
+) -> None:
+    # The overlap strategy loads pre-data + data in one transaction when the server runs with
+    # wal_level=minimal (drtool's scratch instances do): PostgreSQL then writes no WAL for the
+    # rows, only for the catalog. The streamed load (one pg_restore, no transaction) logs them.
+    admin = source_for(populated, "postgres")
+    admin.query(populated.target(), "CREATE DATABASE bulk")
+    try:
+        admin.query(populated.target(), "CREATE TABLE rows AS SELECT g AS id, repeat(md5(g::text), 4) AS v "
+                                        "FROM generate_series(1, 150000) g", database="bulk")   # ~25 MB
+        src = source_for(populated, "bulk", globals_=False)
+        dump_to(src, tmp_path)
+    finally:
+        admin.query(populated.target(), "DROP DATABASE bulk")
+    target = scratch.target()
+    assert admin.query(target, "SHOW wal_level", "postgres") == [["minimal"]]
+    # CREATE DATABASE itself logs template0 (~7.5 MB on PostgreSQL 15) either way.
+    created = _wal_written(scratch, lambda: admin.query(target, "CREATE DATABASE probe TEMPLATE template0"))
+    wal = _wal_written(scratch, lambda: src.restore(DirReader(tmp_path), target, strategy=strategy)) - created
+    assert src.query(target, "SELECT count(*) FROM rows", "bulk") == [["150000"]]
+    if logged:
+        assert wal > 10 * 2**20, wal            # the rows: ~15 MB of WAL
+    else:
+        assert wal < 2 * 2**20, wal
+
+
 class UnsizedReader(DirReader):
     def size(self, name: str) -> int | None:
         return None

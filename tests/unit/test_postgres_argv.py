@@ -62,6 +62,9 @@ def test_pg_restore_argv_stream_and_parallel_sections() -> None:
                            keep_owners=False) == [
         f"{BIN}/pg_restore", *CONN, "--exit-on-error", "--no-tablespaces", "--no-owner", "--no-privileges",
         "-j", "2", "--section=pre-data", "--section=data", "--dbname=dbname='siak'", "/t/siak.pgdump"]
+    assert pg_restore_argv(None, CONN, "siak", sections=("pre-data", "data"), single_transaction=True) == [
+        "pg_restore", *CONN, "--exit-on-error", "--no-tablespaces", "--single-transaction",
+        "--section=pre-data", "--section=data", "--dbname=dbname='siak'"]
 
 
 def test_no_password_in_any_argv() -> None:

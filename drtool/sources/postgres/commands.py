@@ -100,15 +100,20 @@ def pg_restore_argv(
     jobs: int | None = None,
     sections: tuple[str, ...] = (),
     keep_owners: bool = True,
+    single_transaction: bool = False,
 ) -> list[str]:
     """pg_restore into `database`; reads stdin when `file` is None.
 
     --no-tablespaces: tablespace paths of the old server rarely exist on a new one.
     Without the globals (roles) owners and grants cannot be restored, so they are left out.
+    `single_transaction`: tables created and loaded in one transaction are not WAL-logged on a
+    server with wal_level=minimal (drtool's scratch and recovery instances while they load).
     """
     argv = [pg_tool(bin_dir, "pg_restore"), *conn, "--exit-on-error", "--no-tablespaces"]
     if not keep_owners:
         argv += ["--no-owner", "--no-privileges"]
+    if single_transaction:
+        argv.append("--single-transaction")
     if jobs:
         argv += ["-j", str(jobs)]
     argv += [f"--section={s}" for s in sections]

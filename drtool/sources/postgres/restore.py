@@ -126,6 +126,12 @@ class Restorer:
                               hint="use strategy 'stream' for restores over SSH")
         return strategy
 
+    def _wal_minimal(self, ep: Endpoint) -> bool:
+        """Whether the server skips WAL for tables created and loaded in one transaction. Only
+        then is the load one transaction: elsewhere it would only hold a lock per table until the
+        end (a dump of thousands of tables could exhaust the server's lock table)."""
+        return self._run_sql(ep, MAINTENANCE_DB, "SHOW wal_level")[0][0] == "minimal"
+
     def _database_state(self, ep: Endpoint, db: str) -> Literal["absent", "empty", "non-empty"]:
         found = self._run_sql(ep, MAINTENANCE_DB, f"SELECT 1 FROM pg_database WHERE datname = {quote_literal(db)}")
         if not found:
@@ -260,7 +266,8 @@ class Restorer:
             _check_free_space(tmp, reader.size(stream), stream)
             dump = tmp / stream
             started = time.monotonic()
-            argv = pg_restore_argv(ep.bin_dir, ep.conn, db, sections=("pre-data", "data"), keep_owners=keep_owners)
+            argv = pg_restore_argv(ep.bin_dir, ep.conn, db, sections=("pre-data", "data"), keep_owners=keep_owners,
+                                   single_transaction=self._wal_minimal(ep))
             with open(dump, "wb") as copy:
                 copied = self._feed_pg_restore(reader, stream, ep, db, argv, copy_to=copy)
             phases = [RestorePhase("download+decrypt+load (overlapped)", time.monotonic() - started, copied)]
