@@ -297,7 +297,7 @@ def report_lines(res: dict) -> list[str]:
         mb = (p["bytes"] or 0) / 2**20
         lines.append(f"{'restore postgres (drill)':<26}{med(a):>9.2f}{med(b):>9.2f}{ratio:>7.3f}  "
                      f"{min(a):.2f}-{max(a):.2f}{'':<6}{min(b):.2f}-{max(b):.2f}{'':<6}"
-                     f"{mb / med(a):>9.1f}{mb / med(b):>10.1f}  <= 0.75   {'yes' if ratio <= 0.75 else 'NO'}")
+                     f"{mb / med(a):>9.1f}{mb / med(b):>10.1f}  <= 0.85   {'yes' if ratio <= 0.85 else 'NO'}")
         phases: dict[str, list[float]] = {}
         for r in p["drtool"]:
             for name, d in r.phases:
