@@ -370,6 +370,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                     help="comma list of: " + ",".join(SECTIONS) + " (default: all)")
     ap.add_argument("--restore-mb", type=int, help="database size for pgrestore in MB (default 300; quick 40)")
     ap.add_argument("--recover-mb", type=int, help="database size for recover in MB (default 300; quick 40)")
+    ap.add_argument("--recover-files", type=int, help="files in recover's files source (default 20000; quick 2000; "
+                    "0: a PostgreSQL-only policy)")
+    ap.add_argument("--recover-files-mb", type=int, help="total MB of recover's files source (default 400; quick 40)")
     ap.add_argument("--policies", type=int, default=1000, help="policies for the scheduler scale run")
     ap.add_argument("--fleet-sites", default="100,500",
                     help="simulated sites for the fleet section, a comma list (default 100,500; quick 20)")
@@ -388,6 +391,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ns.reps = ns.reps or 3
     ns.restore_mb = ns.restore_mb or (40 if q else 300)
     ns.recover_mb = ns.recover_mb or (40 if q else 300)
+    ns.recover_files = (2000 if q else 20000) if ns.recover_files is None else ns.recover_files
+    ns.recover_files_mb = ns.recover_files_mb or (40 if q else 400)
     ns.lock_objects = [int(x) for x in ns.lock_objects.split(",") if x.strip()] or ([200] if q else [1000, 10000])
     ns.only = [x.strip() for x in ns.only.split(",") if x.strip()] or list(SECTIONS)
     unknown = set(ns.only) - set(SECTIONS)
@@ -442,7 +447,8 @@ def main(argv: list[str] | None = None) -> int:
                 if "recover" in ns.only:
                     from bench.recover import bench_recover
                     log(f"recover: filling PostgreSQL database siak (~{ns.recover_mb} MB)")
-                    res["recover"] = bench_recover(b, pg, ns.recover_mb, ns.reps, psql)
+                    res["recover"] = bench_recover(b, pg, ns.recover_mb, ns.reps, psql,
+                                                   files=ns.recover_files, files_mb=ns.recover_files_mb)
         if "files" in ns.only:
             log(f"making the file tree ({ns.files} files, {ns.file_mb} MB)")
             tree = root / "tree"
