@@ -1,14 +1,21 @@
-"""Issue 12: `drtool recover` from the kit vs the raw time of the same recovery by hand.
+"""Issues 12 and 16: `drtool recover` from the kit vs the raw time of the same recovery by hand.
 
-drtool side: `drtool recover --kit K --data-dir D --json` in a clean environment (empty HOME, only
-the kit and its passphrase on a pipe), end to end: open the kit, the repository and the
-configuration bundle, start a new PostgreSQL, restore (globals + dump), make it durable
-(initdb --sync-only, restart, CHECKPOINT) and verify the row counts against the fingerprint.
+The policy holds a PostgreSQL database and (issue 16, unless --recover-files 0) a files source: a
+tree of random, incompressible files (bench.runner.make_tree, 100 per directory), both backed up
+into one repository before timing.
+
+drtool side: `drtool recover --kit K --data-dir D --target-root T --json` in a clean environment
+(empty HOME, only the kit and its passphrase on a pipe), end to end: open the kit, the repository
+and the configuration bundle, start a new PostgreSQL, restore (globals + dump), make it durable
+(initdb --sync-only, restart, CHECKPOINT) and verify the row counts against the fingerprint; then
+restore the files under T (`restic restore --verify`) and compare them with the snapshot listing.
+drtool restores the sources one after another, and so does the raw side.
 
 raw side (a floor, not a procedure anyone can follow): copy the repository's objects out of the
-bucket (`rclone copy`, 4 transfers), start a fresh PostgreSQL (initdb + pg_ctl start, drill
-tuning), then `pg_restore -j 2` of a local pg_dump -Fc file of the same database (made before
-the timing starts). Alternating A/B, median of --reps.
+bucket (`rclone copy`, 4 transfers; the files' packs are in it), start a fresh PostgreSQL (initdb
++ pg_ctl start, drill tuning), then `pg_restore -j 2` of a local pg_dump -Fc file of the same
+database (made before the timing starts), then `cp -a` of the original tree from local disk into
+an empty directory. Alternating A/B, median of --reps.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.procs import Run, check, timed
+from bench.procs import HwmPoller, Run, check, timed
 
 PASSPHRASE = "bench kit passphrase " + os.urandom(4).hex()
 RAW_JOBS = 2
@@ -63,33 +70,44 @@ def _make_kit(ws, root: Path) -> Path:
     return kit
 
 
+def _scrypt_work_factor(kit: Path) -> int | None:
+    """log2(N) of the kit's age scrypt stanza (`-> scrypt SALT N`): opening it needs 2**N KiB of memory."""
+    for line in kit.read_bytes()[:1024].split(b"\n"):
+        if line.startswith(b"-> scrypt "):
+            return int(line.split()[-1])
+    return None
+
+
 def _recover(root: Path, kit: Path, i: int) -> tuple[Run, dict]:
-    home, data = root / f"recover-home-{i}", root / f"recovered-{i}"
+    home, data, files = root / f"recover-home-{i}", root / f"recovered-{i}", root / f"recovered-files-{i}"
     home.mkdir()
     env = {"PATH": os.environ["PATH"], "HOME": str(home), "LANG": "C.UTF-8",
            **({"PYTHONPATH": os.environ["PYTHONPATH"]} if os.environ.get("PYTHONPATH") else {})}
     read_fd, write_fd = os.pipe()
     os.write(write_fd, PASSPHRASE.encode() + b"\n")
     os.close(write_fd)
+    argv = [sys.executable, "-m", "drtool", "recover", "--kit", str(kit), "--data-dir", str(data),
+            "--target-root", str(files), "--json", "--passphrase-fd", str(read_fd)]
     started = time.perf_counter()
     try:
-        proc = subprocess.run([sys.executable, "-m", "drtool", "recover", "--kit", str(kit), "--data-dir", str(data),
-                               "--json", "--passphrase-fd", str(read_fd)], env=env, cwd=home,
-                              capture_output=True, timeout=7200, pass_fds=(read_fd,), check=False)
+        proc = subprocess.Popen(argv, env=env, cwd=home, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, pass_fds=(read_fd,))
     finally:
         os.close(read_fd)
-    run = check(Run(time.perf_counter() - started, proc.returncode, None, proc.stdout, proc.stderr), "drtool recover")
-    report = json.loads(proc.stdout.decode().strip().splitlines()[-1])
+    poller = HwmPoller(proc.pid)             # drtool's own peak RSS (this interpreter is drtool)
+    out, err = proc.communicate(timeout=7200)
+    run = check(Run(time.perf_counter() - started, proc.returncode, poller.stop(), out, err), "drtool recover")
+    report = json.loads(out.decode().strip().splitlines()[-1])
     for source in report["sources"]:
         stop = ((source.get("server") or {}).get("service") or {}).get("stop")
         if stop:
             subprocess.run(stop, capture_output=True, timeout=300, check=False)
-    shutil.rmtree(data, ignore_errors=True)
-    shutil.rmtree(home, ignore_errors=True)
+    for path in (data, home, files):
+        shutil.rmtree(path, ignore_errors=True)
     return run, report
 
 
-def _raw(b, prefix: str, dump: Path, i: int) -> tuple[Run, dict]:
+def _raw(b, prefix: str, dump: Path, tree: Path | None, i: int) -> tuple[Run, dict]:
     from drtool.scratch.postgres import ScratchPostgres
 
     dest = b.root / f"raw-objects-{i}"
@@ -109,19 +127,35 @@ def _raw(b, prefix: str, dump: Path, i: int) -> tuple[Run, dict]:
                 "postgres", "-j", str(RAW_JOBS), "--create", "-d", "postgres", str(dump)]
         check(timed(argv), "pg_restore")
         parts[f"pg_restore -j {RAW_JOBS}"] = time.perf_counter() - t
+        if tree is not None:
+            copy_dir = b.root / f"raw-files-{i}"
+            copy_dir.mkdir()
+            parts["cp -a tree"] = check(timed(["cp", "-a", str(tree), str(copy_dir)]), "cp -a").seconds
         total = time.perf_counter() - started
-    shutil.rmtree(dest, ignore_errors=True)
+    for path in (dest, b.root / f"raw-files-{i}"):
+        shutil.rmtree(path, ignore_errors=True)
     return Run(total, 0), parts
 
 
-def bench_recover(b, pg, mb: int, reps: int, psql) -> dict:
+def bench_recover(b, pg, mb: int, reps: int, psql, *, files: int = 0, files_mb: int = 0) -> dict:
+    """`files` > 0: the policy also holds a tree of `files` files, `files_mb` MB in all."""
+    from bench.runner import make_tree
+
     meta = fill(pg, mb, psql)
     _log(f"recover: database {meta}")
+    sources = [{"name": "siak-db", "postgres": {
+        "database": "siak", "host": "127.0.0.1", "port": pg.port, "user": "postgres", "bin_dir": pg.bin_dir}}]
+    tree = None
+    if files:
+        tree = b.root / "recover-tree"
+        _log(f"recover: making the file tree ({files} files, {files_mb} MB)")
+        meta["tree"] = make_tree(tree, files, files_mb)
+        sources.append({"name": "siak-files", "files": {"paths": [str(tree)]}})
     prefix = "recover-drtool"
-    ws = b.workspace("recover", prefix, [{"name": "siak-db", "postgres": {
-        "database": "siak", "host": "127.0.0.1", "port": pg.port, "user": "postgres", "bin_dir": pg.bin_dir}}])
+    ws = b.workspace("recover", prefix, sources)
     ws.run("backup", "p", "--json")
     kit = _make_kit(ws, b.root)
+    meta["kit_scrypt_log2_n"] = _scrypt_work_factor(kit)
     dump = b.root / "siak.pgdump"
     check(timed([os.path.join(pg.bin_dir, "pg_dump"), "-Fc", "-h", "127.0.0.1", "-p", str(pg.port),
                  "-U", "postgres", "-f", str(dump), "siak"]), "pg_dump (raw side's local file)")
@@ -129,6 +163,7 @@ def bench_recover(b, pg, mb: int, reps: int, psql) -> dict:
     raw_runs: list[Run] = []
     steps: dict[str, list[float]] = {}
     raw_parts: dict[str, list[float]] = {}
+    files_checked: list[int] = []
     for i in range(reps):
         order = ("drtool", "raw") if i % 2 == 0 else ("raw", "drtool")
         for side in order:
@@ -138,20 +173,22 @@ def bench_recover(b, pg, mb: int, reps: int, psql) -> dict:
                 drtool_runs.append(run)
                 for s in report["steps"]:
                     steps.setdefault(s["step"], []).append(s["duration_s"])
-                source = report["sources"][0]
-                for p in source.get("phases", []):
-                    steps.setdefault(f"  {p['name']}", []).append(p["duration_s"])
-                for key in ("start_s", "make_durable_s"):
-                    if (source.get("server") or {}).get(key) is not None:
-                        steps.setdefault(f"  {key.removesuffix('_s').replace('_', ' ')}", []).append(
-                            source["server"][key])
+                for source in report["sources"]:
+                    for p in source.get("phases", []):
+                        steps.setdefault(f"  {p['name']}", []).append(p["duration_s"])
+                    for key in ("start_s", "make_durable_s"):
+                        if (source.get("server") or {}).get(key) is not None:
+                            steps.setdefault(f"  {key.removesuffix('_s').replace('_', ' ')}", []).append(
+                                source["server"][key])
+                    if source["kind"] == "files":
+                        files_checked.append(source.get("files_checked", 0))
             else:
-                run, parts = _raw(b, prefix, dump, i)
+                run, parts = _raw(b, prefix, dump, tree, i)
                 raw_runs.append(run)
                 for k, v in parts.items():
                     raw_parts.setdefault(k, []).append(v)
     return {"meta": meta, "dump_bytes": dump.stat().st_size, "drtool": drtool_runs, "raw": raw_runs,
-            "steps": steps, "raw_parts": raw_parts}
+            "steps": steps, "raw_parts": raw_parts, "files_checked": files_checked}
 
 
 def report_lines(res: dict) -> list[str]:
@@ -162,10 +199,24 @@ def report_lines(res: dict) -> list[str]:
     ratio = statistics.median(a) / statistics.median(b)
     mb = r["meta"]["db_bytes"] / 2**20
     med = statistics.median
-    return [
-        f"recover postgres ({mb:.0f} MB db, {r['dump_bytes'] / 2**20:.0f} MB dump): drtool {med(a):.2f} s "
+    what = f"postgres ({mb:.0f} MB db, {r['dump_bytes'] / 2**20:.0f} MB dump)"
+    tree = r["meta"].get("tree")
+    if tree:
+        what += f" + files ({tree['files']:,} files, {tree['bytes'] / 2**20:.0f} MB)"
+    rss = [x.peak_rss_kib / 1024 for x in r["drtool"] if x.peak_rss_kib]
+    lines = [
+        f"recover {what}: drtool {med(a):.2f} s "
         f"({min(a):.2f}-{max(a):.2f}), raw {med(b):.2f} s ({min(b):.2f}-{max(b):.2f}), ratio {ratio:.3f} "
         f"(target <= 1.2: {'yes' if ratio <= 1.2 else 'NO'})",
         "  drtool steps (median s): " + "; ".join(f"{k.strip()} {med(v):.2f}" for k, v in r["steps"].items()),
         "  raw parts (median s): " + "; ".join(f"{k} {med(v):.2f}" for k, v in r["raw_parts"].items()),
     ]
+    if tree:
+        lines.append(f"  entries (files and directories) drtool checked against the listing: "
+                     f"{', '.join(map(str, r['files_checked']))} (tree {tree['files']} files)")
+    if rss:
+        n = r["meta"].get("kit_scrypt_log2_n")
+        kdf = f"; opening the kit is age scrypt N=2^{n}, r=8: {2**n // 1024} MiB by itself" if n else ""
+        lines.append(f"  peak RSS drtool recover {max(rss):.1f} MiB (target <= 100 MiB: "
+                     f"{'yes' if max(rss) <= 100 else 'NO'}{kdf})")
+    return lines

@@ -356,7 +356,8 @@ def to_json(obj):
 # ------------------------------------------------------------------ main
 
 SECTIONS = ("pgbackup", "files", "startup", "pgrestore", "scheduler", "recover", "fingerprint", "locks", "fleet",
-            "streamcheck")
+            "streamcheck", "rss")
+LARGE = ("rss",)             # run only when named in --only (issue 16's large cases: GBs of data, many minutes)
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -367,9 +368,16 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--file-mb", type=int, help="total MB of the tree (default 400; quick 40)")
     ap.add_argument("--reps", type=int, help="A/B repetitions (default 3)")
     ap.add_argument("--only", default="",
-                    help="comma list of: " + ",".join(SECTIONS) + " (default: all)")
+                    help="comma list of: " + ",".join(SECTIONS) + " (default: all but " + ",".join(LARGE) + ")")
     ap.add_argument("--restore-mb", type=int, help="database size for pgrestore in MB (default 300; quick 40)")
     ap.add_argument("--recover-mb", type=int, help="database size for recover in MB (default 300; quick 40)")
+    ap.add_argument("--recover-files", type=int, help="files in recover's files source (default 20000; quick 2000; "
+                    "0: a PostgreSQL-only policy)")
+    ap.add_argument("--recover-files-mb", type=int, help="total MB of recover's files source (default 400; quick 40)")
+    ap.add_argument("--rss-stream-gb", help="rss: database sizes in GB, a comma list (default 1,2,4,8; "
+                    "quick 0.1,0.2; empty: none)")
+    ap.add_argument("--rss-files", help="rss: file counts, a comma list (default 20000,50000,100000,200000; "
+                    "quick 2000,4000; empty: none)")
     ap.add_argument("--policies", type=int, default=1000, help="policies for the scheduler scale run")
     ap.add_argument("--fleet-sites", default="100,500",
                     help="simulated sites for the fleet section, a comma list (default 100,500; quick 20)")
@@ -388,8 +396,14 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ns.reps = ns.reps or 3
     ns.restore_mb = ns.restore_mb or (40 if q else 300)
     ns.recover_mb = ns.recover_mb or (40 if q else 300)
+    ns.recover_files = (2000 if q else 20000) if ns.recover_files is None else ns.recover_files
+    ns.recover_files_mb = ns.recover_files_mb or (40 if q else 400)
     ns.lock_objects = [int(x) for x in ns.lock_objects.split(",") if x.strip()] or ([200] if q else [1000, 10000])
-    ns.only = [x.strip() for x in ns.only.split(",") if x.strip()] or list(SECTIONS)
+    from bench.rss import parse_counts, parse_gb
+    ns.rss_stream_gb = parse_gb(("0.1,0.2" if q else "1,2,4,8") if ns.rss_stream_gb is None else ns.rss_stream_gb)
+    ns.rss_files = parse_counts(("2000,4000" if q else "20000,50000,100000,200000") if ns.rss_files is None
+                                else ns.rss_files)
+    ns.only = [x.strip() for x in ns.only.split(",") if x.strip()] or [s for s in SECTIONS if s not in LARGE]
     unknown = set(ns.only) - set(SECTIONS)
     if unknown:
         ap.error(f"unknown --only section(s) {', '.join(sorted(unknown))}; known: {', '.join(SECTIONS)}")
@@ -398,6 +412,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     ns = parse(argv)
+    if "rss" in ns.only:
+        from bench.rss import disk_refusal
+        refusal = disk_refusal(ns.rss_stream_gb, ns.rss_files, ns.workdir)
+        if refusal:
+            print(refusal, file=sys.stderr)
+            return 2
     from drtool.scratch.postgres import ScratchPostgres
     from drtool.storage.local_s3 import start_local_s3
 
@@ -418,7 +438,8 @@ def main(argv: list[str] | None = None) -> int:
         s3.make_bucket("bench")
         b = Bench(root, s3, pwfile)
         from bench import extra
-        if {"pgbackup", "pgrestore", "recover", "fingerprint", "streamcheck"} & set(ns.only):
+        if {"pgbackup", "pgrestore", "recover", "fingerprint", "streamcheck"} & set(ns.only) or (
+                "rss" in ns.only and ns.rss_stream_gb):
             with ScratchPostgres() as pg:
                 if {"pgbackup", "fingerprint", "streamcheck"} & set(ns.only):
                     log(f"filling PostgreSQL (~{ns.pg_mb} MB)")
@@ -442,13 +463,20 @@ def main(argv: list[str] | None = None) -> int:
                 if "recover" in ns.only:
                     from bench.recover import bench_recover
                     log(f"recover: filling PostgreSQL database siak (~{ns.recover_mb} MB)")
-                    res["recover"] = bench_recover(b, pg, ns.recover_mb, ns.reps, psql)
+                    res["recover"] = bench_recover(b, pg, ns.recover_mb, ns.reps, psql,
+                                                   files=ns.recover_files, files_mb=ns.recover_files_mb)
+                if "rss" in ns.only and ns.rss_stream_gb:
+                    from bench.rss import bench_streams
+                    res.setdefault("rss_large", {"cases": []})["cases"] += bench_streams(b, pg, psql, ns.rss_stream_gb)
         if "files" in ns.only:
             log(f"making the file tree ({ns.files} files, {ns.file_mb} MB)")
             tree = root / "tree"
             meta["tree"] = make_tree(tree, ns.files, ns.file_mb)
             res["files"] = bench_files(b, tree, meta["tree"]["bytes"], ns.reps)
             res["raw"] = bench_raw_limits(b, tree, meta["tree"]["bytes"])
+        if "rss" in ns.only and ns.rss_files:
+            from bench.rss import bench_files as rss_files
+            res.setdefault("rss_large", {"cases": []})["cases"] += rss_files(b, ns.rss_files)
         if "startup" in ns.only:
             ws0 = b.root / "ws" / "files0" / "drtool.yaml"
             if not ws0.exists():
@@ -493,10 +521,11 @@ def main(argv: list[str] | None = None) -> int:
     from bench.extra import report_lines
     from bench.locks import report_lines as lock_lines
     from bench.recover import report_lines as recover_lines
+    from bench.rss import report_lines as rss_lines
     from bench.fleet import report_lines as fleet_lines
     from bench.streamcheck import report_lines as streamcheck_lines
     more = report_lines(res) + recover_lines(res) + fingerprint.report_lines(res) + lock_lines(res) + (
-        fleet_lines(res["fleet"]) if "fleet" in res else []) + streamcheck_lines(res)
+        fleet_lines(res["fleet"]) if "fleet" in res else []) + streamcheck_lines(res) + rss_lines(res)
     if more:
         print("\n".join(more))
         table += "\n" + "\n".join(more)
