@@ -149,28 +149,31 @@ def _recover_in_drtool(run: FireRun) -> None:
 
 def recovery_steps(recovered: dict[str, Any], begun: datetime, wall_s: float) -> list[StepResult]:
     """recover's own timed steps as drill steps: one 'prepare' (drtool start, kit, repositories,
-    bundle, listing: everything before the first restore) and one 'restore' per source."""
+    bundle, listing: everything before the first restore) and one 'restore' per source. recover
+    restores its sources at the same time: each one's time to service is when it started (from
+    the start of the drtool process) plus how long it took."""
     timed = recovered.get("steps", [])
-    restores = [s for s in timed if s["step"].startswith("restore ")]
-    overhead = max(0.0, wall_s - sum(s["duration_s"] for s in timed))   # python start, exit
-    first = timed.index(restores[0]) if restores else len(timed)
-    prepare_s = overhead + sum(s["duration_s"] for s in timed[:first])
+    restores = {s["step"].removeprefix("restore "): s for s in timed if s["step"].startswith("restore ")}
+    start_up = max(0.0, wall_s - float(recovered.get("recovery_time_s") or 0.0))   # python start, exit
+    first = min((s.get("started_s", 0.0) for s in restores.values()), default=sum(s["duration_s"] for s in timed))
+    before = [s for s in timed if not s["step"].startswith("restore ") and s.get("started_s", 0.0) < first]
+    prepare_s = start_up + first
     steps = [StepResult("start drtool, open kit, repositories and bundle (sandbox)", "prepare", "passed", begun,
-                        prepare_s, detail=", ".join(f"{s['step']} {s['duration_s']:.1f}s" for s in timed[:first]))]
-    at = begun + timedelta(seconds=prepare_s)
-    by_name = {s["source"]: s for s in recovered.get("sources", [])}
-    for item in restores:
-        name = item["step"].removeprefix("restore ")
-        source = by_name.get(name, {})
-        ok = bool(source) and source.get("verified") is not False and not source.get("problems")
+                        prepare_s, detail=", ".join(f"{s['step']} {s['duration_s']:.1f}s" for s in before))]
+    for source in recovered.get("sources", []):         # the policy's order
+        name = source.get("source")
+        item = restores.get(name)
+        if item is None:
+            continue
+        ok = source.get("verified") is not False and not source.get("problems")
         detail = (f"into {source.get('target', '?')}: "
                   + ("verified against the backup" if ok else "; ".join(source.get("problems", []))[:500]
                      or "not restored"))
-        end = (at - begun).total_seconds() + item["duration_s"]
-        steps.append(StepResult(f"recover {name}", "restore", "passed" if ok else "failed", at, item["duration_s"],
-                                detail=detail, data={"time_to_service_s": round(end, 3),
-                                                     "rows": source.get("rows")}))
-        at += timedelta(seconds=item["duration_s"])
+        offset = start_up + item.get("started_s", first)
+        steps.append(StepResult(f"recover {name}", "restore", "passed" if ok else "failed",
+                                begun + timedelta(seconds=offset), item["duration_s"], detail=detail,
+                                data={"time_to_service_s": round(offset + item["duration_s"], 3),
+                                      "rows": source.get("rows")}))
     return steps
 
 

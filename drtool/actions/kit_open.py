@@ -139,7 +139,7 @@ def open_repository_with_source(entry: KitRepository, cache_dir: Path | None) ->
     check_s3_credentials(entry, creds)
     restic = Restic(access, cache_dir=cache_dir)
     try:
-        restic.run(["cat", "config"], timeout=300)
+        restic.run(["--no-lock", "cat", "config"], timeout=300)      # only reads: no lock (~0.3 s on S3)
     except DrtoolError as exc:
         raise KitError(f"the kit's escrow key {entry.escrow_key_id} does not open repository {entry.name}: "
                        f"{exc.message}",

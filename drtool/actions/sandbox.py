@@ -116,7 +116,7 @@ def recover_argv(box: Sandbox, kit: Path, policy: str, *, fd: int | None, identi
     env = [f"{k}={v}" for k, v in box.env().items()]
     argv = ["env", "-i", *env, sys.executable, "-m", "drtool", "recover", "--kit", str(kit), "--policy", policy,
             "--target-root", str(box.restore_root), "--data-dir", str(box.servers),
-            "--state-dir", str(box.root / "state"), "--json"]
+            "--state-dir", str(box.root / "state"), "--no-machine-key", "--json"]
     if host:
         argv += ["--host", host]
     if identity is not None:

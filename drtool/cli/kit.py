@@ -263,6 +263,8 @@ def kit_upgrade(old: Path, out: Path, recipients: tuple[str, ...], armor: bool, 
                    "i.e. /var/lib/drtool/recovered).")
 @click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Where this machine records the recovery run (default: the backed-up configuration's state_dir).")
+@click.option("--no-machine-key", is_flag=True,
+              help="Make no key of this machine's in the repository (fire drills: a sandbox keeps none).")
 @_passphrase_fd
 @_identity
 @click.option("--json", "as_json", is_flag=True)
@@ -270,7 +272,7 @@ def kit_upgrade(old: Path, out: Path, recipients: tuple[str, ...], armor: bool, 
 def recover(ctx: click.Context, kit_file: Path, policy: str | None, target_root: Path | None,
             to_original_paths: bool, pg_target: str | None, snapshot: str, at: str | None, force: bool,
             list_only: bool, host: str | None, data_dir: Path | None, state_dir: Path | None, dry_run: bool,
-            passphrase_fd: int | None, identity: Path | None, as_json: bool) -> None:
+            no_machine_key: bool, passphrase_fd: int | None, identity: Path | None, as_json: bool) -> None:
     """Recover a policy on a fresh machine from the recovery kit alone (no drtool.yaml needed)."""
     from drtool.actions.recover import RecoverOptions
     from drtool.events import ProgressEvent, StepDone
@@ -280,7 +282,7 @@ def recover(ctx: click.Context, kit_file: Path, policy: str | None, target_root:
     options = RecoverOptions(policy=policy, target_root=target_root, original_paths=to_original_paths,
                              pg_target=pg_target, selector=snapshot, force=force, list_only=list_only,
                              host=host, data_dir=data_dir, identity=identity, state_dir=state_dir,
-                             dry_run=dry_run, at=at)
+                             dry_run=dry_run, at=at, machine_key=not no_machine_key)
 
     def progress(event: ProgressEvent) -> None:
         if not as_json and isinstance(event, StepDone):

@@ -152,7 +152,8 @@ def test_kit_file_is_private_and_holds_no_plaintext_secret(site):
     for secret in (PASSPHRASE, CANARY_PASSWORD, site["s3"].secret_key, "s3:http"):
         assert secret.encode() not in data
     keys = json.loads(site["ws"].restic("key", "list", "--json").stdout)
-    assert len(keys) == 2          # the daily key and the escrow key
+    assert len(keys) == 3          # the daily key, this machine's key (drtool@host) and the escrow key
+    assert sum(k["userName"] == "drtool" and k["hostName"] == "drtool-test" for k in keys) == 1
 
 
 def test_kit_verify_lists_what_can_be_recovered(site, tmp_path):
@@ -216,7 +217,8 @@ def test_revoked_escrow_key_fails_verify_and_recover(site, tmp_path, private_tmp
     assert "may have been revoked" in proc.stderr and "Traceback" not in proc.stderr
     assert not target.exists() and list(private_tmp.iterdir()) == []
     # The first kit's escrow key and the daily password are untouched (the fire test uses them).
-    assert len(json.loads(ws.restic("key", "list", "--json").stdout)) == 2
+    keys = json.loads(ws.restic("key", "list", "--json").stdout)
+    assert len([k for k in keys if k["userName"] != "drtool"]) == 2      # besides machine keys (drtool@host)
 
 
 def test_recover_refuses_non_empty_target_and_writes_nothing(site, tmp_path, private_tmp):
@@ -287,6 +289,11 @@ def test_fire_scenario_recover_from_nothing(site, tmp_path, srv_dir, private_tmp
             "open kit", "open repositories", "read configuration bundle", "restore siak-db", "restore scans"}
         db = next(s for s in report["sources"] if s["source"] == "siak-db")
         assert db["verified"] is True and db["rows"] == 3500
+        # The recovered machine keeps a restic key of its own (0600 in its state dir): this
+        # recovery's later restic processes and its next backups skip the escrow key's derivation.
+        assert "make this machine's key" in {s["step"] for s in report["steps"]}
+        (key_file,) = (Path(ws.root) / "state" / "repos").glob("*.machinekey")
+        assert (key_file.stat().st_mode & 0o777) == 0o600
         # A production server: where asked, owned by postgres, durable, nothing in TMPDIR.
         data_dir = Path(server["data_dir"])
         assert data_dir == srv_dir / "siak" / "siak-db" / "server" / "data"
