@@ -2,7 +2,9 @@
 
 Each topic lives in its own module (drtool/cli/<topic>.py) exposing
 `register(group)`; heavy imports happen inside the commands so that
-`drtool --help` stays instant.
+`drtool --help` stays instant. A command imports only its own topic module
+(`drtool validate` does not import the eight others); `--help`, completion of
+command names and an unknown name import them all.
 """
 
 from __future__ import annotations
@@ -16,21 +18,41 @@ import click
 from drtool import __version__
 from drtool.errors import DrtoolError
 
-# Topic modules, in help order. Each defines register(group).
-COMMAND_MODULES = [
-    "drtool.cli.setup",      # init, validate, schema, demo
-    "drtool.cli.backup",     # backup, snapshots, restore, forget, check, unlock, init-repo, runs
-    "drtool.cli.drill",      # drill, drills, status, dashboard
-    "drtool.cli.schedule",   # daemon, schedule show/export
-    "drtool.cli.hosts",      # hosts check/trust
-    "drtool.cli.kit",        # kit create/verify/revoke, recover, runbook, verify-report
-    "drtool.cli.repo",       # repo lock-extend, repo rollback
-    "drtool.cli.fleet",      # fleet status; pool enqueue/worker/status
-    "drtool.cli.pitr",       # wal-ship
-]
+# Topic modules, each with the top-level commands its register(group) adds
+# (tests/unit/test_cli_topics.py checks this table against them).
+TOPICS: dict[str, tuple[str, ...]] = {
+    "drtool.cli.setup": ("init", "validate", "schema", "demo"),
+    "drtool.cli.backup": ("backup", "snapshots", "restore", "ls", "forget", "check", "unlock", "init-repo", "runs"),
+    "drtool.cli.drill": ("drill", "drills", "status", "dashboard"),
+    "drtool.cli.schedule": ("daemon", "schedule"),               # schedule show/export/install...
+    "drtool.cli.hosts": ("hosts",),                              # hosts check/trust
+    "drtool.cli.kit": ("kit", "recover", "runbook", "verify-report"),
+    "drtool.cli.repo": ("repo",),                                # repo lock-extend, repo rollback
+    "drtool.cli.fleet": ("fleet", "pool"),                       # fleet status; pool enqueue/worker/status
+    "drtool.cli.pitr": ("wal-ship",),
+}
+_TOPIC_OF = {command: module for module, commands in TOPICS.items() for command in commands}
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _TopicGroup(click.Group):
+    """Registers a topic's commands when one of them is looked up; listing them (help,
+    completion) or an unknown name registers every topic, so what click shows is unchanged."""
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands:
+            module = _TOPIC_OF.get(cmd_name)
+            if module is None:
+                _register_all()
+            else:
+                importlib.import_module(module).register(self)
+        return super().get_command(ctx, cmd_name)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        _register_all()
+        return super().list_commands(ctx)
+
+
+@click.group(cls=_TopicGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="drtool")
 @click.option("--config", "-c", "config_path", metavar="FILE", envvar=None,
               help="drtool.yaml to use (default: $DRTOOL_CONFIG, ./drtool.yaml, /etc/drtool/drtool.yaml).")
@@ -61,7 +83,7 @@ def setup_logging(level: int, log_format: str) -> None:
 
 def _register_all() -> None:
     # Every topic ships with the package: a missing one is a packaging error and must say so.
-    for name in COMMAND_MODULES:
+    for name in TOPICS:
         importlib.import_module(name).register(cli)
 
 
@@ -72,7 +94,6 @@ def wants_json(argv: list[str]) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    _register_all()
     # The output state only needs resetting when an earlier main() in this process (tests) used
     # it; importing render (and events) just for that cost `--help` 16 ms of its 0.15 s budget.
     render = sys.modules.get("drtool.cli.render")

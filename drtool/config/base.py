@@ -4,7 +4,7 @@ with units, names, argv lists."""
 from __future__ import annotations
 
 import re
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, WithJsonSchema
 
@@ -48,4 +48,16 @@ Size = Annotated[int, BeforeValidator(_size), WithJsonSchema(
 
 
 class Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # defer_build: a model's validator is built when it is first used, not when its class is
+    # defined, so a command pays only for the models it reads (`drtool validate` cold start).
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def defaults(model: type[M]) -> M:
+    """`model()` (every field at its default) as a field's default value, without building the
+    model's validator at import: pydantic does not validate defaults, so it is the same value.
+    tests/unit/test_config_defaults.py checks that it equals `model()` for each use."""
+    return model.model_construct()

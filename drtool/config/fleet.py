@@ -19,6 +19,7 @@ from typing import Annotated
 
 from pydantic import Field, field_validator, model_validator
 
+from drtool.config.base import defaults
 from drtool.config.models import (Duration, ForecastSettings, Model, Name, Notifications, Playbook, Targets,
                                   beside)
 from drtool.config.secrets import SecretRef
@@ -110,7 +111,7 @@ class PoolDatabase(Model):
 
 
 class PoolSettings(Model):
-    database: PoolDatabase = PoolDatabase()
+    database: PoolDatabase = defaults(PoolDatabase)
     queue: Name = "drills"
     scratch_dir: str | None = None         # where sandboxes live; default <state_dir>/pool-scratch
     heartbeat: Duration = 10.0             # how often a worker says it is alive
@@ -123,9 +124,9 @@ class Fleet(Model):
     timezone: str | None = None            # of drill schedules; default TZ, then the system zone
     trusted_keys: list[PublicKey] = []     # signers trusted for every site (the drill pool's key)
     concurrency: int = Field(16, ge=1, le=256)   # sites read at once
-    records: RecordWindow = RecordWindow()
-    forecast: ForecastSettings = ForecastSettings()
-    notifications: Notifications = Notifications()   # alerts of the pool's drills
+    records: RecordWindow = defaults(RecordWindow)
+    forecast: ForecastSettings = defaults(ForecastSettings)
+    notifications: Notifications = defaults(Notifications)   # alerts of the pool's drills
     sites: Annotated[list[Site], Field(min_length=1)]
     pool: PoolSettings | None = None
     path: str | None = Field(None, exclude=True)

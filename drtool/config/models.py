@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from drtool.config.base import (DURATION_PATTERN, NAME_PATTERN, NAME_RULE, Argv, Duration, Model, Name,  # noqa: F401
-                                Rate, _duration)
+                                Rate, _duration, defaults)
 from drtool.config.secrets import SecretRef
 from drtool.config.source_models import (SOURCE_KINDS, DatabaseSpec, FilesSource, MariadbSource,  # noqa: F401
                                          PitrSettings, PostgresSource, Retention, Source, SqliteSource)
@@ -172,10 +172,10 @@ class Config(Model):
     max_concurrent_jobs: int = Field(1, ge=1, le=64)
     repositories: dict[Name, Repository]
     hosts: dict[Name, Host] = {}
-    notifications: Notifications = Notifications()
-    metrics: Metrics = Metrics()
-    forecast: ForecastSettings = ForecastSettings()
-    dashboard: DashboardSettings = DashboardSettings()
+    notifications: Notifications = defaults(Notifications)
+    metrics: Metrics = defaults(Metrics)
+    forecast: ForecastSettings = defaults(ForecastSettings)
+    dashboard: DashboardSettings = defaults(DashboardSettings)
     fleet: str | None = None               # a fleet file (central site): dashboard fleet.html, daemon queues pool drills
 
     @field_validator("timezone")
@@ -216,11 +216,11 @@ class Policy(Model):
     # failed run again, and the run keeps one record with every attempt.
     retries: int = Field(1, ge=0, le=10)
     retry_wait: Duration = 60.0
-    targets: Targets = Targets()
-    retention: Retention = Retention()
+    targets: Targets = defaults(Targets)
+    retention: Retention = defaults(Retention)
     sources: Annotated[list[Source], Field(min_length=1)]
-    hooks: Hooks = Hooks()
-    check: CheckSchedule = CheckSchedule()
+    hooks: Hooks = defaults(Hooks)
+    check: CheckSchedule = defaults(CheckSchedule)
     forget_schedule: str | None = None
     # More repositories that get every successful backup's snapshot set (`restic copy`), each
     # with its own password and credentials: the second and third copies of 3-2-1-1-0.

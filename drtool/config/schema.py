@@ -18,6 +18,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
+from pydantic.json_schema import GenerateJsonSchema
+
 from drtool.config.fleet import Fleet
 from drtool.config.models import DURATION_PATTERN, Config, Playbook, Policy
 
@@ -27,9 +30,18 @@ KINDS = {"config": (Config, "drtool.yaml"), "policy": (Policy, "a policy (polici
 SHIPPED = Path(__file__).resolve().parent.parent / "schemas"
 
 
+class _Generator(GenerateJsonSchema):
+    def encode_default(self, dft: Any) -> Any:
+        # A model instance as a default (config.base.defaults) may be of a class not built yet
+        # (defer_build), which pydantic_core cannot encode; its own model_dump builds it first.
+        if isinstance(dft, BaseModel):
+            dft = dft.model_dump(mode="json", by_alias=self.by_alias)
+        return super().encode_default(dft)
+
+
 def json_schema(kind: str) -> dict[str, Any]:
     model, what = KINDS[kind]
-    schema = model.model_json_schema(by_alias=True)
+    schema = model.model_json_schema(by_alias=True, schema_generator=_Generator)
     schema.get("properties", {}).pop("path", None)
     _tidy(schema)
     defs = schema.get("$defs", {})

@@ -19,7 +19,7 @@ SECRET_EXPECTED = ("a secret reference {env: NAME}, {file: PATH} or {command: [a
 
 
 class SecretRef(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
     env: str | None = None
     file: str | None = None
