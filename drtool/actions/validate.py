@@ -153,7 +153,7 @@ def _check_paths(loaded: Loaded, report: Report) -> None:
 def s3_locations(loaded: Loaded, report: Report) -> dict[str, Any]:
     """Each S3 repository's parsed URL; a URL restic would refuse is a problem (checked even with --static)."""
     from drtool.errors import StorageError
-    from drtool.storage.s3 import parse_s3_url
+    from drtool.storage.s3_url import parse_s3_url
 
     found: dict[str, Any] = {}
     for name, repo in (loaded.config.repositories.items() if loaded.config else ()):

@@ -64,7 +64,7 @@ class Site(Model):
         if not url.startswith("s3:"):
             raise ValueError("the fleet reads records from the site's bucket: expected s3:http(s)://HOST/BUCKET/PREFIX")
         from drtool.errors import StorageError
-        from drtool.storage.s3 import parse_s3_url
+        from drtool.storage.s3_url import parse_s3_url
         try:
             parse_s3_url(url)
         except StorageError as exc:

@@ -1,11 +1,3 @@
-"""Offsite object storage adapters (S3 via boto3, imported lazily inside drtool.storage.s3)."""
-
-from drtool.storage.s3 import (
-    BucketStatus,
-    S3Location,
-    S3Store,
-    parse_s3_url,
-    store_from_repository,
-)
-
-__all__ = ["BucketStatus", "S3Location", "S3Store", "parse_s3_url", "store_from_repository"]
+"""Offsite object storage adapters: import the module you need (drtool.storage.s3, .s3_url,
+.rest, ...). Nothing is imported here, so `drtool.storage.s3_url` (pure URL parsing, which
+validate uses) does not load the whole S3 adapter."""
