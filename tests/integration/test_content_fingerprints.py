@@ -8,6 +8,7 @@ without hashes still verifies by counts.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -76,7 +77,7 @@ def pg_dumped(pg: ScratchPostgres, tmp_path_factory: pytest.TempPathFactory) -> 
 def test_postgres_hashes_cover_tables_and_say_which_method(pg_dumped: tuple[dict, Path]) -> None:
     fingerprint, _ = pg_dumped
     content = fingerprint["content"]["tricky"]
-    assert content["method"] == "pg-hashtext-sum-v1"         # a UTF8 database on PostgreSQL 15
+    assert content["method"] == "pg-hashrecord-sum-v1"       # a UTF8 database on PostgreSQL 15
     # Partitioned parents are hashed through their partitions; large objects are counted only.
     assert sorted(content["tables"]) == ["public.child", "public.parent", "public.part_hi", "public.part_lo",
                                          "public.t"]
@@ -104,6 +105,58 @@ def test_postgres_restore_reproduces_every_hash_and_names_an_altered_table(
     assert check.problems[0].startswith("tricky.public.t: content differs from the backup (same 300 rows")
     # Asked for counts only, the same restore passes: that is all counts can prove.
     assert verify_restored(src, target, ["tricky"], fingerprint, content=False).problems == []
+
+
+# Record hashing (hash_record_extended) where every column hashes its value; the text form for an
+# enum (hashed by its label's OID, which a restore changes) and for a nondeterministic collation
+# (which would hash 'Ana' like 'ANA').
+RECORD_SCHEMA = """
+CREATE TYPE mood AS ENUM ('ok', 'sad');
+CREATE COLLATION ci (provider = icu, locale = 'und-u-ks-level2', deterministic = false);
+CREATE TABLE public.plain (id int8 PRIMARY KEY, s int2, i int4, t text, v varchar(20), c char(4), b bool,
+                           n numeric, f float8, d date, ts timestamp, tz timestamptz, u uuid, j jsonb,
+                           by bytea, gone int);
+ALTER TABLE public.plain DROP COLUMN gone;
+INSERT INTO public.plain SELECT g, g % 100, g, 't' || g, 'v' || g, 'c', g % 2 = 0, g * 1.25, g / 7.0,
+       date '2026-01-01' + g, timestamp '2026-01-01' + g * interval '1 min', timestamptz '2026-01-01 00:00+07',
+       md5(g::text)::uuid, jsonb_build_object('g', g), decode(md5(g::text), 'hex') FROM generate_series(1, 400) g;
+CREATE TABLE public.moods (id int, m mood);
+INSERT INTO public.moods SELECT g, CASE WHEN g % 2 = 0 THEN 'ok' ELSE 'sad' END::mood FROM generate_series(1, 50) g;
+CREATE TABLE public.names (id int, name text COLLATE ci);
+INSERT INTO public.names SELECT g, 'Ana' || g FROM generate_series(1, 50) g;
+"""
+
+
+def test_record_hashes_roundtrip_where_types_allow_and_catch_what_they_must(
+        pg: ScratchPostgres, pg_restore_server: ScratchPostgres, tmp_path: Path) -> None:
+    from drtool.sources.postgres.client import open_session
+    from drtool.sources.postgres.commands import HASH_RECORD, ContentTable, content_tables_sql
+    from drtool.sources.postgres.dump import source_endpoint
+
+    admin = source_for(pg, "postgres")
+    admin.query(pg.target(), "CREATE DATABASE records")
+    admin.query(pg.target(), RECORD_SCHEMA, database="records")
+    src = source_for(pg, "records", globals_=False)
+    session = open_session(LocalRunner(), source_endpoint(src.spec), "records")
+    try:
+        tables = {t.key: t for t in (ContentTable(*row) for row in json.loads(
+            session.value(content_tables_sql(HASH_RECORD))))}
+    finally:
+        session.close()
+    assert {k: t.record_hashable for k, t in tables.items()} == {
+        "public.plain": True, "public.moods": False, "public.names": False}
+
+    fingerprint = dump_to(src, tmp_path)
+    assert fingerprint["content"]["records"]["method"] == HASH_RECORD
+    target = DbTarget(**{**pg_restore_server.target().__dict__, "database": "records"})
+    src.restore(DirReader(tmp_path), target, strategy="stream")
+    check = verify_restored(src, target, ["records"], fingerprint)
+    assert check.problems == [] and check.hashed_tables == 3       # enum OIDs differ: the text form agrees
+
+    src.query(target, "UPDATE public.plain SET n = n + 0.01 WHERE id = 9; "
+                      "UPDATE public.names SET name = 'ANA7' WHERE id = 7", "records")
+    problems = verify_restored(src, target, ["records"], fingerprint).problems
+    assert [p.split(":")[0] for p in problems] == ["records.public.names", "records.public.plain"]
 
 
 def test_fingerprint_without_hashes_still_verifies_by_counts(

@@ -9,9 +9,11 @@ from drtool.sources.base import compare_fingerprints, content_methods, expected_
 from drtool.sources.mariadb.commands import build_content, group_columns, hashes_sql
 from drtool.sources.postgres.commands import (
     HASH_MD5_UTF8,
+    HASH_RECORD,
     HASH_TEXT,
     ContentTable,
     content_sql,
+    content_tables_sql,
     hash_method,
     row_hash_sql,
 )
@@ -19,7 +21,9 @@ from drtool.sources.sqlite_dump import _Text, _value_bytes
 
 
 def test_hash_method_depends_on_version_and_encoding() -> None:
-    assert hash_method(150004, "UTF8") == HASH_TEXT
+    assert hash_method(150004, "UTF8") == HASH_RECORD
+    assert hash_method(140000, "UTF8") == HASH_RECORD          # hash_record_extended from 14 on
+    assert hash_method(130011, "UTF8") == HASH_TEXT
     assert hash_method(150004, "LATIN1") == HASH_MD5_UTF8     # a restore converts it to UTF8
     assert hash_method(100023, "UTF8") == HASH_MD5_UTF8       # no hashtextextended before 11
 
@@ -33,6 +37,20 @@ def test_row_hash_sql_uses_row_text_or_sorted_jsonb_for_children() -> None:
         "('x' || left(md5(convert_to(ROW(r.*)::text, 'UTF8')), 16))::bit(64)::bigint")
     with pytest.raises(SourceError, match="unknown PostgreSQL content hash method 'v99'"):
         row_hash_sql("v99", plain)
+
+
+def test_record_hash_only_where_every_column_hashes_its_value_and_the_order_is_kept() -> None:
+    hashable = ContentTable("public.t", '"public"."t"', record_hashable=True)
+    hashable_child = ContentTable("public.c", '"public"."c"', is_child=True, record_hashable=True)
+    other = ContentTable("public.e", '"public"."e"')          # an enum, a regclass, a nondeterministic collation...
+    assert row_hash_sql(HASH_RECORD, hashable) == "hash_record_extended(r, 0)"
+    assert row_hash_sql(HASH_RECORD, hashable_child) == "hashtextextended(to_jsonb(r)::text, 0)"
+    assert row_hash_sql(HASH_RECORD, other) == "hashtextextended(ROW(r.*)::text, 0)"
+    # The catalog is only asked for it under HASH_RECORD (collisdeterministic: PostgreSQL 12+).
+    assert "collisdeterministic" in content_tables_sql(HASH_RECORD)
+    assert "collisdeterministic" not in content_tables_sql(HASH_TEXT) and "false)" in content_tables_sql(HASH_TEXT)
+    assert "'{16,17,18,19,20,21,23,25,26,700,701,1042,1043,1082,1083,1114,1184,1700,2950,3802}'::oid[]" in \
+        content_tables_sql(HASH_RECORD)
 
 
 def test_content_sql_exact() -> None:

@@ -4,8 +4,10 @@ At backup time they are taken in the transaction whose snapshot pg_dump --snapsh
 (see dump.py), concurrently with the dump; after a restore the same statements run in a
 REPEATABLE READ transaction on the restored database, so the two compare table by table.
 
-Content hash of a table: the exact sum of a 64-bit hash of each row's text form, so it does
-not depend on the rows' physical order (which a restore changes), only on their values.
+Content hash of a table: the exact sum of a 64-bit hash of each row, so it does not depend on
+the rows' physical order (which a restore changes), only on their values. The row hash is
+hash_record_extended over the row itself where every column's type hashes its value
+(PostgreSQL 14+, commands.RECORD_HASH_TYPES), else a hash of the row's text form.
 Not covered by content hashes: large objects (counted only), sequences' positions, and what
 is not table data (views, functions, grants).
 """
@@ -20,13 +22,13 @@ from drtool.sources.base import Fingerprint
 from drtool.sources.postgres.client import open_session
 from drtool.sources.postgres.commands import (
     CONTENT_SETTINGS_SQL,
-    CONTENT_TABLES_SQL,
     COUNT_CHUNK,
     LARGE_OBJECTS_KEY,
     TABLES_SQL,
     ContentTable,
     Endpoint,
     content_sql,
+    content_tables_sql,
     count_sql,
     hash_method,
 )
@@ -63,7 +65,7 @@ def backup_method(session: PsqlSession, version: int) -> str:
 def count_and_hash(session: PsqlSession, method: str) -> tuple[dict[str, int], dict[str, str]]:
     """Counts (as count_rows) and content hashes, from one scan of each table."""
     session.query(CONTENT_SETTINGS_SQL)
-    tables = [ContentTable(*t) for t in json.loads(session.value(CONTENT_TABLES_SQL))]
+    tables = [ContentTable(*t) for t in json.loads(session.value(content_tables_sql(method)))]
     counts: dict[str, int] = {}
     hashes: dict[str, str] = {}
     for i in range(0, len(tables), COUNT_CHUNK):
