@@ -54,7 +54,7 @@ def open_repo(settings: Settings, repo_name: str) -> RepoHandle:
         # in turn (each escrow key of a recovery kit would add ~0.5 s to every restic process).
         access = replace(access, env={**access.env, "RESTIC_KEY_HINT": hint.read_text().strip()})
     restic = Restic(access, cache_dir=cache, wait_unavailable=repo.wait_unavailable,
-                    lock_wait=repo.lock_wait, machine_key=machine_key_slot(settings, repo))
+                    lock_wait=repo.lock_wait, machine_key=machine_key_slot(settings, repo, access.password))
     restic.check_machine_key_soon()      # overlaps the run's set-up instead of delaying its first restic
     return RepoHandle(repo_name, restic, settings)
 
@@ -70,8 +70,6 @@ def learn_key_hint(handle: RepoHandle) -> str | None:
     path = _key_hint_path(handle.settings, handle.repository.url)
     if path.is_file():
         return path.read_text().strip()
-    if handle.restic.machine_key is not None and not handle.restic.machine_key.rejected:
-        return None        # the machine key opens the repository; learning this one costs a key derivation
     from drtool.engine.restic_keys import list_keys
 
     try:

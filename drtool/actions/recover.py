@@ -205,20 +205,29 @@ def _recover_policy(policy: Policy, handle: RepoHandle, sets: dict[str, dict[str
 
 
 def _restore_all(sources: list[Source], restore_one: Callable[[Source], dict[str, Any]]) -> list[dict[str, Any]]:
-    """Every source at once, outcomes in the policy's order: a files tree comes down while the
-    database server starts and loads, instead of after it (a recovery is as long as its
-    slowest source, not their sum). If one fails, the others still finish (their servers are
-    torn down with the failed recovery) and the first error is raised."""
-    if len(sources) < 2:
+    """Database servers and file trees at the same time, outcomes in the policy's order: a files
+    tree comes down while the database server starts and loads, instead of after it. Sources
+    that write below the target root (files, SQLite) go one after another in the policy's order:
+    a tree's check would otherwise meet the file another one is writing. If one source fails,
+    the others still finish (their servers are torn down with the failed recovery) and the
+    first error is raised."""
+    trees = [s for s in sources if s.kind in ("files", "sqlite")]
+    servers = [s for s in sources if s not in trees]
+    lanes = [lane for lane in ([trees] + [[s] for s in servers]) if lane]
+    if len(lanes) < 2:
         return [restore_one(s) for s in sources]
     from concurrent.futures import ThreadPoolExecutor
 
-    with ThreadPoolExecutor(max_workers=len(sources), thread_name_prefix="recover") as pool:
-        futures = [pool.submit(restore_one, s) for s in sources]
+    def run_lane(lane: list[Source]) -> dict[str, dict[str, Any]]:
+        return {s.name: restore_one(s) for s in lane}
+
+    with ThreadPoolExecutor(max_workers=len(lanes), thread_name_prefix="recover") as pool:
+        futures = [pool.submit(run_lane, lane) for lane in lanes]
     errors = [f.exception() for f in futures if f.exception() is not None]
     if errors:
         raise errors[0]
-    return [f.result() for f in futures]
+    done = {name: outcome for f in futures for name, outcome in f.result().items()}
+    return [done[s.name] for s in sources]
 
 
 class _Shared:

@@ -85,6 +85,10 @@ def _register_all() -> None:
     # Every topic ships with the package: a missing one is a packaging error and must say so.
     for name in TOPICS:
         importlib.import_module(name).register(cli)
+    # A command run earlier in this process registered its topic first: restore the topics'
+    # order, so what lists the commands in insertion order (click-man's pages) reads the same.
+    order = {command: i for i, command in enumerate(_TOPIC_OF)}
+    cli.commands = dict(sorted(cli.commands.items(), key=lambda item: order.get(item[0], len(order))))
 
 
 def wants_json(argv: list[str]) -> bool:

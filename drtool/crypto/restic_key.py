@@ -7,11 +7,12 @@ The sealed data is nonce (16) || AES-256-CTR(JSON of the master key) || MAC (16)
 is Poly1305 over the ciphertext with the one-time key r || AES_k(nonce). A key file is named
 by the SHA-256 of its bytes. (restic: internal/repository/key.go, internal/crypto/crypto.go.)
 
-drtool writes such a file for a *machine key* (drtool/engine/machine_key.py): a password of 32
-random bytes that this machine alone holds. scrypt's work factor exists to slow the guessing
-of passwords people choose; a 256-bit random password cannot be guessed at any work factor,
-so the machine key uses a small one and restic opens the repository in milliseconds instead
-of the ~0.5 s of CPU its own calibrated parameters cost each process.
+drtool writes such a file for a *machine key* (drtool/engine/machine_key.py), whose password
+is derived from the repository password and 32 random bytes that this machine keeps
+(`machine_password`). scrypt's work factor slows the guessing of a password; this one is
+only as guessable as the repository password is *and* the 256-bit salt is known, so the
+machine key uses a small factor and restic opens the repository in milliseconds instead of the
+~0.5 s of CPU its own calibrated parameters cost each process.
 """
 
 from __future__ import annotations
@@ -35,8 +36,23 @@ class KdfParams:
     p: int
 
 
-# 1 MiB of memory and a few milliseconds: the password it protects has 256 random bits.
-MACHINE_KDF = KdfParams(n=1024, r=8, p=1)
+# 4 MiB of memory and ~10 ms: someone who has the bucket and this machine's salt, but not the
+# repository password, still pays a scrypt per guess of it (restic's own key: ~0.5 s).
+MACHINE_KDF = KdfParams(n=4096, r=8, p=1)
+MACHINE_SALT_BYTES = 32
+_MACHINE_CONTEXT = b"drtool machine key v1\0"
+
+
+def machine_password(repository_password: bytes, salt: bytes) -> str:
+    """The machine key's password: HMAC-SHA256 of the salt under the repository password. It
+    changes when the repository password does, so a wrong or rotated password never opens the
+    repository through an old machine key, and the salt alone (not secret) opens nothing."""
+    import hmac
+
+    if len(salt) != MACHINE_SALT_BYTES:
+        raise KeyFileError(f"a machine key salt has {MACHINE_SALT_BYTES} bytes, not {len(salt)}")
+    digest = hmac.new(repository_password, _MACHINE_CONTEXT + salt, hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).decode().rstrip("=")
 
 
 class KeyFileError(ValueError):

@@ -8,8 +8,8 @@ same repository with a 256-bit random password and a small work factor: ~3 ms.
 `MachineKeySlot` is how a `Restic` uses one. The key is checked once, by the first restic
 process that needs it (`restic --no-lock cat config`, ~20 ms of CPU): if restic no longer
 accepts it (someone ran `restic key remove`, the repository was rolled back or made anew),
-the slot drops it, says so, and every command of this run uses the repository password,
-as before machine keys existed. Any other failure of the check (storage down...) keeps the
+the slot says so and every command of this run uses the repository password, as before
+machine keys existed (a wrong password then fails them as it always did). Any other failure of the check (storage down...) keeps the
 key: the command itself then fails with that cause, exactly as it would have.
 """
 
@@ -39,33 +39,27 @@ Probe = Callable[[MachineKey], "DrtoolError | None"]
 
 
 class MachineKeySlot:
-    def __init__(self, key: MachineKey, on_rejected: Callable[[MachineKey], None] | None = None) -> None:
-        self._key: MachineKey | None = key
-        self._on_rejected = on_rejected
-        self._checked = False
+    def __init__(self, key: MachineKey, *, checked: bool = False) -> None:
+        self.key = key                          # the key this machine has for the repository
+        self._accepted: bool | None = True if checked else None
         self._lock = threading.Lock()
 
     def usable(self, probe: Probe) -> MachineKey | None:
         """The key if restic accepts it (checked on the first call; concurrent callers wait
         for that one check), else None: use the repository password."""
         with self._lock:
-            if not self._checked:
-                self._checked = True
-                assert self._key is not None
-                self._judge(self._key, probe(self._key))
-            return self._key
+            if self._accepted is None:
+                self._accepted = self._judge(probe(self.key))
+            return self.key if self._accepted else None
 
     @property
     def rejected(self) -> bool:
-        return self._checked and self._key is None
+        return self._accepted is False
 
-    def _judge(self, key: MachineKey, error: DrtoolError | None) -> None:
+    def _judge(self, error: DrtoolError | None) -> bool:
         if not isinstance(error, WrongPassword):
-            return
-        log.warning("restic no longer accepts this machine's key %s for the repository (removed with "
-                    "`restic key remove`, or the repository was rolled back or made anew); this run uses "
-                    "the repository password, and the next successful backup makes a new machine key",
-                    key.key_id[:8])
-        self._key = None
-        if self._on_rejected is not None:
-            self._on_rejected(key)
+            return True
+        log.warning("restic does not accept this machine's key %s for the repository: the repository password "
+                    "changed or is wrong, or the key was removed (`restic key remove`, a rolled-back or new "
+                    "repository); this run uses the repository password", self.key.key_id[:8])
+        return False

@@ -2,12 +2,15 @@
 
 The first backup makes this machine's key; later restic processes open the repository with it
 (proved by removing the repository password's own key: drtool still backs up and restores);
-a machine key removed from the repository falls back to the password and is made anew; the
-random password never reaches argv, the environment, output or records.
+a machine key removed from the repository falls back to the password and is made anew; a
+rotated repository password gets a new machine key and the old one is revoked; the derived
+password never reaches argv, the environment, output or records, and the file this machine
+keeps holds no secret.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import stat
 import subprocess
@@ -16,6 +19,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from drtool.crypto.restic_key import machine_password
+from drtool.engine.restic import RepoAccess
+from drtool.engine.restic_keys import add_key, list_keys, remove_key
+from drtool.secrets import Secret
 from tests.integration.test_restic_keys import ArgvWatcher
 from tests.support.workspace import CANARY_PASSWORD, Workspace, make_workspace
 
@@ -58,8 +65,9 @@ def test_first_backup_makes_the_machine_key_and_later_runs_open_with_it(tmp_path
     assert made["made"] is True
     state = _machine_key_file(ws)
     assert stat.S_IMODE(state.stat().st_mode) == 0o600
-    secret = json.loads(state.read_text())
-    assert secret["key_id"] == made["key_id"] and len(secret["password"]) >= 43   # 32 random bytes
+    kept = json.loads(state.read_text())
+    assert sorted(kept) == ["key_id", "salt"] and kept["key_id"] == made["key_id"]    # no password
+    password = machine_password(CANARY_PASSWORD.encode(), base64.b64decode(kept["salt"]))
 
     keys = {k["id"]: k for k in _keys(ws)}               # restic lists short ids
     mine = keys[made["key_id"][:8]]
@@ -70,7 +78,7 @@ def test_first_backup_makes_the_machine_key_and_later_runs_open_with_it(tmp_path
     (own,) = [k for k in keys if k != made["key_id"][:8]]
     env = {**ws.env, "RESTIC_REPOSITORY": ws.repo_url, "RESTIC_KEY_HINT": made["key_id"]}
     pw = tmp_path / "machine.pw"
-    pw.write_text(secret["password"])
+    pw.write_text(password)
     pw.chmod(0o600)
     removed = subprocess.run(["restic", "key", "remove", own], env={**env, "RESTIC_PASSWORD_FILE": str(pw)},
                              capture_output=True, text=True, timeout=120)
@@ -86,7 +94,7 @@ def test_first_backup_makes_the_machine_key_and_later_runs_open_with_it(tmp_path
 
     assert watcher.seen, "the watcher never saw restic running; the argv check proved nothing"
     for cmdline, environ in watcher.seen:
-        assert secret["password"].encode() not in cmdline and secret["password"].encode() not in environ
+        assert password.encode() not in cmdline and password.encode() not in environ
         assert CANARY_PASSWORD.encode() not in cmdline and CANARY_PASSWORD.encode() not in environ
 
 
@@ -99,14 +107,15 @@ def test_a_machine_key_removed_from_the_repository_falls_back_and_is_made_anew(t
     out = ws.drtool("-v", "backup", "docs", "--json", check=True)
     run = json.loads(out.stdout.strip().splitlines()[-1])
     assert run["status"] == "success"
-    assert "no longer accepts this machine's key" in out.stderr
+    assert "does not accept this machine's key" in out.stderr
     remade = run["details"]["machine_key"]
     assert remade["made"] is True and remade["key_id"] != first
     assert json.loads(_machine_key_file(ws).read_text())["key_id"] == remade["key_id"]
     assert remade["key_id"][:8] in {k["id"] for k in _keys(ws)}
 
     # Nothing of the machine key's password in what drtool printed or recorded.
-    password = json.loads(_machine_key_file(ws).read_text())["password"]
+    kept = json.loads(_machine_key_file(ws).read_text())
+    password = machine_password(CANARY_PASSWORD.encode(), base64.b64decode(kept["salt"]))
     records = list((s3_server.root / bucket / "repo.drtool" / "runs").glob("*.json"))
     assert records
     for text in [out.stdout, out.stderr, *(p.read_text() for p in records)]:
@@ -131,3 +140,37 @@ def test_machine_key_on_a_local_repository(tmp_path, s3_server, bucket):
     key_file = local / "keys" / made["key_id"]
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o400
     assert _backup(ws)["status"] == "success"
+
+
+def test_a_wrong_password_still_fails_and_the_right_one_opens_the_same_key_again(tmp_path, s3_server, bucket):
+    ws = _files_ws(tmp_path, s3_server, bucket)
+    first = _backup(ws)["details"]["machine_key"]["key_id"]
+    (ws.root / "repo.pass").write_text("not-the-password")
+    failed = ws.drtool("backup", "docs")
+    assert failed.returncode == 1 and "wrong password" in failed.stderr
+    (ws.root / "repo.pass").write_text(CANARY_PASSWORD)
+    again = _backup(ws)
+    assert again["status"] == "success" and "machine_key" not in again["details"]       # the same key
+    assert json.loads(_machine_key_file(ws).read_text())["key_id"] == first
+
+
+def test_a_rotated_password_gets_a_new_machine_key_and_the_old_one_is_revoked(tmp_path, s3_server, bucket):
+    ws = _files_ws(tmp_path, s3_server, bucket)
+    first = _backup(ws)["details"]["machine_key"]["key_id"]
+    # Rotate: a key for the new password, the old password's key removed, the new one configured.
+    old = RepoAccess(ws.repo_url, Secret(CANARY_PASSWORD), {k: ws.env[k] for k in ("AWS_ACCESS_KEY_ID",
+                                                                                     "AWS_SECRET_ACCESS_KEY")})
+    new_password = "rotated-Repo-Pw-3b7d91"
+    add_key(old, Secret(new_password))
+    new = RepoAccess(old.url, Secret(new_password), old.env)
+    (current_old,) = [k["id"] for k in list_keys(old) if k["current"]]
+    remove_key(new, current_old)
+    (ws.root / "repo.pass").write_text(new_password)
+
+    run = _backup(ws)
+    assert run["status"] == "success"
+    made = run["details"]["machine_key"]
+    assert made["made"] is True and made["key_id"] != first
+    assert made["replaced"] == {"key_id": first, "removed": True}
+    ids = {k["id"] for k in list_keys(new)}
+    assert made["key_id"][:8] in ids and first[:8] not in ids           # the old password's machine key is gone

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from drtool.crypto.restic_key import MACHINE_KDF, KeyFileError, open_key_file, seal_master_key
+from drtool.crypto.restic_key import MACHINE_KDF, KeyFileError, machine_password, open_key_file, seal_master_key
 from drtool.engine.machine_key import MachineKey, MachineKeySlot
 from drtool.errors import StorageUnreachable, WrongPassword
 from drtool.secrets import Secret
@@ -96,20 +96,34 @@ def test_the_slot_checks_once_even_when_many_commands_start_at_once() -> None:
     assert calls == [KEY] and slot.usable(probe) == KEY and not slot.rejected
 
 
-def test_a_key_restic_refuses_is_dropped_and_reported_once() -> None:
-    dropped = []
-    slot = MachineKeySlot(KEY, on_rejected=dropped.append)
+def test_a_key_restic_refuses_is_not_used_and_checked_once() -> None:
+    slot = MachineKeySlot(KEY)
     refusal = WrongPassword("restic could not open repository X: wrong password or no key found")
     assert slot.usable(lambda key: refusal) is None
-    assert slot.rejected and dropped == [KEY]
+    assert slot.rejected and slot.key == KEY                 # kept: a password fixed tomorrow opens it again
     assert slot.usable(lambda key: pytest.fail("checked twice")) is None
 
 
 def test_a_storage_that_is_down_keeps_the_key() -> None:
     # The command that follows fails with that cause, exactly as it would with the password.
-    slot = MachineKeySlot(KEY, on_rejected=lambda key: pytest.fail("dropped"))
+    slot = MachineKeySlot(KEY)
     assert slot.usable(lambda key: StorageUnreachable("cannot reach the storage")) == KEY
     assert not slot.rejected
+
+
+def test_a_key_just_made_and_proven_is_not_checked_again() -> None:
+    assert MachineKeySlot(KEY, checked=True).usable(lambda key: pytest.fail("checked")) == KEY
+
+
+def test_the_machine_password_follows_the_repository_password_and_the_salt() -> None:
+    salt, other = b"\x01" * 32, b"\x02" * 32
+    pw = machine_password(b"repo-password", salt)
+    assert pw == machine_password(b"repo-password", salt) and len(pw) == 43          # 256 bits, base64
+    assert pw != machine_password(b"repo-passworD", salt)    # a rotated (or wrong) password: another key
+    assert pw != machine_password(b"repo-password", other)
+    assert "repo-password" not in pw
+    with pytest.raises(KeyFileError, match="32 bytes"):
+        machine_password(b"repo-password", b"short")
 
 
 def test_the_key_password_is_never_in_its_repr() -> None:
