@@ -91,8 +91,11 @@ def ensure_machine_key(handle: Any, host: str) -> dict[str, Any] | None:
     old = restic.machine_key.key.key_id if restic.machine_key is not None else None
     try:
         with _locked(path):
-            if restic.machine_key is None and path.is_file():
-                return None                           # another run made it meanwhile
+            if restic.machine_key is None:
+                made_meanwhile = machine_key_slot(handle.settings, repo, restic.access.password)
+                if made_meanwhile is not None:        # by another run of this repository: use it
+                    restic.machine_key = made_meanwhile
+                    return None
             key, salt = _make(handle, host)
             write_private_json(path, {"key_id": key.key_id, "salt": base64.b64encode(salt).decode()})
     except (DrtoolError, OSError, ValueError) as exc:

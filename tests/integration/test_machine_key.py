@@ -174,3 +174,14 @@ def test_a_rotated_password_gets_a_new_machine_key_and_the_old_one_is_revoked(tm
     assert made["replaced"] == {"key_id": first, "removed": True}
     ids = {k["id"] for k in list_keys(new)}
     assert made["key_id"][:8] in ids and first[:8] not in ids           # the old password's machine key is gone
+
+
+def test_an_unreadable_machine_key_file_is_replaced_by_a_new_key(tmp_path, s3_server, bucket):
+    ws = _files_ws(tmp_path, s3_server, bucket)
+    _backup(ws)
+    _machine_key_file(ws).write_text('{"key_id": "0123"}')          # damaged: no salt
+    out = ws.drtool("-v", "backup", "docs", "--json", check=True)
+    assert "ignoring the unreadable machine key file" in out.stderr
+    run = json.loads(out.stdout.strip().splitlines()[-1])
+    assert run["status"] == "success" and run["details"]["machine_key"]["made"] is True
+    assert json.loads(_machine_key_file(ws).read_text())["key_id"] == run["details"]["machine_key"]["key_id"]
