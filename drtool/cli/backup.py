@@ -335,7 +335,7 @@ def _print_locks(locks, verdict: str) -> None:  # noqa: ANN001 - list[LockInfo]
 @click.pass_context
 def init_repo(ctx: click.Context, name: str, as_json: bool) -> None:
     """Create the bucket (if allowed) and initialise repository NAME."""
-    from drtool.actions.common import checked_preflight, open_repo, restic_host
+    from drtool.actions.common import checked_preflight, learn_key_hint, open_repo, restic_host
     from drtool.actions.machine_key import ensure_machine_key
     from drtool.errors import UsageError
 
@@ -345,6 +345,7 @@ def init_repo(ctx: click.Context, name: str, as_json: bool) -> None:
     handle = open_repo(settings, name)
     info = checked_preflight(handle)
     ensure_machine_key(handle, restic_host(settings))       # this machine's key, before its first backup
+    learn_key_hint(handle)                                  # likewise: the first backup need not
     repo = settings.config.repositories[name]
     if as_json:
         emit_json({"repository": name, "url": repo.url, "initialised": bool(info.get("initialised")),

@@ -92,3 +92,18 @@ def test_password_never_in_any_process_argv(ws):
         t.join()
     assert any("restic" in c for c in seen), "the sampler never saw restic run"
     assert not [c for c in seen if CANARY_PASSWORD in c]
+
+
+def test_a_failed_first_run_stores_no_configuration_bundle(ws, tmp_path):
+    # The configuration bundle is stored only once every source succeeded: a failed run leaves
+    # its record and nothing else. (Starting its restic early, to overlap the backup, was tried
+    # and dropped: its lock made the rollback's forget of a cancelled run wait.)
+    ws.policy("docs", [{"name": "docs", "files": {"paths": [str(tmp_path / "not-there")]}}])
+    proc = ws.drtool("backup", "docs")
+    assert proc.returncode == 1 and "does not exist" in proc.stderr
+    assert json.loads(ws.restic("snapshots", "--json").stdout) == []
+    assert ws.restic("list", "locks").stdout.split() == []          # the interrupted restic left no lock
+    ws.policy("docs", [{"name": "docs", "files": {"paths": [str(tmp_path / "data")]}}])
+    run = json.loads(ws.drtool("backup", "docs", "--json", check=True).stdout.strip().splitlines()[-1])
+    assert run["details"]["config_bundle"]["snapshot"]
+    assert len(json.loads(ws.restic("snapshots", "--json", "--tag", "kind=config").stdout)) == 1
