@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import logging
-import smtplib
 import socket
 import ssl
 import threading
@@ -32,7 +31,6 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from email.message import EmailMessage
 from typing import Any
 
 from drtool.config.models import AppriseTarget, Email, Healthcheck, Notifications, UrlOrRef, Webhook
@@ -167,7 +165,7 @@ class Notifier:
             except _Permanent as exc:
                 error = redact(str(exc))
                 break
-            except (OSError, smtplib.SMTPException, _Transient) as exc:
+            except (OSError, _Transient) as exc:          # smtplib.SMTPException is an OSError
                 error = redact(f"{type(exc).__name__}: {exc}")
                 if n < self.attempts:
                     self._sleep(self.backoff * 2 ** (n - 1))   # 1s, 2s, 4s...: let a restarting receiver come back
@@ -197,6 +195,9 @@ class Notifier:
         _http(url, body.encode(), {"Content-Type": "text/plain"}, self.timeout)
 
     def _send_mail(self, mail: Email, event: Event) -> None:
+        import smtplib      # here, not at the top: every run imports notify, few send mail
+        from email.message import EmailMessage
+
         msg = EmailMessage()
         msg["Subject"] = event.subject()
         msg["From"] = mail.sender

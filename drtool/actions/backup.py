@@ -180,12 +180,12 @@ def _one_line(exc: DrtoolError) -> str:
 def _store_bundle(settings: Settings, handle: RepoHandle, run: RunRecord, emit: EventFn) -> dict[str, DrtoolError]:
     """Keep the configuration (drtool.yaml, policies, playbooks; secrets by reference) in the
     repository too, so recovery needs no file from the lost server."""
-    from drtool.actions.bundle import store_config_bundle
-
     marker, digest = _bundle_marker(settings, handle)
     if marker.exists() and marker.read_text() == digest:
         run.details["config_bundle"] = {"unchanged": True}   # the stored one is still current
         return {}
+    from drtool.actions.bundle import store_config_bundle   # tarfile & co: only when storing one
+
     try:
         run.details["config_bundle"] = store_config_bundle(settings, handle, host=restic_host(settings),
                                                            run_id=run.id)

@@ -44,7 +44,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from drtool.actions.common import open_repo, restic_host
-from drtool.actions.forecast import alert_horizon_days, policy_forecast, rto_drills
 from drtool.actions.history import OffsiteCache, PolicyHistory, load_history
 from drtool.actions.select import snapshot_sets
 from drtool.catalog import Catalog, utcnow
@@ -172,6 +171,8 @@ def policy_status(settings: Settings, policy: Policy, catalog: Catalog, now: dat
     row["rpo_met"] = None if rpo is None else (age is not None and age <= rpo)
     history = history or load_history(settings, policy, catalog, cache=cache)
     row["history"] = sorted(history.origins) or ["none"]
+    from drtool.actions.forecast import rto_drills   # not on a backup's path (its record's 3-2-1-1-0 letters)
+
     drills = rto_drills(settings, policy, history.usable_drills())
     row["last_drill"] = drill_summary(drills[-1]) if drills else None
     row["last_runs"] = {kind: _run_summary(history, kind) for kind in ("backup", "check", "forget")}
@@ -182,6 +183,8 @@ def policy_status(settings: Settings, policy: Policy, catalog: Catalog, now: dat
                      wal_gap=any(view.gaps for view in views.values()))
     row["problems"] = codes
     row["verdict"] = codes[0] if codes else "ok"
+    from drtool.actions.forecast import policy_forecast
+
     result = policy_forecast(settings, policy, history, now, horizon_days)
     row["forecast"] = result.to_dict()
     row["warnings"] = _warnings(result, history)
@@ -287,6 +290,8 @@ def status(settings: Settings, horizon_days: float | None = None) -> list[dict[s
     catalog = Catalog(settings.state_dir)
     cache = OffsiteCache(settings)
     now = utcnow()
+    from drtool.actions.forecast import alert_horizon_days
+
     horizon = alert_horizon_days(settings) if horizon_days is None else horizon_days
     return [policy_status(settings, p, catalog, now, cache, horizon)
             for p in sorted(settings.policies.values(), key=lambda p: p.name)]
