@@ -30,6 +30,7 @@ import logging
 import os
 import socket
 import tempfile
+import threading
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -87,6 +88,8 @@ class RunLifecycle:
     # ------------------------------------------------------------ entering
 
     def __enter__(self) -> RunLifecycle:
+        threading.Thread(target=_preload_exit_path, args=(self.record.kind,), daemon=True,
+                         name="preload-exit").start()
         self.catalog = self._open_catalog()
         if self.catalog is not None:
             sweep_interrupted(self.settings, self.catalog, notifier=self.notifier)
@@ -235,6 +238,24 @@ def send_event(notifier: Notifier, event: Event) -> list[Delivery]:
     except Exception:  # noqa: BLE001 - notification trouble is logged, never fatal
         log.exception("sending %s failed", event.kind)
         return []
+
+
+# What leaving a run imports (signing, the offsite record, the 3-2-1-1-0 letters): ~60 modules,
+# cryptography among them. Imported while the run works, they are off the end of every run.
+_EXIT_PATH = ("drtool.crypto.signing", "cryptography.hazmat.primitives.asymmetric.ed25519",
+              "cryptography.hazmat.primitives.serialization", "drtool.offsite", "drtool.storage.s3",
+              "drtool.storage.s3_put", "encodings.idna")
+_RULE_32110 = ("drtool.actions.status", "drtool.rule32110")
+
+
+def _preload_exit_path(kind: str) -> None:
+    import importlib
+
+    for name in _EXIT_PATH + (_RULE_32110 if kind in ("backup", "check") else ()):
+        try:
+            importlib.import_module(name)
+        except Exception:  # noqa: BLE001 - only a head start: leaving the run imports it again and reports
+            log.debug("preloading %s failed", name, exc_info=True)
 
 
 def _quietly(what: str, fn: Callable[[], Any]) -> None:
