@@ -3,6 +3,11 @@
     machine_key_slot(settings, repo, password) -> MachineKeySlot | None   what open_repo hands Restic
     ensure_machine_key(handle, host) -> dict | None                      make one once per machine
 
+A machine key belongs to the password it is derived from: the repository password (backups,
+drills, restores: label "repository") or an escrow password (`drtool recover` from a kit:
+label "escrow:<key id>"). Each label has its own entry in the state file, so a recovery and the
+recovered server's later backups never take each other's key for a rotated password.
+
 Made once per repository and machine (the first backup, `drtool init-repo`, `drtool recover`):
 restic prints the master key (`restic cat masterkey`, opened with the repository password),
 drtool seals it (drtool/crypto/restic_key.py) with a password derived from the repository
@@ -38,6 +43,7 @@ from drtool.secrets import Secret
 log = logging.getLogger(__name__)
 
 KEY_USER = "drtool"
+REPOSITORY = "repository"
 
 
 def _state_file(settings: Settings, url: str) -> Path:
@@ -45,20 +51,34 @@ def _state_file(settings: Settings, url: str) -> Path:
     return settings.state_dir / "repos" / f"{digest}.machinekey"
 
 
-def machine_key_slot(settings: Settings, repo: Any, password: Secret) -> MachineKeySlot | None:
-    """The machine key this machine made for `repo` (a models.Repository), opened with the
-    repository `password`; None when there is none (or it is turned off)."""
+def machine_key_slot(settings: Settings, repo: Any, password: Secret,
+                     label: str = REPOSITORY) -> MachineKeySlot | None:
+    """The machine key this machine made for `repo` (a models.Repository) under `label`, opened
+    with `password`; None when there is none (or it is turned off)."""
     path = _state_file(settings, repo.url)
     if not repo.machine_key or not path.is_file():
         return None
     try:
-        data = json.loads(path.read_text())
-        key = _key(str(data["key_id"]), base64.b64decode(data["salt"], validate=True), password)
-    except (OSError, ValueError, KeyError, TypeError, binascii.Error) as exc:
+        entry = _entries(json.loads(path.read_text()))[label]
+        key = _key(str(entry["key_id"]), base64.b64decode(entry["salt"], validate=True), password)
+    except KeyError:
+        return None                                    # none for this password yet
+    except (OSError, ValueError, TypeError, binascii.Error) as exc:
         log.warning("ignoring the unreadable machine key file %s (%s); the repository password is used",
                     path, type(exc).__name__)
         return None
     return MachineKeySlot(key)
+
+
+def _entries(data: Any) -> dict[str, dict[str, Any]]:
+    """The file's keys by label (a file of one key, as first written, is the repository's)."""
+    if not isinstance(data, dict):
+        raise ValueError("not an object")
+    if "key_id" in data or "salt" in data:
+        if "salt" not in data:
+            raise ValueError("no salt")
+        return {REPOSITORY: data}
+    return data
 
 
 def _key(key_id: str, salt: bytes, password: Secret) -> MachineKey:
@@ -79,11 +99,12 @@ def _locked(path: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def ensure_machine_key(handle: Any, host: str) -> dict[str, Any] | None:
-    """Make this machine's key for the handle's repository unless it has one restic accepts.
-    Returns what was done, for the run record (None: nothing to do). Never raises: without a
-    machine key every restic process only costs its key derivation again, and a repository
-    password that opens nothing fails the run's own restic processes with that cause."""
+def ensure_machine_key(handle: Any, host: str, label: str = REPOSITORY) -> dict[str, Any] | None:
+    """Make this machine's key for the handle's repository (for the password `label` names)
+    unless it has one restic accepts. Returns what was done, for the run record (None: nothing
+    to do). Never raises: without a machine key every restic process only costs its key
+    derivation again, and a password that opens nothing fails the run's own restic processes
+    with that cause."""
     repo, restic = handle.repository, handle.restic
     if not repo.machine_key or restic.usable_machine_key() is not None:    # waits for the key's check
         return None
@@ -92,12 +113,12 @@ def ensure_machine_key(handle: Any, host: str) -> dict[str, Any] | None:
     try:
         with _locked(path):
             if restic.machine_key is None:
-                made_meanwhile = machine_key_slot(handle.settings, repo, restic.access.password)
-                if made_meanwhile is not None:        # by another run of this repository: use it
-                    restic.machine_key = made_meanwhile
+                made_meanwhile = machine_key_slot(handle.settings, repo, restic.access.password, label)
+                if made_meanwhile is not None and made_meanwhile.usable(restic.opens_with) is not None:
+                    restic.machine_key = made_meanwhile        # by another run of this repository
                     return None
             key, salt = _make(handle, host)
-            write_private_json(path, {"key_id": key.key_id, "salt": base64.b64encode(salt).decode()})
+            _save(path, label, {"key_id": key.key_id, "salt": base64.b64encode(salt).decode()})
     except (DrtoolError, OSError, ValueError) as exc:
         message = exc.message if isinstance(exc, DrtoolError) else str(exc)
         log.info("no machine key for %s: %s", repo.url, message.splitlines()[0])
@@ -108,6 +129,14 @@ def ensure_machine_key(handle: Any, host: str) -> dict[str, Any] | None:
     if old is not None and old != key.key_id:
         made["replaced"] = {"key_id": old, "removed": _remove_old(restic, old)}
     return made
+
+
+def _save(path: Path, label: str, entry: dict[str, Any]) -> None:
+    try:
+        entries = _entries(json.loads(path.read_text())) if path.is_file() else {}
+    except (OSError, ValueError, TypeError):
+        entries = {}                                   # unreadable: replaced whole
+    write_private_json(path, {**entries, label: entry})
 
 
 def _make(handle: Any, host: str) -> tuple[MachineKey, bytes]:

@@ -174,7 +174,9 @@ def recover(kit_path: Path, passphrase: str, options: RecoverOptions | None = No
             # The recovered machine is the new server: its key, kept in the recovery's state dir,
             # spares every restic process of this recovery (and of its later backups) the escrow
             # key's ~0.5 s derivation. Never in a dry run or a listing: those write nothing.
-            made = clock.step("make this machine's key", lambda: ensure_machine_key(handle, restic_host(run_settings)))
+            escrow = next(e.escrow_key_id for e in kit.repositories if e.name == policy.repository)
+            made = clock.step("make this machine's key", lambda: ensure_machine_key(
+                handle, restic_host(run_settings), label=f"escrow:{escrow}"))
             if made and not made.get("made"):
                 report.notes.append(f"no machine key: {made.get('error')}")
         with RunLifecycle(run_settings, "recover", policy.name, handle=handle, emit=emit) as lc:

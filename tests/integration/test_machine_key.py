@@ -34,6 +34,11 @@ def _machine_key_file(ws: Workspace) -> Path:
     return path
 
 
+def _kept(ws: Workspace) -> dict:
+    """What this machine keeps for the repository password's machine key."""
+    return json.loads(_machine_key_file(ws).read_text())["repository"]
+
+
 def _keys(ws: Workspace) -> list[dict]:
     out = ws.restic("key", "list", "--json")
     assert out.returncode == 0, out.stderr
@@ -65,7 +70,8 @@ def test_first_backup_makes_the_machine_key_and_later_runs_open_with_it(tmp_path
     assert made["made"] is True
     state = _machine_key_file(ws)
     assert stat.S_IMODE(state.stat().st_mode) == 0o600
-    kept = json.loads(state.read_text())
+    assert list(json.loads(state.read_text())) == ["repository"]
+    kept = _kept(ws)
     assert sorted(kept) == ["key_id", "salt"] and kept["key_id"] == made["key_id"]    # no password
     password = machine_password(CANARY_PASSWORD.encode(), base64.b64decode(kept["salt"]))
 
@@ -110,11 +116,11 @@ def test_a_machine_key_removed_from_the_repository_falls_back_and_is_made_anew(t
     assert "does not accept this machine's key" in out.stderr
     remade = run["details"]["machine_key"]
     assert remade["made"] is True and remade["key_id"] != first
-    assert json.loads(_machine_key_file(ws).read_text())["key_id"] == remade["key_id"]
+    assert _kept(ws)["key_id"] == remade["key_id"]
     assert remade["key_id"][:8] in {k["id"] for k in _keys(ws)}
 
     # Nothing of the machine key's password in what drtool printed or recorded.
-    kept = json.loads(_machine_key_file(ws).read_text())
+    kept = _kept(ws)
     password = machine_password(CANARY_PASSWORD.encode(), base64.b64decode(kept["salt"]))
     records = list((s3_server.root / bucket / "repo.drtool" / "runs").glob("*.json"))
     assert records
@@ -151,7 +157,7 @@ def test_a_wrong_password_still_fails_and_the_right_one_opens_the_same_key_again
     (ws.root / "repo.pass").write_text(CANARY_PASSWORD)
     again = _backup(ws)
     assert again["status"] == "success" and "machine_key" not in again["details"]       # the same key
-    assert json.loads(_machine_key_file(ws).read_text())["key_id"] == first
+    assert _kept(ws)["key_id"] == first
 
 
 def test_a_rotated_password_gets_a_new_machine_key_and_the_old_one_is_revoked(tmp_path, s3_server, bucket):
@@ -184,4 +190,4 @@ def test_an_unreadable_machine_key_file_is_replaced_by_a_new_key(tmp_path, s3_se
     assert "ignoring the unreadable machine key file" in out.stderr
     run = json.loads(out.stdout.strip().splitlines()[-1])
     assert run["status"] == "success" and run["details"]["machine_key"]["made"] is True
-    assert json.loads(_machine_key_file(ws).read_text())["key_id"] == run["details"]["machine_key"]["key_id"]
+    assert _kept(ws)["key_id"] == run["details"]["machine_key"]["key_id"]

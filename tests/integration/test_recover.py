@@ -294,6 +294,10 @@ def test_fire_scenario_recover_from_nothing(site, tmp_path, srv_dir, private_tmp
         assert "make this machine's key" in {s["step"] for s in report["steps"]}
         (key_file,) = (Path(ws.root) / "state" / "repos").glob("*.machinekey")
         assert (key_file.stat().st_mode & 0o777) == 0o600
+        # It belongs to the escrow password it was made with; the server's backups, which use the
+        # repository password, make their own (a separate entry) instead of taking this one.
+        escrow = report["kit"]["repositories"][0]["escrow_key_id"]
+        assert list(json.loads(key_file.read_text())) == [f"escrow:{escrow}"]
         # A production server: where asked, owned by postgres, durable, nothing in TMPDIR.
         data_dir = Path(server["data_dir"])
         assert data_dir == srv_dir / "siak" / "siak-db" / "server" / "data"
