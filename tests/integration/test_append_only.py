@@ -66,7 +66,7 @@ def test_backup_and_drill_through_an_append_only_server_and_the_attack_drill_pas
     # The append-only server took this machine's key too (a new file, never an overwrite): the
     # drill and the restore below open the repository with it.
     (made,) = env.state_dir.glob("repos/*.machinekey")
-    key_id = json.loads(made.read_text())["key_id"]
+    key_id = json.loads(made.read_text())["repository"]["key_id"]
     assert (tmp_path / "rest-data" / "siak" / "keys" / key_id).is_file()
     code, report, err = env.run_json("drill", "siak-drill")
     assert code == 0, err
