@@ -2,7 +2,9 @@
 
 The repository password reaches restic through an anonymous pipe
 (RESTIC_PASSWORD_FILE=/dev/fd/N): never argv, never the environment, never a
-file on disk. Failures become typed errors (drtool/engine/restic_errors.py).
+file on disk; so does a machine key's derived password, which every command
+uses instead once restic has accepted it (drtool/engine/machine_key.py).
+Failures become typed errors (drtool/engine/restic_errors.py).
 
 Two failures are handled here rather than reported at once:
 - a throttling or unreachable storage (503 SlowDown, connection refused...) is
