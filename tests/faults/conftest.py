@@ -46,6 +46,7 @@ import pytest
 import yaml
 
 from tests.support.faultproxy import FaultProxy
+from tests.support.hung import hung_process_report
 from tests.support.receivers import Receiver, http_receiver
 
 pytestmark = pytest.mark.integration
@@ -342,18 +343,6 @@ class Started:
                                            self.stderr_path.read_text())
         self.site.outputs += [done.stdout, done.stderr]
         return done
-
-
-def hung_process_report(pid: int) -> str:
-    """Where a hung drtool stands: its children, and its Python threads' stacks when py-spy is
-    installed (a hang seen once under load must say where it was)."""
-    tree = subprocess.run(["ps", "-o", "pid,ppid,stat,etime,args", "--ppid", str(pid)],
-                          capture_output=True, text=True).stdout
-    stacks = "(py-spy not installed)"
-    if shutil.which("py-spy"):
-        spy = subprocess.run(["py-spy", "dump", "--pid", str(pid)], capture_output=True, text=True, timeout=60)
-        stacks = spy.stdout[-12000:] or spy.stderr[-2000:]
-    return f"children:\n{tree}\nthreads:\n{stacks}"
 
 
 @pytest.fixture()

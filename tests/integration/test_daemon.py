@@ -31,6 +31,7 @@ import yaml
 
 from drtool.catalog import Catalog, RunRecord
 from tests.support.drtool_env import data_root
+from tests.support.hung import hung_process_report
 from tests.support.services import free_port
 from tests.support.workspace import CANARY_PASSWORD, Workspace, make_workspace
 
@@ -84,7 +85,8 @@ def wait_until(what: str, condition: Callable[[], bool], proc: subprocess.Popen,
     deadline = time.monotonic() + timeout
     while not condition():
         assert proc.poll() is None, f"daemon exited {proc.returncode}:\n{log_path.read_text()}"
-        assert time.monotonic() < deadline, f"timed out waiting for {what}:\n{log_path.read_text()}"
+        assert time.monotonic() < deadline, (f"timed out waiting for {what}:\n{log_path.read_text()}\n"
+                                             f"{hung_process_report(proc.pid)}")
         time.sleep(0.2)
 
 
@@ -202,7 +204,7 @@ def test_daemon_runs_jobs_then_stops_cleanly_on_sigterm(tmp_path: Path, s3_serve
         # here), and restic has read 64 MiB of the big file, so it is well inside it.
         wait_until("restic to read the bulk file, other jobs done",
                    lambda: restic_reading(proc.pid, bulk) > 64 << 20 and others_finished(log_path, catalog),
-                   proc, log_path, 30)
+                   proc, log_path, 90)      # once (CI under load) a backup of alpha had not ended after 30 s
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0, log_path.read_text()
     finally:
