@@ -135,7 +135,7 @@ def bench_pgrestore(b, pg, reps: int, psql, jobs_scaling: bool = True) -> dict:
         j1, j2 = alternate(max(2, reps - 1), drtool_side("overlap", 1), drtool_side("overlap", 2))
         out["jobs1"], out["jobs2"] = j1, j2
         st, _ = alternate(max(2, reps - 1), drtool_side("stream", None), lambda i: Run(0.0, 0))
-        out["stream"] = st
+        out["strategy_stream"] = st
     return out
 
 
@@ -310,8 +310,8 @@ def report_lines(res: dict) -> list[str]:
             j1, j2 = [r.seconds for r in p["jobs1"]], [r.seconds for r in p["jobs2"]]
             lines.append(f"  overlap -j 1 {med(j1):.2f} s ({min(j1):.2f}-{max(j1):.2f}), -j 2 {med(j2):.2f} s "
                          f"({min(j2):.2f}-{max(j2):.2f}): -j2/-j1 {med(j2) / med(j1):.3f}")
-        if "stream" in p:
-            st = [r.seconds for r in p["stream"]]
+        if "strategy_stream" in p:
+            st = [r.seconds for r in p["strategy_stream"]]
             lines.append(f"  drtool strategy=stream {med(st):.2f} s ({min(st):.2f}-{max(st):.2f}): "
                          f"vs bare {med(st) / med(b):.3f}")
     if "scheduler" in res:
