@@ -9,7 +9,8 @@ drtool side: `drtool recover --kit K --data-dir D --target-root T --json` in a c
 and the configuration bundle, start a new PostgreSQL, restore (globals + dump), make it durable
 (initdb --sync-only, restart, CHECKPOINT) and verify the row counts against the fingerprint; then
 restore the files under T (`restic restore --verify`) and compare them with the snapshot listing.
-drtool restores the sources one after another, and so does the raw side.
+drtool restores the database and the files at the same time; the raw side one after another, and
+the report adds a raw floor that overlaps them too.
 
 raw side (a floor, not a procedure anyone can follow): copy the repository's objects out of the
 bucket (`rclone copy`, 4 transfers; the files' packs are in it), start a fresh PostgreSQL (initdb

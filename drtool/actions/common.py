@@ -16,8 +16,8 @@ from drtool.errors import DrtoolError, RepositoryMissing
 from drtool.tags import policy_tags
 from drtool.events import Notice
 
-__all__ = ["RepoHandle", "checked_preflight", "open_repo", "policy_tags", "preflight", "preflight_once", "publish_offsite",
-           "restic_host", "signed", "state_path"]
+__all__ = ["RepoHandle", "checked_preflight", "open_repo", "policy_tags", "preflight", "preflight_once",
+           "publish_offsite", "restic_host", "signed", "state_path"]
 
 log = logging.getLogger(__name__)
 _offsite_lock = threading.Lock()

@@ -198,8 +198,9 @@ def _recover_policy(policy: Policy, handle: RepoHandle, sets: dict[str, dict[str
     plans = _plan_targets(policy, options, root)    # refuses before anything is written
     chosen = {s.name: choose(sets[policy.name][s.name], options.selector) for s in policy.sources}
     with ExitStack() as cleanup:
+        shared = _Shared(cleanup)
         outcomes = _restore_all(policy.sources, lambda s: clock.step(f"restore {s.name}", lambda: _restore(
-            handle, s, chosen[s.name], plans[s.name], options, _Shared(cleanup), report)))
+            handle, s, chosen[s.name], plans[s.name], options, shared, report)))
         for source, outcome in zip(policy.sources, outcomes, strict=True):
             report.sources.append(outcome)
             report.problems += [f"{source.name}: {p}" for p in outcome.get("problems", [])]
@@ -235,10 +236,9 @@ def _restore_all(sources: list[Source], restore_one: Callable[[Source], dict[str
 class _Shared:
     """The recovery's ExitStack, for sources restored in threads of their own."""
 
-    _lock = threading.Lock()
-
     def __init__(self, stack: ExitStack) -> None:
         self._stack = stack
+        self._lock = threading.Lock()
 
     def callback(self, fn: Callable[[], Any]) -> None:
         with self._lock:

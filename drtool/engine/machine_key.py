@@ -3,14 +3,16 @@
 Every restic process derives its key from the password before it does anything: with the
 scrypt parameters restic calibrates at `init` that is ~0.5 s of CPU per process, and a
 PostgreSQL backup runs three of them. A machine key (drtool/crypto/restic_key.py) opens the
-same repository with a 256-bit random password and a small work factor: ~3 ms.
+same repository with a password derived from the repository password and 32 random bytes
+this machine keeps, under a small work factor: ~10 ms.
 
 `MachineKeySlot` is how a `Restic` uses one. The key is checked once, by the first restic
 process that needs it (`restic --no-lock cat config`, ~20 ms of CPU): if restic no longer
 accepts it (someone ran `restic key remove`, the repository was rolled back or made anew),
 the slot says so and every command of this run uses the repository password, as before
-machine keys existed (a wrong password then fails them as it always did). Any other failure of the check (storage down...) keeps the
-key: the command itself then fails with that cause, exactly as it would have.
+machine keys existed (a wrong password then fails them as it always did). Any other failure
+of the check (storage down...) keeps the key: the command itself then fails with that cause,
+exactly as it would have.
 """
 
 from __future__ import annotations

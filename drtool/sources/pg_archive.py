@@ -73,6 +73,7 @@ class CustomArchiveCheck:
         self._int_size = 4
         self._off_size = 8
         self._int = struct.Struct("<BI")     # sign byte + 4-byte little-endian int (the usual sizes)
+        self._end_mark = b"\0" * 5           # a zero-length chunk: a data block's end
         self._stage = "header"
         self._toc_left = 0
         self._expected: set[int] = set()     # dump ids whose data the TOC announces
@@ -184,6 +185,7 @@ class CustomArchiveCheck:
             self.skipped = f"archive version {major}.{minor} is not known to this check"
             return
         self._int_size = self._byte()
+        self._end_mark = b"\0" * (1 + self._int_size)
         self._off_size = self._byte()
         if self._int_size != 4:
             self._int = struct.Struct(f"<B{self._int_size}s")
@@ -301,28 +303,27 @@ class CustomArchiveCheck:
         """The usual feed inside a text block: no block end in it, so nothing is buffered but the
         last bytes (the start of an end the next feed may complete). rfind, because CPython's
         reverse search skips a text with few zeros about twice as fast as its forward one."""
-        head = 1 + self._int_size
-        needle = b"\0" * head
+        mark = self._end_mark
         rfind = getattr(data, "rfind", None)
-        if rfind is None or rfind(needle) >= 0:
+        if rfind is None or rfind(mark) >= 0:
             return False
+        keep = len(mark) - 1
         tail = bytes(self._buf[self._pos:])
-        seam = tail + bytes(data[:head - 1])
-        if seam.find(needle) >= 0:
+        if (tail + bytes(data[:keep])).find(mark) >= 0:       # an end across the two feeds
             return False
-        self._buf = bytearray((tail + bytes(data[-(head - 1):]))[-(head - 1):])
+        self._buf = bytearray((tail + bytes(data[-keep:]))[-keep:])
         self._pos = 0
         return True
 
     def _find_block_end(self) -> bool:
         """A text block's end: the first run of 1 + int-size zeros (the module docstring says why
         no other can occur). Without one, all but a possible start of it is consumed."""
-        head = 1 + self._int_size
-        at = self._buf.find(b"\0" * head, self._pos)
+        mark = self._end_mark
+        at = self._buf.find(mark, self._pos)
         if at < 0:
-            self._pos = max(self._pos, len(self._buf) - head + 1)
+            self._pos = max(self._pos, len(self._buf) - len(mark) + 1)
             return False
-        self._pos = at + head
+        self._pos = at + len(mark)
         return True
 
 

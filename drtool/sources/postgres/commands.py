@@ -177,12 +177,10 @@ def hash_method(server_version_num: int, encoding: str) -> str:
 def row_hash_sql(method: str, table: ContentTable) -> str:
     """A signed 64-bit hash of one row `r` of `table`; summed, the order of rows does not matter."""
     text = "to_jsonb(r)::text" if table.is_child else "ROW(r.*)::text"
-    if method == HASH_RECORD:
-        # A child's columns may come back in another order: positional hashing is for the others.
-        if table.record_hashable and not table.is_child:
-            return "hash_record_extended(r, 0)"
-        return f"hashtextextended({text}, 0)"
-    if method == HASH_TEXT:
+    # A child's columns may come back in another order: positional hashing is for the others.
+    if method == HASH_RECORD and table.record_hashable and not table.is_child:
+        return "hash_record_extended(r, 0)"
+    if method in (HASH_TEXT, HASH_RECORD):
         return f"hashtextextended({text}, 0)"
     if method == HASH_MD5_UTF8:
         return f"('x' || left(md5(convert_to({text}, 'UTF8')), 16))::bit(64)::bigint"
