@@ -202,8 +202,7 @@ class Restic:
                 self.lock_waited += delay
             except DrtoolError as exc:
                 if not exc.transient or not delays:
-                    if isinstance(exc, StorageError) and exc.transient:
-                        self.mark_down(exc)
+                    self._note_down(exc)
                     raise
                 delay = delays.pop(0)
                 log.info("restic %s: %s; trying again in %.0fs", _command(args), exc.message.splitlines()[0], delay)
@@ -262,6 +261,11 @@ class Restic:
         watch = RetryWatch(proc, self.wait_unavailable, give_up, url=self.access.url)
         return watch
 
+    def _note_down(self, exc: DrtoolError) -> None:
+        """An unreachable or throttling storage that outlasted the waiting: remembered (mark_down)."""
+        if isinstance(exc, StorageError) and exc.transient:
+            self.mark_down(exc)
+
     def mark_down(self, exc: DrtoolError) -> None:
         """The storage used up its wait_unavailable: the next commands fail at once (see __init__)."""
         self._down = (time.monotonic(), exc)
@@ -298,6 +302,9 @@ class Restic:
             self._run_once(["--no-lock", "cat", "config"], timeout=120, input=None, cancel=None, key=key)
             return None
         except DrtoolError as exc:
+            # A storage that did not answer the check will not answer the run's first command
+            # either: that one fails at once with this cause instead of waiting it out again.
+            self._note_down(exc)
             return exc
 
     def check_machine_key_soon(self) -> None:
